@@ -1,0 +1,74 @@
+"""Where every public name lives, so that ``import atomscore`` stays cheap.
+
+One table serves the lazy attributes of the package (``atomscore.LTAUForcesUQScore``)
+and the score lookup by name (``"score_type": "LTAUForcesUQScore"`` in a job spec).
+Heavy or optional dependencies (faiss, kimpy, cvxpy, PSI/J) are therefore imported
+only when the name that needs them is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: public name -> module that defines it
+PUBLIC_NAMES: dict[str, str] = {
+    "ScoreQuantity": "atomscore.quantity",
+    "InputError": "atomscore.errors",
+    "JobFailedError": "atomscore.errors",
+    "SolverError": "atomscore.errors",
+    "PotentialError": "atomscore.errors",
+    "MissingExtraError": "atomscore.errors",
+    "ScoreBase": "atomscore.score",
+    "AtomCenteredScore": "atomscore.score",
+    "ConfigurationScore": "atomscore.score",
+    "DatasetScore": "atomscore.score",
+    "ModelScore": "atomscore.score",
+    "Workflow": "atomscore.jobs.workflow",
+    "LocalWorkflow": "atomscore.jobs.workflow",
+    "make_workflow": "atomscore.jobs.workflow",
+    "PSIJWorkflow": "atomscore.jobs.scheduler",
+    "SlurmWorkflow": "atomscore.jobs.scheduler",
+    "QUESTSDescriptor": "atomscore.descriptors.quests",
+    "QUESTSEfficiencyScore": "atomscore.quests",
+    "QUESTSDiversityScore": "atomscore.quests",
+    "QUESTSDeltaEntropyScore": "atomscore.quests",
+    "LTAUForcesUQScore": "atomscore.ltau",
+    "KIMPotential": "atomscore.potentials.kim",
+    "ElasticConstants": "atomscore.properties.elastic",
+    "FIMTrainingSetScore": "atomscore.fim.training_set",
+    "FIMPropertyScore": "atomscore.fim.property",
+    "FIMMatchingScore": "atomscore.fim.matching",
+}
+
+#: the score classes a job spec may name in ``score_type``
+SCORE_TYPES: tuple[str, ...] = (
+    "LTAUForcesUQScore",
+    "QUESTSEfficiencyScore",
+    "QUESTSDiversityScore",
+    "QUESTSDeltaEntropyScore",
+    "FIMTrainingSetScore",
+    "FIMPropertyScore",
+    "FIMMatchingScore",
+)
+
+
+def load_public(name: str):
+    """Import and return the public object ``name`` (see :data:`PUBLIC_NAMES`)."""
+    return getattr(importlib.import_module(PUBLIC_NAMES[name]), name)
+
+
+def score_class(score_type: str):
+    """Return the score class named ``score_type``.
+
+    Raises
+    ------
+    InputError
+        If ``score_type`` is not one of :data:`SCORE_TYPES`; the message lists them.
+    """
+    from atomscore.errors import InputError
+
+    if score_type not in SCORE_TYPES:
+        raise InputError(
+            f"unknown score_type {score_type!r}; expected one of: {', '.join(SCORE_TYPES)}"
+        )
+    return load_public(score_type)

@@ -1,0 +1,53 @@
+"""The one small error hierarchy of atomscore.
+
+Every error a user can cause is an :class:`InputError` (a ``ValueError``), raised at the
+boundary before anything is written. Failures of the machinery have their own types.
+"""
+
+
+class AtomscoreError(Exception):
+    """Base class of every error atomscore raises on purpose."""
+
+
+class InputError(AtomscoreError, ValueError):
+    """Bad input: says what was expected, what came, and where (argument, configuration)."""
+
+
+class JobFailedError(AtomscoreError, RuntimeError):
+    """One or more jobs failed, were killed, cancelled or timed out.
+
+    Attributes
+    ----------
+    failures : list of dict
+        One entry per failed job: ``calc_id``, ``folder``, ``state``, ``exit_code``,
+        ``error`` and ``stderr_tail``.
+    """
+
+    def __init__(self, message, failures=()):
+        super().__init__(message)
+        self.failures = list(failures)
+
+
+class SolverError(AtomscoreError, RuntimeError):
+    """A convex solver did not reach an optimal, accurate solution (status in the message)."""
+
+
+class PotentialError(AtomscoreError, RuntimeError):
+    """A potential (KIM model, simulator) could not be opened or evaluated."""
+
+
+class MissingExtraError(AtomscoreError, ImportError):
+    """An optional part was used without its dependencies.
+
+    The message names the pip extra and the Debian packages that provide it.
+    """
+
+
+def missing_extra(what, extra, debian=(), cause=None):
+    """Build a :class:`MissingExtraError` for ``what`` needing ``atomscore[extra]``."""
+    msg = f"{what} needs the optional extra: pip install 'atomscore[{extra}]'"
+    if debian:
+        msg += f" and the Debian packages: apt-get install {' '.join(debian)}"
+    if cause is not None:
+        msg += f" ({type(cause).__name__}: {cause})"
+    return MissingExtraError(msg)

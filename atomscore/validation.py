@@ -1,0 +1,199 @@
+"""Validation at the boundary: the one place where user input is checked.
+
+Every function raises :class:`~atomscore.errors.InputError` with what was expected, what
+came, and where (``name`` is the argument, ``where`` the configuration or job). None of
+them modifies what it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from atomscore.errors import InputError
+
+ARRAY_FILE_SUFFIXES = (".npy", ".txt")
+
+
+def _where(name, where):
+    return f"{name} ({where})" if where else name
+
+
+def is_array_file(value) -> bool:
+    """True if ``value`` is a path (str or Path) ending in ``.npy`` or ``.txt``."""
+    return isinstance(value, (str, os.PathLike)) and str(value).endswith(ARRAY_FILE_SUFFIXES)
+
+
+def load_array(value, name, *, ndim=None, shape=None, dtype=float, finite=True,
+               allow_none=False, where=None):
+    """Return ``value`` as a numpy array, reading it from a file if it is a path.
+
+    Parameters
+    ----------
+    value : array_like, str or os.PathLike
+        The array, or a path to a ``.npy`` file (read with ``allow_pickle=False``) or a
+        ``.txt`` file (read with ``np.loadtxt``).
+    name : str
+        Argument name, for messages.
+    ndim : int or tuple of int, optional
+        Allowed numbers of dimensions.
+    shape : tuple, optional
+        Expected shape; ``None`` entries match any length.
+    dtype : numpy dtype, optional
+        Result dtype (default float64); ``None`` keeps the array's own.
+    finite : bool
+        Refuse NaN and infinite entries (numeric arrays only).
+    allow_none : bool
+        Return ``None`` for ``None`` instead of refusing it.
+    where : str, optional
+        Context for messages, e.g. ``"configuration 3"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array when ``value`` was converted; the caller's array is never modified
+        (a view may be returned only when no conversion was needed, so callers must not
+        write into it).
+    """
+    label = _where(name, where)
+    if value is None:
+        if allow_none:
+            return None
+        raise InputError(f"{label}: expected an array or a .npy/.txt path, got None")
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        if not path.suffix in ARRAY_FILE_SUFFIXES:
+            raise InputError(f"{label}: expected an array or a path ending in .npy or .txt, got {str(value)!r}")
+        if not path.is_file():
+            raise InputError(f"{label}: file not found: {str(path)!r}")
+        try:
+            if path.suffix == ".npy":
+                arr = np.load(path, allow_pickle=False)
+            else:
+                arr = np.loadtxt(path, ndmin=1)
+        except Exception as exc:  # unreadable file: one clear message
+            raise InputError(f"{label}: cannot read {str(path)!r}: {exc}") from None
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:
+            raise InputError(f"{label}: expected an array, got {type(value).__name__}: {exc}") from None
+    if arr.dtype == object:
+        raise InputError(f"{label}: expected a numeric array, got ragged or object data")
+    if dtype is not None:
+        try:
+            arr = arr.astype(dtype, copy=False)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{label}: expected {np.dtype(dtype).name} values, got {arr.dtype}: {exc}") from None
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in allowed:
+            raise InputError(f"{label}: expected {' or '.join(map(str, allowed))} dimensions, got shape {arr.shape}")
+    if shape is not None:
+        if len(shape) != arr.ndim or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+            want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+            raise InputError(f"{label}: expected shape {want}, got {arr.shape}")
+    if finite and arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise InputError(f"{label}: expected finite values, got {arr[tuple(bad)]} at index {tuple(int(i) for i in bad)}")
+    return arr
+
+
+def check_configs(configs, name="configs", allow_empty=False):
+    """Check that ``configs`` is a list (or tuple) of ``ase.Atoms``; return it as a list."""
+    from ase import Atoms
+
+    if isinstance(configs, Atoms):
+        raise InputError(f"{name}: expected a list of ase.Atoms, got a single Atoms; wrap it in a list")
+    if not isinstance(configs, (list, tuple)):
+        raise InputError(f"{name}: expected a list of ase.Atoms, got {type(configs).__name__}")
+    if not configs and not allow_empty:
+        raise InputError(f"{name}: expected at least one configuration, got an empty list")
+    for i, atoms in enumerate(configs):
+        if not isinstance(atoms, Atoms):
+            raise InputError(f"{name}: configuration {i}: expected ase.Atoms, got {type(atoms).__name__}")
+    return list(configs)
+
+
+def per_atom_array(atoms, key, index=None, ncols=None, name=None):
+    """Return ``atoms.arrays[key]`` as a float64 (n_atoms, ncols) array, checked.
+
+    ``index`` is the configuration's position in its list, named in messages.
+    """
+    where = f"configuration {index}" if index is not None else "configuration"
+    label = name or "descriptors_key"
+    if key not in atoms.arrays:
+        have = sorted(k for k in atoms.arrays if k not in ("numbers", "positions"))
+        raise InputError(f"{label}={key!r}: {where} has no atoms.arrays[{key!r}]; it has: {have or 'none'}")
+    arr = load_array(atoms.arrays[key], f"arrays[{key!r}]", where=where)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise InputError(f"arrays[{key!r}] ({where}): expected (n_atoms, n_features), got shape {arr.shape}")
+    if ncols is not None and arr.shape[1] != ncols:
+        raise InputError(f"arrays[{key!r}] ({where}): expected {ncols} columns (as the reference), got {arr.shape[1]}")
+    return arr
+
+
+def check_positive(value, name, where=None, allow_array=True):
+    """Check a positive finite number (or, if allowed, an array of them); return it as float/array."""
+    label = _where(name, where)
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{label}: expected a positive number, got {value!r}") from None
+    if arr.ndim > (1 if allow_array else 0) or arr.size == 0:
+        raise InputError(f"{label}: expected a positive number{' or a 1-D array of them' if allow_array else ''}, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise InputError(f"{label}: expected positive finite values, got {value!r}")
+    return float(arr) if arr.ndim == 0 else arr
+
+
+def check_int(value, name, minimum=None, where=None):
+    """Check an integer (not bool) at least ``minimum``; return it as int."""
+    label = _where(name, where)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{label}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise InputError(f"{label}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_choice(value, name, choices, where=None):
+    """Check that ``value`` is one of ``choices``; the message lists them."""
+    if value not in choices:
+        raise InputError(f"{_where(name, where)}: unknown value {value!r}; expected one of: {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_jsonable(value, name):
+    """Check that ``value`` is JSON data (None, bool, numbers, str, lists, str-keyed dicts).
+
+    Arrays are not accepted here: job folders store them as ``.npy`` before this check.
+    """
+    def walk(v, path):
+        if v is None or isinstance(v, (bool, int, str)):
+            return
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise InputError(f"{path}: JSON cannot hold {v!r}")
+            return
+        if isinstance(v, (list, tuple)):
+            for i, item in enumerate(v):
+                walk(item, f"{path}[{i}]")
+            return
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise InputError(f"{path}: dictionary keys must be strings for a job file, got {k!r}")
+                walk(item, f"{path}[{k!r}]")
+            return
+        raise InputError(f"{path}: a job file cannot hold a {type(v).__name__} ({v!r:.80}); "
+                         "pass numbers, strings, lists, dicts, numpy arrays or .npy paths")
+    walk(value, name)
+    json.dumps(value)
+    return value
