@@ -1,0 +1,528 @@
+"""OpenKIM portable models through kimpy, with parameters changed in place.
+
+:class:`KIMPotential` opens an installed KIM portable model once and keeps it: parameters are
+read and written in the live model (``KIM::Model::SetParameter`` then ``ClearThenRefresh``),
+never by writing, compiling and installing a new model. For every configuration the padding
+(ghost) atoms of a periodic cell and the kimpy neighbour list are built once and reused while
+only parameters change; a change of the model's influence distance or cutoffs (a ``cutoff``
+parameter) forces a rebuild. Only the quantities asked for are computed (the others get a
+null pointer), so stress is never requested from a non-periodic cluster.
+
+We do not use ASE's ``ase.calculators.kim`` calculator for the numbers: its ``set_parameters``
+re-creates the neighbour list on every call, which is the cost this module removes. ASE's
+calculator is the independent reference in the tests.
+
+Units: energy eV, length Å, forces eV/Å, stress eV/Å³ (ASE's sign and Voigt order
+``xx, yy, zz, yz, xz, xy``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import OrderedDict
+
+import numpy as np
+
+from atomscore.errors import InputError, PotentialError, missing_extra
+
+#: how many configurations keep their padding and neighbour list (least recently used dropped)
+NEIGHBOR_CACHE_SIZE = 8
+
+_DEFAULT_KIM_API = "kim-api-collections-management"
+_kimpy = None
+
+
+def _import_kimpy():
+    """Import kimpy once; silence the KIM API's ``kim.log`` (we raise our own errors)."""
+    global _kimpy
+    if _kimpy is None:
+        try:
+            import kimpy
+        except ImportError as exc:
+            raise missing_extra("KIMPotential", "kim", debian=["libkim-api-dev", "openkim-models"],
+                                cause=exc) from None
+        # Without this the KIM API appends to ./kim.log in whatever directory we run in.
+        kimpy.log.Log.push_default_verbosity(kimpy.log_verbosity.silent)
+        _kimpy = kimpy
+    return _kimpy
+
+
+def installed_models():
+    """Return the names of the KIM portable models installed in any KIM API collection.
+
+    Returns
+    -------
+    list of str
+        Sorted model ids (e.g. ``SW_StillingerWeber_1985_Si__MO_405512056662_005``).
+    """
+    kimpy = _import_kimpy()
+    col = kimpy.collections.create()
+    n = col.cache_list_of_item_names_by_type(kimpy.collection_item_type.portableModel)
+    return sorted(col.get_item_name_by_type(i) for i in range(n))
+
+
+def _unknown_model_error(kim_id, kim_api):
+    try:
+        names = installed_models()
+    except Exception:  # listing is a courtesy; the main message stands without it
+        names = []
+    close = difflib.get_close_matches(kim_id, names, n=5, cutoff=0.5)
+    if not close:
+        # ids share the long tail (__MO_...); also match on the human-readable head
+        head = kim_id.split("__")[0]
+        close = difflib.get_close_matches(head, [n.split("__")[0] for n in names], n=5, cutoff=0.5)
+        close = [n for n in names if n.split("__")[0] in close][:5]
+    msg = f"KIM model {kim_id!r} is not installed (or could not be opened)."
+    if close:
+        msg += " Installed models with similar names: " + ", ".join(close) + "."
+    else:
+        msg += f" {len(names)} portable models are installed; none has a similar name."
+    msg += f" Install it with: {kim_api or _DEFAULT_KIM_API} install user {kim_id}"
+    return PotentialError(msg)
+
+
+class _Setup:
+    """Padding atoms, neighbour list and KIM compute arguments of one configuration."""
+
+    __slots__ = ("n", "coords", "species", "contributing", "images", "nl", "cutoffs",
+                 "influence", "args", "n_particles", "energy", "forces", "virial",
+                 "pointers", "volume", "fold")
+
+
+class KIMPotential:
+    """An installed OpenKIM portable model, evaluated in process through kimpy.
+
+    Parameters
+    ----------
+    kim_id : str
+        KIM id of an installed portable model, e.g.
+        ``"SW_StillingerWeber_1985_Si__MO_405512056662_005"``.
+    species : list of str, optional
+        Chemical symbols this potential is used for; default: every species the model supports.
+    kim_api : str
+        The ``kim-api-collections-management`` executable (named in the install hint).
+    **ignored_reference_args
+        Arguments of the reference's potential spec that have no meaning here (e.g.
+        ``model_driver``); accepted and kept in :meth:`to_spec`.
+
+    Raises
+    ------
+    PotentialError
+        The model is not installed; the message lists installed models with similar names and
+        the command that installs it.
+    InputError
+        A requested species is not supported by the model.
+    """
+
+    def __init__(self, kim_id, species=None, kim_api=_DEFAULT_KIM_API, **ignored_reference_args):
+        if not isinstance(kim_id, str) or not kim_id:
+            raise InputError(f"kim_id: expected a KIM model id string, got {kim_id!r}")
+        kimpy = _import_kimpy()
+        self.kim_id = kim_id
+        self.kim_api = kim_api
+        self._extra_args = dict(ignored_reference_args)
+        try:
+            accepted, model = kimpy.model.create(
+                kimpy.numbering.zeroBased, kimpy.length_unit.A, kimpy.energy_unit.eV,
+                kimpy.charge_unit.e, kimpy.temperature_unit.K, kimpy.time_unit.ps, kim_id)
+        except RuntimeError:
+            raise _unknown_model_error(kim_id, kim_api) from None
+        if not accepted:
+            raise PotentialError(f"KIM model {kim_id!r} does not accept the units eV, Å, e, K, ps")
+        self._model = model
+        self._codes = {}
+        for i in range(kimpy.species_name.get_number_of_species_names()):
+            sname = kimpy.species_name.get_species_name(i)
+            supported, code = model.get_species_support_and_code(sname)
+            if supported:
+                self._codes[str(sname)] = int(code)
+        if species is None:
+            self.species = sorted(self._codes)
+        else:
+            if isinstance(species, str):
+                species = [species]
+            bad = [s for s in species if s not in self._codes]
+            if bad:
+                raise InputError(f"species: model {kim_id} does not support {bad}; it supports {sorted(self._codes)}")
+            self.species = list(species)
+        self._code_by_number = np.full(119, -1, dtype=np.intc)
+        from ase.data import atomic_numbers
+        for sym in self.species:
+            self._code_by_number[atomic_numbers[sym]] = self._codes[sym]
+        self._params = OrderedDict()
+        for i in range(model.get_number_of_parameters()):
+            dtype, extent, name, description = model.get_parameter_metadata(i)
+            self._params[name] = {"index": i, "extent": int(extent),
+                                  "dtype": "Double" if dtype == kimpy.data_type.Double else "Integer",
+                                  "description": description}
+        self._dirty = False
+        self._refresh_cutoffs()
+        self._cache = OrderedDict()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_spec(cls, spec):
+        """Build a potential from the spec's dict form, or return a :class:`KIMPotential` as is.
+
+        Parameters
+        ----------
+        spec : dict or KIMPotential
+            ``{'potential_type': 'KIM', 'potential_args': {'kim_id': ..., 'kim_api': ..., ...}}``.
+
+        Raises
+        ------
+        InputError
+            Not a dict of that form, or a ``potential_type`` other than ``'KIM'``.
+        """
+        if isinstance(spec, cls):
+            return spec
+        if not isinstance(spec, dict):
+            raise InputError(f"potential: expected a KIMPotential or a dict {{'potential_type': 'KIM', "
+                             f"'potential_args': {{'kim_id': ...}}}}, got {type(spec).__name__}")
+        ptype = spec.get("potential_type")
+        if not isinstance(ptype, str) or ptype.upper() != "KIM":
+            raise InputError(f"potential['potential_type']: only 'KIM' is supported here, got {ptype!r}")
+        args = spec.get("potential_args")
+        if not isinstance(args, dict) or "kim_id" not in args:
+            raise InputError(f"potential['potential_args']: expected a dict with 'kim_id', got {args!r}")
+        return cls(**args)
+
+    def to_spec(self):
+        """Return the JSON-able dict that re-creates this potential (parameters not included)."""
+        args = dict(self._extra_args)
+        args.update(kim_id=self.kim_id, species=list(self.species), kim_api=self.kim_api)
+        return {"potential_type": "KIM", "potential_args": args}
+
+    def __repr__(self):
+        return f"KIMPotential({self.kim_id!r}, species={self.species!r})"
+
+    def __reduce__(self):
+        # A kimpy model cannot be pickled: re-open it and copy the live parameters.
+        return (_rebuild, (self.to_spec(), self.get_parameters()))
+
+    # ------------------------------------------------------------------ parameters
+    def parameter_info(self):
+        """Return ``{name: {'index', 'extent', 'dtype', 'description'}}`` of the model's parameters.
+
+        ``dtype`` is ``'Double'`` or ``'Integer'``; ``extent`` is the number of values.
+        """
+        return {name: dict(info) for name, info in self._params.items()}
+
+    @property
+    def parameter_names(self):
+        """Names of the model's parameters, in the model's order."""
+        return list(self._params)
+
+    def _info(self, name, where="parameter"):
+        if name not in self._params:
+            raise InputError(f"{where}: unknown parameter {name!r} of {self.kim_id}; "
+                             f"its parameters are: {', '.join(self._params)}")
+        return self._params[name]
+
+    def get_parameter(self, name):
+        """Return all extents of parameter ``name`` as a 1-D array (float64 or int)."""
+        info = self._info(name)
+        get = self._model.get_parameter_double if info["dtype"] == "Double" else self._model.get_parameter_int
+        values = [get(info["index"], e) for e in range(info["extent"])]
+        return np.array(values, dtype=float if info["dtype"] == "Double" else int)
+
+    def _check_values(self, name, values, extents):
+        info = self._info(name)
+        try:
+            vals = np.atleast_1d(np.asarray(values, dtype=float))
+        except (TypeError, ValueError):
+            raise InputError(f"parameter {name!r}: expected numeric values, got {values!r}") from None
+        if vals.ndim != 1:
+            raise InputError(f"parameter {name!r}: expected a scalar or 1-D values, got shape {vals.shape}")
+        if extents is None:
+            if vals.size != info["extent"]:
+                raise InputError(f"parameter {name!r}: expected {info['extent']} values (its extent), got {vals.size}")
+            ext = np.arange(info["extent"])
+        else:
+            ext = np.atleast_1d(np.asarray(extents))
+            if ext.dtype.kind not in "iu" or ext.ndim != 1:
+                raise InputError(f"parameter {name!r}: extents must be integers, got {extents!r}")
+            if ext.size != vals.size:
+                raise InputError(f"parameter {name!r}: {ext.size} extents but {vals.size} values")
+            bad = ext[(ext < 0) | (ext >= info["extent"])]
+            if bad.size:
+                raise InputError(f"parameter {name!r}: extent {int(bad[0])} out of range; "
+                                 f"it has extents 0..{info['extent'] - 1}")
+        if not np.all(np.isfinite(vals)):
+            raise InputError(f"parameter {name!r}: expected finite values, got {values!r}")
+        if info["dtype"] == "Integer" and np.any(vals != np.round(vals)):
+            raise InputError(f"parameter {name!r} is an integer parameter, got {values!r}")
+        return info, vals, ext
+
+    def set_parameter(self, name, values, extents=None):
+        """Set parameter ``name`` in the live model (no re-creation).
+
+        Parameters
+        ----------
+        name : str
+            Parameter name (see :meth:`parameter_info`).
+        values : float or array_like
+            New values, in the model's units.
+        extents : int or list of int, optional
+            Which extents ``values`` are for; default all of them, in order.
+        """
+        info, vals, ext = self._check_values(name, values, extents)
+        self._set_raw(info, vals, ext)
+
+    def _set_raw(self, info, vals, ext):
+        idx = info["index"]
+        setp = self._model.set_parameter
+        if info["dtype"] == "Double":
+            for e, v in zip(ext.tolist(), vals.tolist()):
+                setp(idx, e, float(v))
+        else:
+            for e, v in zip(ext.tolist(), vals.tolist()):
+                setp(idx, e, int(round(v)))
+        self._dirty = True
+
+    def get_parameters(self):
+        """Return ``{name: array of all extents}`` for every parameter of the model."""
+        return {name: self.get_parameter(name) for name in self._params}
+
+    def set_parameters(self, parameters):
+        """Set several parameters: ``{name: values}`` (all extents) or ``{name: (extents, values)}``."""
+        if not isinstance(parameters, dict):
+            raise InputError(f"parameters: expected a dict name -> values, got {type(parameters).__name__}")
+        checked = []
+        for name, values in parameters.items():
+            if isinstance(values, tuple) and len(values) == 2:
+                checked.append(self._check_values(name, values[1], values[0]))
+            else:
+                checked.append(self._check_values(name, values, None))
+        for info, vals, ext in checked:  # all checked before any is set
+            self._set_raw(info, vals, ext)
+
+    # ------------------------------------------------------------------ evaluation
+    def _refresh_cutoffs(self):
+        if self._dirty or not hasattr(self, "_influence"):
+            try:
+                self._model.clear_then_refresh()
+            except RuntimeError as exc:
+                raise PotentialError(f"{self.kim_id}: the model refused the new parameters ({exc})") from None
+        self._dirty = False
+        self._influence = float(self._model.get_influence_distance())
+        cutoffs, hints = self._model.get_neighbor_list_cutoffs_and_hints()
+        self._cutoffs = np.array(cutoffs, dtype=np.double)
+        self._padding_needs_neighbors = not bool(np.all(np.asarray(hints) == 1))
+
+    def _species_codes(self, atoms):
+        numbers = atoms.numbers
+        codes = self._code_by_number[np.clip(numbers, 0, 118)]
+        if np.any(codes < 0):
+            bad = sorted({s for s, c in zip(atoms.get_chemical_symbols(), codes) if c < 0})
+            raise InputError(f"configuration has species {bad} that this potential ({self.kim_id}, "
+                             f"species {self.species}) does not cover")
+        return codes.astype(np.intc)
+
+    def _key(self, atoms):
+        return (atoms.positions.tobytes(), np.asarray(atoms.cell).tobytes(),
+                bytes(np.asarray(atoms.pbc, dtype=bool)), atoms.numbers.tobytes())
+
+    def _setup(self, atoms):
+        """Return the cached setup of ``atoms`` (built if new or if the cutoffs changed)."""
+        if self._dirty:
+            self._refresh_cutoffs()
+        key = self._key(atoms)
+        setup = self._cache.get(key)
+        if setup is not None:
+            self._cache.move_to_end(key)
+            if setup.influence == self._influence and np.array_equal(setup.cutoffs, self._cutoffs):
+                return setup
+        setup = self._build(atoms)
+        self._cache[key] = setup
+        while len(self._cache) > NEIGHBOR_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return setup
+
+    def _build(self, atoms):
+        kimpy = _kimpy
+        from ase.geometry import wrap_positions
+
+        n = len(atoms)
+        if n == 0:
+            raise InputError("configuration has no atoms")
+        codes = self._species_codes(atoms)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = np.array(atoms.cell, dtype=np.double)
+        s = _Setup()
+        s.n = n
+        s.volume = abs(float(np.linalg.det(cell))) if pbc.any() else 0.0
+        pos = np.array(atoms.positions, dtype=np.double)
+        if pbc.any():
+            if s.volume <= 0.0:
+                raise InputError(f"configuration is periodic ({pbc.tolist()}) but its cell has no volume")
+            # kimpy's padding expects atoms inside the cell along periodic directions
+            pos = wrap_positions(pos, cell, pbc=pbc)
+            pad_pos, pad_codes, images = kimpy.neighlist.create_paddings(
+                self._influence, cell, pbc.astype(np.intc), np.ascontiguousarray(pos), codes)
+            pad_pos = np.asarray(pad_pos, dtype=np.double).reshape(-1, 3)
+            images = np.asarray(images, dtype=np.intp)
+        else:
+            pad_pos = np.zeros((0, 3))
+            pad_codes = np.zeros(0, dtype=np.intc)
+            images = np.zeros(0, dtype=np.intp)
+        n_tot = n + len(pad_pos)
+        s.coords = np.ascontiguousarray(np.concatenate([pos, pad_pos]), dtype=np.double)
+        s.species = np.ascontiguousarray(np.concatenate([codes, np.asarray(pad_codes, dtype=np.intc)]), dtype=np.intc)
+        s.contributing = np.zeros(n_tot, dtype=np.intc)
+        s.contributing[:n] = 1
+        s.images = images
+        need = np.ones(n_tot, dtype=np.intc)
+        if not self._padding_needs_neighbors:
+            need[n:] = 0
+        s.influence = self._influence
+        s.cutoffs = self._cutoffs.copy()
+        s.nl = kimpy.neighlist.create()
+        try:
+            s.nl.build(s.coords, s.influence, s.cutoffs, need)
+        except RuntimeError as exc:
+            raise PotentialError(f"{self.kim_id}: building the neighbour list failed ({exc})") from None
+        s.n_particles = np.array([n_tot], dtype=np.intc)
+        s.energy = np.zeros(1, dtype=np.double)
+        s.forces = np.zeros((n_tot, 3), dtype=np.double)
+        s.virial = np.zeros(6, dtype=np.double)
+        args = self._model.compute_arguments_create()
+        A = kimpy.compute_argument_name
+        args.set_argument_pointer(A.numberOfParticles, s.n_particles)
+        args.set_argument_pointer(A.particleSpeciesCodes, s.species)
+        args.set_argument_pointer(A.particleContributing, s.contributing)
+        args.set_argument_pointer(A.coordinates, s.coords)
+        args.set_callback_pointer(kimpy.compute_callback_name.GetNeighborList,
+                                  kimpy.neighlist.get_neigh_kim(), s.nl)
+        s.args = args
+        s.pointers = (False, False, False)
+        if len(images):
+            # padding forces fold back onto their atoms: forces = fold @ padded_forces
+            from scipy.sparse import csr_matrix
+            rows = np.concatenate([np.arange(n), images])
+            s.fold = csr_matrix((np.ones(n_tot), (rows, np.arange(n_tot))), shape=(n, n_tot))
+        else:
+            s.fold = None
+        return s
+
+    def _point(self, s, energy, forces, stress):
+        """Give KIM pointers for the requested outputs and null pointers for the others."""
+        want = (bool(energy), bool(forces), bool(stress))
+        if want == s.pointers:
+            return
+        A = _kimpy.compute_argument_name
+        for flag, name, buf in zip(want, (A.partialEnergy, A.partialForces, A.partialVirial),
+                                   (s.energy, s.forces, s.virial)):
+            if flag:
+                s.args.set_argument_pointer(name, buf)
+            else:
+                s.args.set_argument_null_pointer(name)
+        s.pointers = want
+
+    def _run(self, s):
+        try:
+            self._model.compute(s.args)
+        except RuntimeError as exc:
+            raise PotentialError(f"{self.kim_id}: KIM compute failed ({exc})") from None
+
+    def _forces(self, s):
+        if s.fold is None:
+            return s.forces[: s.n].copy()
+        return s.fold @ s.forces
+
+    def compute(self, atoms, energy=True, forces=False, stress=False):
+        """Evaluate the model on one configuration, computing only what is asked.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            Periodic, partly periodic or non-periodic configuration (not modified).
+        energy, forces, stress : bool
+            Which quantities to compute. Stress needs a periodic cell.
+
+        Returns
+        -------
+        dict
+            ``'energy'`` (eV, float), ``'forces'`` (eV/Å, ``(n_atoms, 3)``), ``'stress'``
+            (eV/Å³, Voigt ``xx, yy, zz, yz, xz, xy``, ASE sign convention); only the keys asked.
+        """
+        s = self._setup(atoms)
+        if stress and s.volume <= 0.0:
+            raise InputError("stress: the configuration is not periodic (no cell volume); "
+                             "ask for energy or forces only")
+        self._point(s, energy, forces, stress)
+        self._run(s)
+        out = {}
+        if energy:
+            out["energy"] = float(s.energy[0])
+        if forces:
+            out["forces"] = self._forces(s)
+        if stress:
+            out["stress"] = s.virial / s.volume
+        return out
+
+    def get_calculator(self):
+        """Return an ASE calculator that evaluates this potential with its live parameters.
+
+        Changing parameters of this :class:`KIMPotential` changes the calculator's results
+        (its cached results are dropped at the next call, as positions, cell or parameters
+        are checked every time).
+        """
+        return KIMCalculator(self)
+
+
+def _rebuild(spec, parameters):
+    pot = KIMPotential.from_spec(spec)
+    pot.set_parameters(parameters)
+    return pot
+
+
+def _calculator_class():
+    from ase.calculators.calculator import Calculator, all_changes
+
+    class _KIMCalculator(Calculator):
+        """ASE calculator view on a :class:`KIMPotential` (energy eV, forces eV/Å, stress eV/Å³)."""
+
+        implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+        def __init__(self, potential, **kwargs):
+            super().__init__(**kwargs)
+            self.potential = potential
+            self._param_state = None
+
+        def check_state(self, atoms, tol=1e-15):
+            changes = super().check_state(atoms, tol=tol)
+            state = _param_fingerprint(self.potential)
+            if state != self._param_state:
+                changes = list(changes) + ["parameters"]
+            return changes
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            want_stress = "stress" in properties
+            res = self.potential.compute(self.atoms, energy=True,
+                                         forces="forces" in properties, stress=want_stress)
+            self.results["energy"] = res["energy"]
+            self.results["free_energy"] = res["energy"]
+            if "forces" in res:
+                self.results["forces"] = res["forces"]
+            if "stress" in res:
+                self.results["stress"] = res["stress"]
+            self._param_state = _param_fingerprint(self.potential)
+
+    return _KIMCalculator
+
+
+def _param_fingerprint(potential):
+    return tuple((name, potential.get_parameter(name).tobytes()) for name in potential._params)
+
+
+def KIMCalculator(potential, **kwargs):
+    """Return an ASE calculator evaluating ``potential`` (see :meth:`KIMPotential.get_calculator`)."""
+    global _CALC_CLASS
+    if _CALC_CLASS is None:
+        _CALC_CLASS = _calculator_class()
+    return _CALC_CLASS(potential, **kwargs)
+
+
+_CALC_CLASS = None
