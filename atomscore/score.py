@@ -1,0 +1,426 @@
+"""The Score contract: ``ScoreBase`` and its four kinds.
+
+A score author writes ``compute`` (and, to vectorise, ``compute_batch``), names its
+``OUTPUT_KEY`` and ``supported_score_quantities``, and passes its constructor arguments to
+``super().__init__`` so that ``self._init_args`` re-creates it. Everything else — saving
+results, job folders, running through a workflow, gathering results — comes from here, the
+same for every score, as ASE calculators share one ``calculate`` contract.
+
+=====================  ===============================  =========================================
+kind                   result of ``compute``            ``save_results`` writes
+=====================  ===============================  =========================================
+AtomCenteredScore      ``(n_atoms, ...)`` array         ``score_results.xyz``, ``arrays[KEY_score]``
+ConfigurationScore     array (e.g. P x P) or scalar     ``score_results.xyz``, ``info[KEY_score]``
+DatasetScore           one value for the dataset        ``score_results.json``
+ModelScore             e.g. the property FIM            ``score_results.json``
+=====================  ===============================  =========================================
+
+The metadata of a result (the arguments that define the numbers) is written to
+``info['_metadata'][OUTPUT_KEY]`` on every configuration and flat as ``info[KEY_field]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from atomscore.errors import InputError
+from atomscore.quantity import ScoreQuantity
+from atomscore.validation import check_configs, check_int
+
+RESULTS_XYZ = "score_results.xyz"
+RESULTS_JSON = "score_results.json"
+
+
+def to_jsonable(value):
+    """Return ``value`` with numpy arrays and scalars turned into lists and Python numbers."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, ScoreQuantity):
+        return value.name
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def _record_metadata(method):
+    """Wrap ``compute``/``compute_batch`` so that a successful call remembers its metadata.
+
+    ``save_results`` is called after ``compute_batch`` in the user's code (as in the
+    spec's examples), so the score must remember which arguments defined the numbers.
+    """
+    signature = inspect.signature(method)
+    params = list(signature.parameters)
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        result = method(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop(params[0])  # self
+        if len(params) > 1:
+            arguments.pop(params[1], None)  # the data: atoms, dataset, list of properties
+        extra = {}
+        for name, param in signature.parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                extra = arguments.pop(name, {}) or {}
+            elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+                arguments.pop(name, None)
+        arguments.update(extra)
+        quantity = arguments.pop("score_quantity", None)
+        if quantity is None and len(self.supported_score_quantities) == 1:
+            quantity = self.supported_score_quantities[0]
+        quantity = self.parse_quantity(quantity)
+        self._last_metadata = self.get_metadata(quantity, **arguments)
+        return result
+
+    wrapper._records_metadata = True
+    return wrapper
+
+
+class ScoreBase:
+    """Base of every score.
+
+    Subclasses set ``OUTPUT_KEY`` and ``supported_score_quantities`` and implement
+    :meth:`compute`. Constructor arguments are passed on to ``ScoreBase.__init__`` so that
+    ``type(score)(**score._init_args)`` re-creates the score; array-like arguments may be
+    arrays or paths to ``.npy``/``.txt`` files.
+
+    Attributes
+    ----------
+    OUTPUT_KEY : str
+        Results are stored under ``<OUTPUT_KEY>_score``.
+    supported_score_quantities : tuple of ScoreQuantity
+    kind : str
+        ``'atom'``, ``'configuration'``, ``'dataset'`` or ``'model'``.
+    """
+
+    OUTPUT_KEY: str = ""
+    supported_score_quantities: tuple = ()
+    kind: str = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("compute", "compute_batch"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_records_metadata", False):
+                setattr(cls, name, _record_metadata(method))
+
+    def __init__(self, **init_args):
+        self._init_args = dict(init_args)
+        self._last_metadata = {}
+        self._run_folders: list[Path] = []
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def result_key(self) -> str:
+        """The key results are stored under: ``<OUTPUT_KEY>_score``."""
+        return f"{self.OUTPUT_KEY}_score"
+
+    def parse_quantity(self, score_quantity) -> ScoreQuantity:
+        """Return ``score_quantity`` as a member this score supports, or raise InputError."""
+        return ScoreQuantity.parse(score_quantity, self.supported_score_quantities,
+                                   where=f"{type(self).__name__} score_quantity")
+
+    def compute(self, atoms, score_quantity, **compute_args):
+        """Compute the score of one item (configuration, dataset or property list)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement compute")
+
+    def compute_batch(self, list_of_atoms, score_quantity, **compute_args):
+        """Compute the score of every configuration; a list with one result each."""
+        return [self.compute(atoms, score_quantity, **compute_args) for atoms in list_of_atoms]
+
+    def check_compute_args(self, configs, score_quantity, compute_args):
+        """Check compute arguments before :meth:`run` writes anything (override to add checks).
+
+        Raise :class:`~atomscore.errors.InputError` for bad input.
+        """
+
+    def prepare_compute_args(self, compute_args: dict) -> dict:
+        """Return a new dict of compute arguments a job file can hold (override for objects)."""
+        return dict(compute_args)
+
+    def get_metadata(self, score_quantity, **compute_args) -> dict:
+        """The arguments that define the numbers, stored with every result.
+
+        The default keeps the quantity and every scalar, string or boolean argument;
+        subclasses override to add what their constructor fixed (bins, index, ...).
+        """
+        meta = {"score_quantity": ScoreQuantity.parse(score_quantity).name}
+        for name, value in compute_args.items():
+            if value is None or isinstance(value, (bool, int, float, str, np.generic)):
+                meta[name] = to_jsonable(value)
+        return meta
+
+    # ------------------------------------------------------------------ storage
+    def parse_for_storage(self, compute_results, list_of_configs=None, metadata=None):
+        """Attach results to copies of the configurations (or build the results dict).
+
+        Parameters
+        ----------
+        compute_results : list or value
+            What :meth:`compute_batch` (or, for dataset and model scores, :meth:`compute`)
+            returned.
+        list_of_configs : list of ase.Atoms, optional
+            Required for atom-centred and configuration scores; never modified.
+        metadata : dict, optional
+            Defaults to the metadata of the last ``compute``/``compute_batch`` call.
+
+        Returns
+        -------
+        list of ase.Atoms or dict
+        """
+        raise NotImplementedError
+
+    def save_results(self, compute_results, save_dir=".", list_of_configs=None):
+        """Write results to ``save_dir`` (``score_results.xyz`` or ``score_results.json``).
+
+        The file is written under a temporary name and renamed, so an interrupted save
+        never leaves half a file. Returns the path written.
+        """
+        data = self.parse_for_storage(compute_results, list_of_configs)
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        return self.write_data(save_dir / self.results_filename, data)
+
+    @property
+    def results_filename(self) -> str:
+        return RESULTS_XYZ if self.kind in ("atom", "configuration") else RESULTS_JSON
+
+    @staticmethod
+    def write_data(path, data):
+        """Write a list of Atoms (extxyz) or a dict (JSON) atomically to ``path``."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            if isinstance(data, dict):
+                tmp.write_text(json.dumps(to_jsonable(data), indent=2))
+            else:
+                from atomscore.io import write_extxyz
+
+                write_extxyz(tmp, data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @staticmethod
+    def read_data(path):
+        """Read results written by :meth:`write_data` (list of Atoms or dict)."""
+        path = Path(path)
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        from atomscore.io import read_extxyz
+
+        return read_extxyz(path)
+
+    # ------------------------------------------------------------------ jobs
+    def run(self, path_type, configs, compute_args, workflow=None, job_details=None,
+            batch_size=1, verbose=False):
+        """Write one job folder per batch and submit them to ``workflow``.
+
+        Parameters
+        ----------
+        path_type : str
+            Name of this run; folders go to ``root/<ScoreClass>/<path_type>/<NNNNN>/``.
+        configs : list of ase.Atoms (or list of target-property dicts for model scores)
+        compute_args : dict
+            Arguments of :meth:`compute_batch`, ``score_quantity`` included. Never modified.
+        workflow : Workflow or dict, optional
+            A workflow or its dict form; default a :class:`~atomscore.jobs.workflow.LocalWorkflow`.
+        job_details : dict, optional
+            Passed to the workflow (walltime, queue, ...).
+        batch_size : int
+            Configurations per job (a dataset score always runs as one job).
+        verbose : bool
+            Print the folders written.
+
+        Returns
+        -------
+        list of str
+            One calc id (the job folder's absolute path) per job.
+        """
+        from atomscore.jobs.folder import prepare_score_jobs
+
+        jobs = prepare_score_jobs(self, path_type, configs, compute_args, batch_size)
+        from atomscore.jobs.workflow import make_workflow
+
+        workflow = make_workflow(workflow)
+        folders = jobs.write(workflow.root)
+        self._run_folders.extend(folders)
+        if verbose:
+            for folder in folders:
+                print(f"atomscore: wrote job {folder}")
+        return [workflow.submit(folder, job_details) for folder in folders]
+
+    def write_input(self, folder, configs):
+        """Write the configurations of one job to ``folder`` (``input.xyz`` or ``input.json``)."""
+        from atomscore.jobs.folder import write_inputs
+
+        return write_inputs(folder, self.kind, configs)
+
+    def data_from_calc_ids(self, calc_ids, workflow=None, cleanup=True):
+        """Gather the results of finished jobs, in the order of ``calc_ids``.
+
+        Returns a list of Atoms (atom-centred and configuration scores) or a list of
+        result dicts, one per job (dataset and model scores). Failed or unfinished jobs
+        raise :class:`~atomscore.errors.JobFailedError`. With ``cleanup`` the jobs'
+        temporary argument files are removed (results and logs stay).
+        """
+        from atomscore.jobs.folder import job_folder, remove_args
+        from atomscore.jobs.workflow import check_finished
+
+        folders = [job_folder(calc_id, workflow) for calc_id in calc_ids]
+        check_finished(folders, calc_ids)
+        out = []
+        for folder in folders:
+            data = self.read_data(folder / self.results_filename)
+            out.extend(data) if isinstance(data, list) else out.append(data)
+        if cleanup:
+            for folder in folders:
+                remove_args(folder)
+        return out
+
+    def cleanup(self):
+        """Remove the temporary argument files of this object's runs; nothing else."""
+        from atomscore.jobs.folder import remove_args
+
+        for folder in self._run_folders:
+            remove_args(folder)
+        self._run_folders = []
+
+    def run_batch(self, configs, score_quantity, compute_args):
+        """What a job does with its configurations (used by the job runner)."""
+        return self.compute_batch(configs, score_quantity, **compute_args)
+
+    # ------------------------------------------------------------------ helpers
+    def _metadata_or(self, metadata):
+        return copy.deepcopy(self._last_metadata if metadata is None else metadata)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={_short(v)}" for k, v in self._init_args.items())
+        return f"{type(self).__name__}({args})"
+
+
+def _short(value):
+    if isinstance(value, np.ndarray):
+        return f"<array {value.shape} {value.dtype}>"
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def _flat_value(value):
+    """A metadata value as a flat extxyz info entry (None kept readable as 'None')."""
+    if value is None:
+        return "None"
+    if isinstance(value, dict):
+        return json.dumps(to_jsonable(value))
+    return to_jsonable(value)
+
+
+class _ConfigsScore(ScoreBase):
+    """Shared storage of the two kinds whose results live on the configurations."""
+
+    def _attach(self, atoms, result):
+        raise NotImplementedError
+
+    def parse_for_storage(self, compute_results, list_of_configs=None, metadata=None):
+        if list_of_configs is None:
+            raise InputError(f"{type(self).__name__}.save_results: list_of_configs is required "
+                             "(the configurations the results belong to)")
+        configs = check_configs(list_of_configs, "list_of_configs")
+        results = list(compute_results)
+        if len(results) != len(configs):
+            raise InputError(f"{type(self).__name__}.save_results: {len(results)} results for "
+                             f"{len(configs)} configurations")
+        meta = self._metadata_or(metadata)
+        out = []
+        for i, (atoms, result) in enumerate(zip(configs, results)):
+            new = atoms.copy()
+            self._attach(new, result, i)
+            all_meta = copy.deepcopy(new.info.get("_metadata", {}))
+            if not isinstance(all_meta, dict):
+                all_meta = {}
+            all_meta[self.OUTPUT_KEY] = to_jsonable(meta)
+            new.info["_metadata"] = all_meta
+            for field, value in meta.items():
+                new.info[f"{self.OUTPUT_KEY}_{field}"] = _flat_value(value)
+            out.append(new)
+        return out
+
+
+class AtomCenteredScore(_ConfigsScore):
+    """A score per atom: ``compute`` returns an ``(n_atoms, ...)`` array per configuration."""
+
+    kind = "atom"
+
+    def _attach(self, atoms, result, index):
+        arr = np.asarray(result)
+        if arr.ndim == 0 or arr.shape[0] != len(atoms):
+            raise InputError(f"{type(self).__name__}.save_results: configuration {index} has "
+                             f"{len(atoms)} atoms but its result has shape {arr.shape}")
+        atoms.arrays[self.result_key] = arr
+
+
+class ConfigurationScore(_ConfigsScore):
+    """A score per configuration: ``compute`` returns an array (e.g. a P x P FIM) or a scalar."""
+
+    kind = "configuration"
+
+    def _attach(self, atoms, result, index):
+        atoms.info[self.result_key] = result.item() if np.ndim(result) == 0 and hasattr(result, "item") else result
+
+
+class _WholeScore(ScoreBase):
+    """Shared storage of the kinds whose result is one value (dataset, model)."""
+
+    def parse_for_storage(self, compute_results, list_of_configs=None, metadata=None):
+        return {self.result_key: to_jsonable(compute_results),
+                "_metadata": to_jsonable(self._metadata_or(metadata))}
+
+
+class DatasetScore(_WholeScore):
+    """One value for a whole dataset: ``compute(dataset, score_quantity, ...)``.
+
+    ``compute_batch(dataset, ...)`` returns ``[compute(dataset, ...)]``; :meth:`run`
+    always writes a single job holding the whole dataset.
+    """
+
+    kind = "dataset"
+
+    def compute_batch(self, list_of_atoms, score_quantity, **compute_args):
+        """The dataset's value, as a one-element list."""
+        return [self.compute(list_of_atoms, score_quantity, **compute_args)]
+
+    def run_batch(self, configs, score_quantity, compute_args):
+        return self.compute(configs, score_quantity, **compute_args)
+
+
+class ModelScore(_WholeScore):
+    """A score of a model, e.g. the FIM of target properties: ``compute(items, ...)``.
+
+    The items (e.g. target-property dicts) are stored as ``input.json`` in job folders.
+    """
+
+    kind = "model"
+
+    def run_batch(self, configs, score_quantity, compute_args):
+        return self.compute(configs, score_quantity, **compute_args)
+
+
+def validate_batch_size(batch_size):
+    """``batch_size`` as a positive int, or InputError."""
+    return check_int(batch_size, "batch_size", minimum=1)
