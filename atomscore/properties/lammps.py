@@ -1,0 +1,291 @@
+"""LAMMPS backend of the elastic-constant target property.
+
+LAMMPS (the ``lmp`` executable, built with its KIM package) computes the equilibrium
+lattice constant, the cohesive energy and the relaxed 6x6 elastic matrix of a cubic
+crystal described by an OpenKIM model. Perturbed model parameters are set inside the
+input deck with ``kim param set``: no model is ever written, compiled or installed per
+perturbation. Every run happens in its own temporary folder, removed afterwards.
+
+The input deck is generated from numbers only (model id, species, lattice, strain,
+parameter values); no user text is interpolated into it unchecked.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from atomscore.errors import InputError, PotentialError
+
+#: LAMMPS ``lattice`` style of each supported lattice type
+LAMMPS_LATTICES = {"diamond": "diamond", "fcc": "fcc", "bcc": "bcc", "sc": "sc"}
+
+#: 1 bar in GPa (LAMMPS ``metal`` units report pressure in bar)
+BAR_TO_GPA = 1.0e-4
+
+#: Voigt order of strains and stresses: xx, yy, zz, yz, xz, xy
+VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
+
+_KIM_ID = re.compile(r"^[A-Za-z0-9_\-.]+$")
+_SPECIES = re.compile(r"^[A-Z][a-z]?$")
+_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_DEBIAN = ["lammps", "libkim-api-dev", "openkim-models"]
+_LOG_TAIL_LINES = 40
+
+
+@functools.lru_cache(maxsize=8)
+def _check_executable(path: str) -> str:
+    resolved = shutil.which(path) if os.sep not in path else (path if os.access(path, os.X_OK) else None)
+    if resolved is None or not Path(resolved).is_file():
+        raise InputError(
+            f"simulator_path: expected a LAMMPS executable built with the KIM package, "
+            f"got {path!r}, which is not an executable file (Debian: apt-get install {' '.join(_DEBIAN)})")
+    try:
+        out = subprocess.run([resolved, "-h"], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InputError(f"simulator_path: cannot run {resolved!r} -h: {exc}") from None
+    text = out.stdout + out.stderr
+    match = re.search(r"Installed packages:\s*\n(.*?)\n\s*\n\s*\n?List of", text, re.S)
+    packages = set((match.group(1) if match else text).split())
+    if "Large-scale Atomic/Molecular Massively Parallel Simulator" not in text and "LAMMPS" not in text:
+        raise InputError(f"simulator_path: {resolved!r} does not look like LAMMPS ('-h' does not name it)")
+    if "KIM" not in packages:
+        raise InputError(
+            f"simulator_path: {resolved!r} is LAMMPS without the KIM package (installed packages: "
+            f"{' '.join(sorted(packages)) or 'none listed'}); rebuild it with -D PKG_KIM=on "
+            f"or use the Debian package: apt-get install {' '.join(_DEBIAN)}")
+    return resolved
+
+
+def check_lammps(simulator_path) -> str:
+    """Return the resolved path of a LAMMPS executable that has the KIM package.
+
+    Parameters
+    ----------
+    simulator_path : str or os.PathLike
+        ``lmp`` executable (a name on ``PATH`` or a path).
+
+    Raises
+    ------
+    InputError
+        If it is missing, not executable, not LAMMPS, or LAMMPS without the KIM package.
+    """
+    if not isinstance(simulator_path, (str, os.PathLike)) or not str(simulator_path).strip():
+        raise InputError(f"simulator_path: expected the path of the LAMMPS executable, got {simulator_path!r}")
+    return _check_executable(str(simulator_path))
+
+
+def _fmt(x) -> str:
+    """A float in full precision for the deck (``repr`` round-trips exactly)."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise InputError(f"expected a finite number for the LAMMPS deck, got {x!r}")
+    return repr(x)
+
+
+def _param_lines(parameters) -> list[str]:
+    lines = []
+    for name, values in (parameters or {}).items():
+        if not _PARAM.match(str(name)):
+            raise InputError(f"parameters: {name!r} is not a KIM parameter name")
+        vals = np.atleast_1d(np.asarray(values, dtype=float)).ravel()
+        if vals.size == 0:
+            continue
+        index = "1" if vals.size == 1 else f"1:{vals.size}"
+        lines.append(f"kim param set {name} {index} " + " ".join(_fmt(v) for v in vals))
+    return lines
+
+
+def _setup(kim_id, species, mass, params):
+    return [
+        f"kim init {kim_id} metal",
+        "boundary p p p",
+        "atom_modify map array",
+    ], [
+        f"mass 1 {_fmt(mass)}",
+        f"kim interactions {species}",
+        *params,
+    ]
+
+
+def build_deck(kim_id, species, lattice_type, lattice_param, deformation_mag, parameters=None,
+               etol=0.0, ftol=1e-12):
+    """Write the LAMMPS input deck (a string) that computes the elastic constants.
+
+    The deck (1) relaxes the cubic cell isotropically and the atoms, prints the lattice
+    constant and the energy per atom and writes the relaxed cell; (2) for each of the six
+    Voigt strains, applied as +/- ``deformation_mag`` (engineering shear strain for
+    yz/xz/xy) to the relaxed cell, relaxes the atoms at fixed cell and prints the pressure
+    tensor; (3) prints the energy of one isolated atom.
+
+    Parameters
+    ----------
+    kim_id : str
+        OpenKIM model id.
+    species : str
+        Chemical symbol of the (single) species.
+    lattice_type : str
+        One of :data:`LAMMPS_LATTICES`.
+    lattice_param : float
+        Starting lattice constant, Å.
+    deformation_mag : float
+        Strain magnitude of the finite differences (dimensionless).
+    parameters : dict, optional
+        ``{name: values}`` set with ``kim param set`` after ``kim interactions``.
+    """
+    from ase.data import atomic_masses, atomic_numbers
+
+    if not _KIM_ID.match(str(kim_id)):
+        raise InputError(f"kim_id: {kim_id!r} is not an OpenKIM model id")
+    if not _SPECIES.match(str(species)) or species not in atomic_numbers:
+        raise InputError(f"elements: {species!r} is not a chemical symbol")
+    mass = float(atomic_masses[atomic_numbers[species]])
+    params = _param_lines(parameters)
+    head, tail = _setup(kim_id, species, mass, params)
+    minimize = f"minimize {_fmt(etol)} {_fmt(ftol)} 100000 1000000"
+    thermo = ["thermo_style custom step pe press pxx pyy pzz pyz pxz pxy lx",
+              "thermo_modify format float %.17g"]
+    d = float(deformation_mag)
+    lines = [
+        "# atomscore: elastic constants with kim param set (generated)",
+        *head,
+        f"lattice {LAMMPS_LATTICES[lattice_type]} {_fmt(lattice_param)}",
+        "region cell prism 0 1 0 1 0 1 0 0 0 units lattice",
+        "create_box 1 cell",
+        "create_atoms 1 box",
+        *tail,
+        *thermo,
+        "min_modify line quadratic",
+        "fix relax all box/relax iso 0.0 vmax 0.001",
+        minimize,
+        "unfix relax",
+        minimize,
+        "run 0",
+        'print "ATOMSCORE_EQ $(lx:%.17g) $(pe/atoms:%.17g) $(press:%.17g) $(atoms)"',
+        "write_data relaxed.data",
+    ]
+    length = {"xx": "lx", "yy": "ly", "zz": "lz", "yz": "lz", "xz": "lz", "xy": "ly"}
+    for j, comp in enumerate(VOIGT):
+        for sign in (1, -1):
+            strain = _fmt(sign * d)
+            if comp[0] == comp[1]:
+                change = f"change_box all {comp[0]} delta 0 $({strain}*{length[comp]}) remap units box"
+            else:
+                change = f"change_box all {comp} delta $({strain}*{length[comp]}) remap units box"
+            lines += [
+                "clear",
+                *head,
+                "read_data relaxed.data",
+                *tail,
+                change,
+                *thermo,
+                "min_modify line quadratic",
+                minimize,
+                "run 0",
+                f'print "ATOMSCORE_STRAIN {j} {sign} $(pxx:%.17g) $(pyy:%.17g) $(pzz:%.17g) '
+                f'$(pyz:%.17g) $(pxz:%.17g) $(pxy:%.17g)"',
+            ]
+    lines += [
+        "clear",
+        *head,
+        "region big block -20 20 -20 20 -20 20 units box",
+        "create_box 1 big",
+        "create_atoms 1 single 0.0 0.0 0.0 units box",
+        *tail,
+        *thermo,
+        "run 0",
+        'print "ATOMSCORE_ATOM $(pe:%.17g)"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_lammps(lmp, deck, workdir, timeout=None) -> str:
+    """Run ``lmp`` on ``deck`` inside ``workdir``; return the log text.
+
+    Raises
+    ------
+    PotentialError
+        If LAMMPS exits with an error or times out; the message carries the tail of its log.
+    """
+    workdir = Path(workdir)
+    (workdir / "in.elastic").write_text(deck)
+    try:
+        proc = subprocess.run([lmp, "-in", "in.elastic", "-log", "log.lammps", "-screen", "none",
+                               "-nocite"], cwd=workdir, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        code = proc.returncode
+        extra = (proc.stdout + proc.stderr).strip()
+    except subprocess.TimeoutExpired:
+        code, extra = "timeout", f"LAMMPS did not finish within {timeout} s"
+    log = workdir / "log.lammps"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    failed = code != 0 or re.search(r"^ERROR", text, re.M)
+    if failed:
+        tail = "\n".join((text.strip().splitlines() + extra.splitlines())[-_LOG_TAIL_LINES:])
+        raise PotentialError(f"LAMMPS ({lmp}) failed (exit {code}) in {workdir}; log tail:\n{tail}")
+    return text
+
+
+def parse_log(text, deformation_mag):
+    """Read the ``ATOMSCORE_*`` lines of a log; return (a0, energy_per_atom, e_atom, C in GPa)."""
+    eq = re.findall(r"^ATOMSCORE_EQ (\S+) (\S+) (\S+) (\S+)", text, re.M)
+    atom = re.findall(r"^ATOMSCORE_ATOM (\S+)", text, re.M)
+    strains = re.findall(r"^ATOMSCORE_STRAIN (\d) (-?1) " + " ".join([r"(\S+)"] * 6), text, re.M)
+    if len(eq) != 1 or len(atom) != 1 or len(strains) != 12:
+        tail = "\n".join(text.strip().splitlines()[-_LOG_TAIL_LINES:])
+        raise PotentialError(f"LAMMPS log is missing results ({len(strains)} of 12 strains); log tail:\n{tail}")
+    a0 = float(eq[0][0])
+    e_per_atom = float(eq[0][1])
+    press = np.zeros((6, 2, 6))
+    for j, sign, *vals in strains:
+        press[int(j), 0 if sign == "1" else 1] = [float(v) for v in vals]
+    # stress = -pressure; C[:, j] = d sigma / d strain_j (central difference), bar -> GPa
+    c = -(press[:, 0, :] - press[:, 1, :]).T / (2.0 * deformation_mag) * BAR_TO_GPA
+    return a0, e_per_atom, float(atom[0][0]), c
+
+
+def lammps_elastic(lmp, kim_id, species, lattice_type, lattice_param, deformation_mag,
+                   parameters=None, timeout=None):
+    """Elastic constants of a cubic crystal through LAMMPS and ``kim param set``.
+
+    Parameters
+    ----------
+    lmp : str
+        LAMMPS executable (checked with :func:`check_lammps`).
+    kim_id : str
+        OpenKIM model id, installed where LAMMPS's KIM API finds it.
+    species : str
+        Chemical symbol.
+    lattice_type : {'diamond', 'fcc', 'bcc', 'sc'}
+        Crystal structure.
+    lattice_param : float
+        Starting lattice constant, Å.
+    deformation_mag : float
+        Strain of the central finite differences.
+    parameters : dict, optional
+        Model parameter values ``{name: list of values}`` set with ``kim param set``.
+    timeout : float, optional
+        Seconds before the run is killed.
+
+    Returns
+    -------
+    dict
+        ``lattice_constant`` (Å), ``energy_per_atom`` (eV), ``isolated_atom_energy`` (eV),
+        ``elastic_constants`` (6x6, GPa, unsymmetrised).
+    """
+    lmp = check_lammps(lmp)
+    deck = build_deck(kim_id, species, lattice_type, lattice_param, deformation_mag, parameters)
+    with tempfile.TemporaryDirectory(prefix="atomscore-lammps-") as tmp:
+        text = run_lammps(lmp, deck, tmp, timeout=timeout)
+    a0, e, e_atom, c = parse_log(text, deformation_mag)
+    return {"lattice_constant": a0, "energy_per_atom": e, "isolated_atom_energy": e_atom,
+            "elastic_constants": c}
