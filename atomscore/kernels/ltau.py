@@ -1,0 +1,608 @@
+"""LTAU: per-training-point error distributions, looked up by nearest neighbours (faiss).
+
+LTAU (loss-trajectory analysis for uncertainty) keeps, for every training atom, the
+distribution of its force-error magnitude over the epochs of training. A new atom gets the
+average distribution of its ``k`` nearest training atoms in descriptor space.
+
+By linearity, the expected error of the averaged distribution is the average of the
+expected errors of the neighbours, so :class:`LTAUEstimator` computes the expected error
+of every training point once, and a query costs one faiss k-NN search plus a mean over
+``k`` numbers -- not a ``(queries x k x bins)`` gather of PDFs.
+
+Conventions (and where they differ from the reference ``ltau-ff`` estimator):
+
+* A PDF is a histogram density: ``sum(pdf * widths) == 1`` over the bins.
+* Histograms count every sample inside ``[bins[0], bins[-1]]``, **including a sample equal
+  to the top edge** (the reference drops it). Samples outside the bins are counted in the
+  first / last bin (clipped), so every epoch keeps its weight.
+* Bin midpoints are **geometric** ``sqrt(e_i e_{i+1})`` for log bins and **arithmetic**
+  ``(e_i + e_{i+1}) / 2`` for linear bins (the reference always uses geometric ones).
+  On log bins our numbers equal the reference's.
+* The CDF at an error tolerance is interpolated linearly inside the bin that holds the
+  tolerance and is always within ``[0, 1]``.
+* Distances are true L2 (faiss returns *squared* L2; we take the square root).
+* ``'HNSW+IVFPQ'`` works (an IVF-PQ index whose coarse quantizer is an HNSW graph).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from atomscore.errors import InputError
+from atomscore.validation import check_choice, check_int, load_array
+
+#: the faiss index types :class:`LTAUEstimator` builds
+INDEX_TYPES = ("IndexFlatL2", "IndexHNSWFlat", "HNSW+IVFPQ")
+
+#: the bin spacings: 'log' (geometric midpoints) and 'linear' (arithmetic midpoints)
+BIN_SPACINGS = ("log", "linear")
+
+#: tuning keys of each index type and their defaults (``None``: chosen from the data, see
+#: :func:`index_defaults`)
+INDEX_ARG_DEFAULTS = {
+    "IndexFlatL2": {},
+    "IndexHNSWFlat": {"M": 32, "efConstruction": 40, "efSearch": 16},
+    "HNSW+IVFPQ": {"nlist": None, "M": None, "nbits": None, "hnsw_m": 32,
+                   "efConstruction": 40, "efSearch": 16, "nprobe": None},
+}
+
+# tolerance on sum(pdf * widths) == 1 for PDFs given directly
+_PDF_NORM_RTOL = 1e-4
+
+
+# --------------------------------------------------------------------------- binning
+
+def make_bins(errors, nbins, range_limits=None, spacing="log"):
+    """Bin edges for error magnitudes.
+
+    Parameters
+    ----------
+    errors : array_like
+        Error magnitudes (any shape; eV/Angstrom for forces). Used only when
+        ``range_limits`` is ``None``: the edges then run from ``errors.min()`` to
+        ``errors.max()``, as the reference does.
+    nbins : int
+        Number of bins (``nbins + 1`` edges).
+    range_limits : (float, float), optional
+        ``(low, high)`` of the edges, same unit as the errors.
+    spacing : {'log', 'linear'}
+        Log: edges equally spaced in ``log10`` (needs ``low > 0``); linear: equally spaced.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(nbins + 1,)`` increasing edges.
+
+    Raises
+    ------
+    InputError
+        Log spacing with a lower limit <= 0 (e.g. some errors are exactly 0 and no
+        ``range_limits`` were given), a degenerate range, ``nbins < 1``.
+    """
+    nbins = check_int(nbins, "nbins", minimum=1)
+    check_choice(spacing, "bin_spacing", BIN_SPACINGS)
+    if range_limits is None:
+        errors = np.asarray(errors, dtype=float)
+        if errors.size == 0:
+            raise InputError("errors: expected at least one error value to build bins from, got none")
+        low, high = float(errors.min()), float(errors.max())
+        source = "min/max of the errors"
+    else:
+        lim = load_array(range_limits, "range_limits", shape=(2,))
+        low, high = float(lim[0]), float(lim[1])
+        source = "range_limits"
+    if not high > low:
+        raise InputError(f"range_limits: expected low < high for the bins, got ({low!r}, {high!r}) from {source}")
+    if spacing == "log":
+        if low <= 0:
+            raise InputError(
+                f"bin_spacing='log': the lowest bin edge must be > 0, got {low!r} from {source}; "
+                "errors of exactly 0 cannot sit on a log axis -- give range_limits=(low, high) with low > 0 "
+                "(smaller errors are counted in the first bin) or use bin_spacing='linear'")
+        return np.logspace(math.log10(low), math.log10(high), nbins + 1)
+    return np.linspace(low, high, nbins + 1)
+
+
+def check_bins(bins, spacing="log", name="bins"):
+    """Check bin edges: 1-D, at least 2, finite, strictly increasing, > 0 for log spacing."""
+    check_choice(spacing, "bin_spacing", BIN_SPACINGS)
+    bins = load_array(bins, name, ndim=1)
+    if bins.size < 2:
+        raise InputError(f"{name}: expected at least 2 bin edges, got {bins.size}")
+    steps = np.diff(bins)
+    if np.any(steps <= 0):
+        i = int(np.argmax(steps <= 0))
+        raise InputError(f"{name}: expected strictly increasing edges, got {bins[i]!r} then {bins[i + 1]!r} at index {i}")
+    if spacing == "log" and bins[0] <= 0:
+        raise InputError(f"{name}: log bins must start at an edge > 0, got {bins[0]!r}; "
+                         "use bin_spacing='linear' for edges starting at 0")
+    return bins
+
+
+def bin_midpoints(bins, spacing="log"):
+    """Representative error of each bin: geometric mean of the edges for log bins,
+    arithmetic mean for linear bins. Same unit as ``bins``."""
+    bins = check_bins(bins, spacing)
+    if spacing == "log":
+        return np.sqrt(bins[:-1] * bins[1:])
+    return 0.5 * (bins[:-1] + bins[1:])
+
+
+def histogram_pdfs(error_logs, bins):
+    """Per-training-point histogram densities of error samples.
+
+    Parameters
+    ----------
+    error_logs : array_like, (n_samples, n_points)
+        Error magnitudes, one column per training point (e.g. one row per epoch).
+    bins : array_like, (nbins + 1,)
+        Increasing bin edges.
+
+    Returns
+    -------
+    numpy.ndarray, (n_points, nbins)
+        Densities with ``sum(pdf * widths) == 1`` per point (unit: 1/error unit). A
+        sample equal to the top edge is counted in the last bin; samples below the first /
+        above the last edge are counted in the first / last bin.
+    """
+    logs = np.asarray(error_logs, dtype=float)
+    bins = np.asarray(bins, dtype=float)
+    nbins = bins.size - 1
+    n_samples, n_points = logs.shape
+    # one searchsorted over all samples instead of n_points calls to np.histogram
+    which = np.searchsorted(bins, logs, side="right") - 1
+    np.clip(which, 0, nbins - 1, out=which)
+    flat = which + nbins * np.arange(n_points)[None, :]
+    counts = np.bincount(flat.ravel(), minlength=n_points * nbins).reshape(n_points, nbins)
+    return counts / (n_samples * np.diff(bins))[None, :]
+
+
+def pdfs_from_error_logs(error_logs, nbins=None, bins=None, range_limits=None, spacing="log",
+                         norm=False, name="error_pdfs"):
+    """PDFs and bins from error logs of one model or of an ensemble.
+
+    Parameters
+    ----------
+    error_logs : array_like or list of array_like
+        One ``(epochs, N)`` array of error magnitudes, or ``(epochs, N, 3)`` error vectors
+        with ``norm=True``; or a list of such arrays, one per ensemble member (their
+        per-member PDFs are averaged, each member weighing the same). Arrays or ``.npy``
+        paths.
+    nbins : int, optional
+        Number of bins when ``bins`` is not given (default 100).
+    bins : array_like, optional
+        Bin edges; default: :func:`make_bins` over all members' errors.
+    range_limits, spacing
+        As in :func:`make_bins`.
+    norm : bool
+        Take the Euclidean norm over the last axis (error vectors -> magnitudes).
+
+    Returns
+    -------
+    pdfs : numpy.ndarray, (N, nbins)
+    bins : numpy.ndarray, (nbins + 1,)
+    """
+    members = list(error_logs) if isinstance(error_logs, (list, tuple)) else [error_logs]
+    if not members:
+        raise InputError(f"{name}: expected an error log array or a non-empty list of them, got an empty list")
+    logs = []
+    for m, member in enumerate(members):
+        label = name if len(members) == 1 else f"{name}[{m}]"
+        arr = load_array(member, label, ndim=(3,) if norm else (2,))
+        if norm:
+            if arr.shape[-1] != 3:
+                raise InputError(f"{label}: error_logs_norm=True expects (epochs, N, 3) error vectors, got shape {arr.shape}")
+            arr = np.linalg.norm(arr, axis=-1)
+        if arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise InputError(f"{label}: expected (epochs, N) with epochs, N >= 1, got shape {arr.shape}")
+        if np.any(arr < 0):
+            bad = tuple(int(i) for i in np.argwhere(arr < 0)[0])
+            raise InputError(f"{label}: error magnitudes must be >= 0, got {arr[bad]!r} at index {bad}"
+                             + ("" if norm else "; pass error vectors with error_logs_norm=True"))
+        if logs and arr.shape[1] != logs[0].shape[1]:
+            raise InputError(f"{label}: every ensemble member must log the same N training points; "
+                             f"expected {logs[0].shape[1]} columns, got {arr.shape[1]}")
+        logs.append(arr)
+    if bins is None:
+        nbins = 100 if nbins is None else nbins
+        low = min(float(a.min()) for a in logs)
+        high = max(float(a.max()) for a in logs)
+        if range_limits is None:
+            bins = make_bins(np.array([low, high]), nbins, None, spacing)
+        else:
+            bins = make_bins(None, nbins, range_limits, spacing)
+    else:
+        bins = check_bins(bins, spacing)
+        if nbins is not None and check_int(nbins, "nbins", minimum=1) != bins.size - 1:
+            raise InputError(f"nbins: expected {bins.size - 1} to match the {bins.size} edges given in bins, got {nbins}")
+    pdfs = histogram_pdfs(logs[0], bins)
+    for arr in logs[1:]:
+        pdfs += histogram_pdfs(arr, bins)
+    pdfs /= len(logs)
+    return pdfs, bins
+
+
+def check_pdfs(pdfs, bins, name="error_pdfs"):
+    """Check densities ``(N, nbins)``: finite, >= 0, each integrating to 1 over the bins."""
+    pdfs = load_array(pdfs, name, ndim=2)
+    if pdfs.shape[1] != bins.size - 1:
+        raise InputError(f"{name}: expected {bins.size - 1} columns (one per bin of the {bins.size} edges), got shape {pdfs.shape}")
+    if pdfs.shape[0] < 1:
+        raise InputError(f"{name}: expected at least one training point, got shape {pdfs.shape}")
+    if np.any(pdfs < 0):
+        i = int(np.argwhere(pdfs < 0)[0][0])
+        raise InputError(f"{name}: densities must be >= 0, got a negative value for training point {i}")
+    total = pdfs @ np.diff(bins)
+    bad = np.abs(total - 1.0) > _PDF_NORM_RTOL
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise InputError(f"{name}: each row must be a density with sum(pdf * bin widths) == 1; training point {i} "
+                         f"integrates to {total[i]!r} (for probabilities per bin, divide by the bin widths)")
+    return pdfs
+
+
+# --------------------------------------------------------------------------- faiss
+
+def index_defaults(index_type, n_train, dim, index_args=None):
+    """The full tuning arguments of ``index_type``: given values over documented defaults.
+
+    Defaults:
+
+    * ``IndexFlatL2``: none (exact search).
+    * ``IndexHNSWFlat``: ``M=32`` (graph degree), ``efConstruction=40``, ``efSearch=16``.
+    * ``HNSW+IVFPQ``: ``nlist = clip(round(4 sqrt(N)), 1, N // 39)`` inverted lists (faiss
+      wants >= 39 training points per centroid); ``M`` = the largest divisor of ``dim`` that
+      is <= 16 (PQ sub-quantizers; must divide ``dim``); ``nbits = min(8, floor(log2(N / 39)))``
+      (at least 1) bits per code, so each sub-quantizer gets the 39 points per centroid
+      faiss asks for (2**nbits <= N is required); ``hnsw_m=32``,
+      ``efConstruction=40``, ``efSearch=16`` for the HNSW coarse quantizer;
+      ``nprobe = min(nlist, 8)`` lists visited per query.
+
+    Raises
+    ------
+    InputError
+        Unknown index type (listing the valid ones), unknown keys (listing the valid ones),
+        values that faiss cannot use.
+    """
+    check_choice(index_type, "index_type", INDEX_TYPES)
+    given = {} if index_args is None else index_args
+    if not isinstance(given, dict):
+        raise InputError(f"index_args: expected a dict or None, got {type(given).__name__}")
+    allowed = INDEX_ARG_DEFAULTS[index_type]
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise InputError(f"index_args: unknown key(s) {unknown} for index_type={index_type!r}; "
+                         f"expected some of: {sorted(allowed) or 'none'}")
+    args = dict(allowed)
+    args.update(given)
+    if index_type == "HNSW+IVFPQ":
+        if args["nlist"] is None:
+            args["nlist"] = int(min(max(1, round(4 * math.sqrt(n_train))), max(1, n_train // 39)))
+        if args["M"] is None:
+            args["M"] = max(m for m in range(1, min(dim, 16) + 1) if dim % m == 0)
+        if args["nbits"] is None:
+            args["nbits"] = int(min(8, max(1, math.floor(math.log2(max(n_train / 39, 2))))))
+        if args["nprobe"] is None:
+            args["nprobe"] = int(min(args["nlist"], 8))
+    for key, value in args.items():
+        check_int(value, f"index_args[{key!r}]", minimum=1)
+    if index_type == "HNSW+IVFPQ":
+        if dim % args["M"]:
+            raise InputError(f"index_args['M']: the number of PQ sub-quantizers must divide the descriptor "
+                             f"dimension {dim}, got {args['M']}")
+        if args["nlist"] > n_train:
+            raise InputError(f"index_args['nlist']: expected at most the {n_train} training points, got {args['nlist']}")
+        if 2 ** args["nbits"] > n_train:
+            raise InputError(f"index_args['nbits']: PQ training needs at least 2**nbits = {2 ** args['nbits']} "
+                             f"training points, got {n_train}; lower nbits")
+        if args["nprobe"] > args["nlist"]:
+            raise InputError(f"index_args['nprobe']: expected at most nlist = {args['nlist']}, got {args['nprobe']}")
+    return args
+
+
+def _as_f32(x):
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def build_index(train_descriptors, index_type="IndexFlatL2", index_args=None):
+    """Build and fill a faiss index over the training descriptors.
+
+    Parameters
+    ----------
+    train_descriptors : numpy.ndarray, (N, dim)
+    index_type : {'IndexFlatL2', 'IndexHNSWFlat', 'HNSW+IVFPQ'}
+    index_args : dict, optional
+        Tuning keys; see :func:`index_defaults`.
+
+    Returns
+    -------
+    index : faiss.Index
+    args : dict
+        The tuning arguments used (defaults filled in).
+    """
+    import faiss
+
+    x = _as_f32(train_descriptors)
+    n, dim = x.shape
+    args = index_defaults(index_type, n, dim, index_args)
+    if index_type == "IndexFlatL2":
+        index = faiss.IndexFlatL2(dim)
+    elif index_type == "IndexHNSWFlat":
+        index = faiss.IndexHNSWFlat(dim, args["M"])
+        index.hnsw.efConstruction = args["efConstruction"]
+    else:
+        # faiss' own factory string: IVF with an HNSW coarse quantizer, PQ codes
+        index = faiss.index_factory(dim, f"IVF{args['nlist']}_HNSW{args['hnsw_m']},PQ{args['M']}x{args['nbits']}")
+        ivf = faiss.extract_index_ivf(index)
+        faiss.downcast_index(ivf.quantizer).hnsw.efConstruction = args["efConstruction"]
+        index.train(x)
+    index.add(x)
+    set_search_args(index, index_type, args)
+    return index, args
+
+
+def set_search_args(index, index_type, args):
+    """Apply the search-time tuning (efSearch, nprobe) of ``args`` to ``index``."""
+    import faiss
+
+    if index_type == "IndexHNSWFlat":
+        faiss.downcast_index(index).hnsw.efSearch = args["efSearch"]
+    elif index_type == "HNSW+IVFPQ":
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = args["nprobe"]
+        faiss.downcast_index(ivf.quantizer).hnsw.efSearch = args["efSearch"]
+
+
+# --------------------------------------------------------------------------- estimator
+
+@dataclass
+class LTAUPrediction:
+    """What :meth:`LTAUEstimator.predict_full` returns (``None`` where not asked for).
+
+    Attributes
+    ----------
+    errors : numpy.ndarray, (n,)
+        Expected error magnitude per query (unit of the bins, e.g. eV/Angstrom).
+    pdfs : numpy.ndarray, (n, nbins) or None
+        Averaged error densities of the ``k`` neighbours.
+    cdf : numpy.ndarray, (n,) or None
+        Probability that the error is <= ``atol``; within [0, 1].
+    distance : numpy.ndarray, (n,) or None
+        Mean true-L2 descriptor distance to the ``k`` neighbours (descriptor unit).
+    neighbors : numpy.ndarray, (n, k)
+        Training indices of the neighbours (-1 where faiss found fewer than ``k``).
+    """
+
+    errors: np.ndarray
+    neighbors: np.ndarray
+    pdfs: np.ndarray | None = None
+    cdf: np.ndarray | None = None
+    distance: np.ndarray | None = None
+
+
+class LTAUEstimator:
+    """Error distributions of training points, looked up by k-nearest neighbours.
+
+    Parameters
+    ----------
+    train_descriptors : array_like, (N, dim)
+        Descriptor of every training point (atom).
+    pdfs : array_like, (N, nbins)
+        Error density of every training point over ``bins`` (``sum(pdf * widths) == 1``;
+        unit 1/error unit). Build them from error logs with :meth:`from_error_logs`.
+    bins : array_like, (nbins + 1,)
+        Increasing bin edges (error unit, e.g. eV/Angstrom).
+    bin_spacing : {'log', 'linear'}
+        Decides the bin midpoints: geometric for log bins, arithmetic for linear bins.
+    index_type : {'IndexFlatL2', 'IndexHNSWFlat', 'HNSW+IVFPQ'}
+        faiss index (see :func:`index_defaults` for the tuning keys and defaults).
+    index_args : dict, optional
+        Tuning keys of the index.
+    index : faiss.Index, optional
+        A ready index over the same training descriptors (e.g. from :meth:`load`); it
+        must hold ``N`` vectors of dimension ``dim``.
+
+    Notes
+    -----
+    ``expected_errors[i] = sum_b pdfs[i, b] * widths[b] * midpoints[b]`` is computed once;
+    ``predict`` returns the mean of it over the ``k`` nearest training points, which equals
+    the expected error of the averaged PDF (what the reference computes by gathering
+    ``(n, k, nbins)`` PDFs).
+    """
+
+    def __init__(self, train_descriptors, pdfs, bins, bin_spacing="log", index_type="IndexFlatL2",
+                 index_args=None, index=None):
+        check_choice(index_type, "index_type", INDEX_TYPES)
+        self.bin_spacing = check_choice(bin_spacing, "bin_spacing", BIN_SPACINGS)
+        self.bins = check_bins(bins, bin_spacing)
+        self.pdfs = check_pdfs(pdfs, self.bins)
+        x = load_array(train_descriptors, "train_descriptors", ndim=2)
+        if x.shape[0] != self.pdfs.shape[0]:
+            raise InputError(f"train_descriptors: expected one row per training point of the PDFs/error logs "
+                             f"({self.pdfs.shape[0]}), got {x.shape[0]} rows")
+        if x.shape[1] < 1:
+            raise InputError(f"train_descriptors: expected at least one descriptor column, got shape {x.shape}")
+        self.n_train, self.dim = x.shape
+        self.index_type = index_type
+        self.widths = np.diff(self.bins)
+        self.midpoints = bin_midpoints(self.bins, bin_spacing)
+        self._weights = self.pdfs * self.widths  # probability per bin, rows sum to 1
+        self.expected_errors = self._weights @ self.midpoints
+        if index is None:
+            self.index, self.index_args = build_index(x, index_type, index_args)
+        else:
+            self.index_args = index_defaults(index_type, self.n_train, self.dim, index_args)
+            self._adopt_index(index)
+
+    # -- construction helpers
+    @classmethod
+    def from_error_logs(cls, train_descriptors, error_logs, nbins=None, bins=None, range_limits=None,
+                        bin_spacing="log", error_logs_norm=False, index_type="IndexFlatL2", index_args=None):
+        """Build the estimator from error logs; see :func:`pdfs_from_error_logs`."""
+        pdfs, bins = pdfs_from_error_logs(error_logs, nbins=nbins, bins=bins, range_limits=range_limits,
+                                          spacing=bin_spacing, norm=error_logs_norm)
+        return cls(train_descriptors, pdfs, bins, bin_spacing, index_type, index_args)
+
+    def _adopt_index(self, index):
+        if index.ntotal != self.n_train or index.d != self.dim:
+            raise InputError(f"index: expected {self.n_train} vectors of dimension {self.dim} "
+                             f"(the training descriptors), got {index.ntotal} of dimension {index.d}")
+        set_search_args(index, self.index_type, self.index_args)
+        self.index = index
+
+    # -- persistence
+    def save_index(self, path):
+        """Write the faiss index to ``path`` (faiss' own format)."""
+        import faiss
+
+        faiss.write_index(self.index, os.fspath(path))
+
+    def load_index(self, path):
+        """Replace the index by the one in ``path``; it must match the training set."""
+        import faiss
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"index path: file not found: {str(path)!r}")
+        self._adopt_index(faiss.read_index(os.fspath(path)))
+
+    def save(self, directory):
+        """Write the estimator to ``directory``: ``index.faiss`` and ``ltau.npz``.
+
+        The training descriptors are not stored again: the index holds them (exactly
+        for flat/HNSW indexes).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.save_index(directory / "index.faiss")
+        np.savez(directory / "ltau.npz", pdfs=self.pdfs, bins=self.bins,
+                 bin_spacing=np.array(self.bin_spacing), index_type=np.array(self.index_type),
+                 index_args_keys=np.array(list(self.index_args), dtype=str),
+                 index_args_values=np.array(list(self.index_args.values()), dtype=np.int64),
+                 dim=np.array(self.dim))
+
+    @classmethod
+    def load(cls, directory):
+        """Read an estimator written by :meth:`save`."""
+        import faiss
+
+        directory = Path(directory)
+        for name in ("index.faiss", "ltau.npz"):
+            if not (directory / name).is_file():
+                raise InputError(f"LTAUEstimator.load: {str(directory / name)!r} not found")
+        with np.load(directory / "ltau.npz", allow_pickle=False) as data:
+            pdfs, bins = data["pdfs"], data["bins"]
+            spacing, index_type = str(data["bin_spacing"]), str(data["index_type"])
+            args = {str(k): int(v) for k, v in zip(data["index_args_keys"], data["index_args_values"])}
+            dim = int(data["dim"])
+        index = faiss.read_index(os.fspath(directory / "index.faiss"))
+        # descriptors only serve the shape check here; the index already holds them
+        placeholder = np.broadcast_to(np.zeros(1), (pdfs.shape[0], dim))
+        return cls(placeholder, pdfs, bins, spacing, index_type, args, index=index)
+
+    # -- queries
+    def _check_queries(self, x, k, name="descriptors"):
+        x = load_array(x, name, ndim=(1, 2))
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.shape[1] != self.dim:
+            raise InputError(f"{name}: expected descriptors of dimension {self.dim} (as the training descriptors), "
+                             f"got {x.shape[1]}")
+        k = check_int(k, "num_nearest_neighbors", minimum=1)
+        if k > self.n_train:
+            raise InputError(f"num_nearest_neighbors: expected at most the {self.n_train} training points, got {k}")
+        return x, k
+
+    def search(self, descriptors, k=1):
+        """faiss k-NN search. Returns ``(squared_distances, indices)``, each ``(n, k)``."""
+        x, k = self._check_queries(descriptors, k)
+        return self.index.search(_as_f32(x), k)
+
+    def _mean_over_neighbors(self, values, idx):
+        """Mean of ``values[idx]`` over axis 1, skipping -1 (missing) neighbours."""
+        missing = idx < 0
+        if not missing.any():
+            return values[idx].mean(axis=1)
+        found = (~missing).sum(axis=1)
+        if np.any(found == 0):
+            raise InputError(f"the {self.index_type} index found no neighbour for {int(np.sum(found == 0))} "
+                             "queries; raise index_args 'nprobe' / 'efSearch'")
+        gathered = values[np.where(missing, 0, idx)]
+        mask = (~missing).reshape(missing.shape + (1,) * (gathered.ndim - 2))
+        return (gathered * mask).sum(axis=1) / found.reshape((-1,) + (1,) * (gathered.ndim - 2))
+
+    def predict(self, descriptors, k=1):
+        """Expected error magnitude per query (error unit, e.g. eV/Angstrom).
+
+        One faiss search plus the mean of ``k`` precomputed expected errors per query.
+
+        Parameters
+        ----------
+        descriptors : array_like, (n, dim)
+        k : int
+            Number of nearest training points averaged (1 <= k <= N).
+
+        Returns
+        -------
+        numpy.ndarray, (n,)
+        """
+        _, idx = self.search(descriptors, k)
+        return self._mean_over_neighbors(self.expected_errors, idx)
+
+    def cdf_train(self, atol):
+        """Per-training-point ``P(error <= atol)``, ``(N,)``, within [0, 1].
+
+        Linear interpolation inside the bin that holds ``atol`` (the density is constant
+        there); 0 below the first edge, 1 from the last edge on.
+        """
+        atol = float(atol)
+        if not math.isfinite(atol) or atol < 0:
+            raise InputError(f"atol: expected a finite error tolerance >= 0, got {atol!r}")
+        b = int(np.searchsorted(self.bins, atol, side="right")) - 1
+        if b < 0:
+            return np.zeros(self.n_train)
+        if b >= self.widths.size:
+            return np.ones(self.n_train)
+        below = self._weights[:, :b].sum(axis=1)
+        cdf = below + self.pdfs[:, b] * (atol - self.bins[b])
+        return np.clip(cdf, 0.0, 1.0)
+
+    def predict_full(self, descriptors, k=1, pdfs=False, atol=None, distance=False):
+        """Expected errors and, on request, PDFs, CDF at ``atol`` and mean k-NN distance.
+
+        Parameters
+        ----------
+        descriptors : array_like, (n, dim)
+        k : int
+        pdfs : bool
+            Return the averaged ``(n, nbins)`` densities (memory ``n * nbins * 8`` bytes).
+        atol : float, optional
+            Error tolerance (error unit); return ``P(error <= atol)`` per query.
+        distance : bool
+            Return the mean true-L2 distance to the ``k`` neighbours (faiss gives squared
+            L2; approximate for ``HNSW+IVFPQ``).
+
+        Returns
+        -------
+        LTAUPrediction
+        """
+        sq, idx = self.search(descriptors, k)
+        out = LTAUPrediction(errors=self._mean_over_neighbors(self.expected_errors, idx), neighbors=idx)
+        if pdfs:
+            out.pdfs = self._mean_over_neighbors(self.pdfs, idx)
+        if atol is not None:
+            out.cdf = np.clip(self._mean_over_neighbors(self.cdf_train(atol), idx), 0.0, 1.0)
+        if distance:
+            d = np.sqrt(np.maximum(sq.astype(np.float64), 0.0))
+            missing = idx < 0
+            if missing.any():
+                d = np.where(missing, 0.0, d).sum(axis=1) / np.maximum((~missing).sum(axis=1), 1)
+            else:
+                d = d.mean(axis=1)
+            out.distance = d
+        return out
