@@ -104,8 +104,11 @@ def make_bins(errors, nbins, range_limits=None, spacing="log"):
                 f"bin_spacing='log': the lowest bin edge must be > 0, got {low!r} from {source}; "
                 "errors of exactly 0 cannot sit on a log axis -- give range_limits=(low, high) with low > 0 "
                 "(smaller errors are counted in the first bin) or use bin_spacing='linear'")
-        return np.logspace(math.log10(low), math.log10(high), nbins + 1)
-    return np.linspace(low, high, nbins + 1)
+        edges = np.logspace(math.log10(low), math.log10(high), nbins + 1)
+    else:
+        edges = np.linspace(low, high, nbins + 1)
+    edges[0], edges[-1] = low, high  # exact ends: 10**log10(x) may round away from x
+    return edges
 
 
 def check_bins(bins, spacing="log", name="bins"):
