@@ -1,0 +1,359 @@
+"""FIMPropertyScore: the Fisher information of target properties (elastic constants).
+
+The derivative of the property vector ``g(φ)`` (e.g. the 36 elastic constants) with respect
+to the free potential parameters φ (see :mod:`atomscore.fim.parameters`) is estimated by the
+finite-difference formulas of :mod:`information_matching.fim.finitediff` (FD, FD2, FD3, FD4,
+CD, CD4). Every perturbed parameter set is an independent property calculation, run as a job
+through the workflow of that target property (:func:`atomscore.jobs.calls.map_calls`;
+LOCAL, i.e. parallel subprocesses, by default). Then, with the target covariance ``cov``,
+
+    FIM = Jᵀ cov⁻¹ J,   J = ∂g/∂φ  (N × P).
+
+Defaults follow the reference (and ``information_matching``'s ``FiniteDifference``):
+``derivative_kwargs={'h': 0.1, 'method': 'FD'}``, ``h`` an absolute step in φ; the elastic
+constants enter in eV/Å³ unless the target property names other ``units``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import numpy as np
+
+from atomscore.errors import InputError
+from atomscore.quantity import ScoreQuantity
+from atomscore.score import ModelScore, to_jsonable
+from atomscore.validation import load_array
+
+#: default finite-difference settings (those of information_matching's FiniteDifference)
+DEFAULT_DERIVATIVE_KWARGS = {"h": 0.1, "method": "FD"}
+
+#: the target-property types this score can compute
+TARGET_PROPERTY_TYPES = ("ElasticConstants",)
+
+_CALC_ARGS = ("workflow",)
+
+
+# ---------------------------------------------------------------------- one evaluation
+def evaluate_target_property(target_property, potential, parameters):
+    """Property vector of one target property at one parameter set (run inside a job).
+
+    Parameters
+    ----------
+    target_property : dict
+        ``{'target_property_type': 'ElasticConstants', 'target_property_args': {...}}``.
+    potential : dict
+        Potential spec ``{'potential_type': 'KIM', 'potential_args': {...}}``.
+    parameters : dict
+        ``{name: list of values over all extents}`` set before the calculation.
+
+    Returns
+    -------
+    list of float
+        The property vector (for elastic constants: 36 values, row-major, see
+        :meth:`~atomscore.properties.elastic.ElasticConstants.property_vector`).
+    """
+    from atomscore.potentials.kim import KIMPotential
+    from atomscore.properties.elastic import ElasticConstants
+
+    pot = KIMPotential.from_spec(potential)
+    pot.set_parameters({k: np.asarray(v, dtype=float) for k, v in parameters.items()})
+    prop = ElasticConstants.from_spec(target_property)
+    return prop.property_vector(pot).tolist()
+
+
+def _map(func, list_of_kwargs, workflow):
+    """Evaluate ``func(**kw)`` for each kw through ``workflow`` (job folders, in parallel)."""
+    from atomscore.jobs.calls import map_calls
+
+    return map_calls(func, list_of_kwargs, workflow=workflow, path_type="fim_property",
+                     progress=None)
+
+
+# ---------------------------------------------------------------------- input checks
+def _target_properties(list_of_target_property):
+    from atomscore.properties.elastic import ElasticConstants
+
+    items = list_of_target_property
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, (list, tuple)) or not items:
+        raise InputError("list_of_target_property: expected a non-empty list of dicts "
+                         "{'init_args': {...}, 'calculate_property_args': {...}}, "
+                         f"got {type(list_of_target_property).__name__}")
+    out = []
+    for i, item in enumerate(items):
+        where = f"list_of_target_property[{i}]"
+        if not isinstance(item, dict) or "init_args" not in item:
+            raise InputError(f"{where}: expected a dict with 'init_args' (and optionally "
+                             f"'calculate_property_args'), got {item!r:.200}")
+        init = item["init_args"]
+        ptype = init.get("target_property_type") if isinstance(init, dict) else None
+        if ptype not in TARGET_PROPERTY_TYPES:
+            extra = " (KIMRun needs OpenKIM test drivers, not available here)" if ptype == "KIMRun" else ""
+            raise InputError(f"{where}['init_args']['target_property_type']: unknown target property "
+                             f"{ptype!r}{extra}; expected one of: {', '.join(map(repr, TARGET_PROPERTY_TYPES))}")
+        try:
+            prop = ElasticConstants.from_spec(init)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        calc = item.get("calculate_property_args") or {}
+        if not isinstance(calc, dict):
+            raise InputError(f"{where}['calculate_property_args']: expected a dict, got {calc!r}")
+        unknown = sorted(set(calc) - set(_CALC_ARGS))
+        if unknown:
+            raise InputError(f"{where}['calculate_property_args']: unknown keys {unknown}; "
+                             f"expected only: {', '.join(_CALC_ARGS)}")
+        out.append((prop, calc.get("workflow")))
+    return out
+
+
+def _derivative_kwargs(derivative_kwargs, n_params):
+    from information_matching.fim.finitediff import finitediff_info
+
+    if derivative_kwargs is None:
+        derivative_kwargs = {}
+    if not isinstance(derivative_kwargs, dict):
+        raise InputError(f"derivative_kwargs: expected a dict {{'h': ..., 'method': ...}}, got {derivative_kwargs!r}")
+    unknown = sorted(set(derivative_kwargs) - {"h", "method"})
+    if unknown:
+        raise InputError(f"derivative_kwargs: unknown keys {unknown}; expected only 'h' and 'method'")
+    kw = {**DEFAULT_DERIVATIVE_KWARGS, **derivative_kwargs}
+    method = kw["method"]
+    if not isinstance(method, str) or method.upper() not in finitediff_info:
+        raise InputError(f"derivative_kwargs['method']: unknown method {method!r}; expected one of: "
+                         f"{', '.join(map(repr, finitediff_info))}")
+    try:
+        h = np.asarray(kw["h"], dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"derivative_kwargs['h']: expected a positive number or one per parameter, got {kw['h']!r}") from None
+    if h.ndim == 0:
+        h = np.full(n_params, float(h))
+    if h.shape != (n_params,) or not np.all(np.isfinite(h)) or np.any(h <= 0):
+        raise InputError(f"derivative_kwargs['h']: expected a positive number or {n_params} positive numbers "
+                         f"(one per free parameter), got {kw['h']!r}")
+    return {"h": h, "method": method.upper()}
+
+
+def _one_cov(value, n, where):
+    cov = load_array(value, where, ndim=2)
+    if cov.shape[0] != cov.shape[1]:
+        raise InputError(f"{where}: expected a square {n} x {n} covariance matrix, got shape {cov.shape}")
+    if cov.shape != (n, n):
+        raise InputError(f"{where}: expected a {n} x {n} covariance matrix (the size of the property "
+                         f"vector), got shape {cov.shape}")
+    scale = max(float(np.max(np.abs(cov))), np.finfo(float).tiny)
+    if not np.allclose(cov, cov.T, rtol=1e-8, atol=1e-10 * scale):
+        i, j = np.unravel_index(np.argmax(np.abs(cov - cov.T)), cov.shape)
+        raise InputError(f"{where}: expected a symmetric covariance matrix, got cov[{i}, {j}] = {cov[i, j]} "
+                         f"but cov[{j}, {i}] = {cov[j, i]}")
+    return cov
+
+
+def _covariance(cov, sizes):
+    """The full (N, N) covariance from one matrix or one per property (block diagonal)."""
+    n = int(sum(sizes))
+    per_property = (len(sizes) > 1 and isinstance(cov, (list, tuple)) and len(cov) == len(sizes)
+                    and all(isinstance(c, (np.ndarray, str, os.PathLike)) or
+                            (isinstance(c, (list, tuple)) and c and isinstance(c[0], (list, tuple)))
+                            for c in cov))
+    if per_property:
+        full = np.zeros((n, n))
+        start = 0
+        for k, (c, size) in enumerate(zip(cov, sizes)):
+            full[start:start + size, start:start + size] = _one_cov(c, size, f"cov[{k}]")
+            start += size
+        return full
+    expect = f"{n}" if len(sizes) == 1 else f"{n} (the {len(sizes)} property vectors stacked: {' + '.join(map(str, sizes))})"
+    if cov is None:
+        raise InputError(f"cov: expected a {expect} x {expect} covariance matrix or a .npy path, got None")
+    try:
+        return _one_cov(cov, n, "cov")
+    except InputError as exc:
+        if len(sizes) > 1:
+            raise InputError(f"{exc}; or give a list of {len(sizes)} matrices, one per target property "
+                             f"(sizes {list(sizes)})") from None
+        raise
+
+
+def _inverse(cov):
+    """cov⁻¹, or its pseudo-inverse with a warning when cov is singular."""
+    eig = np.linalg.eigvalsh(cov)
+    if eig[-1] <= 0 or eig[0] <= eig[-1] * cov.shape[0] * np.finfo(float).eps:
+        warnings.warn(f"cov is singular (eigenvalues from {eig[0]:.3g} to {eig[-1]:.3g}); "
+                      "using its pseudo-inverse", RuntimeWarning, stacklevel=3)
+        return np.linalg.pinv(cov, hermitian=True)
+    return np.linalg.inv(cov)
+
+
+def _copy_potential(potential):
+    """A private KIMPotential (the caller's object and its parameters are never changed)."""
+    from atomscore.potentials.kim import KIMPotential
+
+    if isinstance(potential, KIMPotential):
+        pot = KIMPotential.from_spec(potential.to_spec())
+        pot.set_parameters(potential.get_parameters())
+        return pot
+    return KIMPotential.from_spec(copy.deepcopy(potential))
+
+
+# ---------------------------------------------------------------------- the score
+class FIMPropertyScore(ModelScore):
+    """Fisher information matrix of target properties with respect to potential parameters.
+
+    ``compute(list_of_target_property, score_quantity, cov, potential, parameters_optimize,
+    transform=None, derivative_kwargs=None)`` returns the P×P FIM (P free parameters, in the
+    transformed parameterisation φ), ``Jᵀ cov⁻¹ J`` summed over the stacked property vectors.
+    After a call, :attr:`fim_index_to_parameter` maps FIM rows to parameters and
+    :attr:`jacobian` holds J (N × P).
+
+    Only :class:`~atomscore.potentials.kim.KIMPotential` models are supported (as in the spec).
+    """
+
+    OUTPUT_KEY = "fim_property"
+    supported_score_quantities = (ScoreQuantity.SENSITIVITY,)
+
+    def __init__(self):
+        super().__init__()
+        self.fim_index_to_parameter = {}
+        self.jacobian = None
+        self._run_info = {}
+
+    # ------------------------------------------------------------------ checks
+    def _prepare(self, list_of_target_property, cov, potential, parameters_optimize, transform,
+                 derivative_kwargs):
+        from atomscore.fim.parameters import ParameterMap
+
+        props = _target_properties(list_of_target_property)
+        pot = _copy_potential(potential)
+        for i, (prop, _) in enumerate(props):
+            try:
+                prop.check_potential(pot)
+            except InputError as exc:
+                raise InputError(f"list_of_target_property[{i}]: {exc}") from None
+        pmap = ParameterMap(pot, parameters_optimize, transform)
+        dkw = _derivative_kwargs(derivative_kwargs, pmap.n_params)
+        sizes = [36] * len(props)
+        full_cov = _covariance(cov, sizes)
+        return props, pot, pmap, dkw, full_cov
+
+    def check_compute_args(self, configs, score_quantity, compute_args):
+        """Check everything before :meth:`run` writes a job folder."""
+        self.parse_quantity(score_quantity)
+        args = dict(compute_args)
+        args.pop("score_quantity", None)
+        missing = [k for k in ("cov", "potential", "parameters_optimize") if k not in args]
+        if missing:
+            raise InputError(f"FIMPropertyScore compute_args: missing {missing}")
+        unknown = sorted(set(args) - {"cov", "potential", "parameters_optimize", "transform", "derivative_kwargs"})
+        if unknown:
+            raise InputError(f"FIMPropertyScore compute_args: unknown {unknown}")
+        self._prepare(configs, args["cov"], args["potential"], args["parameters_optimize"],
+                      args.get("transform"), args.get("derivative_kwargs"))
+
+    def prepare_compute_args(self, compute_args):
+        """Potential and transform objects in their JSON forms (a new dict)."""
+        from atomscore.fim.parameters import transform_to_dict
+        from atomscore.potentials.kim import KIMPotential
+
+        out = dict(compute_args)
+        if isinstance(out.get("potential"), KIMPotential):
+            out["potential"] = out["potential"].to_spec()
+        t = out.get("transform")
+        if t is not None and not isinstance(t, dict):
+            out["transform"] = transform_to_dict(t)
+        return out
+
+    # ------------------------------------------------------------------ compute
+    def compute(self, list_of_target_property, score_quantity, cov, potential, parameters_optimize,
+                transform=None, derivative_kwargs=None):
+        """The FIM of the target properties.
+
+        Parameters
+        ----------
+        list_of_target_property : list of dict
+            Each ``{'init_args': {'target_property_type': 'ElasticConstants',
+            'target_property_args': {...}}, 'calculate_property_args': {'workflow': {...}}}``.
+            The workflow (default LOCAL) runs that property's perturbed calculations.
+        score_quantity : ScoreQuantity or str
+            ``SENSITIVITY``.
+        cov : array_like or str or list
+            Target covariance of the property vectors, (N, N) with N = 36 per elastic-constant
+            property (in the property's units squared, by default (eV/Å³)²), a ``.npy``/``.txt``
+            path, or a list with one matrix per target property (block diagonal). A singular
+            cov is replaced by its pseudo-inverse, with a warning.
+        potential : KIMPotential or dict
+            The model (never modified) or its spec dict.
+        parameters_optimize : dict
+            Free/fixed parameters (see :mod:`atomscore.fim.parameters`).
+        transform : object or dict, optional
+            Parameter transform; derivatives are taken in the transformed parameters.
+        derivative_kwargs : dict, optional
+            ``{'h': step (absolute, in transformed parameters; one number or one per free
+            parameter), 'method': 'FD'|'FD2'|'FD3'|'FD4'|'CD'|'CD4'}``; default
+            ``{'h': 0.1, 'method': 'FD'}``.
+
+        Returns
+        -------
+        numpy.ndarray
+            The (P, P) FIM.
+        """
+        from information_matching.fim.finitediff import FiniteDifference
+
+        self.parse_quantity(score_quantity)
+        props, pot, pmap, dkw, full_cov = self._prepare(
+            list_of_target_property, cov, potential, parameters_optimize, transform, derivative_kwargs)
+        fd = FiniteDifference(pmap.phi0.copy(), h=list(dkw["h"]), method=dkw["method"])
+        params_set = fd.generate_params_set()
+        need_center = fd._fd_info["scale"][0] != 0.0  # central formulas never use g(φ0)
+        keys = [k for k in params_set if k != "original" or need_center]
+        pmap.apply(pot)  # fixed values and θ0 in the private copy
+        base = {name: np.asarray(v, dtype=float) for name, v in pot.get_parameters().items()
+                if pot.parameter_info()[name]["dtype"] == "Double"}
+        calls = []
+        for key in keys:
+            theta = pmap.to_theta(params_set[key])
+            pmap.check_bounds(theta, where=f"finite-difference point {key!r}")
+            values = {name: v.copy() for name, v in base.items()}
+            for (name, e), t in zip(pmap.free, theta):
+                values[name][e] = t
+            calls.append({name: v.tolist() for name, v in values.items()})
+        spec = pot.to_spec()
+        jacobians = []
+        for prop, workflow in props:
+            kwargs = [{"target_property": prop.to_spec(), "potential": spec, "parameters": p} for p in calls]
+            results = _map(evaluate_target_property, kwargs, workflow)
+            preds = {key: np.asarray(r, dtype=float) for key, r in zip(keys, results)}
+            if not need_center:
+                preds["original"] = np.zeros_like(next(iter(preds.values())))
+            jacobians.append(fd.estimate_derivative(preds))
+        jac = np.vstack(jacobians)
+        fim = jac.T @ _inverse(full_cov) @ jac
+        fim = 0.5 * (fim + fim.T)
+        self.jacobian = jac
+        self.fim_index_to_parameter = pmap.fim_index_to_parameter
+        self._run_info = {
+            "potential": {"type": "KIM", "name": pot.kim_id, "spec": spec},
+            **pmap.metadata(),
+            "derivative_kwargs": {"h": dkw["h"].tolist(), "method": dkw["method"]},
+            "target_property": [{"init_args": p.to_spec(),
+                                 "calculate_property_args": {"workflow": w} if w is not None else {}}
+                                for p, w in props],
+            "property_units": [p.units or "eV/A^3" for p, _ in props],
+        }
+        return fim
+
+    def get_metadata(self, score_quantity, **compute_args):
+        """Quantity, potential, parameters, transform, fim_index_to_parameter, steps, cov."""
+        meta = {"score_quantity": ScoreQuantity.parse(score_quantity).name}
+        meta.update(copy.deepcopy(self._run_info))
+        cov = compute_args.get("cov")
+        if isinstance(cov, (str, os.PathLike)):
+            meta["cov"] = str(cov)
+        elif isinstance(cov, (list, tuple)) and all(isinstance(c, (str, os.PathLike)) for c in cov):
+            meta["cov"] = [str(c) for c in cov]
+        else:
+            meta["cov"] = f"array {np.shape(cov) if not isinstance(cov, (list, tuple)) else 'list'}"
+        return to_jsonable(meta)
