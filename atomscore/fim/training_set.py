@@ -1,0 +1,498 @@
+"""FIMTrainingSetScore: the Fisher information matrix of each training configuration.
+
+For a configuration with predictions f(φ) (its energy, its forces or its stress, computed by an
+OpenKIM model with parameters θ = transform⁻¹(φ)), the FIM is ``Jᵀ J`` with ``J = ∂f/∂φ``
+(rows of ``J`` excluded by the configuration's mask are dropped). It is P×P, symmetric and
+positive semi-definite; ``fim_index_to_parameter`` says which parameter each row is.
+
+Cost: one KIM model per process, parameters changed in place, the configuration's padding and
+neighbour list built once and reused for every evaluation, only the requested quantity
+computed. With the default derivative (central differences with one step per parameter) the
+2P model evaluations are done here directly (the same numbers numdifftools gives for these
+settings, see ``tests/test_fim_training_set.py``) because numdifftools' per-element
+best-estimate search costs more than the evaluations of a 64-atom configuration; any other
+``derivative_kwargs`` go to :class:`numdifftools.Jacobian` as given.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+import os
+
+import numpy as np
+
+from atomscore.errors import InputError
+from atomscore.fim.parameters import ParameterMap, transform_to_dict
+from atomscore.quantity import ScoreQuantity
+from atomscore.score import ConfigurationScore
+from atomscore.validation import check_configs, check_int, is_array_file, load_array
+
+EVALUATE_KEYS = ("compute_energy", "compute_forces", "compute_stress")
+_QUANTITY_OF_KEY = {"compute_energy": "energy", "compute_forces": "forces", "compute_stress": "stress"}
+_COMPLEX_METHODS = ("complex", "multicomplex")
+
+
+# ---------------------------------------------------------------------------- argument checks
+def _potential_spec(potential):
+    """The potential's JSON form, without opening the model (for job files and metadata)."""
+    from atomscore.potentials.kim import KIMPotential
+
+    if isinstance(potential, dict):
+        if not isinstance(potential.get("potential_type"), str) or potential["potential_type"].upper() != "KIM":
+            raise InputError(f"potential['potential_type']: only 'KIM' is supported by FIMTrainingSetScore, "
+                             f"got {potential.get('potential_type')!r}")
+        return copy.deepcopy(potential)
+    if isinstance(potential, KIMPotential):
+        return potential.to_spec()
+    raise InputError(f"potential: expected a KIMPotential or {{'potential_type': 'KIM', 'potential_args': {{...}}}}, "
+                     f"got {type(potential).__name__}")
+
+
+def _flags(evaluate_kwargs, n_configs):
+    """Return the quantity ('energy'/'forces'/'stress') of each configuration."""
+    if evaluate_kwargs is None or (isinstance(evaluate_kwargs, dict) and not evaluate_kwargs):
+        return ["forces"] * n_configs
+    if not isinstance(evaluate_kwargs, dict):
+        raise InputError(f"evaluate_kwargs: expected a dict with keys {', '.join(EVALUATE_KEYS)}, "
+                         f"got {type(evaluate_kwargs).__name__}")
+    unknown = [k for k in evaluate_kwargs if k not in EVALUATE_KEYS]
+    if unknown:
+        raise InputError(f"evaluate_kwargs: unknown keys {unknown}; expected some of: {', '.join(EVALUATE_KEYS)}")
+    table = {}
+    for key in EVALUATE_KEYS:
+        value = evaluate_kwargs.get(key, False)
+        if isinstance(value, (bool, np.bool_)):
+            table[key] = [bool(value)] * n_configs
+            continue
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (bool, np.bool_)) for v in value):
+            raise InputError(f"evaluate_kwargs[{key!r}]: expected a bool or a list of bools (one per "
+                             f"configuration), got {value!r:.80}")
+        if len(value) == 1 and n_configs > 1:
+            value = list(value) * n_configs
+        if len(value) != n_configs:
+            raise InputError(f"evaluate_kwargs[{key!r}]: expected {n_configs} values (one per configuration), "
+                             f"got {len(value)}")
+        table[key] = [bool(v) for v in value]
+    out = []
+    for i in range(n_configs):
+        chosen = [_QUANTITY_OF_KEY[k] for k in EVALUATE_KEYS if table[k][i]]
+        if len(chosen) != 1:
+            raise InputError(f"evaluate_kwargs: configuration {i} asks for {chosen or 'nothing'}; each "
+                             "configuration evaluates exactly one of energy, forces, stress (duplicate a "
+                             "configuration to use several)")
+        out.append(chosen[0])
+    return out
+
+
+def _n_values(atoms, quantity):
+    return {"energy": 1, "forces": 3 * len(atoms), "stress": 6}[quantity]
+
+
+def _masks(list_of_mask, configs, quantities):
+    """Return one boolean row selection (or None) per configuration."""
+    n = len(configs)
+    if list_of_mask is None:
+        return [None] * n
+    if isinstance(list_of_mask, np.ndarray) or is_array_file(list_of_mask):
+        if n != 1:
+            raise InputError(f"list_of_mask: expected a list with one mask per configuration ({n}), "
+                             "got a single mask")
+        list_of_mask = [list_of_mask]
+    if not isinstance(list_of_mask, (list, tuple)):
+        raise InputError(f"list_of_mask: expected a list (one mask per configuration: list, array, "
+                         f".npy/.txt path or None), got {type(list_of_mask).__name__}")
+    if len(list_of_mask) == 1 and n > 1:
+        list_of_mask = list(list_of_mask) * n  # one mask for every configuration
+    if len(list_of_mask) != n:
+        raise InputError(f"list_of_mask: expected {n} masks (one per configuration), got {len(list_of_mask)}")
+    out = []
+    for i, (mask, atoms, quantity) in enumerate(zip(list_of_mask, configs, quantities)):
+        where = f"configuration {i}"
+        if mask is None:
+            out.append(None)
+            continue
+        arr = load_array(mask, "list_of_mask", dtype=float, where=where)
+        expected = _n_values(atoms, quantity)
+        if quantity == "forces" and arr.shape == (len(atoms), 3):
+            arr = arr.reshape(-1)
+        if arr.ndim != 1 or arr.size != expected:
+            what = {"forces": f"3N = {expected} values (forces of {len(atoms)} atoms)",
+                    "energy": "1 value (the energy)", "stress": "6 values (the stress, Voigt)"}[quantity]
+            raise InputError(f"list_of_mask ({where}): expected {what}, got shape {arr.shape}")
+        if not np.all((arr == 0) | (arr == 1)):
+            raise InputError(f"list_of_mask ({where}): expected a binary mask of 0/1 values, "
+                             f"got values {np.unique(arr)[:5].tolist()}")
+        out.append(arr.astype(bool))
+    return out
+
+
+def _derivative_settings(derivative_kwargs, pmap):
+    """Merge the user's numdifftools.Jacobian kwargs onto the default (central, 10% step)."""
+    if derivative_kwargs is None:
+        derivative_kwargs = {}
+    if not isinstance(derivative_kwargs, dict):
+        raise InputError(f"derivative_kwargs: expected a dict of numdifftools.Jacobian arguments, "
+                         f"got {type(derivative_kwargs).__name__}")
+    settings = {"method": "central", "step": pmap.default_step()}
+    settings.update(derivative_kwargs)
+    method = settings.get("method")
+    if method in _COMPLEX_METHODS:
+        raise InputError(f"derivative_kwargs['method']={method!r}: a KIM model cannot be evaluated at complex "
+                         "parameters; use 'central', 'forward' or 'backward'")
+    if method not in ("central", "forward", "backward"):
+        raise InputError(f"derivative_kwargs['method']: unknown {method!r}; expected 'central', 'forward' or 'backward'")
+    step = settings.get("step")
+    if step is not None and not hasattr(step, "__call__"):
+        try:
+            arr = np.asarray(step, dtype=float)
+        except (TypeError, ValueError):
+            raise InputError(f"derivative_kwargs['step']: expected a positive number or one per parameter, got {step!r}") from None
+        if arr.ndim > 1 or (arr.ndim == 1 and arr.size != pmap.n_params) or not np.all(np.isfinite(arr)) \
+                or np.any(arr <= 0):
+            raise InputError(f"derivative_kwargs['step']: expected a positive number or {pmap.n_params} positive "
+                             f"numbers (one per free parameter), got {step!r}")
+        settings["step"] = arr
+    return settings
+
+
+def _is_plain_central(settings):
+    """True when numdifftools would take one central difference per parameter (no extrapolation)."""
+    return (settings.get("method") == "central" and settings.get("order", 2) == 2
+            and set(settings) <= {"method", "step", "order"} and isinstance(settings.get("step"), np.ndarray))
+
+
+def _jsonable_settings(settings):
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, np.ndarray):
+            out[k] = v.tolist()
+        elif v is None or isinstance(v, (bool, str, numbers.Number)):
+            out[k] = v
+        else:
+            out[k] = repr(v)
+    return out
+
+
+# ---------------------------------------------------------------------------- the numbers
+class _FIMEvaluator:
+    """One potential (kept for many configurations) with one ParameterMap."""
+
+    def __init__(self, potential, parameters_optimize, transform, derivative_kwargs):
+        from atomscore.potentials.kim import KIMPotential
+
+        self.potential = KIMPotential.from_spec(potential)
+        self.pmap = ParameterMap(self.potential, parameters_optimize, transform)
+        self.settings = _derivative_settings(derivative_kwargs, self.pmap)
+
+    def fim(self, atoms, quantity, mask, where="configuration"):
+        """The P×P FIM of one configuration (parameters of the potential restored after)."""
+        pot, pmap = self.potential, self.pmap
+        saved = pot.get_parameters()
+        try:
+            pmap.apply(pot)
+            jac = self._jacobian(atoms, quantity, where)
+        finally:
+            pot.set_parameters(saved)
+        if mask is not None:
+            jac = jac[mask]
+        fim = jac.T @ jac
+        return 0.5 * (fim + fim.T)
+
+    def _jacobian(self, atoms, quantity, where):
+        pot, pmap = self.potential, self.pmap
+        want = (quantity == "energy", quantity == "forces", quantity == "stress")
+        setup = pot._setup(atoms)
+        if want[2] and setup.volume <= 0.0:
+            raise InputError(f"evaluate_kwargs: {where} asks for stress but is not periodic (no cell volume)")
+        set_theta = pmap.setter(pot)
+        to_theta = pmap.to_theta
+
+        def predict(phi):
+            set_theta(to_theta(phi))
+            s = pot._setup(atoms)  # the same setup unless a cutoff changed
+            pot._point(s, *want)
+            pot._run(s)
+            if want[1]:
+                return pot._forces(s).reshape(-1)
+            if want[0]:
+                return s.energy.copy()
+            return s.virial / s.volume
+
+        phi0 = pmap.phi0
+        if _is_plain_central(self.settings):
+            steps = np.broadcast_to(self.settings["step"], phi0.shape)
+            cols = []
+            for i, h in enumerate(steps):
+                phi = phi0.copy()
+                phi[i] = phi0[i] + h
+                plus = predict(phi)
+                phi[i] = phi0[i] - h
+                minus = predict(phi)
+                cols.append((plus - minus) / (2.0 * h))
+            return np.stack(cols, axis=1)
+        import numdifftools as nd
+
+        jac = nd.Jacobian(predict, **self.settings)(phi0.copy())
+        return np.asarray(jac, dtype=float).reshape(-1, len(phi0))
+
+
+# one evaluator per worker process
+_WORKER = {}
+
+
+def _worker_init(potential, parameters, parameters_optimize, transform, derivative_kwargs):
+    from atomscore.potentials.kim import KIMPotential
+
+    pot = KIMPotential.from_spec(potential)
+    pot.set_parameters(parameters)
+    _WORKER["ev"] = _FIMEvaluator(pot, parameters_optimize, transform, derivative_kwargs)
+
+
+def _worker_fim(task):
+    index, atoms, quantity, mask = task
+    return index, _WORKER["ev"].fim(atoms, quantity, mask, f"configuration {index}")
+
+
+# ---------------------------------------------------------------------------- the score
+class FIMTrainingSetScore(ConfigurationScore):
+    """Fisher information matrix of each configuration's energy, forces or stress.
+
+    The FIM of a configuration is ``Jᵀ J`` (P×P, symmetric positive semi-definite), with
+    ``J`` the derivative of its predictions (energy in eV, forces in eV/Å, or stress in eV/Å³)
+    with respect to the (transformed) potential parameters; rows excluded by the
+    configuration's mask are left out. Saved as ``atoms.info['fim_training_set_score']``.
+
+    Examples
+    --------
+    >>> score = FIMTrainingSetScore()
+    >>> fims = score.compute_batch(list_of_atoms, 'SENSITIVITY',
+    ...     potential={'potential_type': 'KIM', 'potential_args': {'kim_id': KIM_ID}},
+    ...     parameters_optimize={'A': [[15.28]], 'B': [['default']], 'lambda': [[0.0, 'fix']]})
+    >>> score.save_results(fims, list_of_configs=list_of_atoms)   # doctest: +SKIP
+    """
+
+    OUTPUT_KEY = "fim_training_set"
+    supported_score_quantities = (ScoreQuantity.SENSITIVITY,)
+
+    def __init__(self):
+        super().__init__()
+        self.fim_index_to_parameter = {}
+
+    # -------------------------------------------------------------- compute
+    def compute(self, atoms, score_quantity="SENSITIVITY", potential=None, parameters_optimize=None,
+                transform=None, evaluate_kwargs=None, derivative_kwargs=None, mask=None, **kwargs):
+        """FIM of one configuration (see :meth:`compute_batch`; ``mask`` is its mask).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(P, P)``.
+        """
+        if "list_of_mask" in kwargs:
+            lom = kwargs.pop("list_of_mask")
+            if mask is None and lom is not None:
+                mask = lom[0] if isinstance(lom, (list, tuple)) and len(lom) == 1 else lom
+        nprocs = kwargs.pop("nprocs", 1)
+        if kwargs:
+            raise InputError(f"FIMTrainingSetScore.compute: unknown arguments {sorted(kwargs)}")
+        evaluate_kwargs = None if evaluate_kwargs is None else {
+            k: (v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else v) for k, v in evaluate_kwargs.items()}
+        return self._compute_all([atoms], score_quantity, potential, parameters_optimize, transform,
+                                 evaluate_kwargs, derivative_kwargs, [mask], nprocs)[0]
+
+    def compute_batch(self, list_of_atoms, score_quantity="SENSITIVITY", potential=None,
+                      parameters_optimize=None, transform=None, evaluate_kwargs=None,
+                      derivative_kwargs=None, list_of_mask=None, nprocs=1):
+        """FIM of each configuration.
+
+        Parameters
+        ----------
+        list_of_atoms : list of ase.Atoms
+            Configurations (periodic or not); never modified.
+        score_quantity : ScoreQuantity or str
+            ``SENSITIVITY``.
+        potential : KIMPotential or dict
+            ``{'potential_type': 'KIM', 'potential_args': {'kim_id': ..., 'kim_api': ...}}``.
+            A KIMPotential's parameters are restored after the computation.
+        parameters_optimize : dict
+            ``{name: [[value], ['default'], [value, 'fix'], [value, lower, upper]], ...}``
+            (see :mod:`atomscore.fim.parameters`).
+        transform : object or dict, optional
+            From :mod:`information_matching.transform`, or
+            ``{'transform_type': ..., 'transform_args': {...}}``; default identity.
+        evaluate_kwargs : dict, optional
+            ``compute_energy``, ``compute_forces``, ``compute_stress``: a bool or a list of
+            bools per configuration; exactly one true per configuration. Default: forces.
+        derivative_kwargs : dict, optional
+            Arguments of :class:`numdifftools.Jacobian`, on top of the default
+            ``{'method': 'central', 'step': max(0.1 |φ|, 1e-4)}`` (φ: the transformed parameters).
+        list_of_mask : list, optional
+            Per configuration: a binary array (list, array, ``.npy`` or ``.txt`` path) over
+            the predictions (3N for forces, row-major ``(N, 3)``; 1 for energy; 6 for stress),
+            or None for all rows. A one-element list applies to every configuration.
+        nprocs : int
+            Worker processes (one model each) over the configurations.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One ``(P, P)`` FIM per configuration, rows/columns as ``fim_index_to_parameter``.
+        """
+        return self._compute_all(list_of_atoms, score_quantity, potential, parameters_optimize, transform,
+                                 evaluate_kwargs, derivative_kwargs, list_of_mask, nprocs)
+
+    def _compute_all(self, configs, score_quantity, potential, parameters_optimize, transform,
+                     evaluate_kwargs, derivative_kwargs, list_of_mask, nprocs):
+        self.parse_quantity(score_quantity)
+        configs = check_configs(configs, "list_of_atoms")
+        nprocs = check_int(nprocs, "nprocs", minimum=1)
+        if potential is None:
+            raise InputError("potential: required, e.g. {'potential_type': 'KIM', 'potential_args': {'kim_id': ...}}")
+        if parameters_optimize is None:
+            raise InputError("parameters_optimize: required, e.g. {'A': [[15.28]], 'B': [['default']]}")
+        _potential_spec(potential)
+        quantities = _flags(evaluate_kwargs, len(configs))
+        masks = _masks(list_of_mask, configs, quantities)
+        ev = _FIMEvaluator(potential, parameters_optimize, transform, derivative_kwargs)
+        for i, (atoms, q) in enumerate(zip(configs, quantities)):
+            if q == "stress" and not np.any(atoms.pbc):
+                raise InputError(f"evaluate_kwargs: configuration {i} asks for stress but is not periodic")
+        self._last_details = self._details(ev, quantities, list_of_mask)
+        #: FIM row/column -> {'parameter': name, 'extent': e}, as the spec shows
+        self.fim_index_to_parameter = ev.pmap.fim_index_to_parameter
+
+        from tqdm.auto import tqdm
+
+        results = [None] * len(configs)
+        if nprocs == 1 or len(configs) == 1:
+            for i, atoms in enumerate(tqdm(configs, desc="FIM training set", disable=None, leave=False)):
+                results[i] = ev.fim(atoms, quantities[i], masks[i], f"configuration {i}")
+            return results
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        init = (ev.potential.to_spec(), {k: v.tolist() for k, v in ev.potential.get_parameters().items()},
+                parameters_optimize, transform_to_dict(ev.pmap.transform), derivative_kwargs)
+        tasks = [(i, atoms, quantities[i], masks[i]) for i, atoms in enumerate(configs)]
+        with ProcessPoolExecutor(max_workers=min(nprocs, len(configs)), mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init, initargs=init) as pool:
+            chunk = max(1, len(tasks) // (4 * nprocs))
+            for i, fim in tqdm(pool.map(_worker_fim, tasks, chunksize=chunk), total=len(tasks),
+                               desc="FIM training set", disable=None, leave=False):
+                results[i] = fim
+        return results
+
+    def _details(self, ev, quantities, list_of_mask):
+        masks = list_of_mask if isinstance(list_of_mask, (list, tuple)) else [list_of_mask]
+        described = []
+        for m in masks:
+            if m is None or isinstance(m, (str, os.PathLike)):
+                described.append(None if m is None else str(m))
+            else:
+                arr = np.asarray(m)
+                described.append(f"array of {arr.size} values, {int(np.count_nonzero(arr))} selected")
+        meta = {
+            "potential": ev.potential.to_spec(),
+            "kim_id": ev.potential.kim_id,
+            "derivative_kwargs": _jsonable_settings(ev.settings),
+            "evaluated_quantity": sorted(set(quantities)) if len(set(quantities)) > 1 else quantities[0],
+            "list_of_mask": None if list_of_mask is None else described,
+        }
+        meta.update(ev.pmap.metadata())
+        return meta
+
+    # -------------------------------------------------------------- jobs and metadata
+    def prepare_compute_args(self, compute_args):
+        """Turn a KIMPotential and a transform object into their JSON forms (a new dict)."""
+        args = dict(compute_args)
+        if "potential" in args and args["potential"] is not None:
+            args["potential"] = _potential_spec(args["potential"])
+            pot = compute_args["potential"]
+            if not isinstance(pot, dict) and "parameters_optimize" in args:
+                # 'default' means the live value of this object's parameters: write them out
+                args["parameters_optimize"] = self._resolve_defaults(pot, args["parameters_optimize"])
+        if args.get("transform") is not None and not isinstance(args["transform"], dict):
+            args["transform"] = transform_to_dict(args["transform"])
+        return args
+
+    @staticmethod
+    def _resolve_defaults(potential, parameters_optimize):
+        if not isinstance(parameters_optimize, dict):
+            return parameters_optimize
+        out = {}
+        for name, entries in parameters_optimize.items():
+            try:
+                current = potential.get_parameter(name)
+            except InputError:
+                out[name] = entries
+                continue
+            new = []
+            for e, entry in enumerate(entries if isinstance(entries, (list, tuple)) else []):
+                if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str) \
+                        and entry[0].lower() == "default" and e < len(current):
+                    new.append([float(current[e]), *entry[1:]])
+                else:
+                    new.append(entry)
+            out[name] = new if isinstance(entries, (list, tuple)) else entries
+        return out
+
+    def check_compute_args(self, configs, score_quantity, compute_args):
+        """Validate everything before a job folder is written (opens the model once)."""
+        args = dict(compute_args)
+        potential = args.get("potential")
+        if potential is None or args.get("parameters_optimize") is None:
+            raise InputError("FIMTrainingSetScore.run: compute_args needs 'potential' and 'parameters_optimize'")
+        allowed = {"potential", "parameters_optimize", "transform", "evaluate_kwargs", "derivative_kwargs",
+                   "list_of_mask", "nprocs"}
+        unknown = sorted(set(args) - allowed)
+        if unknown:
+            raise InputError(f"FIMTrainingSetScore.run: unknown compute_args {unknown}; expected some of {sorted(allowed)}")
+        configs = check_configs(configs, "configs")
+        quantities = _flags(args.get("evaluate_kwargs"), len(configs))
+        _masks(args.get("list_of_mask"), configs, quantities)
+        check_int(args.get("nprocs", 1), "nprocs", minimum=1)
+        ev = _FIMEvaluator(potential, args["parameters_optimize"], args.get("transform"), args.get("derivative_kwargs"))
+        for i, (atoms, q) in enumerate(zip(configs, quantities)):
+            ev.potential._species_codes(atoms)
+            if q == "stress" and not np.any(atoms.pbc):
+                raise InputError(f"evaluate_kwargs: configuration {i} asks for stress but is not periodic")
+
+    def get_metadata(self, score_quantity, **compute_args):
+        """Potential id and spec, parameters, transform, derivative settings,
+        ``fim_index_to_parameter``, evaluated quantity and masks of the last computation."""
+        meta = {"score_quantity": ScoreQuantity.parse(score_quantity).name}
+        details = getattr(self, "_last_details", None)
+        if details is None:
+            args = {k: v for k, v in compute_args.items() if k != "nprocs"}
+            if "list_of_mask" not in args and "mask" in args:
+                args["list_of_mask"] = [args.pop("mask")]
+            ev = _FIMEvaluator(args["potential"], args["parameters_optimize"], args.get("transform"),
+                               args.get("derivative_kwargs"))
+            n = None
+            evk = args.get("evaluate_kwargs")
+            if isinstance(evk, dict):
+                for v in evk.values():
+                    if isinstance(v, (list, tuple)):
+                        n = len(v)
+            details = self._details(ev, _flags(evk, n or 1), args.get("list_of_mask"))
+        meta.update(copy.deepcopy(details))
+        return meta
+
+    def slice_compute_args(self, compute_args, start, stop):
+        """The compute arguments of configurations ``start:stop`` (per-configuration lists cut).
+
+        For job runners that split a run into batches: ``list_of_mask`` and the lists of
+        ``evaluate_kwargs`` hold one entry per configuration.
+        """
+        args = dict(compute_args)
+        lom = args.get("list_of_mask")
+        if isinstance(lom, (list, tuple)) and len(lom) > 1:
+            args["list_of_mask"] = list(lom[start:stop])
+        evk = args.get("evaluate_kwargs")
+        if isinstance(evk, dict):
+            args["evaluate_kwargs"] = {k: (list(v[start:stop]) if isinstance(v, (list, tuple)) and len(v) > 1 else v)
+                                       for k, v in evk.items()}
+        return args
