@@ -1,0 +1,217 @@
+"""The ``atomscore`` command.
+
+``atomscore run SPEC.json``        run a score over configurations through a workflow
+``atomscore jobs status ROOT``     a table of the jobs under ROOT and their states
+``atomscore descriptors IN -o OUT`` attach QUESTS descriptors to configurations
+``atomscore demo``                 the main job: information-matching active learning on SW silicon
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from atomscore.errors import AtomscoreError, InputError, JobFailedError
+
+
+# --------------------------------------------------------------------------- run
+def _resolve_paths(value, base: Path):
+    """Strings naming existing files relative to ``base`` become absolute paths (new objects)."""
+    if isinstance(value, dict):
+        return {k: _resolve_paths(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_paths(v, base) for v in value]
+    if isinstance(value, str) and value and not os.path.isabs(value) and (base / value).exists():
+        return str((base / value).resolve())
+    return value
+
+
+def load_spec(path, base_dir=None) -> dict:
+    """Read a run spec (the form of the reference's score test inputs) and check it.
+
+    Returns a dict with ``score_type``, ``score_args``, ``compute_args``, ``configs``,
+    ``path_type``, ``batch_size`` and ``workflow``.
+    """
+    from atomscore.catalog import score_class
+
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"spec file not found: {str(path)!r}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON: {exc}") from None
+    base = Path(base_dir) if base_dir else Path.cwd()
+    score = spec.get("score")
+    if not isinstance(score, dict) or "score_type" not in score:
+        raise InputError(f"{path}: expected a 'score' object with 'score_type', 'score_args', 'compute_args' "
+                         "and 'query_configs_path' or 'dataset_path'")
+    cls = score_class(score["score_type"])
+    configs_path = score.get("query_configs_path") or score.get("dataset_path")
+    if not configs_path:
+        raise InputError(f"{path}: score needs 'query_configs_path' or 'dataset_path'")
+    configs_path = Path(_resolve_paths(configs_path, base))
+    if not configs_path.is_file():
+        raise InputError(f"{path}: configurations file not found: {str(configs_path)!r} (relative paths are "
+                         f"taken from {str(base)!r}; set --base-dir)")
+    if configs_path.suffix == ".json":
+        data = json.loads(configs_path.read_text())
+        configs = data if isinstance(data, list) else [data]
+    else:
+        from atomscore.io import read_extxyz
+
+        configs = read_extxyz(configs_path)
+    return {
+        "score_class": cls,
+        "score_args": _resolve_paths(score.get("score_args") or {}, base),
+        "compute_args": _resolve_paths(score.get("compute_args") or {}, base),
+        "configs": configs,
+        "path_type": score.get("path_type") or path.stem,
+        "batch_size": spec.get("batch_size", score.get("batch_size", 1)),
+        "workflow": spec.get("workflow") or score.get("workflow"),
+    }
+
+
+def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, progress=True):
+    """Run a spec file end to end; return ``(calc_ids, results, output_path)``."""
+    from atomscore.jobs.workflow import DEFAULT_ROOT, LocalWorkflow, make_workflow
+
+    spec = load_spec(spec_path, base_dir)
+    try:
+        score = spec["score_class"](**spec["score_args"])
+    except TypeError as exc:
+        raise InputError(f"score_args of {spec['score_class'].__name__}: {exc}") from None
+    workflow = spec["workflow"]
+    if workflow is None:
+        workflow = LocalWorkflow(root or DEFAULT_ROOT, nprocs=nprocs)
+    else:
+        workflow = dict(workflow, workflow_args=dict(workflow.get("workflow_args") or {}))
+        if root:
+            workflow["workflow_args"]["root_directory"] = root
+        workflow = make_workflow(workflow)
+    ids = score.run(spec["path_type"], spec["configs"], spec["compute_args"], workflow=workflow,
+                    batch_size=spec["batch_size"])
+    workflow.block_until_completed(ids, progress=progress)
+    results = score.data_from_calc_ids(ids, workflow=workflow)
+    if output is None:
+        suffix = ".xyz" if score.kind in ("atom", "configuration") else ".json"
+        output = workflow.root / type(score).__name__ / spec["path_type"] / f"results{suffix}"
+    output = Path(output)
+    if score.kind in ("atom", "configuration"):
+        score.write_data(output, results)
+    else:
+        from atomscore.jobs.folder import write_json_atomic
+        from atomscore.score import to_jsonable
+
+        write_json_atomic(output, to_jsonable(results))
+    return ids, results, output
+
+
+def cmd_run(args):
+    ids, results, output = run_spec(args.spec, root=args.root, base_dir=args.base_dir, output=args.output,
+                                    nprocs=args.nprocs)
+    print(f"atomscore: {len(ids)} job(s) done; {len(results)} result(s) written to {output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- jobs
+def job_table(root) -> list[dict]:
+    """One row per job folder under ``root``: folder, state, exit code, seconds, error."""
+    from atomscore.jobs.folder import JOB_FILE, read_status
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"jobs status: no folder {str(root)!r}")
+    rows = []
+    for job in sorted(root.rglob(JOB_FILE)):
+        status = read_status(job.parent)
+        rows.append({"folder": str(job.parent.relative_to(root)), "state": status.get("state", "?"),
+                     "exit_code": status.get("exit_code"), "seconds": status.get("seconds"),
+                     "error": status.get("error") or ""})
+    return rows
+
+
+def cmd_jobs_status(args):
+    rows = job_table(args.root)
+    if args.state:
+        rows = [r for r in rows if r["state"] == args.state]
+    if not rows:
+        print(f"no jobs under {args.root}")
+        return 0
+    width = max(len(r["folder"]) for r in rows)
+    print(f"{'job':<{width}}  {'state':<8} {'exit':>4} {'seconds':>8}  error")
+    for r in rows:
+        code = "" if r["exit_code"] is None else r["exit_code"]
+        secs = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        error = r["error"].splitlines()[0][:80] if r["error"] else ""
+        print(f"{r['folder']:<{width}}  {r['state']:<8} {code!s:>4} {secs:>8}  {error}")
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 1 if counts.get("failed") else 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atomscore", description=
+                                     "Score atomistic data for machine-learned interatomic potentials: LTAU force "
+                                     "uncertainty, QUESTS dataset information, Fisher-information matching.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a score over configurations from a JSON spec",
+                         description="Run a score over configurations through a workflow from a JSON spec "
+                         "(score.score_type, score_args, compute_args, query_configs_path or dataset_path, "
+                         "batch_size, optional workflow {workflow_type, workflow_args}); writes the gathered results.")
+    run.add_argument("spec", help="the JSON spec file")
+    run.add_argument("--root", help="root folder of the job folders (default ./atomscore_jobs, or the "
+                     "workflow's root_directory)")
+    run.add_argument("--base-dir", help="folder that relative paths in the spec are taken from (default: here)")
+    run.add_argument("-o", "--output", help="where to write the gathered results (.xyz or .json; default: "
+                     "ROOT/<ScoreClass>/<path_type>/results.*)")
+    run.add_argument("--nprocs", type=int, help="jobs at once for the local workflow (default: cores)")
+    run.set_defaults(func=cmd_run)
+
+    jobs = sub.add_parser("jobs", help="look at job folders", description="Look at job folders.")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    status = jobs_sub.add_parser("status", help="a table of the jobs under ROOT and their states",
+                                 description="Print a table of the jobs under ROOT and their states; "
+                                 "exit code 1 if any failed.")
+    status.add_argument("root", help="root folder of the job folders")
+    status.add_argument("--state", choices=["pending", "running", "done", "failed"], help="show only this state")
+    status.set_defaults(func=cmd_jobs_status)
+
+    for register in _optional_commands():
+        register(sub)
+    return parser
+
+
+def _optional_commands():
+    """Commands defined next to what they run (imported lazily when invoked)."""
+    from atomscore.demo import add_demo_command
+    from atomscore.descriptors.cli import add_descriptors_command
+
+    return [add_descriptors_command, add_demo_command]
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except JobFailedError as exc:
+        print(f"atomscore: {exc}", file=sys.stderr)
+        return 1
+    except (InputError, AtomscoreError) as exc:
+        print(f"atomscore: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("atomscore: interrupted; finished job folders are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
