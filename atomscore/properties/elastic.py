@@ -260,7 +260,13 @@ def _relax_positions(pot, atoms, gtol=1e-10, maxiter=2000):
 
 
 def _pressure(pot, atoms):
-    return -float(np.mean(pot.compute(atoms, energy=False, stress=True)["stress"][:3]))
+    return -float(np.mean(_stress(pot, atoms)[:3]))
+
+
+def _stress(pot, atoms):
+    # forces are requested with the stress: some KIM models (EAM) give the virial only
+    # from the force pass, and a stress-only request returns zeros
+    return pot.compute(atoms, energy=False, forces=True, stress=True)["stress"]
 
 
 def relax_lattice(pot, element, lattice_type, a_guess):
@@ -316,7 +322,7 @@ def embedded_elastic(pot, element, lattice_type, lattice_param, deformation_mag)
             strained = ref.copy()
             strained.set_cell(ref.get_cell() @ (np.eye(3) + eps).T, scale_atoms=True)
             strained = _relax_positions(pot, strained)
-            sig.append(pot.compute(strained, energy=False, stress=True)["stress"])
+            sig.append(_stress(pot, strained))
         c[:, j] = (sig[0] - sig[1]) / (2.0 * deformation_mag) / GPa
     atom = Atoms(element, positions=[[0.0, 0.0, 0.0]], cell=[40.0] * 3, pbc=False)
     e_atom = pot.compute(atom, energy=True)["energy"]
