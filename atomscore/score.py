@@ -153,6 +153,14 @@ class ScoreBase:
         """Return a new dict of compute arguments a job file can hold (override for objects)."""
         return dict(compute_args)
 
+    def slice_compute_args(self, compute_args: dict, start: int, stop: int) -> dict:
+        """The compute arguments of configurations ``start:stop`` when :meth:`run` batches.
+
+        Override when an argument holds one entry per configuration (a list of masks, say);
+        the default gives every batch the same arguments.
+        """
+        return dict(compute_args)
+
     def get_metadata(self, score_quantity, **compute_args) -> dict:
         """The arguments that define the numbers, stored with every result.
 

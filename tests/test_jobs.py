@@ -361,3 +361,17 @@ def test_job_runner_reports_a_missing_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "atomscore.job", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "no job.json" in proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_per_configuration_arguments_are_sliced_per_batch(workflow):
+    from toy_scores import PerConfigFactorScore
+
+    configs = make_configs(7)
+    factors = [1.5, 2.0, 3.0, 5.0, 7.0, 11.0, 13.0]
+    score = PerConfigFactorScore()
+    ids = score.run("slice", configs, {"score_quantity": "IMPORTANCE", "factors": factors}, workflow=workflow,
+                    batch_size=3)
+    workflow.block_until_completed(ids)
+    got = [a.info["toy_factor_score"] for a in score.data_from_calc_ids(ids)]
+    assert got == score.compute_batch(configs, "IMPORTANCE", factors=factors)
+    assert factors == [1.5, 2.0, 3.0, 5.0, 7.0, 11.0, 13.0]

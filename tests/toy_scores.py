@@ -57,3 +57,19 @@ class MeanDescriptorScore(DatasetScore):
     def compute(self, dataset, score_quantity, descriptors_key="descriptors"):
         self.parse_quantity(score_quantity)
         return float(np.mean(np.concatenate([per_atom_array(a, descriptors_key, i) for i, a in enumerate(dataset)])))
+
+
+class PerConfigFactorScore(ConfigurationScore):
+    """Configuration score with one argument entry per configuration (``factors``)."""
+
+    OUTPUT_KEY = "toy_factor"
+    supported_score_quantities = (ScoreQuantity.IMPORTANCE,)
+
+    def compute_batch(self, list_of_atoms, score_quantity, factors=None):
+        self.parse_quantity(score_quantity)
+        if len(factors) != len(list_of_atoms):
+            raise InputError(f"factors: expected {len(list_of_atoms)} entries, got {len(factors)}")
+        return [f * len(atoms) for f, atoms in zip(factors, list_of_atoms)]
+
+    def slice_compute_args(self, compute_args, start, stop):
+        return {**compute_args, "factors": list(compute_args["factors"][start:stop])}

@@ -246,6 +246,16 @@ def _new_numbered_folder(base: Path) -> Path:
 
 # --------------------------------------------------------------------------- jobs
 @dataclass
+class PreparedJob:
+    """One validated, serialised job: its input file and its (batch-specific) compute args."""
+
+    input_name: str
+    input_text: str
+    compute_args: dict
+    compute_arrays: dict
+
+
+@dataclass
 class PreparedJobs:
     """Validated, serialised jobs, ready to be written (see :func:`prepare_score_jobs`)."""
 
@@ -253,25 +263,25 @@ class PreparedJobs:
     path_type: str
     header: dict
     init_arrays: dict
-    compute_arrays: dict
-    inputs: list = field(default_factory=list)  # (filename, text) per job
+    jobs: list = field(default_factory=list)
 
     def write(self, root) -> list[Path]:
         """Write every job folder under ``root``; return their paths."""
         base = Path(root) / self.score_name / self.path_type
         folders = []
         first_paths: dict[str, Path] = {}
-        for filename, text in self.inputs:
+        for job in self.jobs:
             folder = _new_numbered_folder(base)
             args_dir = folder / ARGS_DIR
             args_dir.mkdir()
             for name, array in self.init_arrays.items():
                 _save_or_link(array, args_dir / name, first_paths)
-            for name, array in self.compute_arrays.items():
-                _save_or_link(array, args_dir / name, first_paths)
-            write_text_atomic(folder / filename, text)
+            for name, array in job.compute_arrays.items():
+                np.save(args_dir / name, array, allow_pickle=False)
+            write_text_atomic(folder / job.input_name, job.input_text)
             update_status(folder, state="pending", created=now())
-            write_json_atomic(folder / JOB_FILE, {**self.header, "input": filename})
+            write_json_atomic(folder / JOB_FILE, {**self.header, "compute_args": job.compute_args,
+                                                  "input": job.input_name})
             folders.append(folder)
         return folders
 
@@ -331,23 +341,24 @@ def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> P
 
     reference = class_reference(type(score))
     init_data, init_arrays = encode_args(score._init_args, "init", f"{name} init args")
-    compute_data, compute_arrays = encode_args(args, "compute", f"{name}.run compute_args")
-
     if score.kind == "dataset":
-        batches = [configs]
+        bounds = [(0, len(configs))]
     else:
-        batches = [configs[i:i + batch_size] for i in range(0, len(configs), batch_size)]
-    inputs = [serialize_inputs(score.kind, batch) for batch in batches]
+        bounds = [(i, min(i + batch_size, len(configs))) for i in range(0, len(configs), batch_size)]
+    jobs = []
+    for start, stop in bounds:
+        batch_args = args if len(bounds) == 1 else score.slice_compute_args(args, start, stop)
+        compute_data, compute_arrays = encode_args(batch_args, "compute", f"{name}.run compute_args")
+        jobs.append(PreparedJob(*serialize_inputs(score.kind, configs[start:stop]), compute_data, compute_arrays))
     header = {
         "format_version": FORMAT_VERSION,
         "kind": "score",
         "score": reference,
         "score_kind": score.kind,
         "init_args": init_data,
-        "compute_args": compute_data,
         "score_quantity": ScoreQuantity(quantity).name,
         "cwd": os.getcwd(),
         "submitted_from": socket.gethostname(),
         "python": sys.executable,
     }
-    return PreparedJobs(name, path_type, header, init_arrays, compute_arrays, inputs)
+    return PreparedJobs(name, path_type, header, init_arrays, jobs)
