@@ -1,0 +1,656 @@
+"""FIMMatchingScore: optimal training weights by information matching.
+
+Given the Fisher information matrix (FIM) :math:`\\mathcal{I}_i` of every candidate
+configuration (``info['fim_training_set_score']``, written by
+:class:`~atomscore.fim.training_set.FIMTrainingSetScore`) and the FIM
+:math:`\\mathcal{I}_{\\rm target}` of the target properties (written by
+:class:`~atomscore.fim.property.FIMPropertyScore`), the information-matching method finds
+the smallest non-negative weights :math:`w_i` such that
+
+.. math:: \\sum_i w_i \\mathcal{I}_i \\succeq \\mathcal{I}_{\\rm target},
+
+i.e. training on the weighted candidates constrains the parameters at least as well as
+the target precision needs. The convex problem (a semidefinite program) is formulated and
+solved by ``information_matching.ConvexOpt`` through cvxpy, with the SDPA solver
+(``sdpa-python``) by default or CLARABEL; this module validates the inputs, preconditions
+the FIMs, checks the solver's status and returns one weight per configuration.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from atomscore.errors import InputError, SolverError
+from atomscore.quantity import ScoreQuantity
+from atomscore.score import ConfigurationScore
+from atomscore.validation import check_choice, check_configs, load_array
+
+#: where FIMTrainingSetScore (ours and the reference's) stores each configuration's FIM
+CANDIDATE_FIM_KEY = "fim_training_set_score"
+#: where FIMPropertyScore stores the target FIM in score_results.json
+TARGET_FIM_KEY = "fim_property_score"
+#: preconditioning modes. "diagonal" (the default) first changes parameter units,
+#: I -> D I D with D = diag(I_target)^(-1/2), which leaves the matching constraint and so the
+#: weights exactly unchanged but gives every parameter the same scale (SDPA otherwise
+#: returns wrong "optimal" answers when parameters differ by orders of magnitude), then
+#: applies "max_frobenius". "max_frobenius" (the reference's scheme) divides the target by
+#: its Frobenius norm and every candidate by the largest candidate norm (optimum unchanged).
+#: "frobenius" divides each candidate by its own norm (this changes the objective: weights
+#: are counted in units of each configuration's information). "none" leaves the FIMs as
+#: they are.
+PRECONDITION_MODES = ("diagonal", "max_frobenius", "frobenius", "none")
+#: SDPA's stopping tolerances when the caller sets none: its defaults (1e-7) end about one
+#: problem in four with 'pdFEAS' (reported as optimal_inaccurate) although the answer
+#: agrees with CLARABEL to 1e-6; 1e-6 is well below the zero_tol of the weights.
+SDPA_DEFAULT_OPTIONS = {"epsilonStar": 1e-6, "epsilonDash": 1e-6}
+#: a solution whose raw weights under-match the (preconditioned) target by more than this,
+#: relative to its Frobenius norm, is refused even when the solver calls it optimal
+VERIFY_TOL = 1e-4
+#: the solvers offered by default, in order of preference
+PREFERRED_SOLVERS = ("SDPA", "CLARABEL")
+#: weight_tolerance keys and their defaults (those of information_matching)
+DEFAULT_WEIGHT_TOLERANCE = {"zero_tol": 1e-4, "zero_tol_dual": 1e-4}
+#: relative tolerances of the input checks
+SYMMETRY_RTOL = 1e-6
+PSD_RTOL = 1e-8
+
+
+# --------------------------------------------------------------------------- inputs
+def installed_solvers() -> list:
+    """Names of the cvxpy solvers installed here (e.g. ``['CLARABEL', 'SCS', 'SDPA']``)."""
+    import cvxpy as cp
+
+    return list(cp.installed_solvers())
+
+
+def default_solver() -> str:
+    """SDPA when ``sdpa-python`` is installed (as in the reference), else CLARABEL."""
+    have = installed_solvers()
+    for name in PREFERRED_SOLVERS:
+        if name in have:
+            return name
+    raise SolverError(f"FIMMatchingScore: neither SDPA nor CLARABEL is installed (installed cvxpy "
+                      f"solvers: {', '.join(have) or 'none'}); pip install sdpa-python clarabel")
+
+
+def _check_fim(matrix, label, shape=None):
+    """A square, symmetric, positive semidefinite float matrix (a new array), or InputError."""
+    fim = np.array(matrix, dtype=float)  # a copy: we symmetrise it below
+    if fim.ndim == 0 or (fim.ndim == 1 and fim.size == 1):
+        fim = fim.reshape(1, 1)
+    elif fim.ndim == 1 and math.isqrt(fim.size) ** 2 == fim.size:
+        n = math.isqrt(fim.size)
+        fim = fim.reshape(n, n)  # a flattened P x P matrix
+    if fim.ndim != 2 or fim.shape[0] != fim.shape[1]:
+        raise InputError(f"{label}: expected a square P x P FIM, got shape {fim.shape}")
+    if shape is not None and fim.shape != tuple(shape):
+        raise InputError(f"{label}: expected a {shape[0]}x{shape[1]} FIM (the size of the target FIM), "
+                         f"got {fim.shape[0]}x{fim.shape[1]}")
+    if not np.all(np.isfinite(fim)):
+        raise InputError(f"{label}: expected finite values, got NaN or infinity")
+    scale = float(np.max(np.abs(fim))) if fim.size else 0.0
+    asym = float(np.max(np.abs(fim - fim.T))) if fim.size else 0.0
+    if asym > SYMMETRY_RTOL * scale:
+        i, j = np.unravel_index(np.argmax(np.abs(fim - fim.T)), fim.shape)
+        raise InputError(f"{label}: a FIM must be symmetric, got [{i},{j}]={fim[i, j]!r} but "
+                         f"[{j},{i}]={fim[j, i]!r}")
+    fim = 0.5 * (fim + fim.T)
+    if scale > 0:
+        lowest = float(np.linalg.eigvalsh(fim)[0])
+        if lowest < -PSD_RTOL * float(np.linalg.norm(fim, 2)):
+            raise InputError(f"{label}: a FIM must be positive semidefinite, got an eigenvalue {lowest!r}")
+    return fim
+
+
+def candidate_fims(list_of_atoms, fim_key=CANDIDATE_FIM_KEY):
+    """The FIM of every configuration, read from ``atoms.info[fim_key]``.
+
+    Parameters
+    ----------
+    list_of_atoms : list of ase.Atoms
+        Never modified.
+    fim_key : str
+        The info key (default ``'fim_training_set_score'``). A value that ASE could not
+        decode (the text ``'_JSON [[...]]'``) is decoded here.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One symmetric ``(P, P)`` array per configuration, all of the same ``P``.
+
+    Raises
+    ------
+    InputError
+        Naming the configuration index that lacks the key, or whose FIM is not a
+        square symmetric matrix of the same size as the first one.
+    """
+    configs = check_configs(list_of_atoms, "list_of_atoms")
+    fims = []
+    for i, atoms in enumerate(configs):
+        if fim_key not in atoms.info:
+            have = sorted(k for k in atoms.info if not k.startswith("_"))
+            raise InputError(f"list_of_atoms: configuration {i} has no info[{fim_key!r}] (the FIM written "
+                             f"by FIMTrainingSetScore); it has: {have or 'none'}")
+        value = atoms.info[fim_key]
+        if isinstance(value, str):
+            text = value[len("_JSON "):] if value.startswith("_JSON ") else value
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise InputError(f"list_of_atoms: configuration {i}: info[{fim_key!r}] is text that is not "
+                                 f"a matrix: {value!r:.80}") from None
+        shape = fims[0].shape if fims else None
+        fims.append(_check_fim(value, f"list_of_atoms: configuration {i}: info[{fim_key!r}]", shape))
+    return fims
+
+
+def _target_parts(value, label):
+    """Yield ``(array, label)`` for every target FIM given in ``value`` (see :func:`target_fim`)."""
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        if path.suffix == ".json":
+            if not path.is_file():
+                raise InputError(f"{label}: file not found: {str(path)!r}")
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputError(f"{label}: cannot read {str(path)!r} as JSON: {exc}") from None
+            yield from _target_parts(data, f"{label} ({path.name})")
+            return
+        yield load_array(value, label), label  # .npy / .txt, or a clear message
+        return
+    if isinstance(value, dict):
+        if TARGET_FIM_KEY not in value:
+            raise InputError(f"{label}: expected a dict with key {TARGET_FIM_KEY!r} (as in "
+                             f"score_results.json of FIMPropertyScore), got keys {sorted(map(str, value))}")
+        yield from _target_parts(value[TARGET_FIM_KEY], f"{label}[{TARGET_FIM_KEY!r}]")
+        return
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, (dict, str, os.PathLike)) for v in value):
+        for k, item in enumerate(value):
+            yield from _target_parts(item, f"{label}[{k}]")
+        return
+    yield load_array(value, label), label
+
+
+def target_fim(fim_property, name="fim_property"):
+    """The target FIM: the sum of every property FIM given.
+
+    Parameters
+    ----------
+    fim_property : str, os.PathLike, dict, array_like or list of them
+        A ``score_results.json`` path of FIMPropertyScore (or a ``.npy``/``.txt`` file),
+        its dict ``{'fim_property_score': ..., '_metadata': ...}``, or the array itself:
+        ``(P, P)`` for one property, ``(K, P, P)`` for ``K`` properties; or a list of
+        these.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(P, P)``: the sum of the ``K`` property FIMs. Summing is the FIM of all the
+        properties together when their errors are independent (block-diagonal target
+        covariance), and matching the sum guarantees every property's target precision.
+
+    Raises
+    ------
+    InputError
+        Unreadable path, missing key, non-square, non-symmetric or mismatched FIMs.
+    """
+    if fim_property is None:
+        raise InputError(f"{name}: required: the target FIM (score_results.json of FIMPropertyScore, "
+                         "its dict, or a P x P array)")
+    total = None
+    for arr, label in _target_parts(fim_property, name):
+        stack = arr if arr.ndim == 3 else arr[None] if arr.ndim == 2 else np.asarray(arr).reshape(1, -1)
+        for k, item in enumerate(stack):
+            lab = f"{label}[{k}]" if arr.ndim == 3 else label
+            fim = _check_fim(item, lab, None if total is None else total.shape)
+            total = fim if total is None else total + fim
+    if total is None:
+        raise InputError(f"{name}: expected at least one target FIM, got an empty list")
+    return total
+
+
+def _check_weight_upper_bound(value, nconfigs):
+    label = "convexopt_init_kwargs['weight_upper_bound']"
+    if value is None or (isinstance(value, str) and value.strip().lower() == "inf"):
+        return None
+    if isinstance(value, str):
+        raise InputError(f"{label}: expected None, 'inf', a number or one number per configuration, "
+                         f"got {value!r}")
+    arr = load_array(value, label, ndim=(0, 1), finite=False)
+    if arr.ndim == 1 and arr.size != nconfigs:
+        raise InputError(f"{label}: expected one bound per configuration ({nconfigs}), got {arr.size}")
+    if np.any(np.isnan(arr)) or np.any(arr < 0):
+        raise InputError(f"{label}: expected non-negative bounds, got {value!r}")
+    if arr.ndim == 0:
+        return None if np.isposinf(arr) else float(arr)
+    return arr
+
+
+def _check_tolerance(weight_tolerance):
+    tol = dict(DEFAULT_WEIGHT_TOLERANCE)
+    if weight_tolerance is None:
+        return tol
+    if not isinstance(weight_tolerance, dict):
+        raise InputError(f"weight_tolerance: expected a dict with keys {sorted(tol)}, "
+                         f"got {type(weight_tolerance).__name__}")
+    for key, value in weight_tolerance.items():
+        check_choice(key, "weight_tolerance key", tuple(DEFAULT_WEIGHT_TOLERANCE))
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"weight_tolerance[{key!r}]: expected a non-negative number, got {value!r}") from None
+        if not math.isfinite(number) or number < 0:
+            raise InputError(f"weight_tolerance[{key!r}]: expected a non-negative number, got {value!r}")
+        tol[key] = number
+    return tol
+
+
+def _check_solver_kwargs(solver_kwargs):
+    """A new dict of cvxpy ``solve`` arguments with ``solver`` resolved to an installed name."""
+    if solver_kwargs is None:
+        kwargs = {}
+    elif isinstance(solver_kwargs, dict):
+        kwargs = dict(solver_kwargs)
+    else:
+        raise InputError(f"solver_kwargs: expected a dict of cvxpy Problem.solve arguments, "
+                         f"got {type(solver_kwargs).__name__}")
+    solver = kwargs.get("solver")
+    if solver is None:
+        kwargs["solver"] = default_solver()
+        return kwargs
+    if not isinstance(solver, str):
+        raise InputError(f"solver_kwargs['solver']: expected a solver name such as 'SDPA', got {solver!r}")
+    have = installed_solvers()
+    name = solver.strip().upper()
+    if name not in have:
+        raise InputError(f"solver_kwargs['solver']: unknown or not installed solver {solver!r}; "
+                         f"installed: {', '.join(have)}")
+    kwargs["solver"] = name
+    return kwargs
+
+
+def _check_convexopt_kwargs(convexopt_init_kwargs, nconfigs):
+    """A new dict of ``ConvexOpt`` arguments (besides the FIMs), checked."""
+    if convexopt_init_kwargs is None:
+        kwargs = {}
+    elif isinstance(convexopt_init_kwargs, dict):
+        kwargs = dict(convexopt_init_kwargs)
+    else:
+        raise InputError(f"convexopt_init_kwargs: expected a dict, got {type(convexopt_init_kwargs).__name__}")
+    from information_matching import ConvexOpt
+
+    allowed = [p for p in inspect.signature(ConvexOpt.__init__).parameters
+               if p not in ("self", "fim_qoi", "fim_configs")]
+    for key in kwargs:
+        check_choice(key, "convexopt_init_kwargs key", tuple(allowed))
+    kwargs["weight_upper_bound"] = _check_weight_upper_bound(kwargs.get("weight_upper_bound"), nconfigs)
+    return kwargs
+
+
+def _check_precondition(precondition):
+    if precondition is True:
+        return "diagonal"
+    if precondition is False or precondition is None:
+        return "none"
+    if isinstance(precondition, str):
+        return check_choice(precondition.strip().lower(), "precondition", PRECONDITION_MODES)
+    raise InputError(f"precondition: expected True, False or one of {PRECONDITION_MODES}, got {precondition!r}")
+
+
+def other_solver(solver):
+    """The solver to suggest when ``solver`` failed (SDPA <-> CLARABEL)."""
+    for name in PREFERRED_SOLVERS:
+        if name != solver:
+            return name
+    return "CLARABEL"
+
+
+# --------------------------------------------------------------------------- solving
+def match_information(candidates, target, *, weight_upper_bound=None, solver_kwargs=None,
+                      zero_tol=1e-4, zero_tol_dual=1e-4, precondition="diagonal",
+                      convexopt_kwargs=None):
+    """Solve the information-matching problem; one weight per candidate.
+
+    Parameters
+    ----------
+    candidates : list of numpy.ndarray
+        The ``(P, P)`` FIMs of the candidates (checked symmetric arrays, not modified).
+    target : numpy.ndarray
+        The ``(P, P)`` target FIM.
+    weight_upper_bound : float, numpy.ndarray or None
+        Largest allowed weight (one value, or one per candidate), in the units of the
+        unpreconditioned problem.
+    solver_kwargs : dict
+        Arguments of ``cvxpy.Problem.solve``; ``solver`` defaults to :func:`default_solver`.
+        For SDPA without tolerances given, :data:`SDPA_DEFAULT_OPTIONS` are added.
+    zero_tol, zero_tol_dual : float
+        A weight counts as non-zero when it exceeds ``zero_tol`` and the dual value of its
+        non-negativity constraint is below ``zero_tol_dual``; the others are returned as 0.
+    precondition : {'diagonal', 'max_frobenius', 'frobenius', 'none'}
+        Scaling applied to the FIMs before solving (see :data:`PRECONDITION_MODES`).
+        Weights are returned in the units of the unscaled problem.
+    convexopt_kwargs : dict, optional
+        Further arguments of ``information_matching.ConvexOpt`` (``obj_fn``, ...).
+
+    Returns
+    -------
+    weights : numpy.ndarray
+        ``(n_candidates,)``, zero for the configurations not selected.
+    info : dict
+        ``status``, ``solver``, ``objective`` (sum of the weights), ``match_margin``
+        (lowest eigenvalue of :math:`\\sum_i w_i \\mathcal{I}_i - \\mathcal{I}_{\\rm target}` over
+        the target's Frobenius norm: >= 0 up to solver accuracy when matched) and
+        ``n_selected``.
+
+    Raises
+    ------
+    SolverError
+        When the solver ends with any status but ``optimal`` (infeasible, unbounded,
+        inaccurate, solver error), or calls optimal weights that do not match the target:
+        the message names the status and the other solver.
+    """
+    import cvxpy as cp
+    from information_matching import ConvexOpt
+
+    solver_kwargs = dict(solver_kwargs or {})
+    solver = solver_kwargs.get("solver") or default_solver()
+    solver_kwargs["solver"] = solver
+    if solver == "SDPA" and not any(k in solver_kwargs for k in SDPA_DEFAULT_OPTIONS):
+        solver_kwargs.update(SDPA_DEFAULT_OPTIONS)
+    n = len(candidates)
+    weights = np.zeros(n)
+    # A zero FIM carries no information: its optimal weight is 0, and leaving it out keeps
+    # the per-configuration Frobenius scaling finite.
+    active = [i for i, fim in enumerate(candidates) if np.any(fim)]
+    if not active:
+        raise InputError("list_of_atoms: every candidate FIM is zero; no weights can match the target")
+    ub = weight_upper_bound
+    if isinstance(ub, np.ndarray):
+        ub = ub[active]
+
+    fims = [np.array(candidates[i], dtype=float) for i in active]
+    target = np.array(target, dtype=float)
+    if precondition == "diagonal":
+        units = _parameter_units(target, fims)
+        target = target * units
+        fims = [fim * units for fim in fims]
+    # information_matching's own preconditioner writes into the dicts it is given and
+    # divides by zero for zero FIMs; the scalings are one line each, so they live here.
+    if precondition == "none":
+        target_scale = 1.0
+        scales = np.ones(len(active))
+    else:
+        target_scale = 1.0 / float(np.linalg.norm(target))
+        norms = np.array([np.linalg.norm(fim) for fim in fims])
+        scales = 1.0 / (norms if precondition == "frobenius" else np.full(len(active), norms.max()))
+    fim_qoi = {"fim": target, "fim_scale": target_scale}
+    fim_configs = {k: {"fim": fim, "fim_scale": float(scales[k])} for k, fim in enumerate(fims)}
+    extra = dict(convexopt_kwargs or {})
+    extra.pop("weight_upper_bound", None)
+    opt = ConvexOpt(fim_qoi, fim_configs, weight_upper_bound=ub, **extra)
+    try:
+        with warnings.catch_warnings():
+            # sdpa-python's own eigenvalue check warns on every matrix smaller than 3x3
+            warnings.filterwarnings("ignore", message="k >= N - 1", category=RuntimeWarning)
+            opt.solve(**solver_kwargs)
+    except cp.error.SolverError as exc:
+        raise SolverError(_solver_message(solver, "solver_error", str(exc), ub is not None)) from None
+    except (AttributeError, TypeError):
+        # ConvexOpt.solve reads the weights before it looks at the status; when the
+        # solver found no solution they are None. The status says why.
+        if opt.problem.status == cp.OPTIMAL:
+            raise
+    status = opt.problem.status
+    if status != cp.OPTIMAL:
+        raise SolverError(_solver_message(solver, status, None, ub is not None))
+    # The solver's own word is not enough (SDPA has called badly scaled problems optimal
+    # with all weights 0): check that its raw weights satisfy the constraint.
+    raw = np.clip(np.asarray(opt.result["wm"], dtype=float), 0.0, None) * scales / target_scale
+    raw_margin = _margin(raw, fims, target)
+    if raw_margin < -VERIFY_TOL:
+        raise SolverError(_solver_message(
+            solver, status, f"its weights do not match the target (lowest eigenvalue of sum w_i I_i - "
+            f"I_target is {raw_margin:.3g} of |I_target|)", ub is not None))
+    selected = opt.get_config_weights(zero_tol=zero_tol, zero_tol_dual=zero_tol_dual)
+    for k, w in selected.items():
+        weights[active[int(k)]] = float(w)
+    info = {
+        "status": status,
+        "solver": solver,
+        "objective": float(weights.sum()),
+        "match_margin": _margin(weights[active], fims, target),
+        "n_selected": int(np.count_nonzero(weights)),
+    }
+    return weights, info
+
+
+def _parameter_units(target, fims):
+    """The outer product d d^T of D = diag(I_target)^(-1/2) (candidates' largest diagonal where
+    the target's is 0, 1 where both are), so that D I D has a unit diagonal."""
+    diag = np.diag(target).copy()
+    fallback = np.max([np.diag(fim) for fim in fims], axis=0)
+    diag = np.where(diag > 0, diag, np.where(fallback > 0, fallback, 1.0))
+    d = 1.0 / np.sqrt(diag)
+    return np.outer(d, d)
+
+
+def _margin(weights, fims, target):
+    """Lowest eigenvalue of sum_i w_i I_i - I_target over |I_target|_F (>= 0: matched)."""
+    matched = sum(w * fim for w, fim in zip(weights, fims)) - target
+    return float(np.linalg.eigvalsh(matched)[0] / np.linalg.norm(target))
+
+
+def _solver_message(solver, status, detail, bounded):
+    other = other_solver(solver)
+    ended = f"status {status!r}" + ("" if status == "optimal" else ", not 'optimal'")
+    msg = (f"FIMMatchingScore: the {solver} solver ended with {ended}; no weights were returned. "
+           f"Try solver_kwargs={{'solver': '{other}'}}")
+    if status.startswith("infeasible"):
+        msg += (", and check that the candidates' FIMs can cover the target FIM (no candidate carries "
+                "information in a direction the target needs"
+                + (", or weight_upper_bound is too small" if bounded else "") + ")")
+    elif "inaccurate" in status:
+        msg += ", or keep preconditioning on (precondition=True)"
+    msg += "."
+    if detail:
+        msg += f" ({detail})"
+    return msg
+
+
+# --------------------------------------------------------------------------- the score
+class FIMMatchingScore(ConfigurationScore):
+    """Optimal training weights of candidate configurations by information matching.
+
+    Each configuration gets one weight :math:`w_i \\ge 0` (0 when it is not selected)
+    such that :math:`\\sum_i w_i \\mathcal{I}_i \\succeq \\mathcal{I}_{\\rm target}` with
+    :math:`\\sum_i w_i` minimal. A weight multiplies the configuration's FIM, i.e. it is
+    the factor by which the inverse variance of that configuration's reference data
+    must exceed the one assumed when its FIM was computed (dimensionless).
+    Results are stored as ``info['fim_matching_weight_score']``.
+
+    The weights depend on all candidates together, so only :meth:`compute_batch` over the
+    whole candidate set is meaningful; :meth:`run` always writes one job with every
+    configuration, whatever ``batch_size`` says.
+
+    Examples
+    --------
+    >>> score = FIMMatchingScore()
+    >>> weights = score.compute_batch(list_of_atoms, fim_property='score_results.json')  # doctest: +SKIP
+    >>> score.save_results(weights, list_of_configs=list_of_atoms)  # doctest: +SKIP
+    """
+
+    OUTPUT_KEY = "fim_matching_weight"
+    supported_score_quantities = (ScoreQuantity.IMPORTANCE,)
+
+    def __init__(self):
+        super().__init__()
+        self._last_solution = {}
+
+    def compute(self, atoms, score_quantity=ScoreQuantity.IMPORTANCE, **compute_args):
+        """Not meaningful for one configuration: use :meth:`compute_batch` on every candidate."""
+        raise InputError("FIMMatchingScore.compute: the weights depend on every candidate together; "
+                         "call compute_batch(list_of_atoms, fim_property, ...) with all candidates")
+
+    def compute_batch(self, list_of_atoms, fim_property=None, score_quantity=ScoreQuantity.IMPORTANCE,
+                      convexopt_init_kwargs=None, solver_kwargs=None, weight_tolerance=None,
+                      precondition=True, fim_key=CANDIDATE_FIM_KEY):
+        """Compute the optimal weight of every candidate configuration.
+
+        Parameters
+        ----------
+        list_of_atoms : list of ase.Atoms
+            The candidates, each with its FIM in ``info[fim_key]`` (``(P, P)``, units of
+            1 / parameter²). Never modified.
+        fim_property : str, os.PathLike, dict or array_like
+            The target FIM: a ``score_results.json`` path of FIMPropertyScore, its dict
+            ``{'fim_property_score': ..., ...}``, a ``(P, P)`` array, a ``(K, P, P)`` stack
+            or list of property FIMs (summed), or a ``.npy`` path. Required.
+        score_quantity : ScoreQuantity or str
+            Only ``IMPORTANCE``.
+        convexopt_init_kwargs : dict, optional
+            Arguments of ``information_matching.ConvexOpt``; chiefly
+            ``weight_upper_bound`` (None or 'inf' for none, a number, or one per
+            configuration; same units as the weights).
+        solver_kwargs : dict, optional
+            Arguments of ``cvxpy.Problem.solve``, e.g. ``{'solver': 'CLARABEL',
+            'verbose': True}``. The solver defaults to SDPA when installed, else CLARABEL.
+        weight_tolerance : dict, optional
+            ``{'zero_tol': 1e-4, 'zero_tol_dual': 1e-4}`` (the defaults): a weight is
+            non-zero when it exceeds ``zero_tol`` and the dual value of its
+            non-negativity constraint is below ``zero_tol_dual``; the others are 0.
+        precondition : bool or str
+            ``True`` (default, ``'diagonal'``): parameters are rescaled so that the
+            target FIM has a unit diagonal, then the target FIM is divided by its
+            Frobenius norm and every candidate FIM by the largest candidate norm. Both
+            leave the optimal weights unchanged but keep SDPA from reporting a false
+            'infeasible' or a wrong 'optimal'. ``'max_frobenius'``: the second step only
+            (the reference's scheme). ``'frobenius'``: each candidate by its own norm
+            (changes the objective). ``False``: no scaling.
+        fim_key : str
+            The info key of the candidate FIMs (default ``'fim_training_set_score'``).
+
+        Returns
+        -------
+        list of float
+            One weight per configuration, in order; 0.0 for those not selected.
+
+        Raises
+        ------
+        InputError
+            Missing FIM key (naming the configuration), FIM shape mismatch between
+            candidates and target, non-symmetric FIMs, unknown solver (listing those
+            installed), bad tolerances or bounds.
+        SolverError
+            The solver did not end with status 'optimal' (the status and the other
+            solver are named).
+        """
+        self.parse_quantity(score_quantity)
+        problem = self._validated(list_of_atoms, fim_property, convexopt_init_kwargs, solver_kwargs,
+                                  weight_tolerance, precondition, fim_key)
+        weights, info = match_information(**problem)
+        self._last_solution = info
+        return [float(w) for w in weights]
+
+    def _validated(self, list_of_atoms, fim_property, convexopt_init_kwargs, solver_kwargs,
+                   weight_tolerance, precondition, fim_key):
+        """Check every input; return the keyword arguments of :func:`match_information`."""
+        if not isinstance(fim_key, str):
+            raise InputError(f"fim_key: expected an info key (str), got {fim_key!r}")
+        target = target_fim(fim_property)
+        fims = candidate_fims(list_of_atoms, fim_key)
+        if fims[0].shape != target.shape:
+            p = target.shape[0]
+            raise InputError(f"list_of_atoms: configuration 0: info[{fim_key!r}]: expected a {p}x{p} FIM "
+                             f"(the size of the target FIM fim_property), got "
+                             f"{fims[0].shape[0]}x{fims[0].shape[1]}")
+        if not np.any(target):
+            raise InputError("fim_property: the target FIM is zero; there is nothing to match")
+        convexopt = _check_convexopt_kwargs(convexopt_init_kwargs, len(fims))
+        tol = _check_tolerance(weight_tolerance)
+        return dict(candidates=fims, target=target,
+                    weight_upper_bound=convexopt.pop("weight_upper_bound"),
+                    solver_kwargs=_check_solver_kwargs(solver_kwargs),
+                    zero_tol=tol["zero_tol"], zero_tol_dual=tol["zero_tol_dual"],
+                    precondition=_check_precondition(precondition), convexopt_kwargs=convexopt)
+
+    # ---------------------------------------------------------------- jobs
+    def check_compute_args(self, configs, score_quantity, compute_args):
+        """Validate everything (FIMs, target, solver, bounds) before :meth:`run` writes a folder."""
+        args = dict(compute_args)
+        if "fim_property" not in args:
+            raise InputError("FIMMatchingScore.run: compute_args needs 'fim_property' (the target FIM)")
+        known = set(inspect.signature(FIMMatchingScore.compute_batch).parameters) - {
+            "self", "list_of_atoms", "score_quantity"}
+        for key in args:
+            check_choice(key, "FIMMatchingScore.run compute_args key", tuple(sorted(known)))
+        self._validated(configs, args.get("fim_property"), args.get("convexopt_init_kwargs"),
+                        args.get("solver_kwargs"), args.get("weight_tolerance"),
+                        args.get("precondition", True), args.get("fim_key", CANDIDATE_FIM_KEY))
+
+    def prepare_compute_args(self, compute_args):
+        """A new dict: a relative ``fim_property`` path made absolute (jobs run elsewhere)."""
+        args = dict(compute_args)
+        target = args.get("fim_property")
+        if isinstance(target, (str, os.PathLike)):
+            args["fim_property"] = str(Path(target).resolve())
+        elif isinstance(target, (list, tuple)):
+            args["fim_property"] = [str(Path(t).resolve()) if isinstance(t, (str, os.PathLike)) else t
+                                    for t in target]
+        return args
+
+    def run(self, path_type, configs, compute_args, workflow=None, job_details=None, batch_size=None,
+            verbose=False):
+        """Write one job holding every candidate and submit it (see :meth:`ScoreBase.run`).
+
+        ``batch_size`` is ignored: weights computed on part of the candidates would be
+        meaningless, so all of them always go into one job. A ``batch_size`` that would
+        split them draws a warning.
+        """
+        n = len(configs) if isinstance(configs, (list, tuple)) else 1
+        if batch_size is not None and not isinstance(batch_size, bool) and isinstance(batch_size, int) \
+                and 1 < batch_size < n:
+            warnings.warn(f"FIMMatchingScore.run: batch_size={batch_size} ignored; the weights need all "
+                          f"{n} candidates in one job", stacklevel=2)
+        return super().run(path_type, configs, compute_args, workflow=workflow, job_details=job_details,
+                           batch_size=max(n, 1), verbose=verbose)
+
+    def run_batch(self, configs, score_quantity, compute_args):
+        """What a job does: :meth:`compute_batch` on all its configurations (keyword call)."""
+        return self.compute_batch(configs, score_quantity=score_quantity, **compute_args)
+
+    def get_metadata(self, score_quantity, **compute_args):
+        """The arguments that define the weights, and how the solver ended."""
+        target = compute_args.get("fim_property")
+        if isinstance(target, (str, os.PathLike)):
+            target_desc = str(target)
+        elif isinstance(target, dict):
+            target_desc = "dict"
+        else:
+            target_desc = "array"
+        solver_kwargs = compute_args.get("solver_kwargs") or {}
+        tol = dict(DEFAULT_WEIGHT_TOLERANCE)
+        tol.update(compute_args.get("weight_tolerance") or {})
+        ub = (compute_args.get("convexopt_init_kwargs") or {}).get("weight_upper_bound")
+        meta = {
+            "score_quantity": ScoreQuantity.parse(score_quantity).name,
+            "fim_property": target_desc,
+            "fim_key": compute_args.get("fim_key", CANDIDATE_FIM_KEY),
+            "precondition": _check_precondition(compute_args.get("precondition", True)),
+            "weight_upper_bound": None if ub is None else (ub if isinstance(ub, (int, float, str))
+                                                           else np.asarray(ub).tolist()),
+            "zero_tol": float(tol["zero_tol"]),
+            "zero_tol_dual": float(tol["zero_tol_dual"]),
+            "solver_kwargs": {k: v for k, v in solver_kwargs.items()
+                              if v is None or isinstance(v, (bool, int, float, str))},
+        }
+        meta.update(self._last_solution)
+        return meta
