@@ -1,0 +1,357 @@
+"""Gaussian kernel sums of descriptor sets, in memory-bounded tiles.
+
+The QUESTS information measures (Schwalbe-Koda et al., the ``quests`` package) all come
+from one quantity, the kernel sum of each point ``y_i`` over a reference set ``X``::
+
+    p(y_i) = sum_j K(y_i, x_j),    K(y, x) = exp(-|y - x|^2 / (2 h^2))
+
+with ``|.|`` the Euclidean norm and ``h`` the bandwidth (in descriptor units). From it:
+
+* entropy            H   = -(1/N) sum_i log(p(x_i) / N)          (nats)
+* efficiency             = H / log N                              (dimensionless, <= 1)
+* diversity          D   = log sum_i 1 / p(x_i)                   (nats)
+* delta entropy   dH(y|X) = -log p(y)                             (nats, one per query)
+
+exactly as the ``quests`` package defines them (``quests.entropy.entropy``, ``diversity``,
+``delta_entropy``; checked against it in ``tests/test_quests_kernels.py``).
+
+How it is computed
+------------------
+``|y - x|^2 = |y|^2 + |x|^2 - 2 y.x`` turns the N x M distances into one matrix product
+per tile (BLAS GEMM); the norms and the factor ``-1/(2h^2)`` ride along in two extra
+columns, so a tile of exponents costs one GEMM and the exponential one pass. Only
+``tile_size x tile_size`` numbers are held per worker thread, never N x M. For a set
+against itself the kernel matrix is symmetric: only tiles on and above the diagonal are
+computed and each gives row and column sums (half the exponentials).
+
+The descriptors are centred (reference mean subtracted) before the product, which shrinks
+the norms and with them the cancellation error of the expansion. Exponents are clipped to
+``[floor, 0]`` (``floor`` = -700 in float64, -87 in float32) before the exponential: the
+clipped terms are at most ``N * exp(floor)`` and exponentials in the subnormal range are
+ten times slower on x86.
+
+Rows whose sum is so small that the clipped terms could matter (``p < N exp(floor) 1e7``)
+are *repaired*: recomputed in float64 by a streaming log-sum-exp over the same tiles,
+``log p = m + log sum_j exp(e_j - m)`` with ``m`` the row's largest exponent. This is
+what makes ``delta_entropy`` finite for queries far from every reference point, where
+``quests.entropy.delta_entropy`` returns ``+inf`` (its sum underflows to 0): our value
+is the exact ``-log p`` there. ``precision='float32'`` runs the tiles in single precision
+(about 3x faster) and repairs underflowed rows in float64 the same way.
+
+Threads: tiles are shared among ``n_threads`` Python threads (numpy and BLAS release the
+GIL); BLAS itself is kept to one thread inside them when ``threadpoolctl`` is installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import NamedTuple
+
+import numpy as np
+
+from atomscore.errors import InputError
+from atomscore.validation import check_choice, check_int, check_positive, load_array
+
+__all__ = [
+    "log_kernel_sums",
+    "entropy",
+    "diversity",
+    "efficiency",
+    "delta_entropy",
+    "dataset_information",
+    "DatasetInformation",
+    "default_threads",
+]
+
+DEFAULT_BANDWIDTH = 0.015
+DEFAULT_TILE = 1024
+PRECISIONS = ("float64", "float32")
+# Exponent floors: exp(floor) is a normal number, so no slow subnormal arithmetic.
+_FLOOR = {"float64": -700.0, "float32": -87.0}
+# A row whose kernel sum is below N * exp(floor) * _REPAIR_MARGIN is recomputed exactly.
+_REPAIR_MARGIN = 1e7
+
+
+def default_threads() -> int:
+    """Number of worker threads used by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _blas_single_thread():
+    """Context keeping BLAS to one thread while our own threads share the tiles."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it BLAS may oversubscribe, results are the same
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _descriptors(x, name):
+    arr = load_array(x, name, ndim=2, dtype=np.float64)
+    if arr.shape[0] == 0:
+        raise InputError(f"{name}: expected at least one descriptor row, got an empty array of shape {arr.shape}")
+    if arr.shape[1] == 0:
+        raise InputError(f"{name}: expected at least one descriptor column, got shape {arr.shape}")
+    return arr
+
+
+def _bandwidths(bandwidth):
+    h = check_positive(bandwidth, "bandwidth", allow_array=True)
+    return np.atleast_1d(np.asarray(h, dtype=np.float64)), np.ndim(h) == 0
+
+
+def _options(precision, tile_size, n_threads):
+    check_choice(precision, "precision", PRECISIONS)
+    tile = check_int(tile_size, "tile_size", minimum=16)
+    threads = default_threads() if n_threads is None else check_int(n_threads, "n_threads", minimum=1)
+    return precision, tile, threads
+
+
+# ----------------------------------------------------------------------------- tiles
+
+class _Operands:
+    """Centred, augmented descriptor blocks for one bandwidth (or for squared distances).
+
+    ``left[i] @ right[j]`` is ``-gamma |y_i - x_j|^2`` (``gamma = 1/(2h^2)``), or
+    ``|y_i - x_j|^2`` itself when ``gamma`` is None.
+    """
+
+    def __init__(self, yc, xc, gamma, dtype):
+        d = yc.shape[1]
+        ny = np.einsum("ij,ij->i", yc, yc)
+        nx = np.einsum("ij,ij->i", xc, xc)
+        s = 1.0 if gamma is None else -gamma
+        left = np.empty((len(yc), d + 2), dtype=dtype)
+        left[:, :d] = (-2.0 * s) * yc
+        left[:, d] = s * ny
+        left[:, d + 1] = 1.0
+        right = np.empty((len(xc), d + 2), dtype=dtype)
+        right[:, :d] = xc
+        right[:, d] = 1.0
+        right[:, d + 1] = s * nx
+        self.left = left
+        self.right_t = np.ascontiguousarray(right.T)
+
+
+def _tile_pairs(n_rows, n_cols, tile, symmetric):
+    rows = range(0, n_rows, tile)
+    if symmetric:
+        return [(a, b) for a in rows for b in range(a, n_cols, tile)]
+    return [(a, b) for a in rows for b in range(0, n_cols, tile)]
+
+
+def _run_tiles(work, pairs, n_threads):
+    """Run ``work(chunk_of_pairs)`` on ``n_threads`` threads; return the list of results."""
+    if n_threads == 1 or len(pairs) == 1:
+        with _blas_single_thread() if n_threads == 1 and len(pairs) > 1 else nullcontext():
+            return [work(pairs)]
+    chunks = [pairs[k::n_threads] for k in range(n_threads) if pairs[k::n_threads]]
+    with _blas_single_thread(), ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+        return list(pool.map(work, chunks))
+
+
+def _plain_sums(ops_list, n_rows, n_cols, tile, symmetric, floor, dtype, n_threads):
+    """Kernel sums p (n_rows, n_h) in ``dtype`` tiles, accumulated in float64."""
+    n_h = len(ops_list)
+    pairs = _tile_pairs(n_rows, n_cols, tile, symmetric)
+
+    def work(chunk):
+        acc = np.zeros((n_rows, n_h))
+        acc_cols = np.zeros((n_cols, n_h)) if symmetric else None
+        buf = np.empty((tile, tile), dtype=dtype)
+        for a, b in chunk:
+            for k, ops in enumerate(ops_list):
+                left = ops.left[a:a + tile]
+                right_t = ops.right_t[:, b:b + tile]
+                e = buf[:left.shape[0], :right_t.shape[1]]
+                np.matmul(left, right_t, out=e)
+                np.clip(e, floor, 0.0, out=e)
+                np.exp(e, out=e)
+                acc[a:a + tile, k] += e.sum(axis=1)
+                if symmetric and b != a:
+                    acc_cols[b:b + tile, k] += e.sum(axis=0)
+        return acc if not symmetric else acc + acc_cols
+
+    return sum(_run_tiles(work, pairs, n_threads))
+
+
+def _logsumexp_rows(yc, xc, gammas, tile, n_threads):
+    """Exact float64 ``log sum_j exp(-gamma |y_i - x_j|^2)`` by a streaming log-sum-exp."""
+    n_rows, n_cols = len(yc), len(xc)
+    ops = _Operands(yc, xc, None, np.float64)  # squared distances
+    pairs = _tile_pairs(n_rows, n_cols, tile, symmetric=False)
+    row_blocks = sorted({a for a, _ in pairs})
+
+    def work(blocks):
+        out = {}
+        for a in blocks:
+            left = ops.left[a:a + tile]
+            m = np.full((len(left), len(gammas)), -np.inf)
+            s = np.zeros((len(left), len(gammas)))
+            for b in range(0, n_cols, tile):
+                d2 = left @ ops.right_t[:, b:b + tile]
+                np.maximum(d2, 0.0, out=d2)
+                for k, g in enumerate(gammas):
+                    e = d2 * (-g)
+                    m_new = np.maximum(m[:, k], e.max(axis=1))
+                    e -= m_new[:, None]
+                    np.exp(e, out=e)
+                    s[:, k] = s[:, k] * np.exp(m[:, k] - m_new) + e.sum(axis=1)
+                    m[:, k] = m_new
+            out[a] = m + np.log(s)
+        return out
+
+    result = np.empty((n_rows, len(gammas)))
+    chunks = [row_blocks[k::n_threads] for k in range(n_threads) if row_blocks[k::n_threads]]
+    if len(chunks) <= 1:
+        parts = [work(row_blocks)]
+    else:
+        with _blas_single_thread(), ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+            parts = list(pool.map(work, chunks))
+    for part in parts:
+        for a, block in part.items():
+            result[a:a + tile] = block
+    return result
+
+
+def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64",
+                    tile_size=DEFAULT_TILE, n_threads=None):
+    """Log of the Gaussian kernel sums of each query over a reference set.
+
+    Parameters
+    ----------
+    queries : array_like or str, shape (M, d)
+        Query descriptors (or a ``.npy``/``.txt`` path).
+    reference : array_like or str, shape (N, d), optional
+        Reference descriptors; ``None`` means the queries themselves (the symmetric case,
+        computed on half the tiles).
+    bandwidth : float or array_like of float, shape (H,)
+        Kernel bandwidth(s) ``h`` in descriptor units; all bandwidths share one pass.
+    precision : {'float64', 'float32'}
+        Arithmetic of the tiles. Sums are accumulated in float64 and rows that underflow
+        are recomputed exactly in float64 either way.
+    tile_size : int
+        Rows and columns per tile; memory is about ``tile_size**2`` numbers per thread.
+    n_threads : int, optional
+        Worker threads (default: the CPUs available to the process).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``log p_i = log sum_j exp(-|y_i - x_j|^2 / (2 h^2))``, shape (M,) for a scalar
+        bandwidth, (M, H) for an array of bandwidths. Always finite.
+    """
+    y = _descriptors(queries, "queries")
+    symmetric = reference is None
+    x = y if symmetric else _descriptors(reference, "reference")
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"reference: expected descriptors of dimension {y.shape[1]} (as the queries), "
+                         f"got dimension {x.shape[1]}")
+    h, scalar = _bandwidths(bandwidth)
+    precision, tile, threads = _options(precision, tile_size, n_threads)
+    logp = _log_sums(y, x, symmetric, h, precision, tile, threads)
+    return logp[:, 0] if scalar else logp
+
+
+def _log_sums(y, x, symmetric, h, precision, tile, threads):
+    dtype = np.float32 if precision == "float32" else np.float64
+    centre = x.mean(axis=0)
+    xc = x - centre
+    yc = xc if symmetric else y - centre
+    gammas = 1.0 / (2.0 * h * h)
+    ops_list = [_Operands(yc, xc, g, dtype) for g in gammas]
+    floor = _FLOOR[precision]
+    p = _plain_sums(ops_list, len(y), len(x), tile, symmetric, floor, dtype, threads)
+    with np.errstate(divide="ignore"):
+        logp = np.log(p)
+    limit = len(x) * math.exp(floor) * _REPAIR_MARGIN
+    bad = np.nonzero(np.any(p < limit, axis=1))[0]
+    if bad.size:
+        logp[bad] = _logsumexp_rows(yc[bad], xc, gammas, tile, threads)
+    return logp
+
+
+# ----------------------------------------------------------------------------- measures
+
+def _reduce(value, scalar):
+    return float(value[0]) if scalar else np.asarray(value)
+
+
+def _self_log_sums(x, bandwidth, precision, tile_size, n_threads):
+    x = _descriptors(x, "descriptors")
+    h, scalar = _bandwidths(bandwidth)
+    precision, tile, threads = _options(precision, tile_size, n_threads)
+    return x, _log_sums(x, x, True, h, precision, tile, threads), scalar
+
+
+def entropy(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None):
+    """Information entropy ``H = -(1/N) sum_i log(p_i / N)`` of a descriptor set, in nats.
+
+    Same definition as ``quests.entropy.entropy``. Parameters as :func:`log_kernel_sums`;
+    returns a float, or one value per bandwidth (shape (H,)).
+    """
+    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads)
+    return _reduce(math.log(len(x)) - logp.mean(axis=0), scalar)
+
+
+def efficiency(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None):
+    """Efficiency ``H / log N`` (dimensionless, 1 when no two points overlap); needs N >= 2."""
+    x = _descriptors(x, "descriptors")
+    if len(x) < 2:
+        raise InputError(f"descriptors: efficiency H/log N needs at least 2 environments, got {len(x)}")
+    return entropy(x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads) / math.log(len(x))
+
+
+def diversity(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None):
+    """Diversity ``D = log sum_i 1/p_i`` (nats), as ``quests.entropy.diversity``."""
+    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads)
+    return _reduce(_logsumexp(-logp, axis=0), scalar)
+
+
+def delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE,
+                  n_threads=None):
+    """Differential entropy ``dH(y_i | X) = -log sum_j K(y_i, x_j)`` of each query, in nats.
+
+    As ``quests.entropy.delta_entropy`` where that is finite; where its kernel sum
+    underflows (queries far from all of ``X``) quests gives ``+inf`` and we give the exact
+    finite value by log-sum-exp. Returns shape (M,) or (M, H) for an array of bandwidths.
+    """
+    return -log_kernel_sums(y, x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads)
+
+
+class DatasetInformation(NamedTuple):
+    """All QUESTS measures of one set from one kernel-sum pass (see :func:`dataset_information`)."""
+
+    entropy: object
+    diversity: object
+    efficiency: object
+    delta_entropy: np.ndarray
+
+
+def dataset_information(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE,
+                        n_threads=None) -> DatasetInformation:
+    """Entropy, diversity, efficiency and self delta entropy ``-log p_i`` from one pass.
+
+    ``delta_entropy`` here is each point against the whole set including itself (as the
+    third value of ``quests.entropy.get_all_metrics``). Efficiency is NaN for N = 1.
+    """
+    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads)
+    n = len(x)
+    h_value = math.log(n) - logp.mean(axis=0)
+    eff = h_value / math.log(n) if n > 1 else np.full_like(h_value, np.nan)
+    dh = -logp
+    return DatasetInformation(_reduce(h_value, scalar), _reduce(_logsumexp(-logp, axis=0), scalar),
+                              _reduce(eff, scalar), dh[:, 0] if scalar else dh)
+
+
+def _logsumexp(a, axis):
+    m = a.max(axis=axis, keepdims=True)
+    return np.squeeze(m, axis=axis) + np.log(np.exp(a - m).sum(axis=axis))
