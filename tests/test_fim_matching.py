@@ -316,3 +316,42 @@ def test_run_writes_one_job_with_every_candidate(tmp_path):
     with pytest.raises(InputError, match="compute_args key"):
         score.run("bad", configs, dict(args, batch=3), workflow=workflow)
     assert not (tmp_path / "jobs" / "FIMMatchingScore" / "bad").exists()
+
+
+def ill_scaled_problem(seed, n=10, p=4, rank=3, spread=2.0):
+    """Candidate FIMs J^T J of rank ``rank`` with parameters of scales 10^(+-spread)."""
+    rng = np.random.default_rng(seed)
+    scales = 10 ** rng.uniform(-spread, spread, size=p)
+    fims = []
+    for _ in range(n):
+        jac = rng.normal(size=(rank, p)) * scales
+        fims.append(jac.T @ jac)
+    jac = rng.normal(size=(2, p)) * scales
+    return fims, 20 * jac.T @ jac
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_parameters_of_very_different_scales(seed):
+    """Parameters 4 orders of magnitude apart: the default (parameter-unit preconditioning) with every
+    solver agrees with unpreconditioned CLARABEL (objective 1e-4, weights 1e-3), and SDPA with the
+    reference's max-Frobenius scaling alone never returns a silently wrong answer: it either raises
+    SolverError or its weights match the target."""
+    fims, target = ill_scaled_problem(seed)
+    configs = configs_with_fims(fims)
+    score = FIMMatchingScore()
+    ref = np.array(score.compute_batch(configs, target, precondition=False, solver_kwargs={"solver": "CLARABEL"}))
+    for solver in SOLVERS:
+        got = np.array(score.compute_batch(configs, target, solver_kwargs={"solver": solver}))
+        np.testing.assert_allclose(got.sum(), ref.sum(), rtol=1e-4)
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * ref.max())
+        assert score._last_metadata["match_margin"] > -1e-4
+    if "SDPA" in SOLVERS:
+        try:
+            weights = np.array(score.compute_batch(configs, target, precondition="max_frobenius",
+                                                   solver_kwargs={"solver": "SDPA"}))
+        except SolverError as exc:
+            assert "do not match the target" in str(exc) or "not 'optimal'" in str(exc)
+        else:
+            matched = sum(w * f for w, f in zip(weights, fims)) - target
+            d = 1 / np.sqrt(np.diag(target))
+            assert np.linalg.eigvalsh(matched * np.outer(d, d))[0] > -1e-3 * np.linalg.norm(target * np.outer(d, d))

@@ -50,9 +50,12 @@ PRECONDITION_MODES = ("diagonal", "max_frobenius", "frobenius", "none")
 #: problem in four with 'pdFEAS' (reported as optimal_inaccurate) although the answer
 #: agrees with CLARABEL to 1e-6; 1e-6 is well below the zero_tol of the weights.
 SDPA_DEFAULT_OPTIONS = {"epsilonStar": 1e-6, "epsilonDash": 1e-6}
-#: a solution whose raw weights under-match the (preconditioned) target by more than this,
-#: relative to its Frobenius norm, is refused even when the solver calls it optimal
+#: a solution whose raw weights under-match the target by more than this (lowest
+#: eigenvalue of sum_i w_i I_i - I_target relative to |I_target|_F, in parameter units where
+#: the target has a unit diagonal), is refused even when the solver calls it optimal
 VERIFY_TOL = 1e-4
+#: the same check on the weights returned, after those below zero_tol are set to 0
+MATCH_TOL = 1e-3
 #: the solvers offered by default, in order of preference
 PREFERRED_SOLVERS = ("SDPA", "CLARABEL")
 #: weight_tolerance keys and their defaults (those of information_matching)
@@ -348,8 +351,8 @@ def match_information(candidates, target, *, weight_upper_bound=None, solver_kwa
     info : dict
         ``status``, ``solver``, ``objective`` (sum of the weights), ``match_margin``
         (lowest eigenvalue of :math:`\\sum_i w_i \\mathcal{I}_i - \\mathcal{I}_{\\rm target}` over
-        the target's Frobenius norm: >= 0 up to solver accuracy when matched) and
-        ``n_selected``.
+        the target's Frobenius norm, in parameter units where the target has a unit
+        diagonal: >= 0 up to solver accuracy when matched) and ``n_selected``.
 
     Raises
     ------
@@ -379,10 +382,13 @@ def match_information(candidates, target, *, weight_upper_bound=None, solver_kwa
 
     fims = [np.array(candidates[i], dtype=float) for i in active]
     target = np.array(target, dtype=float)
+    # Matches are judged with parameters in units where the target has a unit diagonal,
+    # so that a margin is dimensionless whatever the parameters' own units.
+    units = _parameter_units(target, fims)
+    unit_fims = [fim * units for fim in fims]
+    unit_target = target * units
     if precondition == "diagonal":
-        units = _parameter_units(target, fims)
-        target = target * units
-        fims = [fim * units for fim in fims]
+        target, fims = unit_target, unit_fims
     # information_matching's own preconditioner writes into the dicts it is given and
     # divides by zero for zero FIMs; the scalings are one line each, so they live here.
     if precondition == "none":
@@ -415,19 +421,26 @@ def match_information(candidates, target, *, weight_upper_bound=None, solver_kwa
     # The solver's own word is not enough (SDPA has called badly scaled problems optimal
     # with all weights 0): check that its raw weights satisfy the constraint.
     raw = np.clip(np.asarray(opt.result["wm"], dtype=float), 0.0, None) * scales / target_scale
-    raw_margin = _margin(raw, fims, target)
+    raw_margin = _margin(raw, unit_fims, unit_target)
     if raw_margin < -VERIFY_TOL:
         raise SolverError(_solver_message(
-            solver, status, f"its weights do not match the target (lowest eigenvalue of sum w_i I_i - "
-            f"I_target is {raw_margin:.3g} of |I_target|)", ub is not None))
+            solver, status, f"its weights do not match the target: the lowest eigenvalue of "
+            f"sum w_i I_i - I_target is {raw_margin:.3g} of |I_target|", ub is not None))
     selected = opt.get_config_weights(zero_tol=zero_tol, zero_tol_dual=zero_tol_dual)
     for k, w in selected.items():
         weights[active[int(k)]] = float(w)
+    margin = _margin(weights[active], unit_fims, unit_target)
+    if margin < -MATCH_TOL:
+        raise SolverError(_solver_message(
+            solver, status, f"the weights left after zero_tol={zero_tol:g} and zero_tol_dual={zero_tol_dual:g} "
+            f"no longer match the target (lowest eigenvalue of sum w_i I_i - I_target is {margin:.3g} of "
+            f"|I_target|); the solver's dual values are probably inaccurate: keep precondition=True, or "
+            f"raise zero_tol_dual", ub is not None))
     info = {
         "status": status,
         "solver": solver,
         "objective": float(weights.sum()),
-        "match_margin": _margin(weights[active], fims, target),
+        "match_margin": margin,
         "n_selected": int(np.count_nonzero(weights)),
     }
     return weights, info
@@ -451,19 +464,20 @@ def _margin(weights, fims, target):
 
 def _solver_message(solver, status, detail, bounded):
     other = other_solver(solver)
-    ended = f"status {status!r}" + ("" if status == "optimal" else ", not 'optimal'")
-    msg = (f"FIMMatchingScore: the {solver} solver ended with {ended}; no weights were returned. "
-           f"Try solver_kwargs={{'solver': '{other}'}}")
+    if status == "optimal":
+        msg = f"FIMMatchingScore: the {solver} solver ended with status 'optimal' but {detail}"
+    else:
+        msg = f"FIMMatchingScore: the {solver} solver ended with status {status!r}, not 'optimal'"
+        if detail:
+            msg += f" ({detail})"
+    msg += f"; no weights were returned. Try solver_kwargs={{'solver': '{other}'}}"
     if status.startswith("infeasible"):
         msg += (", and check that the candidates' FIMs can cover the target FIM (no candidate carries "
                 "information in a direction the target needs"
                 + (", or weight_upper_bound is too small" if bounded else "") + ")")
     elif "inaccurate" in status:
         msg += ", or keep preconditioning on (precondition=True)"
-    msg += "."
-    if detail:
-        msg += f" ({detail})"
-    return msg
+    return msg + "."
 
 
 # --------------------------------------------------------------------------- the score
