@@ -84,11 +84,48 @@ def _check_11_fim_property(ours, reference, ours_job, ref_job):
     np.testing.assert_allclose(fim, jac.T @ jac, rtol=RTOL)
 
 
+def check_ltau_top_edge(ours, reference, ours_job, ref_job):
+    """LTAU cases 01-04. Deviation: the reference's histogram drops an error sample equal to
+    the top bin edge (and renormalises that training atom over the remaining epochs); ours
+    counts it (as ``np.histogram`` does). Only the training atom holding the largest logged
+    error is affected, so only query atoms whose nearest neighbour it is differ (~1 %).
+
+    Checked here, independently of atomscore: bins (log, nbins 100, min..max of the logs)
+    equal the reference's; every score equals the corrected value (``np.histogram`` per
+    training atom, geometric midpoints, numpy brute-force nearest neighbour); every
+    reference score equals the flawed value (top-edge sample dropped) -- which explains the
+    difference; and wherever the two agree, ours matches the reference (rtol 5e-3).
+    """
+    from atomscore.io import read_extxyz
+
+    inputs = Path(CONFORMANCE_DIR) / "orchestrator-score" / "score" / "test_inputs"
+    train = np.load(inputs / "train_descriptors.npy")
+    logs = np.load(inputs / "error_traj.npy")
+    ours_cfg, ref_cfg = read_extxyz(ours_job / "score_results.xyz"), read_extxyz(ref_job / "saved_config.extxyz")
+    bins = np.asarray(ref_cfg[0].info["ltau_forces_uq_bins"], dtype=float)
+    mid = np.sqrt(bins[1:] * bins[:-1])
+    corrected = np.array([np.histogram(col, bins=bins)[0] for col in logs.T]) / logs.shape[0] @ mid
+    kept = [col[col < bins[-1]] for col in logs.T]
+    flawed = np.array([np.histogram(col, bins=bins)[0] @ mid / len(col) for col in kept])
+    assert len(ours) == len(reference) == len(ours_cfg)
+    for i, (atoms, a, b) in enumerate(zip(ours_cfg, ours, reference)):
+        np.testing.assert_allclose(atoms.info["ltau_forces_uq_bins"], bins, rtol=1e-12)
+        for field in ("index_type", "index_args", "num_nearest_neighbors"):
+            key = f"ltau_forces_uq_{field}"
+            assert str(atoms.info[key]) == str(ref_cfg[i].info[key]), key
+        d = np.linalg.norm(atoms.arrays["descriptors"][:, None, :] - train[None], axis=-1)
+        nearest = np.argmin(d, axis=1)
+        np.testing.assert_allclose(a, corrected[nearest], rtol=1e-8, err_msg=f"{ours_job.name} item {i}")
+        np.testing.assert_allclose(b, flawed[nearest], rtol=RTOL, err_msg=f"reference {ref_job.name} item {i}")
+        same = np.isclose(corrected[nearest], flawed[nearest], rtol=1e-12, atol=0)
+        np.testing.assert_allclose(a[same], b[same], rtol=RTOL, err_msg=f"{ours_job.name} item {i}")
+
+
 CASES = {
-    "01_ltau": Case("LTAUForcesUQScore", "ltau_forces_uq_score", issue=4),
-    "02_ltau_batched": Case("LTAUForcesUQScore", "ltau_forces_uq_score", issue=4),
-    "03_ltau_colabfit": Case("LTAUForcesUQScore", "ltau_forces_uq_score", issue=4),
-    "04_ltau_in_memory": Case("LTAUForcesUQScore", "ltau_forces_uq_score", issue=4),
+    "01_ltau": Case("LTAUForcesUQScore", "ltau_forces_uq_score", "on", issue=4, check=check_ltau_top_edge),
+    "02_ltau_batched": Case("LTAUForcesUQScore", "ltau_forces_uq_score", "on", issue=4, check=check_ltau_top_edge),
+    "03_ltau_colabfit": Case("LTAUForcesUQScore", "ltau_forces_uq_score", "on", issue=4, check=check_ltau_top_edge),
+    "04_ltau_in_memory": Case("LTAUForcesUQScore", "ltau_forces_uq_score", "on", issue=4, check=check_ltau_top_edge),
     "05_quests_efficiency": Case("QUESTSEfficiencyScore", "quests_efficiency_score", issue=3),
     "06_quests_diversity": Case("QUESTSDiversityScore", "quests_diversity_score", issue=3),
     "07_quests_delta_entropy": Case("QUESTSDeltaEntropyScore", "quests_delta_entropy_score", issue=3),
@@ -101,7 +138,7 @@ CASES = {
         "FIMPropertyScore", "fim_property_score", status="unavailable", issue=6,
         reason="needs the OpenKIM test driver ElasticConstantsCubic_diamond_Si__TE_507832142782_001 and the "
                "KIMRun property path, which cannot be installed here (no OpenKIM test drivers in Debian, no network)"),
-    "13_fim_matching": Case("FIMMatchingScore", "fim_matching_weight_score", issue=7),
+    "13_fim_matching": Case("FIMMatchingScore", "fim_matching_weight_score", status="on", issue=7),
 }
 
 
