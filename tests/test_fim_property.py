@@ -71,9 +71,9 @@ def test_spec_example_runs_and_backends_agree(tmp_path):
     np.testing.assert_allclose(fim_lmp, fim_lmp.T)
     assert np.all(np.linalg.eigvalsh(fim_lmp) > -1e-12)
     np.testing.assert_allclose(fim_lmp, fim_emb, rtol=5e-3)
-    # one job folder per perturbed point (CD: 2 per parameter, no centre)
+    # CD needs no centre: 4 points per FIM, shared by one LOCAL job per process
     calls = sorted((tmp_path / "atomscore_jobs" / "calls" / "fim_property").iterdir())
-    assert len(calls) == 8
+    assert len(calls) == 2 * min(4, os.cpu_count() or 1)
 
 
 def test_euler_identity_and_caller_inputs_untouched():
@@ -136,10 +136,13 @@ def test_cov_forms_and_singular_cov(tmp_path, fd_a_only, monkeypatch):
     def fake_map(func, kwargs, workflow):  # in-process, the same evaluation function
         out = []
         for kw in kwargs:
-            key = json.dumps(kw["parameters"], sort_keys=True)
-            if key not in g:
-                g[key] = func(**kw)
-            out.append(g[key])
+            part = []
+            for values in kw["parameters"]:
+                key = json.dumps(values, sort_keys=True)
+                if key not in g:
+                    g[key] = func(kw["target_property"], kw["potential"], [values])[0]
+                part.append(g[key])
+            out.append(part)
         return out
 
     monkeypatch.setattr(fp, "_map", fake_map)

@@ -38,7 +38,9 @@ _CALC_ARGS = ("workflow",)
 
 # ---------------------------------------------------------------------- one evaluation
 def evaluate_target_property(target_property, potential, parameters):
-    """Property vector of one target property at one parameter set (run inside a job).
+    """Property vectors of one target property at several parameter sets (run inside a job).
+
+    One model is opened per job and its parameters are changed in place between points.
 
     Parameters
     ----------
@@ -46,22 +48,25 @@ def evaluate_target_property(target_property, potential, parameters):
         ``{'target_property_type': 'ElasticConstants', 'target_property_args': {...}}``.
     potential : dict
         Potential spec ``{'potential_type': 'KIM', 'potential_args': {...}}``.
-    parameters : dict
-        ``{name: list of values over all extents}`` set before the calculation.
+    parameters : list of dict
+        Each ``{name: list of values over all extents}``, set before its calculation.
 
     Returns
     -------
-    list of float
-        The property vector (for elastic constants: 36 values, row-major, see
-        :meth:`~atomscore.properties.elastic.ElasticConstants.property_vector`).
+    list of list of float
+        One property vector per parameter set (for elastic constants: 36 values, row-major,
+        see :meth:`~atomscore.properties.elastic.ElasticConstants.property_vector`).
     """
     from atomscore.potentials.kim import KIMPotential
     from atomscore.properties.elastic import ElasticConstants
 
     pot = KIMPotential.from_spec(potential)
-    pot.set_parameters({k: np.asarray(v, dtype=float) for k, v in parameters.items()})
     prop = ElasticConstants.from_spec(target_property)
-    return prop.property_vector(pot).tolist()
+    out = []
+    for values in parameters:
+        pot.set_parameters({k: np.asarray(v, dtype=float) for k, v in values.items()})
+        out.append(prop.property_vector(pot).tolist())
+    return out
 
 
 def _map(func, list_of_kwargs, workflow):
@@ -70,6 +75,17 @@ def _map(func, list_of_kwargs, workflow):
 
     return map_calls(func, list_of_kwargs, workflow=workflow, path_type="fim_property",
                      progress=None)
+
+
+def _n_jobs(workflow, n_points):
+    """How many jobs share the points: one per local process (each job start imports
+    Python, kimpy and the model, which costs more than an embedded calculation), one
+    per point on a scheduler."""
+    from atomscore.jobs.workflow import LocalWorkflow
+
+    if isinstance(workflow, LocalWorkflow):
+        return max(1, min(n_points, workflow.nprocs))
+    return n_points
 
 
 # ---------------------------------------------------------------------- input checks
@@ -106,7 +122,13 @@ def _target_properties(list_of_target_property):
         if unknown:
             raise InputError(f"{where}['calculate_property_args']: unknown keys {unknown}; "
                              f"expected only: {', '.join(_CALC_ARGS)}")
-        out.append((prop, calc.get("workflow")))
+        from atomscore.jobs.workflow import make_workflow
+
+        try:
+            workflow = make_workflow(calc.get("workflow"))
+        except InputError as exc:
+            raise InputError(f"{where}['calculate_property_args']: {exc}") from None
+        out.append((prop, workflow, calc.get("workflow")))
     return out
 
 
@@ -228,7 +250,7 @@ class FIMPropertyScore(ModelScore):
 
         props = _target_properties(list_of_target_property)
         pot = _copy_potential(potential)
-        for i, (prop, _) in enumerate(props):
+        for i, (prop, _, _) in enumerate(props):
             try:
                 prop.check_potential(pot)
             except InputError as exc:
@@ -322,9 +344,11 @@ class FIMPropertyScore(ModelScore):
             calls.append({name: v.tolist() for name, v in values.items()})
         spec = pot.to_spec()
         jacobians = []
-        for prop, workflow in props:
-            kwargs = [{"target_property": prop.to_spec(), "potential": spec, "parameters": p} for p in calls]
-            results = _map(evaluate_target_property, kwargs, workflow)
+        for prop, workflow, _ in props:
+            chunks = np.array_split(np.arange(len(calls)), _n_jobs(workflow, len(calls)))
+            kwargs = [{"target_property": prop.to_spec(), "potential": spec,
+                       "parameters": [calls[i] for i in chunk]} for chunk in chunks]
+            results = [vec for part in _map(evaluate_target_property, kwargs, workflow) for vec in part]
             preds = {key: np.asarray(r, dtype=float) for key, r in zip(keys, results)}
             if not need_center:
                 preds["original"] = np.zeros_like(next(iter(preds.values())))
@@ -339,9 +363,9 @@ class FIMPropertyScore(ModelScore):
             **pmap.metadata(),
             "derivative_kwargs": {"h": dkw["h"].tolist(), "method": dkw["method"]},
             "target_property": [{"init_args": p.to_spec(),
-                                 "calculate_property_args": {"workflow": w} if w is not None else {}}
-                                for p, w in props],
-            "property_units": [p.units or "eV/A^3" for p, _ in props],
+                                 "calculate_property_args": {"workflow": w} if isinstance(w, dict) else {}}
+                                for p, _, w in props],
+            "property_units": [p.units or "eV/A^3" for p, _, _ in props],
         }
         return fim
 

@@ -218,14 +218,22 @@ def run_lammps(lmp, deck, workdir, timeout=None) -> str:
     """
     workdir = Path(workdir)
     (workdir / "in.elastic").write_text(deck)
-    try:
-        proc = subprocess.run([lmp, "-in", "in.elastic", "-log", "log.lammps", "-screen", "none",
-                               "-nocite"], cwd=workdir, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-        code = proc.returncode
-        extra = (proc.stdout + proc.stderr).strip()
-    except subprocess.TimeoutExpired:
-        code, extra = "timeout", f"LAMMPS did not finish within {timeout} s"
+    # An MPI build of lmp started without mpirun is an Open MPI "singleton", which by
+    # default launches a helper daemon; that launch fails now and then on a busy machine.
+    # Isolated singletons need no daemon. A failed MPI start is retried (nothing ran yet).
+    env = dict(os.environ)
+    env.setdefault("OMPI_MCA_ess_singleton_isolated", "1")
+    for attempt in range(3):
+        try:
+            proc = subprocess.run([lmp, "-in", "in.elastic", "-log", "log.lammps", "-screen", "none",
+                                   "-nocite"], cwd=workdir, capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+            code = proc.returncode
+            extra = (proc.stdout + proc.stderr).strip()
+        except subprocess.TimeoutExpired:
+            code, extra = "timeout", f"LAMMPS did not finish within {timeout} s"
+        if code == 0 or not re.search(r"MPI_INIT|MPI_Init", extra):
+            break
     log = workdir / "log.lammps"
     text = log.read_text(errors="replace") if log.exists() else ""
     failed = code != 0 or re.search(r"^ERROR", text, re.M)
