@@ -259,7 +259,24 @@ class PSIJWorkflow(Workflow):
                                 self.executor_name, debian=_DEBIAN.get(self.executor_name, ()))
 
     # ------------------------------------------------------------------ submit
+    def check_job_details(self, job_details):
+        """Validate ``job_details`` (see the class notes) without submitting anything.
+
+        Returns
+        -------
+        dict
+            The resolved settings of a job: the workflow's, overridden by ``job_details``.
+
+        Raises
+        ------
+        InputError
+            Unknown keys, malformed values, or dependencies that are not scheduler jobs.
+        """
+        return self._details(job_details)
+
     def _details(self, job_details):
+        if job_details is not None and not isinstance(job_details, dict):
+            raise InputError(f"job_details: expected a dict or None, got {type(job_details).__name__}")
         details = dict(job_details or {})
         unknown = set(details) - set(JOB_DETAIL_KEYS)
         if unknown:
@@ -285,12 +302,17 @@ class PSIJWorkflow(Workflow):
         deps = details.get("dependencies") or []
         if isinstance(deps, (str, os.PathLike)):
             deps = [deps]
-        native = []
+        native, dep_folders = [], []
         for dep in deps:
-            record = _read_record(self.folder(dep))
+            try:
+                dep_folder = self.folder(dep)
+            except InputError as exc:
+                raise InputError(f"job_details['dependencies']: {exc}") from None
+            record = _read_record(dep_folder)
             if not record or not record.get("native_id"):
                 raise InputError(f"job_details['dependencies']: {dep!r} was not submitted through a scheduler workflow")
             native.append(str(record["native_id"]))
+            dep_folders.append(str(dep_folder.resolve()))
         if native:
             if self.executor_name not in _DEPENDENCY_ATTRIBUTE:
                 raise InputError(f"job_details['dependencies']: not supported for executor {self.executor_name!r}; "
@@ -298,12 +320,19 @@ class PSIJWorkflow(Workflow):
             key, fmt = _DEPENDENCY_ATTRIBUTE[self.executor_name]
             out["custom_attributes"][key] = fmt(native)
         out["dependencies"] = native
+        out["dependency_folders"] = dep_folders
         return out
 
     def _job_spec(self, folder, details):
         import psij
 
         command = job_command(folder)
+        if details["dependency_folders"]:
+            # Batch scripts written by PSI/J end with exit code 0 whatever the runner did, so
+            # the scheduler's "afterok" only orders the jobs; this guard (see _main) runs the
+            # job only if every dependency's status.json says done.
+            command = [command[0], "-m", "atomscore.jobs.scheduler", "--after",
+                       *details["dependency_folders"], "--", str(folder)]
         attributes = psij.JobAttributes(duration=details["walltime"] or datetime.timedelta(minutes=10),
                                         queue_name=details["queue"], account=details["account"],
                                         custom_attributes=details["custom_attributes"] or None)
@@ -626,3 +655,33 @@ class SlurmWorkflow(PSIJWorkflow):
             raise InputError(f"SlurmWorkflow: executor is always 'slurm', got {executor!r}; use PSIJWorkflow")
         super().__init__("slurm", root_directory, queue, account, walltime, nodes, tasks_per_node,
                          custom_attributes, poll_interval, scheduler_timeout)
+
+
+# --------------------------------------------------------------------------- dependency guard
+def _main(argv=None) -> int:
+    """``python -m atomscore.jobs.scheduler --after DEP... -- FOLDER``: run FOLDER's job only
+    if every dependency folder's ``status.json`` says ``done``; otherwise record FOLDER as
+    failed (reason ``dependency failed``) without running it."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) < 4 or argv[0] != "--after" or "--" not in argv or argv.index("--") != len(argv) - 2:
+        print("usage: python -m atomscore.jobs.scheduler --after DEP [DEP...] -- FOLDER", file=sys.stderr)
+        return 2
+    deps, folder = argv[1:-2], Path(argv[-1])
+    for dep in deps:
+        state = read_status(dep).get("state", "missing")
+        if state != JobState.DONE:
+            message = f"dependency {dep} is {state!r}, not 'done'; this job was not run"
+            print(f"atomscore: {message}", file=sys.stderr)
+            update_status(folder, state="failed", reason="dependency failed", exit_code=None, error=message,
+                          end_time=now())
+            return 1
+    sys.stdout.flush()
+    command = job_command(folder)
+    os.execv(command[0], command)
+    return 0  # pragma: no cover - execv does not return
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
