@@ -106,11 +106,16 @@ class ScoreBase:
     supported_score_quantities : tuple of ScoreQuantity
     kind : str
         ``'atom'``, ``'configuration'``, ``'dataset'`` or ``'model'``.
+    single_job : bool
+        If true, :meth:`run` writes one job holding every configuration.
     """
 
     OUTPUT_KEY: str = ""
     supported_score_quantities: tuple = ()
     kind: str = ""
+    #: all configurations go into one job, whatever ``batch_size`` says (the score needs
+    #: them together: a dataset value, weights over every candidate)
+    single_job: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -312,7 +317,7 @@ class ScoreBase:
 
     def run_batch(self, configs, score_quantity, compute_args):
         """What a job does with its configurations (used by the job runner)."""
-        return self.compute_batch(configs, score_quantity, **compute_args)
+        return self.compute_batch(configs, score_quantity=score_quantity, **compute_args)
 
     # ------------------------------------------------------------------ helpers
     def _metadata_or(self, metadata):
@@ -408,13 +413,14 @@ class DatasetScore(_WholeScore):
     """
 
     kind = "dataset"
+    single_job = True
 
     def compute_batch(self, list_of_atoms, score_quantity, **compute_args):
         """The dataset's value, as a one-element list."""
         return [self.compute(list_of_atoms, score_quantity, **compute_args)]
 
     def run_batch(self, configs, score_quantity, compute_args):
-        return self.compute(configs, score_quantity, **compute_args)
+        return self.compute(configs, score_quantity=score_quantity, **compute_args)
 
 
 class ModelScore(_WholeScore):
@@ -426,7 +432,7 @@ class ModelScore(_WholeScore):
     kind = "model"
 
     def run_batch(self, configs, score_quantity, compute_args):
-        return self.compute(configs, score_quantity, **compute_args)
+        return self.compute(configs, score_quantity=score_quantity, **compute_args)
 
 
 def validate_batch_size(batch_size):

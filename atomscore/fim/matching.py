@@ -504,6 +504,7 @@ class FIMMatchingScore(ConfigurationScore):
 
     OUTPUT_KEY = "fim_matching_weight"
     supported_score_quantities = (ScoreQuantity.IMPORTANCE,)
+    single_job = True
 
     def __init__(self):
         super().__init__()
@@ -620,26 +621,6 @@ class FIMMatchingScore(ConfigurationScore):
             args["fim_property"] = [str(Path(t).resolve()) if isinstance(t, (str, os.PathLike)) else t
                                     for t in target]
         return args
-
-    def run(self, path_type, configs, compute_args, workflow=None, job_details=None, batch_size=None,
-            verbose=False):
-        """Write one job holding every candidate and submit it (see :meth:`ScoreBase.run`).
-
-        ``batch_size`` is ignored: weights computed on part of the candidates would be
-        meaningless, so all of them always go into one job. A ``batch_size`` that would
-        split them draws a warning.
-        """
-        n = len(configs) if isinstance(configs, (list, tuple)) else 1
-        if batch_size is not None and not isinstance(batch_size, bool) and isinstance(batch_size, int) \
-                and 1 < batch_size < n:
-            warnings.warn(f"FIMMatchingScore.run: batch_size={batch_size} ignored; the weights need all "
-                          f"{n} candidates in one job", stacklevel=2)
-        return super().run(path_type, configs, compute_args, workflow=workflow, job_details=job_details,
-                           batch_size=max(n, 1), verbose=verbose)
-
-    def run_batch(self, configs, score_quantity, compute_args):
-        """What a job does: :meth:`compute_batch` on all its configurations (keyword call)."""
-        return self.compute_batch(configs, score_quantity=score_quantity, **compute_args)
 
     def get_metadata(self, score_quantity, **compute_args):
         """The arguments that define the weights, and how the solver ended."""

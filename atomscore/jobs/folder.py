@@ -341,7 +341,12 @@ def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> P
 
     reference = class_reference(type(score))
     init_data, init_arrays = encode_args(score._init_args, "init", f"{name} init args")
-    if score.kind == "dataset":
+    if score.single_job:
+        if 1 < batch_size < len(configs) and score.kind != "dataset":
+            import warnings
+
+            warnings.warn(f"{name}.run: batch_size={batch_size} ignored; {name} needs all {len(configs)} "
+                          "configurations in one job", stacklevel=3)
         bounds = [(0, len(configs))]
     else:
         bounds = [(i, min(i + batch_size, len(configs))) for i in range(0, len(configs), batch_size)]
