@@ -183,8 +183,13 @@ class LTAUForcesUQScore(AtomCenteredScore):
         sizes = [b.shape[0] for b in blocks]
         if sum(sizes) == 0:
             return [np.zeros(0) for _ in blocks]
-        values = self.estimator.predict(np.concatenate(blocks, axis=0), k)
-        return np.split(values, np.cumsum(sizes)[:-1])
+        # one float32 buffer for one faiss search over every atom (blocks are checked above)
+        queries = np.empty((sum(sizes), self.estimator.dim), dtype=np.float32)
+        ends = np.cumsum(sizes)
+        for block, end, size in zip(blocks, ends, sizes):
+            queries[end - size:end] = block
+        values = self.estimator.predict_checked(queries, k)
+        return np.split(values, ends[:-1])
 
     def get_metadata(self, score_quantity, **compute_args):
         """Bins, index type and arguments, and k -- flat keys as the reference writes them."""

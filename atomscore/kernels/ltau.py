@@ -554,7 +554,17 @@ class LTAUEstimator:
         -------
         numpy.ndarray, (n,)
         """
-        _, idx = self.search(descriptors, k)
+        x, k = self._check_queries(descriptors, k)
+        return self.predict_checked(_as_f32(x), k)
+
+    def predict_checked(self, descriptors32, k):
+        """:meth:`predict` without validation, for callers that checked their input.
+
+        ``descriptors32`` must be a C-contiguous float32 ``(n, dim)`` array of finite
+        values and ``1 <= k <= N`` (the score checks each configuration, then fills one
+        float32 buffer, so the queries are read once).
+        """
+        _, idx = self.index.search(descriptors32, k)
         return self._mean_over_neighbors(self.expected_errors, idx)
 
     def cdf_train(self, atol):

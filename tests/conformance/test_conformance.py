@@ -91,28 +91,36 @@ def check_ltau_top_edge(ours, reference, ours_job, ref_job):
     error is affected, so only query atoms whose nearest neighbour it is differ (~1 %).
 
     Checked here, independently of atomscore: bins (log, nbins 100, min..max of the logs)
-    equal the reference's; every score equals the corrected value (``np.histogram`` per
-    training atom, geometric midpoints, numpy brute-force nearest neighbour); every
-    reference score equals the flawed value (top-edge sample dropped) -- which explains the
-    difference; and wherever the two agree, ours matches the reference (rtol 5e-3).
+    and flat metadata equal the reference's; every score equals the corrected value
+    (``np.histogram`` per training atom, geometric midpoints, numpy brute-force nearest
+    neighbour); every reference score equals the flawed value (top-edge sample dropped) --
+    which explains the difference; wherever the two agree, ours matches the reference
+    (rtol 5e-3). Configurations are paired by positions, because the reference's ColabFit
+    case (03) stored its jobs in database (co-id) order, not in input order.
     """
     from atomscore.io import read_extxyz
 
     inputs = Path(CONFORMANCE_DIR) / "orchestrator-score" / "score" / "test_inputs"
     train = np.load(inputs / "train_descriptors.npy")
     logs = np.load(inputs / "error_traj.npy")
-    ours_cfg, ref_cfg = read_extxyz(ours_job / "score_results.xyz"), read_extxyz(ref_job / "saved_config.extxyz")
+    ours_all = [a for job in sorted(ours_job.parent.iterdir()) if job.name.isdigit()
+                for a in read_extxyz(job / "score_results.xyz")]
+    ref_cfg = read_extxyz(ref_job / "saved_config.extxyz")
     bins = np.asarray(ref_cfg[0].info["ltau_forces_uq_bins"], dtype=float)
     mid = np.sqrt(bins[1:] * bins[:-1])
     corrected = np.array([np.histogram(col, bins=bins)[0] for col in logs.T]) / logs.shape[0] @ mid
     kept = [col[col < bins[-1]] for col in logs.T]
     flawed = np.array([np.histogram(col, bins=bins)[0] @ mid / len(col) for col in kept])
-    assert len(ours) == len(reference) == len(ours_cfg)
-    for i, (atoms, a, b) in enumerate(zip(ours_cfg, ours, reference)):
+    assert len(ours) == len(reference) == len(ref_cfg)
+    for i, ref_atoms in enumerate(ref_cfg):
+        match = [a for a in ours_all if len(a) == len(ref_atoms) and np.allclose(a.positions, ref_atoms.positions)]
+        assert len(match) == 1, f"reference {ref_job.name} item {i}: {len(match)} configurations of ours match"
+        atoms = match[0]
+        a, b = atoms.arrays["ltau_forces_uq_score"], ref_atoms.arrays["ltau_forces_uq_score"]
         np.testing.assert_allclose(atoms.info["ltau_forces_uq_bins"], bins, rtol=1e-12)
         for field in ("index_type", "index_args", "num_nearest_neighbors"):
             key = f"ltau_forces_uq_{field}"
-            assert str(atoms.info[key]) == str(ref_cfg[i].info[key]), key
+            assert str(atoms.info[key]) == str(ref_atoms.info[key]), key
         d = np.linalg.norm(atoms.arrays["descriptors"][:, None, :] - train[None], axis=-1)
         nearest = np.argmin(d, axis=1)
         np.testing.assert_allclose(a, corrected[nearest], rtol=1e-8, err_msg=f"{ours_job.name} item {i}")
