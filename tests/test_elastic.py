@@ -223,3 +223,25 @@ def test_lammps_failure_carries_log_tail():
 
     with pytest.raises(PotentialError, match=r"(?s)log tail:.*ERROR"):
         lammps_elastic(LMP, SW, "Si", "diamond", 5.43, 1e-4, parameters={"notaparam": [1.0]})
+
+
+def test_fim_quantities_select_the_property_vector(sw_embedded):
+    """The vector is exactly the chosen values of calculate_property (eV/Å³ for constants)."""
+    from atomscore.potentials.kim import KIMPotential
+    from atomscore.properties import ElasticConstants
+
+    pot = KIMPotential(SW)
+    chosen = ElasticConstants(5.43, "diamond", elements=["Si"],
+                              fim_quantities=["lattice_constant", "c11", "c12", "c44", "cohesive_energy"])
+    full = ElasticConstants(5.43, "diamond", elements=["Si"]).property_vector(pot)
+    res = chosen.calculate_property(pot, units="eV/A^3")
+    c = res["elastic_constants"]
+    np.testing.assert_allclose(chosen.property_vector(pot),
+                               [res["lattice_constant"], c[0, 0], c[0, 1], c[3, 3], res["cohesive_energy"]],
+                               rtol=1e-12)
+    assert full.shape == (36,)
+    np.testing.assert_allclose(full[[0, 1, 21]], [c[0, 0], c[0, 1], c[3, 3]], rtol=1e-12)
+    with pytest.raises(InputError, match="unknown quantity 'bulk_modulus'"):
+        ElasticConstants(5.43, "diamond", elements=["Si"], fim_quantities=["bulk_modulus"])
+    with pytest.raises(InputError, match="non-empty list"):
+        ElasticConstants(5.43, "diamond", elements=["Si"], fim_quantities="c11")

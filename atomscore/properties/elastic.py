@@ -31,6 +31,8 @@ UNITS = ("GPa", "eV/A^3")
 
 #: units of the flattened constants used as the FIM property vector unless ``units`` is given
 FIM_UNITS = "eV/A^3"
+#: the values a FIM property vector can hold (see ElasticConstants.property_vector)
+FIM_QUANTITIES = ("elastic_constants", "lattice_constant", "cohesive_energy", "c11", "c12", "c44")
 
 
 def _gpa_per(units):
@@ -75,6 +77,10 @@ class ElasticConstants:
         property vector uses them too; otherwise it is in eV/Å³ (see :meth:`property_vector`).
     timeout : float, optional
         Seconds a LAMMPS run may take.
+    fim_quantities : sequence of str, optional
+        What the FIM property vector holds, in this order: ``'elastic_constants'`` (all
+        36, row-major; the default, as the reference), ``'c11'``, ``'c12'``, ``'c44'`` (the
+        independent cubic constants), ``'lattice_constant'`` (Å), ``'cohesive_energy'`` (eV/atom).
 
     Examples
     --------
@@ -86,10 +92,21 @@ class ElasticConstants:
     target_property_type = "ElasticConstants"
 
     def __init__(self, lattice_param, lattice_type="diamond", deformation_mag=1e-4, simulator_path=None,
-                 elements=None, units=None, timeout=None):
+                 elements=None, units=None, timeout=None, fim_quantities=None):
         self._init_args = {"lattice_param": lattice_param, "lattice_type": lattice_type,
                            "deformation_mag": deformation_mag, "simulator_path": simulator_path,
-                           "elements": copy.deepcopy(elements), "units": units, "timeout": timeout}
+                           "elements": copy.deepcopy(elements), "units": units, "timeout": timeout,
+                           "fim_quantities": copy.deepcopy(fim_quantities)}
+        if fim_quantities is None:
+            fim_quantities = ("elastic_constants",)
+        if isinstance(fim_quantities, str) or not isinstance(fim_quantities, (list, tuple)) or not fim_quantities:
+            raise InputError(f"fim_quantities: expected a non-empty list of names from {list(FIM_QUANTITIES)}, "
+                             f"got {fim_quantities!r}")
+        for q in fim_quantities:
+            if q not in FIM_QUANTITIES:
+                raise InputError(f"fim_quantities: unknown quantity {q!r}; expected some of: "
+                                 f"{', '.join(map(repr, FIM_QUANTITIES))}")
+        self.fim_quantities = tuple(fim_quantities)
         self.lattice_param = check_positive(lattice_param, "lattice_param", allow_array=False)
         if not isinstance(lattice_type, str) or lattice_type.lower() not in LATTICE_TYPES:
             raise InputError(f"lattice_type: unknown lattice type {lattice_type!r}; "
@@ -208,13 +225,18 @@ class ElasticConstants:
         }
 
     def property_vector(self, potential):
-        """The FIM property vector: the 36 elastic constants, row-major.
+        """The FIM property vector: by default the 36 elastic constants, row-major.
 
-        In the constructor's ``units`` when given, else in eV/Å³ (the model's energy/length³,
-        the units the reference's FIM uses), so a target covariance is in those units squared.
+        ``fim_quantities`` chooses other values (lattice constant in Å, cohesive energy in
+        eV/atom, the cubic C11, C12, C44). Elastic constants are in the constructor's
+        ``units`` when given, else in eV/Å³ (the model's energy/length³, the units the
+        reference's FIM uses), so a target covariance is in those units squared.
         """
         res = self.calculate_property(potential, units=self.units or FIM_UNITS)
-        return res["elastic_constants"].ravel()
+        c = res["elastic_constants"]
+        parts = {"elastic_constants": c.ravel(), "lattice_constant": [res["lattice_constant"]],
+                 "cohesive_energy": [res["cohesive_energy"]], "c11": [c[0, 0]], "c12": [c[0, 1]], "c44": [c[3, 3]]}
+        return np.concatenate([np.asarray(parts[q], dtype=float) for q in self.fim_quantities])
 
 
 def _double_parameters(pot):
