@@ -43,10 +43,12 @@ class SleepScore(ConfigurationScore):
     OUTPUT_KEY = "slurm_test_volume"
     supported_score_quantities = (ScoreQuantity.SENSITIVITY,)
 
-    def compute(self, atoms, score_quantity, seconds=0.0, fail=False):
+    def compute(self, atoms, score_quantity, seconds=0.0, fail=False, kill=False):
         self.parse_quantity(score_quantity)
         if fail:
             raise RuntimeError("failure requested by the test")
+        if kill:
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(float(seconds))
         return float(atoms.get_volume())
 
@@ -210,6 +212,18 @@ def test_a_failing_job_raises_with_state_and_stderr(slurm, tmp_path):
     assert "RuntimeError: failure requested by the test" in failure["stderr_tail"]
     with pytest.raises(JobFailedError):
         SleepScore().data_from_calc_ids(ids)
+
+
+def test_a_runner_killed_without_a_result_is_failed(slurm, tmp_path):
+    """The runner dies by SIGKILL (as on an out-of-memory kill): SLURM sees the batch script end,
+    status.json still says running; after the grace period the job is failed, not done."""
+    wf = slurm_workflow(tmp_path)
+    wf.RESULT_GRACE_S = 1.0
+    ids = SleepScore().run("killed", make_configs(1), {"score_quantity": "SENSITIVITY", "kill": True},
+                           workflow=wf)
+    with pytest.raises(JobFailedError, match="no result") as info:
+        wf.block_until_completed(ids, timeout=120)
+    assert info.value.failures[0]["reason"] == "ended without a result"
 
 
 def test_a_job_cancelled_with_scancel_is_reported_cancelled(slurm, tmp_path):

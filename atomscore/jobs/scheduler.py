@@ -194,6 +194,10 @@ class PSIJWorkflow(Workflow):
     before these start (SLURM ``afterok``, PBS ``depend=afterok``, LSF ``done()``).
     """
 
+    #: seconds a job that left the queue may take to show its final status.json before it
+    #: is declared failed (``ended without a result``); covers NFS attribute caching
+    RESULT_GRACE_S = 30.0
+
     def __init__(self, executor="slurm", root_directory=DEFAULT_ROOT, queue=None, account=None,
                  walltime=None, nodes=1, tasks_per_node=1, custom_attributes=None,
                  poll_interval=2.0, scheduler_timeout=120.0):
@@ -542,6 +546,16 @@ class PSIJWorkflow(Workflow):
             write_json_atomic(folder / SCHEDULER_FILE, record)
         if state in ("NEW", "QUEUED", "ACTIVE"):
             return
+        if state == "COMPLETED" and not JobState(read_status(folder).get("state", "pending")).final:
+            # Gone without a final status.json. On a shared file system the runner's last write
+            # may not be visible here yet (NFS attribute caching): allow RESULT_GRACE_S for it.
+            first = record.get("ended_without_result_since")
+            if first is None:
+                record = {**record, "ended_without_result_since": time.time()}
+                write_json_atomic(folder / SCHEDULER_FILE, record)
+                first = record["ended_without_result_since"]
+            if time.time() - first < self.RESULT_GRACE_S:
+                return
         # The scheduler says the job ended; the runner's status.json is written before the
         # runner exits, so a job still open here did not finish normally.
         status_now = read_status(folder)
