@@ -11,6 +11,8 @@ Needs root and the Debian packages ``slurmctld slurmd slurm-client munge`` (``ma
 installs them); set ``ATOMSCORE_SKIP_SLURM=1`` to skip on a machine without them.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -32,7 +34,8 @@ from atomscore.score import ConfigurationScore
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_LOCAL = REPO / "scripts" / "slurm-local"
-PID_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/lib/atomscore-slurm-local")) / "run"
+STATE_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/lib/atomscore-slurm-local"))
+PID_DIR = STATE_DIR / "run"
 SI_MODEL = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
 pytestmark = pytest.mark.slurm
 
@@ -70,19 +73,59 @@ def _slurm_local(action, check):
                           text=True, timeout=180, check=check)
 
 
+@contextlib.contextmanager
+def _cluster_lock():
+    """Serialise start/stop between test processes (pytest-xdist workers, two sessions)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / "tests.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @pytest.fixture(scope="session")
 def slurm():
-    """A running single-node SLURM for the whole session; stopped at the end whatever happens."""
+    """A running single-node SLURM for the whole session; stopped at the end whatever happens.
+
+    Each test process registers itself; the last one to finish stops the cluster, so
+    pytest-xdist workers (or two sessions at once) never stop it under each other.
+    """
     if os.environ.get("ATOMSCORE_SKIP_SLURM") == "1":
         pytest.skip("ATOMSCORE_SKIP_SLURM=1")
+    users = STATE_DIR / "test-users"
+    me = users / str(os.getpid())
     try:
-        result = _slurm_local("start", check=False)
+        with _cluster_lock():
+            users.mkdir(parents=True, exist_ok=True)
+            me.touch()
+            result = _slurm_local("start", check=False)
         if result.returncode != 0:
             pytest.fail(f"scripts/slurm-local start failed (needs root and the Debian packages slurmctld "
                         f"slurmd slurm-client munge):\n{result.stdout}")
         yield
     finally:
-        _slurm_local("stop", check=False)
+        with _cluster_lock():
+            me.unlink(missing_ok=True)
+            others = []
+            for user in users.iterdir() if users.is_dir() else ():
+                if user.name.isdigit() and _alive(int(user.name)):
+                    others.append(user)
+                else:
+                    user.unlink(missing_ok=True)
+            if not others:
+                _slurm_local("stop", check=False)
 
 
 def slurm_workflow(root, **kwargs):
