@@ -106,7 +106,6 @@ class LTAUForcesUQScore(AtomCenteredScore):
                 raise InputError(f"nbins: expected {bins_arr.size - 1} to match the {bins_arr.size} edges of bins, got {nbins}")
             self.estimator = LTAUEstimator(train_descriptors, load_array(error_pdfs, "error_pdfs", ndim=2),
                                            bins_arr, bin_spacing, index_type, index_args)
-        self._index_args_given = None if index_args is None else dict(index_args)
 
     # ------------------------------------------------------------------ inputs
     def _descriptors(self, configs, descriptors_key, num_nearest_neighbors):

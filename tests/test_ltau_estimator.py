@@ -186,7 +186,7 @@ def test_save_load_roundtrip(estimators, data, tmp_path, index_type):
     other.load_index(tmp_path / "index.faiss")
     np.testing.assert_array_equal(other.predict(queries, 5), before.errors)
     small = LTAUEstimator(x[:10], est.pdfs[:10], est.bins)
-    with pytest.raises(InputError, match="expected 10 vectors"):
+    with pytest.raises(InputError, match="expected 10 vectors" if index_type == "IndexFlatL2" else "expected a faiss"):
         small.load_index(tmp_path / "index.faiss")
 
 

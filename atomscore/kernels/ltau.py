@@ -452,6 +452,14 @@ class LTAUEstimator:
         return cls(train_descriptors, pdfs, bins, bin_spacing, index_type, index_args)
 
     def _adopt_index(self, index):
+        import faiss
+
+        kind = type(faiss.downcast_index(index)).__name__
+        expected = {"IndexFlatL2": ("IndexFlatL2", "IndexFlat"), "IndexHNSWFlat": ("IndexHNSWFlat",),
+                    "HNSW+IVFPQ": ("IndexIVFPQ",)}[self.index_type]
+        if kind not in expected:
+            raise InputError(f"index: expected a faiss {' or '.join(expected)} for index_type={self.index_type!r}, "
+                             f"got {kind}")
         if index.ntotal != self.n_train or index.d != self.dim:
             raise InputError(f"index: expected {self.n_train} vectors of dimension {self.dim} "
                              f"(the training descriptors), got {index.ntotal} of dimension {index.d}")
