@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from atomscore.errors import AtomscoreError, InputError, JobFailedError, missing_extra
+from atomscore.errors import AtomscoreError, InputError, missing_extra
 from atomscore.jobs.folder import (JOB_FILE, now, read_status, update_status,
                                    write_json_atomic)
 from atomscore.jobs.workflow import DEFAULT_ROOT, JobState, Workflow, job_command
@@ -337,11 +337,9 @@ class PSIJWorkflow(Workflow):
             # job only if every dependency's status.json says done.
             command = [command[0], "-m", "atomscore.jobs.scheduler", "--after",
                        *details["dependency_folders"], "--", str(folder)]
-        attributes = psij.JobAttributes(duration=details["walltime"] or datetime.timedelta(minutes=10),
-                                        queue_name=details["queue"], account=details["account"],
+        attributes = psij.JobAttributes(queue_name=details["queue"], account=details["account"],
                                         custom_attributes=details["custom_attributes"] or None)
-        if details["walltime"] is None:
-            attributes.duration = None  # the scheduler's default walltime
+        attributes.duration = details["walltime"]  # None: no --time, the partition's default
         resources = psij.ResourceSpecV1(node_count=details["nodes"],
                                         processes_per_node=details["tasks_per_node"])
         name = details["name"] or "atomscore-" + "-".join(folder.parts[-3:])
