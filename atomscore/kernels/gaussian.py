@@ -31,12 +31,14 @@ clipped terms are at most ``N * exp(floor)`` and exponentials in the subnormal r
 ten times slower on x86.
 
 Rows whose sum is so small that the clipped terms could matter (``p < N exp(floor) 1e7``)
-are *repaired*: recomputed in float64 by a streaming log-sum-exp over the same tiles,
-``log p = m + log sum_j exp(e_j - m)`` with ``m`` the row's largest exponent. This is
-what makes ``delta_entropy`` finite for queries far from every reference point, where
-``quests.entropy.delta_entropy`` returns ``+inf`` (its sum underflows to 0): our value
-is the exact ``-log p`` there. ``precision='float32'`` runs the tiles in single precision
-(about 3x faster) and repairs underflowed rows in float64 the same way.
+are *repaired* by an exact float64 log-sum-exp over the same tiles: one pass finds the
+row's largest exponent ``m``, a second sums ``exp(e_j - m)`` in float64 (largest term 1,
+nothing underflows) and ``log p = m + log sum``. This is what makes ``delta_entropy``
+finite for queries far from every reference point, where ``quests.entropy.delta_entropy``
+returns ``+inf`` (its sum underflows to 0): our value is the exact ``-log p`` there. (Where
+quests' sum is subnormal, ``dH`` above about 708 nats, quests' own value loses digits;
+ours does not.) ``precision='float32'`` runs the tiles in single precision (about 2-3x
+faster) and repairs its underflowed rows (``dH`` above about 75 nats) in float64 the same way.
 
 Threads: tiles are shared among ``n_threads`` Python threads (numpy and BLAS release the
 GIL); BLAS itself is kept to one thread inside them when ``threadpoolctl`` is installed.
@@ -119,25 +121,24 @@ def _options(precision, tile_size, n_threads):
 # ----------------------------------------------------------------------------- tiles
 
 class _Operands:
-    """Centred, augmented descriptor blocks for one bandwidth (or for squared distances).
+    """Centred, augmented descriptor blocks for one bandwidth.
 
-    ``left[i] @ right[j]`` is ``-gamma |y_i - x_j|^2`` (``gamma = 1/(2h^2)``), or
-    ``|y_i - x_j|^2`` itself when ``gamma`` is None.
+    ``left[i] @ right_t[:, j]`` is ``-gamma |y_i - x_j|^2 - offset_i``
+    (``gamma = 1/(2h^2)``): the exponent of the kernel, shifted per row.
     """
 
-    def __init__(self, yc, xc, gamma, dtype):
+    def __init__(self, yc, xc, gamma, dtype, offset=None):
         d = yc.shape[1]
         ny = np.einsum("ij,ij->i", yc, yc)
         nx = np.einsum("ij,ij->i", xc, xc)
-        s = 1.0 if gamma is None else -gamma
         left = np.empty((len(yc), d + 2), dtype=dtype)
-        left[:, :d] = (-2.0 * s) * yc
-        left[:, d] = s * ny
+        left[:, :d] = (2.0 * gamma) * yc
+        left[:, d] = -gamma * ny if offset is None else -gamma * ny - offset
         left[:, d + 1] = 1.0
         right = np.empty((len(xc), d + 2), dtype=dtype)
         right[:, :d] = xc
         right[:, d] = 1.0
-        right[:, d + 1] = s * nx
+        right[:, d + 1] = -gamma * nx
         self.left = left
         self.right_t = np.ascontiguousarray(right.T)
 
@@ -159,13 +160,19 @@ def _run_tiles(work, pairs, n_threads):
         return list(pool.map(work, chunks))
 
 
-def _plain_sums(ops_list, n_rows, n_cols, tile, symmetric, floor, dtype, n_threads):
-    """Kernel sums p (n_rows, n_h) in ``dtype`` tiles, accumulated in float64."""
+def _tile_pass(ops_list, n_rows, n_cols, tile, symmetric, dtype, n_threads, clip=None, reduce="sum"):
+    """One pass over the tiles of exponents ``e = left @ right_t``.
+
+    ``reduce='sum'``: row sums of ``exp(clip(e))`` (plus column sums on off-diagonal
+    tiles when ``symmetric``), accumulated in float64. ``reduce='max'``: row maxima of
+    ``e``. Returns (n_rows, n_h).
+    """
     n_h = len(ops_list)
     pairs = _tile_pairs(n_rows, n_cols, tile, symmetric)
+    is_sum = reduce == "sum"
 
     def work(chunk):
-        acc = np.zeros((n_rows, n_h))
+        acc = np.zeros((n_rows, n_h)) if is_sum else np.full((n_rows, n_h), -np.inf)
         acc_cols = np.zeros((n_cols, n_h)) if symmetric else None
         buf = np.empty((tile, tile), dtype=dtype)
         for a, b in chunk:
@@ -174,53 +181,35 @@ def _plain_sums(ops_list, n_rows, n_cols, tile, symmetric, floor, dtype, n_threa
                 right_t = ops.right_t[:, b:b + tile]
                 e = buf[:left.shape[0], :right_t.shape[1]]
                 np.matmul(left, right_t, out=e)
-                np.clip(e, floor, 0.0, out=e)
+                if not is_sum:
+                    np.maximum(acc[a:a + tile, k], e.max(axis=1), out=acc[a:a + tile, k])
+                    continue
+                np.clip(e, clip[0], clip[1], out=e)
                 np.exp(e, out=e)
                 acc[a:a + tile, k] += e.sum(axis=1)
                 if symmetric and b != a:
                     acc_cols[b:b + tile, k] += e.sum(axis=0)
         return acc if not symmetric else acc + acc_cols
 
-    return sum(_run_tiles(work, pairs, n_threads))
+    parts = _run_tiles(work, pairs, n_threads)
+    return sum(parts) if is_sum else np.maximum.reduce(parts)
 
 
-def _logsumexp_rows(yc, xc, gammas, tile, n_threads):
-    """Exact float64 ``log sum_j exp(-gamma |y_i - x_j|^2)`` by a streaming log-sum-exp."""
+def _repair(yc, xc, gammas, dtype, tile, n_threads):
+    """Exact float64 ``log sum_j exp(-gamma |y_i - x_j|^2)`` for rows whose plain sum underflowed.
+
+    Log-sum-exp in two passes: the row maxima ``m_i`` of the exponents (in the working
+    precision: only a shift, it need not be exact), then the float64 sum of
+    ``exp(e_ij - m_i)`` -- whose largest term is about 1, so nothing underflows -- and
+    ``log p_i = m_i + log sum``.
+    """
     n_rows, n_cols = len(yc), len(xc)
-    ops = _Operands(yc, xc, None, np.float64)  # squared distances
-    pairs = _tile_pairs(n_rows, n_cols, tile, symmetric=False)
-    row_blocks = sorted({a for a, _ in pairs})
-
-    def work(blocks):
-        out = {}
-        for a in blocks:
-            left = ops.left[a:a + tile]
-            m = np.full((len(left), len(gammas)), -np.inf)
-            s = np.zeros((len(left), len(gammas)))
-            for b in range(0, n_cols, tile):
-                d2 = left @ ops.right_t[:, b:b + tile]
-                np.maximum(d2, 0.0, out=d2)
-                for k, g in enumerate(gammas):
-                    e = d2 * (-g)
-                    m_new = np.maximum(m[:, k], e.max(axis=1))
-                    e -= m_new[:, None]
-                    np.exp(e, out=e)
-                    s[:, k] = s[:, k] * np.exp(m[:, k] - m_new) + e.sum(axis=1)
-                    m[:, k] = m_new
-            out[a] = m + np.log(s)
-        return out
-
-    result = np.empty((n_rows, len(gammas)))
-    chunks = [row_blocks[k::n_threads] for k in range(n_threads) if row_blocks[k::n_threads]]
-    if len(chunks) <= 1:
-        parts = [work(row_blocks)]
-    else:
-        with _blas_single_thread(), ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-            parts = list(pool.map(work, chunks))
-    for part in parts:
-        for a, block in part.items():
-            result[a:a + tile] = block
-    return result
+    ops = [_Operands(yc, xc, g, dtype) for g in gammas]
+    m = _tile_pass(ops, n_rows, n_cols, tile, False, dtype, n_threads, reduce="max")
+    shifted = [_Operands(yc, xc, g, np.float64, offset=m[:, k]) for k, g in enumerate(gammas)]
+    s = _tile_pass(shifted, n_rows, n_cols, tile, False, np.float64, n_threads,
+                   clip=(_FLOOR["float64"], 30.0))
+    return m + np.log(s)
 
 
 def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64",
@@ -270,13 +259,13 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads):
     gammas = 1.0 / (2.0 * h * h)
     ops_list = [_Operands(yc, xc, g, dtype) for g in gammas]
     floor = _FLOOR[precision]
-    p = _plain_sums(ops_list, len(y), len(x), tile, symmetric, floor, dtype, threads)
+    p = _tile_pass(ops_list, len(y), len(x), tile, symmetric, dtype, threads, clip=(floor, 0.0))
     with np.errstate(divide="ignore"):
         logp = np.log(p)
     limit = len(x) * math.exp(floor) * _REPAIR_MARGIN
     bad = np.nonzero(np.any(p < limit, axis=1))[0]
     if bad.size:
-        logp[bad] = _logsumexp_rows(yc[bad], xc, gammas, tile, threads)
+        logp[bad] = _repair(yc[bad], xc, gammas, dtype, tile, threads)
     return logp
 
 
