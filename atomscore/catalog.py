@@ -17,6 +17,7 @@ PUBLIC_NAMES: dict[str, str] = {
     "JobFailedError": "atomscore.errors",
     "SolverError": "atomscore.errors",
     "PotentialError": "atomscore.errors",
+    "SchedulerError": "atomscore.errors",
     "MissingExtraError": "atomscore.errors",
     "ScoreBase": "atomscore.score",
     "AtomCenteredScore": "atomscore.score",

@@ -72,6 +72,7 @@ def load_spec(path, base_dir=None) -> dict:
         "path_type": score.get("path_type") or path.stem,
         "batch_size": spec.get("batch_size", score.get("batch_size", 1)),
         "workflow": spec.get("workflow") or score.get("workflow"),
+        "job_details": spec.get("job_details") or score.get("job_details"),
     }
 
 
@@ -93,7 +94,7 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
             workflow["workflow_args"]["root_directory"] = root
         workflow = make_workflow(workflow)
     ids = score.run(spec["path_type"], spec["configs"], spec["compute_args"], workflow=workflow,
-                    batch_size=spec["batch_size"])
+                    job_details=spec["job_details"], batch_size=spec["batch_size"])
     workflow.block_until_completed(ids, progress=progress)
     results = score.data_from_calc_ids(ids, workflow=workflow)
     if output is None:
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a score over configurations from a JSON spec",
                          description="Run a score over configurations through a workflow from a JSON spec "
                          "(score.score_type, score_args, compute_args, query_configs_path or dataset_path, "
-                         "batch_size, optional workflow {workflow_type, workflow_args}); writes the gathered results.")
+                         "batch_size, optional workflow {workflow_type, workflow_args} and job_details); writes "
+                         "the gathered results.")
     run.add_argument("spec", help="the JSON spec file")
     run.add_argument("--root", help="root folder of the job folders (default ./atomscore_jobs, or the "
                      "workflow's root_directory)")

@@ -32,6 +32,14 @@ class SolverError(AtomscoreError, RuntimeError):
     """A convex solver did not reach an optimal, accurate solution (status in the message)."""
 
 
+class SchedulerError(AtomscoreError, RuntimeError):
+    """The batch scheduler did not answer, or refused a job.
+
+    Raised by a wait when the scheduler's status command has failed or hung for longer than
+    the workflow's ``scheduler_timeout``; the message holds the command and its last output.
+    """
+
+
 class PotentialError(AtomscoreError, RuntimeError):
     """A potential (KIM model, simulator) could not be opened or evaluated."""
 

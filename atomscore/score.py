@@ -272,6 +272,7 @@ class ScoreBase:
         from atomscore.jobs.workflow import make_workflow
 
         workflow = make_workflow(workflow)
+        workflow.check_job_details(job_details)
         folders = jobs.write(workflow.root)
         self._run_folders.extend(folders)
         if verbose:

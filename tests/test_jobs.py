@@ -375,3 +375,17 @@ def test_per_configuration_arguments_are_sliced_per_batch(workflow):
     got = [a.info["toy_factor_score"] for a in score.data_from_calc_ids(ids)]
     assert got == score.compute_batch(configs, "IMPORTANCE", factors=factors)
     assert factors == [1.5, 2.0, 3.0, 5.0, 7.0, 11.0, 13.0]
+
+
+@pytest.mark.parametrize("details, match", [
+    ({"walltime": -1}, "walltime"),
+    ({"queue": "debug"}, "unknown keys \\['queue'\\]"),
+    ("fast", "expected a dict"),
+    ({"env": "X=1"}, "environment variables"),
+])
+def test_bad_job_details_raise_before_any_folder_is_written(tmp_path, details, match):
+    workflow = LocalWorkflow(tmp_path / "jobs")
+    with pytest.raises(InputError, match=match):
+        WeightedDistanceScore(np.ones(3)).run("bad", make_configs(1), {"score_quantity": 2}, workflow=workflow,
+                                               job_details=details)
+    assert not (tmp_path / "jobs").exists()

@@ -57,6 +57,7 @@ def map_calls(func, list_of_kwargs, workflow=None, path_type="calls", job_detail
     encoded = [encode_args(kwargs, "kwargs", f"arguments of call {i} to {reference['target']}")
                for i, kwargs in enumerate(list_of_kwargs)]
     workflow = make_workflow(workflow)
+    workflow.check_job_details(job_details)
     base = workflow.root / "calls" / path_type
     folders = []
     for data, arrays in encoded:

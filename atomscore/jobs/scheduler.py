@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from atomscore.errors import AtomscoreError, InputError, missing_extra
+from atomscore.errors import InputError, SchedulerError, missing_extra
 from atomscore.jobs.folder import (JOB_FILE, now, read_status, update_status,
                                    write_json_atomic)
 from atomscore.jobs.workflow import DEFAULT_ROOT, JobState, Workflow, job_command
@@ -52,13 +52,6 @@ _DEPENDENCY_ATTRIBUTE = {
     "lsf": ("lsf.w", lambda ids: " && ".join(f"done({i})" for i in ids)),
 }
 
-
-class SchedulerError(AtomscoreError, RuntimeError):
-    """The batch scheduler did not answer, or refused a job.
-
-    Raised by a wait when the scheduler's status command has failed or hung for longer than
-    the workflow's ``scheduler_timeout``; the message holds the command and its last output.
-    """
 
 
 # --------------------------------------------------------------------------- arguments

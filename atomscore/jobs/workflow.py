@@ -107,6 +107,18 @@ class Workflow:
     def poll(self, folders):
         """Update ``status.json`` of ``folders`` with what only the workflow knows (override)."""
 
+    def check_job_details(self, job_details):
+        """Validate ``job_details`` before any folder is written; return them as a dict.
+
+        Raises
+        ------
+        InputError
+            Not a dict, or keys this workflow does not know (override to check values).
+        """
+        if job_details is not None and not isinstance(job_details, dict):
+            raise InputError(f"job_details: expected a dict or None, got {type(job_details).__name__}")
+        return dict(job_details or {})
+
     # -- shared
     def folder(self, calc_id) -> Path:
         return job_folder(calc_id, self)
@@ -209,15 +221,26 @@ class LocalWorkflow(Workflow):
         folder = Path(folder).resolve()
         if not (folder / JOB_FILE).is_file():
             raise InputError(f"submit: {folder} is not a job folder (no {JOB_FILE})")
-        details = dict(job_details or {})
-        unknown = set(details) - {"walltime", "env"}
-        if unknown:
-            raise InputError(f"LocalWorkflow job_details: unknown keys {sorted(unknown)}; expected: walltime, env")
+        details = self.check_job_details(job_details)
         with self._lock:
             self._mine.add(folder)
         update_status(folder, state="pending", owner_pid=os.getpid(), submitted=now())
         self._pool.submit(self._execute, folder, details)
         return str(folder)
+
+    def check_job_details(self, job_details):
+        """``walltime`` (seconds, > 0) and ``env`` (dict of str) are the keys a local job takes."""
+        details = super().check_job_details(job_details)
+        unknown = set(details) - {"walltime", "env"}
+        if unknown:
+            raise InputError(f"LocalWorkflow job_details: unknown keys {sorted(unknown)}; expected: walltime, env")
+        if "walltime" in details:
+            from atomscore.validation import check_positive
+
+            details["walltime"] = check_positive(details["walltime"], "job_details['walltime']", allow_array=False)
+        if not isinstance(details.get("env", {}), dict):
+            raise InputError(f"job_details['env']: expected a dict of environment variables, got {details['env']!r}")
+        return details
 
     def _execute(self, folder: Path, details: dict):
         walltime = details.get("walltime")
@@ -235,7 +258,7 @@ class LocalWorkflow(Workflow):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 code = proc.wait()
-                reason = f"timed out after walltime {walltime} s"
+                reason = f"timed out after walltime {walltime:g} s"
         status = read_status(folder)
         if code == 0 and status.get("state") == JobState.DONE:
             return
