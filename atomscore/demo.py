@@ -1,17 +1,356 @@
-"""The main job, ``atomscore demo``: information-matching active learning on SW silicon."""
+"""The main job, ``atomscore demo``: information-matching active learning on SW silicon.
+
+Everything runs on Debian's Stillinger-Weber silicon model with embedded defaults (no
+network, no files of ours):
+
+1. a candidate pool of 64-atom diamond Si at lattice constants 5.0-6.0 Å, each unperturbed
+   (trained on its energy) and rattled (trained on its forces);
+2. QUESTS descriptors; efficiency and diversity of the pool; dH of every candidate against a
+   small starting set (the two candidates nearest the equilibrium lattice constant);
+3. the FIM of every candidate in the SW parameters A, B, sigma, gamma, lambda (log
+   transform), run as jobs through a LocalWorkflow;
+4. the target FIM of the lattice constant and the cubic elastic constants with 10% error
+   bars (embedded backend);
+5. information matching: the selected candidates and their weights;
+6. LTAU: per-atom force-error logs of an ensemble of perturbed SW parameter sets on the
+   rattled candidates, predicted against the actual errors on held-out configurations;
+7. the output folder: extxyz files with every score attached, ``summary.json``, and
+   ``report.html`` with PNG figures.
+"""
 
 from __future__ import annotations
 
+import html
+import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+SW_SI = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
+PARAMETERS = ("A", "B", "sigma", "gamma", "lambda")
+A0 = 5.431  # Å, SW silicon's equilibrium lattice constant
+BANDWIDTH = 0.015  # QUESTS bandwidth (1/Å), the quests package's and the spec's default
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of the main job (``quick`` for tests)."""
+
+    lattice_constants: tuple
+    rattle_amplitudes: tuple  # Å, cycled over the rattled candidates
+    ensemble_size: int
+    ensemble_spread: float  # relative spread of the perturbed SW parameters
+    heldout: int  # held-out rattled configurations for LTAU
+    seed: int = 7
+
+    @classmethod
+    def make(cls, quick=False):
+        if quick:
+            return cls(tuple(np.linspace(5.0, 6.0, 5)), (0.03, 0.08, 0.15), 6, 0.05, 3)
+        return cls(tuple(np.round(np.linspace(5.0, 6.0, 21), 3)), (0.02, 0.05, 0.1, 0.15), 12, 0.05, 8)
+
+
+def _potential_spec():
+    return {"potential_type": "KIM", "potential_args": {"kim_id": SW_SI}}
+
+
+def _diamond(a, rattle=0.0, seed=0):
+    from ase.build import bulk
+
+    atoms = bulk("Si", "diamond", a=a, cubic=True).repeat(2)  # 64 atoms
+    if rattle:
+        atoms.rattle(stdev=rattle, seed=seed)
+    return atoms
+
+
+def build_pool(settings: DemoSettings):
+    """The candidate pool: per lattice constant one unperturbed (energy) and one rattled (forces)."""
+    pool = []
+    for i, a in enumerate(settings.lattice_constants):
+        amplitude = settings.rattle_amplitudes[i % len(settings.rattle_amplitudes)]
+        for kind, rattle in (("energy", 0.0), ("forces", amplitude)):
+            atoms = _diamond(a, rattle, seed=settings.seed + i)
+            atoms.info.update({"name": f"Si64_a{a:.3f}_{kind}", "lattice_constant": float(a),
+                               "trained_on": kind, "rattle": float(rattle)})
+            pool.append(atoms)
+    return pool
+
+
+def build_heldout(settings: DemoSettings):
+    """Held-out rattled configurations for LTAU, at lattice constants between the pool's."""
+    rng = np.random.default_rng(settings.seed + 1000)
+    out = []
+    for j in range(settings.heldout):
+        a = float(rng.uniform(5.1, 5.9))
+        rattle = float(settings.rattle_amplitudes[j % len(settings.rattle_amplitudes)])
+        atoms = _diamond(a, rattle, seed=settings.seed + 2000 + j)
+        atoms.info.update({"name": f"heldout_{j}_a{a:.3f}", "lattice_constant": a, "rattle": rattle})
+        out.append(atoms)
+    return out
+
+
+def _step(message):
+    print(f"atomscore demo: {message}", flush=True)
+
+
+def ensemble_force_errors(configs, settings: DemoSettings, desc):
+    """|F_member - F_SW| per atom for every ensemble member: (members, atoms) array (eV/Å)."""
+    from tqdm import tqdm
+
+    from atomscore.potentials.kim import KIMPotential
+
+    pot = KIMPotential(SW_SI)
+    reference = np.concatenate([pot.compute(a, energy=False, forces=True)["forces"] for a in configs])
+    defaults = {p: pot.get_parameter(p).copy() for p in PARAMETERS}
+    rng = np.random.default_rng(settings.seed + 3000)
+    errors = np.empty((settings.ensemble_size, len(reference)))
+    for m in tqdm(range(settings.ensemble_size), desc=desc, unit="member", disable=None):
+        for p in PARAMETERS:
+            pot.set_parameter(p, defaults[p] * np.exp(settings.ensemble_spread * rng.standard_normal(defaults[p].shape)))
+        forces = np.concatenate([pot.compute(a, energy=False, forces=True)["forces"] for a in configs])
+        errors[m] = np.linalg.norm(forces - reference, axis=1)
+    return errors
 
 
 def run_demo(output="demo_output", quick=False):
-    """Run the main job into ``output``; return the summary dict."""
-    raise NotImplementedError("the main job is being built")
+    """Run the main job into ``output``; return the summary dict.
+
+    Parameters
+    ----------
+    output : str or Path
+        Output folder (created; files in it are replaced).
+    quick : bool
+        A smaller pool and ensemble, for tests (under a minute on 2 cores).
+    """
+    from scipy.stats import spearmanr
+
+    from atomscore import (FIMMatchingScore, FIMPropertyScore, FIMTrainingSetScore, LocalWorkflow,
+                           LTAUForcesUQScore, QUESTSDeltaEntropyScore, QUESTSDescriptor, QUESTSDiversityScore,
+                           QUESTSEfficiencyScore)
+    from atomscore.io import write_extxyz
+    from atomscore.potentials.kim import KIMPotential
+    from atomscore.properties import ElasticConstants
+
+    t_start = time.perf_counter()
+    timings = {}
+    output = Path(output)
+    (output / "figures").mkdir(parents=True, exist_ok=True)
+    settings = DemoSettings.make(quick)
+    workflow = LocalWorkflow(output / "jobs")
+    potential = _potential_spec()
+    transform = {"transform_type": "LogTransform", "transform_args": {"sign": [1.0] * len(PARAMETERS)}}
+    parameters_optimize = {p: [["default"]] for p in PARAMETERS}
+
+    # 1-2. pool, descriptors, QUESTS ------------------------------------------------------
+    t = time.perf_counter()
+    pool = build_pool(settings)
+    _step(f"{len(pool)} candidates (64-atom diamond Si, a = {min(settings.lattice_constants)}-"
+          f"{max(settings.lattice_constants)} Å); QUESTS descriptors")
+    descriptor = QUESTSDescriptor(cutoff=5.0, k=32)
+    pool = descriptor.attach(pool)
+    efficiency = float(np.squeeze(QUESTSEfficiencyScore().compute(pool, "EFFICIENCY", bandwidth=BANDWIDTH)))
+    diversity = float(np.squeeze(QUESTSDiversityScore().compute(pool, "DIVERSITY", bandwidth=BANDWIDTH)))
+    start = sorted(range(len(pool)), key=lambda i: abs(pool[i].info["lattice_constant"] - A0))[:2]
+    reference_set = np.concatenate([pool[i].arrays["descriptors"] for i in start])
+    dh_score = QUESTSDeltaEntropyScore()
+    ids = dh_score.run("demo_dH", pool, {"score_quantity": "DELTA_ENTROPY", "reference_set": reference_set,
+                                         "bandwidth": BANDWIDTH}, workflow=workflow,
+                       batch_size=-(-len(pool) // 2))
+    workflow.block_until_completed(ids, progress=True)
+    pool = dh_score.data_from_calc_ids(ids)
+    dh_mean = [float(np.mean(a.arrays["quests_delta_entropy_score"])) for a in pool]
+    timings["quests"] = time.perf_counter() - t
+
+    # 3. FIM of every candidate, as jobs ---------------------------------------------------
+    t = time.perf_counter()
+    _step(f"FIM of every candidate in {', '.join(PARAMETERS)} (log transform), as jobs")
+    evaluate_kwargs = {"compute_energy": [a.info["trained_on"] == "energy" for a in pool],
+                       "compute_forces": [a.info["trained_on"] == "forces" for a in pool],
+                       "compute_stress": [False] * len(pool)}
+    fim_score = FIMTrainingSetScore()
+    ids = fim_score.run("demo_fim", pool, {"score_quantity": "SENSITIVITY", "potential": potential,
+                                          "parameters_optimize": parameters_optimize, "transform": transform,
+                                          "evaluate_kwargs": evaluate_kwargs},
+                        workflow=workflow, batch_size=-(-len(pool) // 2))
+    workflow.block_until_completed(ids, progress=True)
+    pool = fim_score.data_from_calc_ids(ids)
+    timings["fim_training_set"] = time.perf_counter() - t
+
+    # 4. target FIM: lattice constant and cubic elastic constants, 10% error bars -----------
+    t = time.perf_counter()
+    _step("target FIM of a0, C11, C12, C44 with 10% error bars (embedded backend)")
+    quantities = ["lattice_constant", "c11", "c12", "c44"]
+    target_args = {"lattice_param": A0, "lattice_type": "diamond", "deformation_mag": 1e-4,
+                   "elements": ["Si"], "fim_quantities": quantities}
+    nominal = ElasticConstants(**target_args).property_vector(KIMPotential(SW_SI))
+    cov = np.diag((0.1 * nominal) ** 2)
+    target = [{"init_args": {"target_property_type": "ElasticConstants", "target_property_args": target_args},
+               "calculate_property_args": {"workflow": {"workflow_type": "LOCAL",
+                                                        "workflow_args": {"root_directory": str(output / "jobs")}}}}]
+    prop_score = FIMPropertyScore()
+    target_fim = np.asarray(prop_score.compute(target, "SENSITIVITY", cov=cov, potential=potential,
+                                               parameters_optimize=parameters_optimize, transform=transform,
+                                               derivative_kwargs={"h": 0.01, "method": "CD"}))
+    target_fim = target_fim.reshape(len(PARAMETERS), len(PARAMETERS))
+    prop_score.save_results(target_fim, save_dir=output)
+    timings["fim_property"] = time.perf_counter() - t
+
+    # 5. information matching -------------------------------------------------------------
+    t = time.perf_counter()
+    _step("information matching")
+    matching = FIMMatchingScore()
+    weights = matching.compute_batch(pool, fim_property=target_fim, score_quantity="IMPORTANCE")
+    pool = matching.parse_for_storage(weights, pool)
+    selected = [i for i, w in enumerate(weights) if w > 0]
+    timings["matching"] = time.perf_counter() - t
+
+    # 6. LTAU -----------------------------------------------------------------------------
+    t = time.perf_counter()
+    _step(f"LTAU from an ensemble of {settings.ensemble_size} perturbed SW parameter sets")
+    train = [a for a in pool if a.info["trained_on"] == "forces"]
+    train_errors = ensemble_force_errors(train, settings, "ensemble on training set")
+    heldout = descriptor.attach(build_heldout(settings))
+    heldout_errors = ensemble_force_errors(heldout, settings, "ensemble on held-out set")
+    ltau = LTAUForcesUQScore(train_descriptors=np.concatenate([a.arrays["descriptors"] for a in train]),
+                             error_pdfs=train_errors, from_error_logs=True, nbins=50)
+    predicted = ltau.compute_batch(heldout, "UNCERTAINTY", num_nearest_neighbors=5)
+    heldout = ltau.parse_for_storage(predicted, heldout)
+    actual = heldout_errors.mean(axis=0)
+    offset = 0
+    for atoms in heldout:
+        atoms.arrays["ensemble_force_error"] = actual[offset:offset + len(atoms)]
+        offset += len(atoms)
+    predicted_all = np.concatenate(predicted)
+    rho = float(spearmanr(predicted_all, actual).statistic)
+    timings["ltau"] = time.perf_counter() - t
+
+    # 7. outputs --------------------------------------------------------------------------
+    write_extxyz(output / "candidates.xyz", pool)
+    write_extxyz(output / "heldout.xyz", heldout)
+    eig = np.linalg.eigvalsh(target_fim)
+    summary = {
+        "model": SW_SI,
+        "parameters": list(PARAMETERS),
+        "candidates": len(pool),
+        "quests": {"bandwidth": BANDWIDTH, "efficiency": efficiency, "diversity": diversity,
+                   "starting_set": [pool[i].info["name"] for i in start],
+                   "mean_delta_entropy": {a.info["name"]: d for a, d in zip(pool, dh_mean)}},
+        "target": {"quantities": quantities, "values": nominal.tolist(), "relative_error": 0.1,
+                   "fim_eigenvalues": eig.tolist()},
+        "matching": {"selected": [{"name": pool[i].info["name"], "lattice_constant": pool[i].info["lattice_constant"],
+                                   "trained_on": pool[i].info["trained_on"], "weight": float(weights[i])}
+                                  for i in selected]},
+        "ltau": {"ensemble_size": settings.ensemble_size, "heldout_configurations": len(heldout),
+                 "heldout_atoms": int(actual.size), "spearman_rank_correlation": rho,
+                 "mean_predicted_error": float(predicted_all.mean()), "mean_actual_error": float(actual.mean())},
+        "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
+    }
+    figures = write_figures(output / "figures", pool, weights, dh_mean, predicted_all, actual, rho)
+    summary["timings_seconds"]["total"] = round(time.perf_counter() - t_start, 2)
+    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(output / "report.html", summary, figures)
+    _step(f"{len(selected)} of {len(pool)} candidates selected; LTAU rank correlation {rho:.2f}; "
+          f"{summary['timings_seconds']['total']:.0f} s")
+    return summary
+
+
+def write_figures(folder: Path, pool, weights, dh_mean, predicted, actual, rho):
+    """The report's PNG figures; returns {name: (file, caption)}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    a = np.array([c.info["lattice_constant"] for c in pool])
+    kinds = np.array([c.info["trained_on"] for c in pool])
+    w = np.asarray(weights, dtype=float)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for kind, marker, color in (("energy", "o", "tab:blue"), ("forces", "s", "tab:orange")):
+        m = kinds == kind
+        ax.vlines(a[m] + (0.008 if kind == "forces" else -0.008), 0, w[m], color=color, alpha=0.6)
+        ax.plot(a[m] + (0.008 if kind == "forces" else -0.008), w[m], marker, color=color, label=f"trained on {kind}")
+    ax.axvline(A0, color="grey", ls=":", label="equilibrium a0")
+    ax.set_xlabel("lattice constant (Å)")
+    ax.set_ylabel("optimal weight")
+    ax.set_title("Information-matching weight per candidate")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "weights.png", dpi=110)
+    plt.close(fig)
+    figures["weights"] = ("figures/weights.png", "Weight of each candidate against its lattice constant "
+                          "(zero: not selected).")
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    dh_all = np.concatenate([c.arrays["quests_delta_entropy_score"] for c in pool])
+    finite = dh_all[np.isfinite(dh_all)]
+    ax.hist(finite, bins=40, color="tab:green", alpha=0.8)
+    ax.set_xlabel("dH per atom against the starting set (nats)")
+    ax.set_ylabel("atoms")
+    ax.set_title("QUESTS differential entropy of the pool")
+    fig.tight_layout()
+    fig.savefig(folder / "delta_entropy.png", dpi=110)
+    plt.close(fig)
+    figures["delta_entropy"] = ("figures/delta_entropy.png", "Distribution of dH: large values are "
+                                "environments the starting set does not cover.")
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(actual, predicted, s=6, alpha=0.5)
+    lo = max(min(actual.min(), predicted.min()), 1e-6)
+    hi = max(actual.max(), predicted.max())
+    ax.plot([lo, hi], [lo, hi], color="grey", ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("actual ensemble force error (eV/Å)")
+    ax.set_ylabel("LTAU predicted error (eV/Å)")
+    ax.set_title(f"LTAU on held-out atoms (Spearman ρ = {rho:.2f})")
+    fig.tight_layout()
+    fig.savefig(folder / "ltau.png", dpi=110)
+    plt.close(fig)
+    figures["ltau"] = ("figures/ltau.png", "Predicted against actual per-atom force error on held-out "
+                       "configurations.")
+    return figures
+
+
+def write_report(path: Path, summary: dict, figures: dict):
+    """A self-contained HTML report (figures as relative PNG links)."""
+    esc = html.escape
+    q, m, lt = summary["quests"], summary["matching"], summary["ltau"]
+    rows = "".join(f"<tr><td>{esc(s['name'])}</td><td>{s['lattice_constant']:.3f}</td><td>{esc(s['trained_on'])}</td>"
+                   f"<td>{s['weight']:.4g}</td></tr>" for s in m["selected"])
+    target = "".join(f"<tr><td>{esc(n)}</td><td>{v:.5g}</td></tr>"
+                     for n, v in zip(summary["target"]["quantities"], summary["target"]["values"]))
+    figs = "".join(f'<figure><img src="{esc(f)}" alt="{esc(n)}"><figcaption>{esc(c)}</figcaption></figure>'
+                   for n, (f, c) in figures.items())
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings_seconds"].items())
+    path.write_text(f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>atomscore demo: information matching on SW silicon</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}} figure{{display:inline-block;margin:1em}}
+img{{max-width:30em}}</style></head><body>
+<h1>Information-matching active learning on SW silicon</h1>
+<p>Model <code>{esc(summary['model'])}</code>; parameters {esc(', '.join(summary['parameters']))} (log transform);
+{summary['candidates']} candidates.</p>
+<h2>Dataset information (QUESTS, bandwidth {q['bandwidth']})</h2>
+<p>Efficiency {q['efficiency']:.4f}, diversity {q['diversity']:.4f}; dH against the starting set
+{esc(', '.join(q['starting_set']))}.</p>
+<h2>Target: 10% error bars on</h2><table><tr><th>quantity</th><th>value (Å, eV/Å³)</th></tr>{target}</table>
+<h2>Selected configurations</h2>
+<table><tr><th>configuration</th><th>a (Å)</th><th>trained on</th><th>weight</th></tr>{rows}</table>
+<h2>LTAU force uncertainty</h2>
+<p>Ensemble of {lt['ensemble_size']} perturbed parameter sets; {lt['heldout_atoms']} held-out atoms; Spearman rank
+correlation of predicted and actual error {lt['spearman_rank_correlation']:.3f}.</p>
+<h2>Figures</h2>{figs}
+<p><small>Timings: {esc(timings)}.</small></p>
+</body></html>
+""")
 
 
 def cmd_demo(args):
-    summary = run_demo(args.output, quick=args.quick)
+    run_demo(args.output, quick=args.quick)
     print(f"atomscore: demo finished; report at {Path(args.output) / 'report.html'}")
     return 0
 

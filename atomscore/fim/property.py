@@ -257,7 +257,7 @@ class FIMPropertyScore(ModelScore):
                 raise InputError(f"list_of_target_property[{i}]: {exc}") from None
         pmap = ParameterMap(pot, parameters_optimize, transform)
         dkw = _derivative_kwargs(derivative_kwargs, pmap.n_params)
-        sizes = [36] * len(props)
+        sizes = [prop.property_size for prop, _, _ in props]
         full_cov = _covariance(cov, sizes)
         return props, pot, pmap, dkw, full_cov
 
@@ -302,8 +302,9 @@ class FIMPropertyScore(ModelScore):
         score_quantity : ScoreQuantity or str
             ``SENSITIVITY``.
         cov : array_like or str or list
-            Target covariance of the property vectors, (N, N) with N = 36 per elastic-constant
-            property (in the property's units squared, by default (eV/Å³)²), a ``.npy``/``.txt``
+            Target covariance of the property vectors, (N, N) with N the length of the stacked
+            property vectors (36 per elastic-constant property by default, see
+            ``fim_quantities``; in the property's units squared, by default (eV/Å³)²), a ``.npy``/``.txt``
             path, or a list with one matrix per target property (block diagonal). A singular
             cov is replaced by its pseudo-inverse, with a warning.
         potential : KIMPotential or dict

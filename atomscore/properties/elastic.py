@@ -224,6 +224,11 @@ class ElasticConstants:
             "backend": self.backend,
         }
 
+    @property
+    def property_size(self) -> int:
+        """Length of :meth:`property_vector` (36 per ``'elastic_constants'``, 1 per other quantity)."""
+        return sum(36 if q == "elastic_constants" else 1 for q in self.fim_quantities)
+
     def property_vector(self, potential):
         """The FIM property vector: by default the 36 elastic constants, row-major.
 

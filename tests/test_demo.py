@@ -1,0 +1,106 @@
+"""The main job (``atomscore demo --quick``) end to end, and its report in a real browser.
+
+References: the matching weights are checked against the matching condition itself
+(sum_i w_i FIM_i - target FIM is positive semi-definite, numpy eigenvalues); the LTAU
+prediction against the ensemble's actual errors (positive rank correlation); the report
+is opened by headless Chromium (Debian package ``chromium``).
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from atomscore.io import read_extxyz
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = subprocess.run([sys.executable, "-m", "atomscore.cli", "demo", "--quick", "--output", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc.stdout
+
+
+def test_demo_writes_every_output(demo):
+    out, stdout = demo
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("candidates.xyz", "heldout.xyz", "report.html", "score_results.json",
+                 "figures/weights.png", "figures/delta_entropy.png", "figures/ltau.png"):
+        assert (out / name).is_file(), name
+    assert "candidates selected" in stdout
+    assert 0 < summary["quests"]["efficiency"] <= 1
+    assert summary["matching"]["selected"], "information matching selected nothing"
+    assert summary["timings_seconds"]["total"] < 300
+
+
+def test_candidates_carry_every_score(demo):
+    out, _ = demo
+    pool = read_extxyz(out / "candidates.xyz")
+    assert len(pool) == 10
+    for atoms in pool:
+        assert atoms.arrays["descriptors"].shape == (64, 63)
+        assert np.all(np.isfinite(atoms.arrays["quests_delta_entropy_score"]))
+        fim = np.asarray(atoms.info["fim_training_set_score"])
+        assert fim.shape == (5, 5)
+        np.testing.assert_allclose(fim, fim.T, rtol=1e-10)
+        assert atoms.info["fim_matching_weight_score"] >= 0
+        for key in ("quests_delta_entropy", "fim_training_set", "fim_matching_weight"):
+            assert key in atoms.info["_metadata"], key
+
+
+def test_weights_satisfy_the_matching_condition(demo):
+    """sum_i w_i FIM_i >= target FIM (up to the solver's tolerance)."""
+    out, _ = demo
+    pool = read_extxyz(out / "candidates.xyz")
+    target = np.squeeze(np.asarray(json.loads((out / "score_results.json").read_text())["fim_property_score"]))
+    total = sum(a.info["fim_matching_weight_score"] * np.asarray(a.info["fim_training_set_score"]) for a in pool)
+    scale = np.sqrt(np.outer(np.diag(target), np.diag(target)))
+    eig = np.linalg.eigvalsh((total - target) / scale)
+    assert eig.min() > -1e-3, eig
+
+
+def test_ltau_prediction_ranks_the_actual_errors(demo):
+    out, _ = demo
+    summary = json.loads((out / "summary.json").read_text())
+    held = read_extxyz(out / "heldout.xyz")
+    predicted = np.concatenate([a.arrays["ltau_forces_uq_score"] for a in held])
+    actual = np.concatenate([a.arrays["ensemble_force_error"] for a in held])
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(predicted, actual).statistic
+    assert rho == pytest.approx(summary["ltau"]["spearman_rank_correlation"], rel=1e-9)
+    assert rho > 0.2, f"LTAU does not rank the actual errors (rho={rho:.3f})"
+
+
+def test_figures_are_non_empty_pngs(demo):
+    out, _ = demo
+    for name in ("weights", "delta_entropy", "ltau"):
+        data = (out / "figures" / f"{name}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+
+
+def test_report_opens_in_headless_chromium(demo, tmp_path):
+    out, _ = demo
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by make (scripts/install-system)"
+    shot = tmp_path / "report.png"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400",
+                           f"--screenshot={shot}", (out / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), proc.stderr
+    data = shot.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 20000
+    # the page is not blank: the screenshot has many distinct colours (text and figures)
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50
