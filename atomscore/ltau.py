@@ -18,7 +18,7 @@ from atomscore.errors import InputError
 from atomscore.kernels.ltau import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore
-from atomscore.validation import check_choice, check_configs, check_int, load_array, per_atom_array
+from atomscore.validation import check_choice, check_configs, check_int, check_keys, load_array, per_atom_array
 
 
 class LTAUForcesUQScore(AtomCenteredScore):
@@ -133,10 +133,8 @@ class LTAUForcesUQScore(AtomCenteredScore):
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Check quantity, descriptors (key, dimension, finite) and k before a run writes anything."""
         self.parse_quantity(score_quantity)
-        unknown = sorted(set(compute_args) - {"descriptors_key", "num_nearest_neighbors", "score_quantity"})
-        if unknown:
-            raise InputError(f"{type(self).__name__}: unknown compute argument(s) {unknown}; "
-                             "expected descriptors_key, num_nearest_neighbors")
+        check_keys(compute_args, ("descriptors_key", "num_nearest_neighbors"), f"{type(self).__name__} compute_args",
+                   ignore=("score_quantity",))
         self._descriptors(check_configs(configs), compute_args.get("descriptors_key", "descriptors"),
                           compute_args.get("num_nearest_neighbors", 1))
 

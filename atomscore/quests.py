@@ -32,7 +32,7 @@ from atomscore.errors import InputError
 from atomscore.kernels import gaussian
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, DatasetScore
-from atomscore.validation import check_choice, check_configs, check_int, check_positive, load_array, per_atom_array
+from atomscore.validation import check_choice, check_configs, check_int, check_keys, check_positive, load_array, per_atom_array
 
 __all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore", "SELECTION_MASK_KEY"]
 
@@ -123,10 +123,7 @@ class _QUESTSDatasetScore(DatasetScore):
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Quantity, argument names, descriptors, mask and bandwidth: checked before a run writes."""
         self.parse_quantity(score_quantity)
-        unknown = sorted(set(compute_args) - set(self._ARGS) - {"score_quantity"})
-        if unknown:
-            raise InputError(f"{type(self).__name__}: unknown compute argument(s) {unknown}; "
-                             f"expected: {', '.join(self._ARGS)}")
+        check_keys(compute_args, self._ARGS, f"{type(self).__name__} compute_args", ignore=("score_quantity",))
         self._rows(configs, compute_args.get("descriptors_key", "descriptors"),
                    compute_args.get("bandwidth", DEFAULT_BANDWIDTH), compute_args.get("apply_mask", False),
                    compute_args.get("precision", "float64"))
@@ -253,10 +250,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Everything :meth:`compute_batch` checks, before a run writes any folder."""
         self.parse_quantity(score_quantity)
-        unknown = sorted(set(compute_args) - set(self._ARGS) - {"score_quantity"})
-        if unknown:
-            raise InputError(f"{type(self).__name__}: unknown compute argument(s) {unknown}; "
-                             f"expected: {', '.join(self._ARGS)}")
+        check_keys(compute_args, self._ARGS, f"{type(self).__name__} compute_args", ignore=("score_quantity",))
         args = {"reference_set": None, "descriptors_key": "descriptors", "bandwidth": DEFAULT_BANDWIDTH,
                 "apply_mask": False, "approx": False, "num_nearest_neighbors": 3, "graph_neighbors": 10,
                 "precision": "float64"}

@@ -170,6 +170,18 @@ def check_choice(value, name, choices, where=None):
     return value
 
 
+def check_keys(mapping, allowed, where, ignore=()):
+    """Refuse keys of ``mapping`` outside ``allowed``; the message lists the allowed ones.
+
+    ``ignore`` names keys accepted without being listed (e.g. ``score_quantity``).
+    """
+    unknown = sorted(set(mapping) - set(allowed) - set(ignore))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; expected some of: "
+                         f"{', '.join(map(str, allowed)) or 'none'}")
+    return mapping
+
+
 def check_jsonable(value, name):
     """Check that ``value`` is JSON data (None, bool, numbers, str, lists, str-keyed dicts).
 

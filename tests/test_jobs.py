@@ -379,7 +379,7 @@ def test_per_configuration_arguments_are_sliced_per_batch(workflow):
 
 @pytest.mark.parametrize("details, match", [
     ({"walltime": -1}, "walltime"),
-    ({"queue": "debug"}, "unknown keys \\['queue'\\]"),
+    ({"queue": "debug"}, r"unknown key\(s\) \['queue'\]"),
     ("fast", "expected a dict"),
     ({"env": "X=1"}, "environment variables"),
 ])

@@ -205,7 +205,7 @@ def _bad_cases(dataset, reference):
                                   num_nearest_neighbors=0), "num_nearest_neighbors"),
         (lambda: dh.compute_batch(dataset, "DELTA_ENTROPY", reference_set=reference, precision="half"), "precision"),
         (lambda: dh.check_compute_args(dataset, "DELTA_ENTROPY", {"reference_set": reference, "bandwith": 0.1}),
-         "unknown compute argument"),
+         r"compute_args: unknown key\(s\) \[.bandwith.\]"),
         (lambda: QUESTSEfficiencyScore().check_compute_args(
             _with(dataset, 5, "descriptors", None), "EFFICIENCY", {}), "configuration 5"),
     ]

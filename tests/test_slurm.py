@@ -403,7 +403,7 @@ def test_bad_workflow_args_are_input_errors(tmp_path, args, match):
 
 def test_bad_job_details_are_input_errors(tmp_path):
     wf = slurm_workflow(tmp_path)
-    with pytest.raises(InputError, match="unknown keys"):
+    with pytest.raises(InputError, match=r"unknown key\(s\) \[.partition_name.\]"):
         wf.check_job_details({"partition_name": "x"})
     with pytest.raises(InputError, match="dependencies"):
         wf.check_job_details({"dependencies": [str(tmp_path / "nowhere")]})

@@ -25,7 +25,7 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ModelScore, to_jsonable
-from atomscore.validation import load_array
+from atomscore.validation import check_keys, load_array
 
 #: default finite-difference settings (those of information_matching's FiniteDifference)
 DEFAULT_DERIVATIVE_KWARGS = {"h": 0.1, "method": "FD"}
@@ -118,10 +118,7 @@ def _target_properties(list_of_target_property):
         calc = item.get("calculate_property_args") or {}
         if not isinstance(calc, dict):
             raise InputError(f"{where}['calculate_property_args']: expected a dict, got {calc!r}")
-        unknown = sorted(set(calc) - set(_CALC_ARGS))
-        if unknown:
-            raise InputError(f"{where}['calculate_property_args']: unknown keys {unknown}; "
-                             f"expected only: {', '.join(_CALC_ARGS)}")
+        check_keys(calc, _CALC_ARGS, f"{where}['calculate_property_args']")
         from atomscore.jobs.workflow import make_workflow
 
         try:
@@ -139,9 +136,7 @@ def _derivative_kwargs(derivative_kwargs, n_params):
         derivative_kwargs = {}
     if not isinstance(derivative_kwargs, dict):
         raise InputError(f"derivative_kwargs: expected a dict {{'h': ..., 'method': ...}}, got {derivative_kwargs!r}")
-    unknown = sorted(set(derivative_kwargs) - {"h", "method"})
-    if unknown:
-        raise InputError(f"derivative_kwargs: unknown keys {unknown}; expected only 'h' and 'method'")
+    check_keys(derivative_kwargs, ("h", "method"), "derivative_kwargs")
     kw = {**DEFAULT_DERIVATIVE_KWARGS, **derivative_kwargs}
     method = kw["method"]
     if not isinstance(method, str) or method.upper() not in finitediff_info:
@@ -269,9 +264,8 @@ class FIMPropertyScore(ModelScore):
         missing = [k for k in ("cov", "potential", "parameters_optimize") if k not in args]
         if missing:
             raise InputError(f"FIMPropertyScore compute_args: missing {missing}")
-        unknown = sorted(set(args) - {"cov", "potential", "parameters_optimize", "transform", "derivative_kwargs"})
-        if unknown:
-            raise InputError(f"FIMPropertyScore compute_args: unknown {unknown}")
+        check_keys(args, ("cov", "potential", "parameters_optimize", "transform", "derivative_kwargs"),
+                   "FIMPropertyScore compute_args")
         self._prepare(configs, args["cov"], args["potential"], args["parameters_optimize"],
                       args.get("transform"), args.get("derivative_kwargs"))
 

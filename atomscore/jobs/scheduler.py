@@ -34,7 +34,7 @@ from atomscore.errors import InputError, SchedulerError, missing_extra
 from atomscore.jobs.folder import (JOB_FILE, now, read_status, update_status,
                                    write_json_atomic)
 from atomscore.jobs.workflow import DEFAULT_ROOT, JobState, Workflow, job_command
-from atomscore.validation import check_choice, check_int, check_positive
+from atomscore.validation import check_choice, check_int, check_keys, check_positive
 
 SCHEDULER_FILE = "scheduler.json"
 EXECUTORS = ("slurm", "lsf", "pbs", "flux")
@@ -275,10 +275,7 @@ class PSIJWorkflow(Workflow):
         if job_details is not None and not isinstance(job_details, dict):
             raise InputError(f"job_details: expected a dict or None, got {type(job_details).__name__}")
         details = dict(job_details or {})
-        unknown = set(details) - set(JOB_DETAIL_KEYS)
-        if unknown:
-            raise InputError(f"{type(self).__name__} job_details: unknown keys {sorted(unknown)}; "
-                             f"expected some of: {', '.join(JOB_DETAIL_KEYS)}")
+        check_keys(details, JOB_DETAIL_KEYS, f"{type(self).__name__} job_details")
         out = {
             "queue": _check_optional_str(details.get("queue", self.queue), "job_details['queue']"),
             "account": _check_optional_str(details.get("account", self.account), "job_details['account']"),

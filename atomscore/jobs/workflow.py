@@ -21,6 +21,7 @@ from pathlib import Path
 
 from atomscore.errors import InputError, JobFailedError
 from atomscore.jobs.folder import JOB_FILE, job_folder, now, read_status, update_status
+from atomscore.validation import check_keys
 
 DEFAULT_ROOT = "./atomscore_jobs"
 
@@ -231,9 +232,7 @@ class LocalWorkflow(Workflow):
     def check_job_details(self, job_details):
         """``walltime`` (seconds, > 0) and ``env`` (dict of str) are the keys a local job takes."""
         details = super().check_job_details(job_details)
-        unknown = set(details) - {"walltime", "env"}
-        if unknown:
-            raise InputError(f"LocalWorkflow job_details: unknown keys {sorted(unknown)}; expected: walltime, env")
+        check_keys(details, ("walltime", "env"), "LocalWorkflow job_details")
         if "walltime" in details:
             from atomscore.validation import check_positive
 

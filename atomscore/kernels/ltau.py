@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.errors import InputError
-from atomscore.validation import check_choice, check_int, load_array
+from atomscore.validation import check_choice, check_int, check_keys, load_array
 
 #: the faiss index types :class:`LTAUEstimator` builds
 INDEX_TYPES = ("IndexFlatL2", "IndexHNSWFlat", "HNSW+IVFPQ")
@@ -277,10 +277,7 @@ def index_defaults(index_type, n_train, dim, index_args=None):
     if not isinstance(given, dict):
         raise InputError(f"index_args: expected a dict or None, got {type(given).__name__}")
     allowed = INDEX_ARG_DEFAULTS[index_type]
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise InputError(f"index_args: unknown key(s) {unknown} for index_type={index_type!r}; "
-                         f"expected some of: {sorted(allowed) or 'none'}")
+    check_keys(given, sorted(allowed), f"index_args for index_type={index_type!r}")
     args = dict(allowed)
     args.update(given)
     if index_type == "HNSW+IVFPQ":
