@@ -325,15 +325,16 @@ class ParameterMap:
         ``potential`` must already hold θ0 and the fixed values (see :meth:`apply`).
         """
         idx = [(self._index[name], e) for name, e in self.free]
-        last = self.theta0.copy()
+        last = self.theta0.tolist()
         setp = potential._model.set_parameter
 
         def set_theta(theta):
             changed = False
-            for i in np.flatnonzero(theta != last):
-                setp(idx[i][0], idx[i][1], float(theta[i]))
-                last[i] = theta[i]
-                changed = True
+            for i, v in enumerate(theta.tolist()):
+                if v != last[i]:
+                    setp(idx[i][0], idx[i][1], v)
+                    last[i] = v
+                    changed = True
             if changed:
                 potential._dirty = True
 

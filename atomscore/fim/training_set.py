@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from atomscore.errors import InputError
-from atomscore.fim.parameters import ParameterMap, transform_to_dict
+from atomscore.fim.parameters import IdentityTransform, ParameterMap, transform_to_dict
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ConfigurationScore
 from atomscore.validation import check_configs, check_int, is_array_file, load_array
@@ -186,20 +186,21 @@ class _FIMEvaluator:
         self.potential = KIMPotential.from_spec(potential)
         self.pmap = ParameterMap(self.potential, parameters_optimize, transform)
         self.settings = _derivative_settings(derivative_kwargs, self.pmap)
+        self._saved = self.potential.get_parameters()
+        self.pmap.apply(self.potential)
+        self._set_theta = self.pmap.setter(self.potential)
 
     def fim(self, atoms, quantity, mask, where="configuration"):
-        """The P×P FIM of one configuration (parameters of the potential restored after)."""
-        pot, pmap = self.potential, self.pmap
-        saved = pot.get_parameters()
-        try:
-            pmap.apply(pot)
-            jac = self._jacobian(atoms, quantity, where)
-        finally:
-            pot.set_parameters(saved)
+        """The P×P FIM of one configuration."""
+        jac = self._jacobian(atoms, quantity, where)
         if mask is not None:
             jac = jac[mask]
         fim = jac.T @ jac
         return 0.5 * (fim + fim.T)
+
+    def restore(self):
+        """Give the potential back the parameters it had before this evaluator set any."""
+        self.potential.set_parameters(self._saved)
 
     def _jacobian(self, atoms, quantity, where):
         pot, pmap = self.potential, self.pmap
@@ -207,36 +208,72 @@ class _FIMEvaluator:
         setup = pot._setup(atoms)
         if want[2] and setup.volume <= 0.0:
             raise InputError(f"evaluate_kwargs: {where} asks for stress but is not periodic (no cell volume)")
-        set_theta = pmap.setter(pot)
-        to_theta = pmap.to_theta
+        set_theta = self._set_theta
+        evaluate = pot._raw_evaluator(atoms, *want)
+        if isinstance(pmap.transform, IdentityTransform):
+            def predict_raw(phi):
+                """Predictions with forces still on the padded atoms (folded by the caller)."""
+                set_theta(phi)
+                return evaluate()
+        else:
+            to_theta = pmap.to_theta
+
+            def predict_raw(phi):
+                set_theta(to_theta(phi))
+                return evaluate()
 
         def predict(phi):
-            set_theta(to_theta(phi))
-            s = pot._setup(atoms)  # the same setup unless a cutoff changed
-            pot._point(s, *want)
-            pot._run(s)
+            s, raw = predict_raw(phi)
             if want[1]:
-                return pot._forces(s).reshape(-1)
-            if want[0]:
-                return s.energy.copy()
-            return s.virial / s.volume
+                return pot._fold(s, raw).reshape(-1)
+            return raw if want[0] else raw / s.volume
 
-        phi0 = pmap.phi0
-        if _is_plain_central(self.settings):
-            steps = np.broadcast_to(self.settings["step"], phi0.shape)
-            cols = []
-            for i, h in enumerate(steps):
-                phi = phi0.copy()
-                phi[i] = phi0[i] + h
-                plus = predict(phi)
-                phi[i] = phi0[i] - h
-                minus = predict(phi)
-                cols.append((plus - minus) / (2.0 * h))
-            return np.stack(cols, axis=1)
+        try:
+            if _is_plain_central(self.settings):
+                return self._central(predict_raw, setup, want[1], want[2])
+            return self._numdifftools(predict)
+        finally:
+            set_theta(pmap.theta0)
+
+    def _central(self, predict_raw, setup, forces, stress):
+        """One central difference per parameter (what numdifftools does for these settings).
+
+        Forces are differenced on the padded atoms and folded once per configuration.
+        """
+        pot = self.potential
+        phi0 = self.pmap.phi0
+        steps = np.broadcast_to(self.settings["step"], phi0.shape)
+        cols = []
+        for i, h in enumerate(steps):
+            phi = phi0.copy()
+            phi[i] = phi0[i] + h
+            s_plus, plus = predict_raw(phi)
+            phi[i] = phi0[i] - h
+            s_minus, minus = predict_raw(phi)
+            if forces and not (s_plus is setup and s_minus is setup):  # a cutoff moved: fold each
+                plus = _unfold_like(setup, pot._fold(s_plus, plus))
+                minus = _unfold_like(setup, pot._fold(s_minus, minus))
+            elif stress:
+                plus, minus = plus / s_plus.volume, minus / s_minus.volume
+            cols.append((plus - minus) / (2.0 * h))
+        jac = np.stack(cols, axis=-1)  # (n_padded, 3, P) for forces
+        if forces:
+            jac = pot._fold(setup, jac.reshape(jac.shape[0], -1)).reshape(setup.n * 3, -1)
+        return jac.reshape(-1, len(phi0))
+
+    def _numdifftools(self, predict):
+        phi0 = self.pmap.phi0
         import numdifftools as nd
 
         jac = nd.Jacobian(predict, **self.settings)(phi0.copy())
         return np.asarray(jac, dtype=float).reshape(-1, len(phi0))
+
+
+def _unfold_like(setup, folded):
+    """Folded forces (n, 3) placed on the rows of ``setup``'s real atoms, zeros on its padding."""
+    out = np.zeros((len(setup.coords), 3))
+    out[: setup.n] = folded
+    return out
 
 
 # one evaluator per worker process
@@ -356,6 +393,14 @@ class FIMTrainingSetScore(ConfigurationScore):
         _potential_spec(potential)
         quantities = _flags(evaluate_kwargs, len(configs))
         masks = _masks(list_of_mask, configs, quantities)
+        from atomscore.potentials.kim import pooled_potential
+
+        with pooled_potential(potential) as pot:
+            return self._compute_with(pot, configs, quantities, masks, parameters_optimize, transform,
+                                      derivative_kwargs, list_of_mask, nprocs)
+
+    def _compute_with(self, potential, configs, quantities, masks, parameters_optimize, transform,
+                      derivative_kwargs, list_of_mask, nprocs):
         ev = _FIMEvaluator(potential, parameters_optimize, transform, derivative_kwargs)
         for i, (atoms, q) in enumerate(zip(configs, quantities)):
             if q == "stress" and not np.any(atoms.pbc):
@@ -368,9 +413,13 @@ class FIMTrainingSetScore(ConfigurationScore):
 
         results = [None] * len(configs)
         if nprocs == 1 or len(configs) == 1:
-            for i, atoms in enumerate(tqdm(configs, desc="FIM training set", disable=None, leave=False)):
-                results[i] = ev.fim(atoms, quantities[i], masks[i], f"configuration {i}")
+            try:
+                for i, atoms in enumerate(tqdm(configs, desc="FIM training set", disable=None, leave=False)):
+                    results[i] = ev.fim(atoms, quantities[i], masks[i], f"configuration {i}")
+            finally:
+                ev.restore()
             return results
+        ev.restore()
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -455,6 +504,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         _masks(args.get("list_of_mask"), configs, quantities)
         check_int(args.get("nprocs", 1), "nprocs", minimum=1)
         ev = _FIMEvaluator(potential, args["parameters_optimize"], args.get("transform"), args.get("derivative_kwargs"))
+        ev.restore()
         for i, (atoms, q) in enumerate(zip(configs, quantities)):
             ev.potential._species_codes(atoms)
             if q == "stress" and not np.any(atoms.pbc):
@@ -471,6 +521,7 @@ class FIMTrainingSetScore(ConfigurationScore):
                 args["list_of_mask"] = [args.pop("mask")]
             ev = _FIMEvaluator(args["potential"], args["parameters_optimize"], args.get("transform"),
                                args.get("derivative_kwargs"))
+            ev.restore()
             n = None
             evk = args.get("evaluate_kwargs")
             if isinstance(evk, dict):

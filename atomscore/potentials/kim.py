@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class _Setup:
     """Padding atoms, neighbour list and KIM compute arguments of one configuration."""
 
     __slots__ = ("n", "coords", "species", "contributing", "images", "nl", "cutoffs",
-                 "influence", "args", "n_particles", "energy", "forces", "virial",
+                 "influence", "cutoff_list", "args", "n_particles", "energy", "forces", "virial",
                  "pointers", "volume", "fold")
 
 
@@ -130,25 +131,23 @@ class KIMPotential:
         if not accepted:
             raise PotentialError(f"KIM model {kim_id!r} does not accept the units eV, Å, e, K, ps")
         self._model = model
-        self._codes = {}
-        for i in range(kimpy.species_name.get_number_of_species_names()):
-            sname = kimpy.species_name.get_species_name(i)
-            supported, code = model.get_species_support_and_code(sname)
-            if supported:
-                self._codes[str(sname)] = int(code)
+        self._all_codes = None  # every supported species, listed on first need (139 queries)
+        from ase.data import chemical_symbols
+
+        self._code_by_number = np.full(len(chemical_symbols), -1, dtype=np.intc)
         if species is None:
-            self.species = sorted(self._codes)
+            self._species = None
         else:
             if isinstance(species, str):
                 species = [species]
-            bad = [s for s in species if s not in self._codes]
+            species = list(species)
+            bad = [sym for sym in species if self._species_code(sym) is None]
             if bad:
-                raise InputError(f"species: model {kim_id} does not support {bad}; it supports {sorted(self._codes)}")
-            self.species = list(species)
-        self._code_by_number = np.full(119, -1, dtype=np.intc)
-        from ase.data import atomic_numbers
-        for sym in self.species:
-            self._code_by_number[atomic_numbers[sym]] = self._codes[sym]
+                raise InputError(f"species: model {kim_id} does not support {bad}; it supports "
+                                 f"{sorted(self._supported_codes())}")
+            self._species = species
+            for sym in species:
+                self._code_by_number[chemical_symbols.index(sym)] = self._species_code(sym)
         self._params = OrderedDict()
         for i in range(model.get_number_of_parameters()):
             dtype, extent, name, description = model.get_parameter_metadata(i)
@@ -158,6 +157,35 @@ class KIMPotential:
         self._dirty = False
         self._refresh_cutoffs()
         self._cache = OrderedDict()
+
+    # ------------------------------------------------------------------ species
+    def _species_code(self, symbol):
+        """KIM species code of ``symbol``, or None if the model does not support it."""
+        kimpy = _kimpy
+        sname = getattr(kimpy.species_name, symbol, None)
+        if sname is None:
+            return None
+        supported, code = self._model.get_species_support_and_code(sname)
+        return int(code) if supported else None
+
+    def _supported_codes(self):
+        if self._all_codes is None:
+            kimpy = _kimpy
+            codes = {}
+            for i in range(kimpy.species_name.get_number_of_species_names()):
+                sname = kimpy.species_name.get_species_name(i)
+                supported, code = self._model.get_species_support_and_code(sname)
+                if supported:
+                    codes[str(sname)] = int(code)
+            self._all_codes = codes
+        return self._all_codes
+
+    @property
+    def species(self):
+        """Chemical symbols this potential covers (given, or every species the model supports)."""
+        if self._species is None:
+            return sorted(self._supported_codes())
+        return list(self._species)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -190,7 +218,9 @@ class KIMPotential:
     def to_spec(self):
         """Return the JSON-able dict that re-creates this potential (parameters not included)."""
         args = dict(self._extra_args)
-        args.update(kim_id=self.kim_id, species=list(self.species), kim_api=self.kim_api)
+        args.update(kim_id=self.kim_id, kim_api=self.kim_api)
+        if self._species is not None:
+            args["species"] = list(self._species)
         return {"potential_type": "KIM", "potential_args": args}
 
     def __repr__(self):
@@ -305,14 +335,25 @@ class KIMPotential:
             except RuntimeError as exc:
                 raise PotentialError(f"{self.kim_id}: the model refused the new parameters ({exc})") from None
         self._dirty = False
-        self._influence = float(self._model.get_influence_distance())
+        self._influence = self._model.get_influence_distance()
         cutoffs, hints = self._model.get_neighbor_list_cutoffs_and_hints()
-        self._cutoffs = np.array(cutoffs, dtype=np.double)
-        self._padding_needs_neighbors = not bool(np.all(np.asarray(hints) == 1))
+        cutoff_list = cutoffs.tolist()
+        if cutoff_list != getattr(self, "_cutoff_list", None):
+            self._cutoff_list = cutoff_list
+            self._cutoffs = np.array(cutoffs, dtype=np.double)
+        self._padding_needs_neighbors = not all(h == 1 for h in hints.tolist())
 
     def _species_codes(self, atoms):
-        numbers = atoms.numbers
-        codes = self._code_by_number[np.clip(numbers, 0, 118)]
+        numbers = np.clip(atoms.numbers, 0, len(self._code_by_number) - 1)
+        codes = self._code_by_number[numbers]
+        if self._species is None and np.any(codes < 0):
+            from ase.data import chemical_symbols
+
+            for z in np.unique(numbers[codes < 0]):  # learn the codes of new species on first sight
+                code = self._species_code(chemical_symbols[z])
+                if code is not None:
+                    self._code_by_number[z] = code
+            codes = self._code_by_number[numbers]
         if np.any(codes < 0):
             bad = sorted({s for s, c in zip(atoms.get_chemical_symbols(), codes) if c < 0})
             raise InputError(f"configuration has species {bad} that this potential ({self.kim_id}, "
@@ -331,13 +372,54 @@ class KIMPotential:
         setup = self._cache.get(key)
         if setup is not None:
             self._cache.move_to_end(key)
-            if setup.influence == self._influence and np.array_equal(setup.cutoffs, self._cutoffs):
+            if setup.influence == self._influence and setup.cutoff_list == self._cutoff_list:
                 return setup
         setup = self._build(atoms)
         self._cache[key] = setup
         while len(self._cache) > NEIGHBOR_CACHE_SIZE:
             self._cache.popitem(last=False)
         return setup
+
+    def _current(self, setup, atoms):
+        """``setup`` if the model's cutoffs are unchanged since it was built, else a new one."""
+        if self._dirty:
+            self._refresh_cutoffs()
+            if setup.influence != self._influence or setup.cutoff_list != self._cutoff_list:
+                return self._setup(atoms)
+        return setup
+
+    def _raw_evaluator(self, atoms, energy=False, forces=False, stress=False):
+        """Return ``evaluate() -> (setup, raw)``: one model evaluation with the live parameters.
+
+        ``raw`` is a new array: the energy ``(1,)``, the forces on the padded atoms
+        ``(n_padded, 3)`` (fold with :meth:`_fold` and the returned setup) or the virial ``(6,)``
+        (divide by ``setup.volume`` for the stress). The setup is rebuilt only if a parameter
+        change moved the model's cutoffs. Used by finite-difference loops, where the cost of
+        everything but the model's compute matters.
+        """
+        want = (bool(energy), bool(forces), bool(stress))
+        state = [self._setup(atoms)]
+        compute = self._model.compute
+
+        def evaluate():
+            s = state[0]
+            if self._dirty:
+                self._refresh_cutoffs()
+                if s.influence != self._influence or s.cutoff_list != self._cutoff_list:
+                    s = state[0] = self._setup(atoms)
+            if s.pointers != want:
+                self._point(s, *want)
+            try:
+                compute(s.args)
+            except RuntimeError as exc:
+                raise PotentialError(f"{self.kim_id}: KIM compute failed ({exc})") from None
+            if want[1]:
+                return s, s.forces.copy()
+            if want[0]:
+                return s, s.energy.copy()
+            return s, s.virial.copy()
+
+        return evaluate
 
     def _build(self, atoms):
         kimpy = _kimpy
@@ -357,7 +439,10 @@ class KIMPotential:
             if s.volume <= 0.0:
                 raise InputError(f"configuration is periodic ({pbc.tolist()}) but its cell has no volume")
             # kimpy's padding expects atoms inside the cell along periodic directions
-            pos = wrap_positions(pos, cell, pbc=pbc)
+            frac = pos @ np.linalg.inv(cell)
+            inside = (frac >= 0.0) & (frac < 1.0)
+            if not np.all(inside[:, pbc]):
+                pos = wrap_positions(pos, cell, pbc=pbc)
             pad_pos, pad_codes, images = kimpy.neighlist.create_paddings(
                 self._influence, cell, pbc.astype(np.intc), np.ascontiguousarray(pos), codes)
             pad_pos = np.asarray(pad_pos, dtype=np.double).reshape(-1, 3)
@@ -377,6 +462,7 @@ class KIMPotential:
             need[n:] = 0
         s.influence = self._influence
         s.cutoffs = self._cutoffs.copy()
+        s.cutoff_list = list(self._cutoff_list)
         s.nl = kimpy.neighlist.create()
         try:
             s.nl.build(s.coords, s.influence, s.cutoffs, need)
@@ -397,10 +483,11 @@ class KIMPotential:
         s.args = args
         s.pointers = (False, False, False)
         if len(images):
-            # padding forces fold back onto their atoms: forces = fold @ padded_forces
-            from scipy.sparse import csr_matrix
-            rows = np.concatenate([np.arange(n), images])
-            s.fold = csr_matrix((np.ones(n_tot), (rows, np.arange(n_tot))), shape=(n, n_tot))
+            # padding forces fold back onto their atoms: sorted by atom, summed with reduceat
+            order = np.argsort(images, kind="stable")
+            sorted_images = images[order]
+            starts = np.flatnonzero(np.r_[True, sorted_images[1:] != sorted_images[:-1]])
+            s.fold = (n + order, sorted_images[starts], starts)
         else:
             s.fold = None
         return s
@@ -425,10 +512,17 @@ class KIMPotential:
         except RuntimeError as exc:
             raise PotentialError(f"{self.kim_id}: KIM compute failed ({exc})") from None
 
+    @staticmethod
+    def _fold(s, padded):
+        """Sum the rows of padding atoms onto their atoms: ``(n_total, k)`` -> ``(n, k)``."""
+        out = padded[: s.n].copy()
+        if s.fold is not None:
+            rows, owners, starts = s.fold
+            out[owners] += np.add.reduceat(padded[rows], starts, axis=0)
+        return out
+
     def _forces(self, s):
-        if s.fold is None:
-            return s.forces[: s.n].copy()
-        return s.fold @ s.forces
+        return self._fold(s, s.forces)
 
     def compute(self, atoms, energy=True, forces=False, stress=False):
         """Evaluate the model on one configuration, computing only what is asked.
@@ -469,6 +563,39 @@ class KIMPotential:
         are checked every time).
         """
         return KIMCalculator(self)
+
+
+#: idle potentials of this process, by spec: opening a model costs milliseconds
+_POOL: dict = {}
+_POOL_SIZE = 4
+
+
+@contextmanager
+def pooled_potential(spec):
+    """Lend a :class:`KIMPotential` for ``spec`` (dict form), reused across calls in this process.
+
+    A lent potential starts with the model's installed parameter values and keeps its
+    neighbour-list cache; it is not shared while lent. A :class:`KIMPotential` given instead
+    of a dict is lent as is.
+    """
+    if isinstance(spec, KIMPotential):
+        yield spec
+        return
+    import json
+
+    key = json.dumps(spec, sort_keys=True, default=str)
+    idle = _POOL.setdefault(key, [])
+    if idle:
+        pot = idle.pop()
+        pot.set_parameters(pot._installed)
+    else:
+        pot = KIMPotential.from_spec(spec)
+        pot._installed = pot.get_parameters()
+    try:
+        yield pot
+    finally:
+        if len(idle) < _POOL_SIZE:
+            idle.append(pot)
 
 
 def _rebuild(spec, parameters):

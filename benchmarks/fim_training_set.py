@@ -1,0 +1,134 @@
+"""FIMTrainingSetScore against the straightforward loop and against the bare model cost.
+
+20 rattled 64-atom diamond Si configurations, SW Si (OpenKIM), parameters A, B, sigma, gamma,
+lambda, forces FIM. Measured side by side in one run (medians of a few repeats):
+
+- ours: ``FIMTrainingSetScore.compute_batch`` (default central differences, 10 % steps);
+- loop: what the reference does -- ASE's KIM calculator, ``calc.set_parameters`` then
+  ``atoms.get_forces()`` for every evaluation requested by ``numdifftools.Jacobian`` with the
+  same method and steps;
+- bare: (number of model evaluations we make) x (one kimpy force evaluation of the configuration,
+  padding and neighbour list already built), summed over configurations.
+
+Acceptance (issue 5): loop / ours >= 3 and ours / bare <= 1.3.
+
+Run: ``.venv/bin/python benchmarks/fim_training_set.py [--repeats 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+SW = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
+PARAMS = ["A", "B", "sigma", "gamma", "lambda"]
+
+
+def configurations(n=20, seed=0):
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+        a.positions += rng.normal(scale=0.1, size=a.positions.shape)
+        out.append(a)
+    return out
+
+
+def ours(configs):
+    from atomscore.fim.training_set import FIMTrainingSetScore
+
+    score = FIMTrainingSetScore()
+    return score.compute_batch(
+        configs, "SENSITIVITY",
+        potential={"potential_type": "KIM", "potential_args": {"kim_id": SW}},
+        parameters_optimize={p: [["default"]] for p in PARAMS})
+
+
+def loop(configs):
+    """The reference's way: ASE KIM calculator, set_parameters + get_forces per evaluation."""
+    import numdifftools as nd
+    from ase.calculators.kim import KIM
+
+    calc = KIM(SW)
+    x0 = np.array([calc.get_parameters(**{p: [0]})[p][1][0] for p in PARAMS])
+    fims = []
+    for atoms in configs:
+        a = atoms.copy()
+        a.calc = calc
+
+        def forces(x):
+            calc.set_parameters(**{p: [[0], [float(v)]] for p, v in zip(PARAMS, x)})
+            return a.get_forces().ravel()
+
+        jac = nd.Jacobian(forces, method="central", step=0.1 * np.abs(x0))(x0)
+        calc.set_parameters(**{p: [[0], [float(v)]] for p, v in zip(PARAMS, x0)})
+        fims.append(jac.T @ jac)
+    return fims
+
+
+def bare_runner(configs, n_evals):
+    """A function doing n_evals bare kimpy force evaluations per configuration (setups prebuilt)."""
+    from atomscore.potentials.kim import KIMPotential
+
+    pot = KIMPotential(SW)
+    setups = []
+    for atoms in configs:
+        s = pot._setup(atoms)
+        pot._point(s, False, True, False)
+        setups.append(s)
+    compute = pot._model.compute
+
+    def bare(_configs):
+        for s in setups:
+            for _ in range(n_evals):
+                compute(s.args)
+
+    return bare
+
+
+def interleaved(fns, configs, repeats, clock):
+    """Median seconds of each function, run in turns so machine load hits all alike."""
+    times = {name: [] for name in fns}
+    results = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = clock()
+            results[name] = fn(configs)
+            times[name].append(clock() - t)
+    return {name: float(np.median(v)) for name, v in times.items()}, results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--configs", type=int, default=20)
+    args = parser.parse_args(argv)
+    configs = configurations(args.configs)
+    ours(configs[:1])  # warm up imports and the model library
+    loop(configs[:1])
+
+    n_evals = 2 * len(PARAMS)  # central differences, one step: 2P evaluations per configuration
+    n_evals_nd = n_evals + 1  # numdifftools also evaluates the centre
+    fns = {"ours": ours, "loop": loop, "bare": bare_runner(configs, n_evals)}
+    print(f"{len(configs)} configurations x 64 atoms, P = {len(PARAMS)} ({', '.join(PARAMS)}), forces FIM, "
+          f"medians of {args.repeats} interleaved runs")
+    # wall time, and process CPU time (robust on a machine shared with other jobs)
+    for label, clock in (("wall", time.perf_counter), ("cpu", time.process_time)):
+        med, res = interleaved(fns, configs, args.repeats, clock)
+        t_ours, t_loop, t_bare = med["ours"], med["loop"], med["bare"]
+        bare_one = t_bare / n_evals
+        print(f"[{label}] ours {t_ours * 1e3:7.1f} ms | loop (ASE KIM + numdifftools) {t_loop * 1e3:7.1f} ms | "
+              f"bare ({n_evals} x one kimpy force eval per config) {t_bare * 1e3:7.1f} ms")
+        print(f"[{label}] loop / ours = {t_loop / t_ours:5.2f} (acceptance >= 3);  ours / bare = "
+              f"{t_ours / t_bare:5.2f} (acceptance <= 1.3);  ours / ({n_evals_nd} x bare, numdifftools' "
+              f"count) = {t_ours / (n_evals_nd * bare_one):5.2f}")
+    diff = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(res["ours"], res["loop"]))
+    print(f"max relative FIM difference ours vs loop: {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
