@@ -173,7 +173,7 @@ CASES = {
                                             check=check_quests_delta_entropy),
     "09_quests_delta_entropy_in_memory": Case("QUESTSDeltaEntropyScore", "quests_delta_entropy_score", "on",
                                               issue=3, check=check_quests_delta_entropy),
-    "10_fim_training_set": Case("FIMTrainingSetScore", "fim_training_set_score", issue=5),
+    "10_fim_training_set": Case("FIMTrainingSetScore", "fim_training_set_score", status="on", issue=5),
     "11_fim_property": Case("FIMPropertyScore", "fim_property_score", status="on", issue=6,
                             check=_check_11_fim_property),
     "12_fim_property_kimrun": Case(
