@@ -123,24 +123,35 @@ def _options(precision, tile_size, n_threads):
 class _Operands:
     """Centred, augmented descriptor blocks for one bandwidth.
 
-    ``left[i] @ right_t[:, j]`` is ``-gamma |y_i - x_j|^2 - offset_i``
-    (``gamma = 1/(2h^2)``): the exponent of the kernel, shifted per row.
+    ``left[i] @ right[j]`` is ``-gamma |y_i - x_j|^2`` (``gamma = 1/(2h^2)``): the
+    exponent of the kernel. ``right`` is used transposed in the products (BLAS reads it
+    so, no copy).
     """
 
-    def __init__(self, yc, xc, gamma, dtype, offset=None):
+    def __init__(self, left, right):
+        self.left, self.right = left, right
+
+    @classmethod
+    def build(cls, yc, xc, gamma, dtype):
         d = yc.shape[1]
-        ny = np.einsum("ij,ij->i", yc, yc)
-        nx = np.einsum("ij,ij->i", xc, xc)
         left = np.empty((len(yc), d + 2), dtype=dtype)
         left[:, :d] = (2.0 * gamma) * yc
-        left[:, d] = -gamma * ny if offset is None else -gamma * ny - offset
+        left[:, d] = -gamma * np.einsum("ij,ij->i", yc, yc)
         left[:, d + 1] = 1.0
-        right = np.empty((len(xc), d + 2), dtype=dtype)
-        right[:, :d] = xc
-        right[:, d] = 1.0
-        right[:, d + 1] = -gamma * nx
-        self.left = left
-        self.right_t = np.ascontiguousarray(right.T)
+        if xc is yc:  # the symmetric case: the same rows on both sides
+            right = np.empty_like(left)
+            right[:, :d] = xc
+            right[:, d], right[:, d + 1] = 1.0, left[:, d]
+        else:
+            right = np.empty((len(xc), d + 2), dtype=dtype)
+            right[:, :d] = xc
+            right[:, d] = 1.0
+            right[:, d + 1] = -gamma * np.einsum("ij,ij->i", xc, xc)
+        return cls(left, right)
+
+    def rows(self, index):
+        """The same operands for a subset of the query rows."""
+        return _Operands(self.left[index], self.right)
 
 
 def _tile_pairs(n_rows, n_cols, tile, symmetric):
@@ -160,56 +171,49 @@ def _run_tiles(work, pairs, n_threads):
         return list(pool.map(work, chunks))
 
 
-def _tile_pass(ops_list, n_rows, n_cols, tile, symmetric, dtype, n_threads, clip=None, reduce="sum"):
-    """One pass over the tiles of exponents ``e = left @ right_t``.
+def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, floor, shifted=False):
+    """One pass over the tiles of exponents ``e = left @ right.T``; returns (n_rows, n_h).
 
-    ``reduce='sum'``: row sums of ``exp(clip(e))`` (plus column sums on off-diagonal
-    tiles when ``symmetric``), accumulated in float64. ``reduce='max'``: row maxima of
-    ``e``. Returns (n_rows, n_h).
+    ``shifted=False``: row sums of ``exp(max(e, floor))`` (plus the column sums of the
+    off-diagonal tiles when ``symmetric``), accumulated in float64.
+    ``shifted=True``: ``log`` of the row sums by a one-pass log-sum-exp: each row keeps its
+    largest exponent so far ``m`` and the sum ``s`` of ``exp(e - m)`` (rescaled by
+    ``exp(m_old - m_new)`` when a tile raises ``m``), so its largest term is 1 and no row
+    underflows; ``log p = m + log s``.
     """
-    n_h = len(ops_list)
+    n_rows, n_cols, n_h = len(ops_list[0].left), len(ops_list[0].right), len(ops_list)
     pairs = _tile_pairs(n_rows, n_cols, tile, symmetric)
-    is_sum = reduce == "sum"
 
     def work(chunk):
-        acc = np.zeros((n_rows, n_h)) if is_sum else np.full((n_rows, n_h), -np.inf)
+        acc = np.zeros((n_rows, n_h))
+        top = np.full((n_rows, n_h), -np.inf) if shifted else None
         acc_cols = np.zeros((n_cols, n_h)) if symmetric else None
         buf = np.empty((tile, tile), dtype=dtype)
         for a, b in chunk:
             for k, ops in enumerate(ops_list):
-                left = ops.left[a:a + tile]
-                right_t = ops.right_t[:, b:b + tile]
-                e = buf[:left.shape[0], :right_t.shape[1]]
-                np.matmul(left, right_t, out=e)
-                if not is_sum:
-                    np.maximum(acc[a:a + tile, k], e.max(axis=1), out=acc[a:a + tile, k])
-                    continue
-                np.clip(e, clip[0], clip[1], out=e)
+                left, right = ops.left[a:a + tile], ops.right[b:b + tile]
+                e = buf[:len(left), :len(right)]
+                np.matmul(left, right.T, out=e)
+                if shifted:
+                    m_old = top[a:a + tile, k]
+                    m_new = np.maximum(m_old, e.max(axis=1))
+                    e -= m_new[:, None].astype(dtype)
+                    acc[a:a + tile, k] *= np.exp(m_old - m_new)
+                    top[a:a + tile, k] = m_new
+                np.maximum(e, floor, out=e)  # exp below ``floor`` would be subnormal: slow
                 np.exp(e, out=e)
                 acc[a:a + tile, k] += e.sum(axis=1)
                 if symmetric and b != a:
                     acc_cols[b:b + tile, k] += e.sum(axis=0)
+        if shifted:
+            return top, acc
         return acc if not symmetric else acc + acc_cols
 
     parts = _run_tiles(work, pairs, n_threads)
-    return sum(parts) if is_sum else np.maximum.reduce(parts)
-
-
-def _repair(yc, xc, gammas, dtype, tile, n_threads):
-    """Exact float64 ``log sum_j exp(-gamma |y_i - x_j|^2)`` for rows whose plain sum underflowed.
-
-    Log-sum-exp in two passes: the row maxima ``m_i`` of the exponents (in the working
-    precision: only a shift, it need not be exact), then the float64 sum of
-    ``exp(e_ij - m_i)`` -- whose largest term is about 1, so nothing underflows -- and
-    ``log p_i = m_i + log sum``.
-    """
-    n_rows, n_cols = len(yc), len(xc)
-    ops = [_Operands(yc, xc, g, dtype) for g in gammas]
-    m = _tile_pass(ops, n_rows, n_cols, tile, False, dtype, n_threads, reduce="max")
-    shifted = [_Operands(yc, xc, g, np.float64, offset=m[:, k]) for k, g in enumerate(gammas)]
-    s = _tile_pass(shifted, n_rows, n_cols, tile, False, np.float64, n_threads,
-                   clip=(_FLOOR["float64"], 30.0))
-    return m + np.log(s)
+    if not shifted:
+        return sum(parts)
+    top = np.maximum.reduce([m for m, _ in parts])
+    return top + np.log(sum(s * np.exp(m - top) for m, s in parts))
 
 
 def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64",
@@ -252,20 +256,21 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
 
 
 def _log_sums(y, x, symmetric, h, precision, tile, threads):
+    """``log p`` (n_rows, n_h): a plain pass, then a shifted pass for rows that underflowed."""
     dtype = np.float32 if precision == "float32" else np.float64
     centre = x.mean(axis=0)
     xc = x - centre
     yc = xc if symmetric else y - centre
-    gammas = 1.0 / (2.0 * h * h)
-    ops_list = [_Operands(yc, xc, g, dtype) for g in gammas]
+    ops_list = [_Operands.build(yc, xc, g, dtype) for g in 1.0 / (2.0 * h * h)]
     floor = _FLOOR[precision]
-    p = _tile_pass(ops_list, len(y), len(x), tile, symmetric, dtype, threads, clip=(floor, 0.0))
+    p = _tile_pass(ops_list, tile, symmetric, dtype, threads, floor)
     with np.errstate(divide="ignore"):
         logp = np.log(p)
     limit = len(x) * math.exp(floor) * _REPAIR_MARGIN
     bad = np.nonzero(np.any(p < limit, axis=1))[0]
     if bad.size:
-        logp[bad] = _repair(yc[bad], xc, gammas, dtype, tile, threads)
+        logp[bad] = _tile_pass([ops.rows(bad) for ops in ops_list], tile, False, dtype, threads, floor,
+                               shifted=True)
     return logp
 
 
