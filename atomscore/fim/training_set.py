@@ -276,6 +276,16 @@ def _unfold_like(setup, folded):
     return out
 
 
+def _pool_context():
+    """'fork' where available: importing information_matching (for its transforms) replaces
+    multiprocessing's default reducer with one that breaks 'spawn' and 'forkserver' start-up.
+    Workers open their own KIM model in the initializer, so nothing of the parent's model is used."""
+    import multiprocessing as mp
+    import sys
+
+    return mp.get_context("spawn" if sys.platform == "win32" else "fork")
+
+
 # one evaluator per worker process
 _WORKER = {}
 
@@ -426,7 +436,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         init = (ev.potential.to_spec(), {k: v.tolist() for k, v in ev.potential.get_parameters().items()},
                 parameters_optimize, transform_to_dict(ev.pmap.transform), derivative_kwargs)
         tasks = [(i, atoms, quantities[i], masks[i]) for i, atoms in enumerate(configs)]
-        with ProcessPoolExecutor(max_workers=min(nprocs, len(configs)), mp_context=mp.get_context("spawn"),
+        with ProcessPoolExecutor(max_workers=min(nprocs, len(configs)), mp_context=_pool_context(),
                                  initializer=_worker_init, initargs=init) as pool:
             chunk = max(1, len(tasks) // (4 * nprocs))
             for i, fim in tqdm(pool.map(_worker_fim, tasks, chunksize=chunk), total=len(tasks),
