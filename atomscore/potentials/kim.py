@@ -344,7 +344,9 @@ class KIMPotential:
         self._padding_needs_neighbors = not all(h == 1 for h in hints.tolist())
 
     def _species_codes(self, atoms):
-        numbers = np.clip(atoms.numbers, 0, len(self._code_by_number) - 1)
+        numbers = atoms.numbers
+        if numbers.min() < 0 or numbers.max() >= len(self._code_by_number):
+            raise InputError(f"configuration has atomic numbers outside 0..{len(self._code_by_number) - 1}")
         codes = self._code_by_number[numbers]
         if self._species is None and np.any(codes < 0):
             from ase.data import chemical_symbols
@@ -423,26 +425,28 @@ class KIMPotential:
 
     def _build(self, atoms):
         kimpy = _kimpy
-        from ase.geometry import wrap_positions
-
         n = len(atoms)
         if n == 0:
             raise InputError("configuration has no atoms")
         codes = self._species_codes(atoms)
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        cell = np.array(atoms.cell, dtype=np.double)
+        pbc = np.array(atoms.pbc, dtype=bool)
+        cell = np.array(atoms.cell.array, dtype=np.double)
         s = _Setup()
         s.n = n
-        s.volume = abs(float(np.linalg.det(cell))) if pbc.any() else 0.0
+        periodic = bool(pbc.any())
+        s.volume = abs(float(np.linalg.det(cell))) if periodic else 0.0
         pos = np.array(atoms.positions, dtype=np.double)
-        if pbc.any():
+        if periodic:
             if s.volume <= 0.0:
                 raise InputError(f"configuration is periodic ({pbc.tolist()}) but its cell has no volume")
             # kimpy's padding expects atoms inside the cell along periodic directions
             frac = pos @ np.linalg.inv(cell)
-            inside = (frac >= 0.0) & (frac < 1.0)
-            if not np.all(inside[:, pbc]):
-                pos = wrap_positions(pos, cell, pbc=pbc)
+            fp = frac[:, pbc]
+            if fp.min() < 0.0 or fp.max() >= 1.0:
+                fp %= 1.0
+                fp[fp >= 1.0] = 0.0  # -1e-17 % 1.0 rounds to 1.0
+                frac[:, pbc] = fp
+                pos = frac @ cell
             pad_pos, pad_codes, images = kimpy.neighlist.create_paddings(
                 self._influence, cell, pbc.astype(np.intc), np.ascontiguousarray(pos), codes)
             pad_pos = np.asarray(pad_pos, dtype=np.double).reshape(-1, 3)
@@ -486,7 +490,10 @@ class KIMPotential:
             # padding forces fold back onto their atoms: sorted by atom, summed with reduceat
             order = np.argsort(images, kind="stable")
             sorted_images = images[order]
-            starts = np.flatnonzero(np.r_[True, sorted_images[1:] != sorted_images[:-1]])
+            new_owner = np.empty(len(sorted_images), dtype=bool)
+            new_owner[0] = True
+            np.not_equal(sorted_images[1:], sorted_images[:-1], out=new_owner[1:])
+            starts = np.flatnonzero(new_owner)
             s.fold = (n + order, sorted_images[starts], starts)
         else:
             s.fold = None
