@@ -266,3 +266,28 @@ def test_run_as_jobs_with_objects(configs, tmp_path):
     direct = score.compute_batch(configs, **args)
     for atoms, fim in zip(got, direct):
         np.testing.assert_allclose(np.asarray(atoms.info["fim_training_set_score"]), fim, rtol=1e-12)
+
+
+def test_a_potential_changed_in_place_reaches_the_jobs(configs, tmp_path):
+    """A KIMPotential whose parameters were changed in place (sigma and gamma, not optimised)
+    gives the same FIM through run() job folders as in memory: its spec carries them."""
+    from atomscore.jobs.workflow import LocalWorkflow
+
+    pot = KIMPotential(SW)
+    pot.set_parameter("sigma", pot.get_parameter("sigma") * 1.02)
+    pot.set_parameter("gamma", pot.get_parameter("gamma") * 0.95)
+    args = {"potential": pot, "parameters_optimize": {"A": [["default"]], "B": [["default"]]}}
+    score = FIMTrainingSetScore()
+    expected = score.compute_batch(configs, "SENSITIVITY", **args)
+    default = score.compute_batch(configs, "SENSITIVITY", potential=KIMPotential(SW),
+                                  parameters_optimize=args["parameters_optimize"])
+    assert not np.allclose(expected[0], default[0], rtol=1e-3), "the changed parameters must matter"
+    workflow = LocalWorkflow(tmp_path / "jobs", nprocs=2)
+    ids = score.run("live", configs, {"score_quantity": "SENSITIVITY", **args}, workflow=workflow)
+    workflow.block_until_completed(ids)
+    for atoms, ref in zip(score.data_from_calc_ids(ids), expected):
+        np.testing.assert_allclose(atoms.info["fim_training_set_score"], ref, rtol=1e-12)
+    spec = pot.to_spec()["potential_args"]
+    assert set(spec["parameters"]) == {"sigma", "gamma"}
+    again = KIMPotential.from_spec(pot.to_spec())
+    np.testing.assert_array_equal(again.get_parameter("sigma"), pot.get_parameter("sigma"))

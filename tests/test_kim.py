@@ -156,3 +156,24 @@ def test_ase_calculator_view_follows_parameters(si64):
     assert e1 != e0
     assert e1 == pytest.approx(ase_kim(si64, A=16.0).get_potential_energy(), abs=1e-9)
     np.testing.assert_allclose(a.get_stress(), ase_kim(si64, A=16.0).get_stress(), atol=1e-12)
+
+
+def test_stress_alone_matches_energy_finite_differences_for_eam():
+    """EAM Dynamo fills the virial only in its force pass: a stress-only request must still
+    give the stress, equal to the finite-difference strain derivative of the energy (ASE)."""
+    from ase.build import bulk
+
+    from atomscore.potentials.kim import KIMPotential
+
+    pot = KIMPotential("EAM_Dynamo_AcklandTichyVitek_1987_Cu__MO_179025990738_005")
+    atoms = bulk("Cu", "fcc", 3.68, cubic=True).repeat(2)
+    atoms.set_cell(atoms.cell.array @ np.array([[1.0, 0.01, 0.0], [0.0, 0.99, 0.02], [0.0, 0.0, 1.01]]),
+                   scale_atoms=True)
+    atoms.rattle(0.02, seed=3)
+    alone = pot.compute(atoms, energy=False, forces=False, stress=True)["stress"]
+    with_forces = pot.compute(atoms, energy=False, forces=True, stress=True)["stress"]
+    atoms.calc = pot.get_calculator()
+    numerical = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
+    np.testing.assert_allclose(alone, with_forces, rtol=1e-12)
+    np.testing.assert_allclose(alone, numerical, rtol=1e-5, atol=1e-8)
+    assert np.abs(alone).max() > 1e-3

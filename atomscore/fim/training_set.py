@@ -430,7 +430,6 @@ class FIMTrainingSetScore(ConfigurationScore):
                 ev.restore()
             return results
         ev.restore()
-        import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         init = (ev.potential.to_spec(), {k: v.tolist() for k, v in ev.potential.get_parameters().items()},
@@ -467,36 +466,11 @@ class FIMTrainingSetScore(ConfigurationScore):
     def prepare_compute_args(self, compute_args):
         """Turn a KIMPotential and a transform object into their JSON forms (a new dict)."""
         args = dict(compute_args)
-        if "potential" in args and args["potential"] is not None:
-            args["potential"] = _potential_spec(args["potential"])
-            pot = compute_args["potential"]
-            if not isinstance(pot, dict) and "parameters_optimize" in args:
-                # 'default' means the live value of this object's parameters: write them out
-                args["parameters_optimize"] = self._resolve_defaults(pot, args["parameters_optimize"])
+        if args.get("potential") is not None:
+            args["potential"] = _potential_spec(args["potential"])  # live parameters included
         if args.get("transform") is not None and not isinstance(args["transform"], dict):
             args["transform"] = transform_to_dict(args["transform"])
         return args
-
-    @staticmethod
-    def _resolve_defaults(potential, parameters_optimize):
-        if not isinstance(parameters_optimize, dict):
-            return parameters_optimize
-        out = {}
-        for name, entries in parameters_optimize.items():
-            try:
-                current = potential.get_parameter(name)
-            except InputError:
-                out[name] = entries
-                continue
-            new = []
-            for e, entry in enumerate(entries if isinstance(entries, (list, tuple)) else []):
-                if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str) \
-                        and entry[0].lower() == "default" and e < len(current):
-                    new.append([float(current[e]), *entry[1:]])
-                else:
-                    new.append(entry)
-            out[name] = new if isinstance(entries, (list, tuple)) else entries
-        return out
 
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Validate everything before a job folder is written (opens the model once)."""

@@ -102,6 +102,9 @@ class KIMPotential:
         Chemical symbols this potential is used for; default: every species the model supports.
     kim_api : str
         The ``kim-api-collections-management`` executable (named in the install hint).
+    parameters : dict, optional
+        ``{name: values}`` set right after the model is opened (as written by :meth:`to_spec`
+        for parameters changed in place).
     **ignored_reference_args
         Arguments of the reference's potential spec that have no meaning here (e.g.
         ``model_driver``); accepted and kept in :meth:`to_spec`.
@@ -115,7 +118,7 @@ class KIMPotential:
         A requested species is not supported by the model.
     """
 
-    def __init__(self, kim_id, species=None, kim_api=_DEFAULT_KIM_API, **ignored_reference_args):
+    def __init__(self, kim_id, species=None, kim_api=_DEFAULT_KIM_API, parameters=None, **ignored_reference_args):
         if not isinstance(kim_id, str) or not kim_id:
             raise InputError(f"kim_id: expected a KIM model id string, got {kim_id!r}")
         kimpy = _import_kimpy()
@@ -157,6 +160,9 @@ class KIMPotential:
         self._dirty = False
         self._refresh_cutoffs()
         self._cache = OrderedDict()
+        self._defaults = self.get_parameters()
+        if parameters is not None:
+            self.set_parameters(parameters)
 
     # ------------------------------------------------------------------ species
     def _species_code(self, symbol):
@@ -216,19 +222,27 @@ class KIMPotential:
         return cls(**args)
 
     def to_spec(self):
-        """Return the JSON-able dict that re-creates this potential (parameters not included)."""
+        """Return the JSON-able dict that re-creates this potential, live parameters included.
+
+        Parameters changed in place since the model was opened are written as
+        ``potential_args['parameters']``, so a job re-creates exactly this model.
+        """
         args = dict(self._extra_args)
         args.update(kim_id=self.kim_id, kim_api=self.kim_api)
         if self._species is not None:
             args["species"] = list(self._species)
+        changed = {name: values.tolist() for name, values in self.get_parameters().items()
+                   if not np.array_equal(values, self._defaults[name])}
+        if changed:
+            args["parameters"] = changed
         return {"potential_type": "KIM", "potential_args": args}
 
     def __repr__(self):
         return f"KIMPotential({self.kim_id!r}, species={self.species!r})"
 
     def __reduce__(self):
-        # A kimpy model cannot be pickled: re-open it and copy the live parameters.
-        return (_rebuild, (self.to_spec(), self.get_parameters()))
+        # A kimpy model cannot be pickled: re-open it from its spec (live parameters included).
+        return (KIMPotential.from_spec, (self.to_spec(),))
 
     # ------------------------------------------------------------------ parameters
     def parameter_info(self):
@@ -400,6 +414,7 @@ class KIMPotential:
         everything but the model's compute matters.
         """
         want = (bool(energy), bool(forces), bool(stress))
+        pointers = self._pointers(*want)
         state = [self._setup(atoms)]
         compute = self._model.compute
 
@@ -409,7 +424,7 @@ class KIMPotential:
                 self._refresh_cutoffs()
                 if s.influence != self._influence or s.cutoff_list != self._cutoff_list:
                     s = state[0] = self._setup(atoms)
-            if s.pointers != want:
+            if s.pointers != pointers:
                 self._point(s, *want)
             try:
                 compute(s.args)
@@ -499,9 +514,15 @@ class KIMPotential:
             s.fold = None
         return s
 
+    @staticmethod
+    def _pointers(energy, forces, stress):
+        """The KIM outputs to point at for a request: the virial comes with a forces buffer,
+        since some drivers (EAM Dynamo) accumulate the virial only in their force pass."""
+        return (bool(energy), bool(forces) or bool(stress), bool(stress))
+
     def _point(self, s, energy, forces, stress):
         """Give KIM pointers for the requested outputs and null pointers for the others."""
-        want = (bool(energy), bool(forces), bool(stress))
+        want = self._pointers(energy, forces, stress)
         if want == s.pointers:
             return
         A = _kimpy.compute_argument_name
@@ -603,12 +624,6 @@ def pooled_potential(spec):
     finally:
         if len(idle) < _POOL_SIZE:
             idle.append(pot)
-
-
-def _rebuild(spec, parameters):
-    pot = KIMPotential.from_spec(spec)
-    pot.set_parameters(parameters)
-    return pot
 
 
 def _calculator_class():
