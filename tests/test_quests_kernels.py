@@ -93,6 +93,47 @@ def test_float32_accuracy(desc):
     np.testing.assert_allclose(ours32, ours64, rtol=0, atol=5e-3)
 
 
+def _exact_log_sums(y, x, h):
+    """Independent reference: scipy's log-sum-exp over the full cdist matrix, (M, H)."""
+    d2 = cdist(y, x, "sqeuclidean")
+    return np.stack([logsumexp(-d2 / (2 * hk * hk), axis=1) for hk in np.atleast_1d(h)], axis=1)
+
+
+@pytest.mark.parametrize("tile,threads", [(64, 2), (1024, 1)])
+def test_repair_pass_on_mixed_far_and_near_rows(desc, tile, threads):
+    """Rows near the reference (plain pass), moderately far (f32 repair only) and far beyond
+    float64's exp range (repair in both), for a small and a large bandwidth in one call:
+    float64 log p equals scipy's full log-sum-exp to 1e-12 relative (1e-10 absolute near 0),
+    float32 within 5e-3 absolute."""
+    y, x = desc[::3], np.delete(desc, np.s_[::3], axis=0)
+    rng = np.random.default_rng(3)
+    queries = np.vstack([y[:40], y[40:80] + 0.05, y[80:120] + rng.uniform(0.2, 0.6, (40, 1))])
+    hs = np.array([H, 1.0])  # 1.0: every term matters, no row underflows
+    ref = _exact_log_sums(queries, x, hs)
+    assert ref[:, 0].min() < -1000 and ref[:, 0].max() > -10  # really mixed
+    ours = G.log_kernel_sums(queries, x, hs, tile_size=tile, n_threads=threads)
+    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-10)
+    ours32 = G.log_kernel_sums(queries, x, hs, precision="float32", tile_size=tile, n_threads=threads)
+    np.testing.assert_allclose(ours32, ref, rtol=0, atol=5e-3)
+
+
+@pytest.mark.parametrize("precision,tol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_shifted_pass_equals_plain_pass(desc, precision, tol):
+    """The one-pass log-sum-exp (running row maximum, rescaled sums) on rows where nothing
+    underflows equals the log of the plain row sums -- with many small tiles, so row maxima
+    move from tile to tile, and queries ordered so that the largest term comes late."""
+    dtype = np.float64 if precision == "float64" else np.float32
+    x = desc[np.argsort(desc[:, 0])]  # the nearest points of low queries come in the last tiles
+    y = x[::-7][:60] + 0.002
+    xc, yc = x - x.mean(axis=0), y - x.mean(axis=0)
+    ops = [G._Operands.build(yc, xc, 1 / (2 * h * h), dtype) for h in (H, 0.05)]
+    floor = G._FLOOR[precision] if precision == "float64" else None
+    plain = np.log(G._tile_pass(ops, 32, False, dtype, 2, floor))
+    shifted = G._tile_pass(ops, 32, False, dtype, 2, floor, shifted=True)
+    np.testing.assert_allclose(shifted, plain, rtol=tol, atol=tol)
+    np.testing.assert_allclose(shifted, _exact_log_sums(y, x, [H, 0.05]), rtol=tol, atol=100 * tol)
+
+
 def test_array_of_bandwidths_in_one_pass(desc):
     """An array of bandwidths gives quests' per-bandwidth values (quests accepts a numpy array)."""
     hs = np.array([0.01, 0.015, 0.05])
