@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atomscore-installed
 # the conformance data sits beside the checkout (../shared), as in CI
 export ATOMSCORE_CONFORMANCE_DIR ?= $(abspath ../shared/conformance)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n auto
 
 .PHONY: demo test setup system venv bench clean
 
