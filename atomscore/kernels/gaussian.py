@@ -40,10 +40,11 @@ underflows, and ``log p = m + log sum``. This is what makes ``delta_entropy`` fi
 queries far from every reference point, where ``quests.entropy.delta_entropy`` returns
 ``+inf`` (its sum underflows to 0): our value is the exact ``-log p`` there. (Where quests'
 sum is subnormal, ``dH`` above about 708 nats, quests' own value loses digits; ours does
-not.) ``precision='float32'`` runs everything in single precision (about 2x faster;
-exponent error about ``6e-8 |e|``, i.e. below 1e-3 nats for the QUESTS bandwidths) and
-repairs its underflowed rows (``dH`` above about 75 nats) the same way. For a set against
-itself no row needs it: the self term makes ``p >= 1``.
+not.) ``precision='float32'`` runs everything in single precision (about 2x faster; the
+exponents carry an absolute error of order ``1e-7 (|y|^2 + |x|^2) / (2 h^2)`` with centred
+descriptors, about 1e-3 nats on the benchmark data) and repairs its rows with ``dH`` above
+``87 - log(1e7 N)`` nats (62 at N = 10,000) the same way. For a set against itself no row
+needs it: the self term makes ``p >= 1``.
 
 Why every pair is computed: with ``h = 0.015`` on real QUESTS descriptors most kernel
 terms are tiny, but not few. Measured on the benchmark data (N = 10,000, 2,500 rattled
