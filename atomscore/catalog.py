@@ -59,17 +59,30 @@ def load_public(name: str):
 
 
 def score_class(score_type: str):
-    """Return the score class named ``score_type``.
+    """Return the score class named ``score_type``: one of :data:`SCORE_TYPES`, or a user's
+    own class as ``'module:ClassName'`` (the module importable from here).
 
     Raises
     ------
     InputError
-        If ``score_type`` is not one of :data:`SCORE_TYPES`; the message lists them.
+        If ``score_type`` names no score class; the message lists the built-in ones.
     """
     from atomscore.errors import InputError
 
+    if isinstance(score_type, str) and ":" in score_type:
+        from atomscore.score import ScoreBase
+
+        module, _, name = score_type.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise InputError(f"score_type {score_type!r}: cannot import it ({exc})") from None
+        if not (isinstance(cls, type) and issubclass(cls, ScoreBase)):
+            raise InputError(f"score_type {score_type!r}: not a score class (a subclass of atomscore.ScoreBase)")
+        return cls
     if score_type not in SCORE_TYPES:
         raise InputError(
-            f"unknown score_type {score_type!r}; expected one of: {', '.join(SCORE_TYPES)}"
+            f"unknown score_type {score_type!r}; expected one of: {', '.join(SCORE_TYPES)}, "
+            "or 'module:ClassName' for your own score"
         )
     return load_public(score_type)

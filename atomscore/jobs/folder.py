@@ -83,8 +83,8 @@ def remove_args(folder):
 def job_folder(calc_id, workflow=None) -> Path:
     """The folder of ``calc_id`` (an absolute path, or relative to the workflow's root)."""
     path = Path(str(calc_id))
-    if not path.is_absolute() and workflow is not None:
-        path = Path(workflow.root) / path
+    if not path.is_absolute() and workflow is not None and not (path / JOB_FILE).is_file():
+        path = Path(workflow.root) / path  # relative to the root, unless it names a folder from here
     if not (path / JOB_FILE).is_file():
         raise InputError(f"calc id {calc_id!r}: no job folder at {str(path)!r}")
     return path
