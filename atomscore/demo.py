@@ -264,25 +264,28 @@ def write_figures(folder: Path, pool, weights, dh_mean, predicted, actual, rho):
     import matplotlib.pyplot as plt
 
     figures = {}
+
+    def save(fig, name, caption):
+        fig.tight_layout()
+        fig.savefig(folder / f"{name}.png", dpi=110)
+        plt.close(fig)
+        figures[name] = (f"figures/{name}.png", caption)
+
     a = np.array([c.info["lattice_constant"] for c in pool])
     kinds = np.array([c.info["trained_on"] for c in pool])
     w = np.asarray(weights, dtype=float)
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for kind, marker, color in (("energy", "o", "tab:blue"), ("forces", "s", "tab:orange")):
+    for kind, marker, color, shift in (("energy", "o", "tab:blue", -0.008), ("forces", "s", "tab:orange", 0.008)):
         m = kinds == kind
-        ax.vlines(a[m] + (0.008 if kind == "forces" else -0.008), 0, w[m], color=color, alpha=0.6)
-        ax.plot(a[m] + (0.008 if kind == "forces" else -0.008), w[m], marker, color=color, label=f"trained on {kind}")
+        ax.vlines(a[m] + shift, 0, w[m], color=color, alpha=0.6)
+        ax.plot(a[m] + shift, w[m], marker, color=color, label=f"trained on {kind}")
     ax.axvline(A0, color="grey", ls=":", label="equilibrium a0")
     ax.set_xlabel("lattice constant (Å)")
     ax.set_ylabel("optimal weight")
     ax.set_title("Information-matching weight per candidate")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "weights.png", dpi=110)
-    plt.close(fig)
-    figures["weights"] = ("figures/weights.png", "Weight of each candidate against its lattice constant "
-                          "(zero: not selected).")
+    save(fig, "weights", "Weight of each candidate against its lattice constant (zero: not selected).")
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     dh_all = np.concatenate([c.arrays["quests_delta_entropy_score"] for c in pool])
@@ -291,11 +294,7 @@ def write_figures(folder: Path, pool, weights, dh_mean, predicted, actual, rho):
     ax.set_xlabel("dH per atom against the starting set (nats)")
     ax.set_ylabel("atoms")
     ax.set_title("QUESTS differential entropy of the pool")
-    fig.tight_layout()
-    fig.savefig(folder / "delta_entropy.png", dpi=110)
-    plt.close(fig)
-    figures["delta_entropy"] = ("figures/delta_entropy.png", "Distribution of dH: large values are "
-                                "environments the starting set does not cover.")
+    save(fig, "delta_entropy", "Distribution of dH: large values are environments the starting set does not cover.")
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(actual, predicted, s=6, alpha=0.5)
@@ -307,11 +306,7 @@ def write_figures(folder: Path, pool, weights, dh_mean, predicted, actual, rho):
     ax.set_xlabel("actual ensemble force error (eV/Å)")
     ax.set_ylabel("LTAU predicted error (eV/Å)")
     ax.set_title(f"LTAU on held-out atoms (Spearman ρ = {rho:.2f})")
-    fig.tight_layout()
-    fig.savefig(folder / "ltau.png", dpi=110)
-    plt.close(fig)
-    figures["ltau"] = ("figures/ltau.png", "Predicted against actual per-atom force error on held-out "
-                       "configurations.")
+    save(fig, "ltau", "Predicted against actual per-atom force error on held-out configurations.")
     return figures
 
 
