@@ -100,21 +100,46 @@ def _exact_log_sums(y, x, h):
 
 
 @pytest.mark.parametrize("tile,threads", [(64, 2), (1024, 1)])
-def test_repair_pass_on_mixed_far_and_near_rows(desc, tile, threads):
-    """Rows near the reference (plain pass), moderately far (f32 repair only) and far beyond
-    float64's exp range (repair in both), for a small and a large bandwidth in one call:
-    float64 log p equals scipy's full log-sum-exp to 1e-12 relative (1e-10 absolute near 0),
-    float32 within 5e-3 absolute."""
+def test_lifted_and_repaired_rows_on_mixed_data(desc, tile, threads):
+    """Queries from on the reference set to far beyond float64's exp range, for a small and
+    a large bandwidth in one call: float64 log p equals scipy's full log-sum-exp to 1e-12
+    relative (1e-10 absolute near 0), float32 within 5e-3 absolute. The data covers, in
+    both precisions, rows the lifted plain pass sums directly although they would underflow
+    unlifted, and rows beyond the lift that the log-sum-exp pass repairs."""
     y, x = desc[::3], np.delete(desc, np.s_[::3], axis=0)
-    rng = np.random.default_rng(3)
-    queries = np.vstack([y[:40], y[40:80] + 0.05, y[80:120] + rng.uniform(0.2, 0.6, (40, 1))])
+    queries = np.vstack([y[:40], y[40:200] + np.geomspace(0.005, 0.25, 160)[:, None]])
     hs = np.array([H, 1.0])  # 1.0: every term matters, no row underflows
     ref = _exact_log_sums(queries, x, hs)
-    assert ref[:, 0].min() < -1000 and ref[:, 0].max() > -10  # really mixed
+    dh, n = -ref[:, 0], len(x)
+    for precision in G.PRECISIONS:
+        lift = G._EXP_MAX[precision] - math.log(n) - 1
+        unlifted = -G._FLOOR[precision] - math.log(G._REPAIR_MARGIN[precision] * n)
+        assert (dh < unlifted).sum() >= 5, precision
+        assert ((dh > unlifted) & (dh < unlifted + lift)).sum() >= 5, precision
+        assert (dh > unlifted + lift).sum() >= 5, precision
     ours = G.log_kernel_sums(queries, x, hs, tile_size=tile, n_threads=threads)
     np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-10)
     ours32 = G.log_kernel_sums(queries, x, hs, precision="float32", tile_size=tile, n_threads=threads)
     np.testing.assert_allclose(ours32, ref, rtol=0, atol=5e-3)
+
+
+@pytest.mark.parametrize("precision", G.PRECISIONS)
+def test_only_rows_beyond_the_lift_are_repaired(desc, precision, monkeypatch):
+    """The lifted plain pass keeps every row with dH below ``lift - floor - log(margin N)``;
+    exactly the rows beyond it (by scipy's exact dH, away from the boundary) go to the
+    log-sum-exp pass."""
+    y, x = desc[::3], np.delete(desc, np.s_[::3], axis=0)
+    queries = y[:160] + np.geomspace(0.005, 0.25, 160)[:, None]
+    dh = -_exact_log_sums(queries, x, H)[:, 0]
+    edge = G._EXP_MAX[precision] - 2 * math.log(len(x)) - 1 - G._FLOOR[precision] \
+        - math.log(G._REPAIR_MARGIN[precision])
+    assert np.abs(dh - edge).min() > 1.0 and 5 <= (dh > edge).sum() <= 150
+    repaired = []
+    tile_pass = G._tile_pass
+    monkeypatch.setattr(G, "_tile_pass", lambda ops, *a, shifted=False: (
+        repaired.append(len(ops[0].left)) if shifted else None) or tile_pass(ops, *a, shifted=shifted))
+    G.delta_entropy(queries, x, H, precision=precision)
+    assert repaired == [(dh > edge).sum()]
 
 
 @pytest.mark.parametrize("precision,tol", [("float64", 1e-12), ("float32", 1e-5)])
@@ -127,9 +152,9 @@ def test_shifted_pass_equals_plain_pass(desc, precision, tol):
     y = x[::-7][:60] + 0.002
     xc, yc = x - x.mean(axis=0), y - x.mean(axis=0)
     ops = [G._Operands.build(yc, xc, 1 / (2 * h * h), dtype) for h in (H, 0.05)]
-    floor = G._FLOOR[precision] if precision == "float64" else None
-    plain = np.log(G._tile_pass(ops, 32, False, dtype, 2, floor))
-    shifted = G._tile_pass(ops, 32, False, dtype, 2, floor, shifted=True)
+    clip = (G._FLOOR[precision], 0.0) if precision == "float64" else None
+    plain = np.log(G._tile_pass(ops, 32, False, dtype, 2, clip))
+    shifted = G._tile_pass(ops, 32, False, dtype, 2, clip, shifted=True)
     np.testing.assert_allclose(shifted, plain, rtol=tol, atol=tol)
     np.testing.assert_allclose(shifted, _exact_log_sums(y, x, [H, 0.05]), rtol=tol, atol=100 * tol)
 

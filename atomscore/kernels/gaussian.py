@@ -27,24 +27,34 @@ computed and each gives row and column sums (half the exponentials).
 The descriptors are centred (reference mean subtracted) before the product, which shrinks
 the norms and with them the cancellation error of the expansion. Row sums are BLAS
 matrix-vector products of the exponentiated tile (faster than ``sum``), accumulated in
-float64. In float64 the exponents are clipped to ``[floor, 0]`` (``floor = -700``) first:
-float64 ``exp`` is ~50x slower where its result is subnormal. Measured float32 ``exp`` is
-not (and the clip would cost ~8% of a float32 tile), so float32 tiles are not clipped. Either way a term below ``exp(floor)`` (``floor`` = -87 in float32) is off by
-less than ``exp(floor)``, so the whole row by less than ``N exp(floor)``.
+float64.
 
-Rows whose sum is so small that this could matter (``p < N exp(floor) 1e7``) are
-*repaired* by a one-pass log-sum-exp over the same operands, in the same precision: each
-row keeps its largest exponent so far ``m`` and the sum of ``exp(e_j - m)``, rescaled by
-``exp(m_old - m_new)`` when a later tile raises ``m``; the largest term is 1, nothing
-underflows, and ``log p = m + log sum``. This is what makes ``delta_entropy`` finite for
-queries far from every reference point, where ``quests.entropy.delta_entropy`` returns
-``+inf`` (its sum underflows to 0): our value is the exact ``-log p`` there. (Where quests'
-sum is subnormal, ``dH`` above about 708 nats, quests' own value loses digits; ours does
-not.) ``precision='float32'`` runs everything in single precision (about 2x faster; the
-exponents carry an absolute error of order ``1e-7 (|y|^2 + |x|^2) / (2 h^2)`` with centred
-descriptors, about 1e-3 nats on the benchmark data) and repairs its rows with ``dH`` above
-``87 - log(1e7 N)`` nats (62 at N = 10,000) the same way. For a set against itself no row
-needs it: the self term makes ``p >= 1``.
+Range: every exponent is *lifted* by ``lift = E - log N - 1`` (``E`` = 709 in float64, 88
+in float32, where ``exp`` overflows), a constant that rides in the GEMM for free and is
+subtracted from ``log p`` at the end. All true exponents are <= 0, so a lifted sum of N
+terms cannot overflow, and rows far from the reference (large ``dH``) stay representable:
+``dH`` up to about ``lift + 700`` in float64 (1,360 nats at N = 10,000) and ``lift + 87``
+in float32 (140 nats), instead of 700 and 87. In float64 the lifted exponents are clipped
+to ``[floor, lift]`` (``floor = -700``) first, since float64 ``exp`` is ~50x slower where its
+result is subnormal. Measured float32 ``exp`` is not (and the clip would cost ~8% of a
+float32 tile), so float32 tiles are not clipped. Either way a term below ``exp(floor)``
+(``floor`` = -87 in float32) is off by less than ``exp(floor)``, the row by less than
+``N exp(floor)``.
+
+Rows whose lifted sum is so small that this could matter (``p < N exp(floor) margin``,
+``margin`` = 1e12 in float64, 1e7 in float32, i.e. ``log p`` off by at most ``1/margin``
+elsewhere), or not finite, are *repaired* by a one-pass log-sum-exp over the same operands,
+in the same precision: each row keeps its largest exponent so far ``m`` and the sum of
+``exp(e_j - m)``, rescaled by ``exp(m_old - m_new)`` when a later tile raises ``m``; the
+largest term is 1, nothing underflows, and ``log p = m + log sum``. This is what makes
+``delta_entropy`` finite for queries far from every reference point, where
+``quests.entropy.delta_entropy`` returns ``+inf`` (its sum underflows to 0): our value is
+the exact ``-log p`` there. (Where quests' sum is subnormal, ``dH`` above about 708 nats,
+quests' own value loses digits; ours does not.) ``precision='float32'`` runs everything in
+single precision (about 2x faster; the exponents carry an absolute error of order
+``1e-7 (|y|^2 + |x|^2) / (2 h^2)`` with centred descriptors, about 1e-3 nats on the
+benchmark data). For a set against itself no row needs repair: the self term makes
+``p >= exp(lift)``.
 
 Why every pair is computed: with ``h = 0.015`` on real QUESTS descriptors most kernel
 terms are tiny, but not few. Measured on the benchmark data (N = 10,000, 2,500 rattled
@@ -90,8 +100,11 @@ DEFAULT_TILE = 1024
 PRECISIONS = ("float64", "float32")
 # Exponent floors: exp(floor) is a normal number, so no slow subnormal arithmetic.
 _FLOOR = {"float64": -700.0, "float32": -87.0}
-# A row whose kernel sum is below N * exp(floor) * _REPAIR_MARGIN is recomputed exactly.
-_REPAIR_MARGIN = 1e7
+# exp(x) overflows above these.
+_EXP_MAX = {"float64": 709.0, "float32": 88.0}
+# A row whose (lifted) kernel sum is below N * exp(floor) * margin is recomputed by
+# log-sum-exp: elsewhere the floor changes log p by less than 1 / margin.
+_REPAIR_MARGIN = {"float64": 1e12, "float32": 1e7}
 
 
 def default_threads() -> int:
@@ -147,30 +160,27 @@ def _options(precision, tile_size, n_threads):
 class _Operands:
     """Centred, augmented descriptor blocks for one bandwidth.
 
-    ``left[i] @ right[j]`` is ``-gamma |y_i - x_j|^2`` (``gamma = 1/(2h^2)``): the
-    exponent of the kernel. ``right`` is used transposed in the products (BLAS reads it
-    so, no copy).
+    ``left[i] @ right[j]`` is ``lift - gamma |y_i - x_j|^2`` (``gamma = 1/(2h^2)``): the
+    exponent of the kernel, lifted by a constant. ``right`` is used transposed in the
+    products (BLAS reads it so, no copy).
     """
 
     def __init__(self, left, right):
         self.left, self.right = left, right
 
     @classmethod
-    def build(cls, yc, xc, gamma, dtype):
+    def build(cls, yc, xc, gamma, dtype, lift=0.0):
         d = yc.shape[1]
+        ny = -gamma * np.einsum("ij,ij->i", yc, yc)
+        nx = ny if xc is yc else -gamma * np.einsum("ij,ij->i", xc, xc)
         left = np.empty((len(yc), d + 2), dtype=dtype)
         left[:, :d] = (2.0 * gamma) * yc
-        left[:, d] = -gamma * np.einsum("ij,ij->i", yc, yc)
+        left[:, d] = ny + lift
         left[:, d + 1] = 1.0
-        if xc is yc:  # the symmetric case: the same rows on both sides
-            right = np.empty_like(left)
-            right[:, :d] = xc
-            right[:, d], right[:, d + 1] = 1.0, left[:, d]
-        else:
-            right = np.empty((len(xc), d + 2), dtype=dtype)
-            right[:, :d] = xc
-            right[:, d] = 1.0
-            right[:, d + 1] = -gamma * np.einsum("ij,ij->i", xc, xc)
+        right = np.empty((len(xc), d + 2), dtype=dtype)
+        right[:, :d] = xc
+        right[:, d] = 1.0
+        right[:, d + 1] = nx
         return cls(left, right)
 
     def rows(self, index):
@@ -195,10 +205,10 @@ def _run_tiles(work, pairs, n_threads):
         return list(pool.map(work, chunks))
 
 
-def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, floor, shifted=False):
+def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, clip, shifted=False):
     """One pass over the tiles of exponents ``e = left @ right.T``; returns (n_rows, n_h).
 
-    ``shifted=False``: row sums of ``exp(max(e, floor))`` (no floor if ``None``; plus the column sums of the
+    ``shifted=False``: row sums of ``exp(clip(e, *clip))`` (no clip if ``None``; plus the column sums of the
     off-diagonal tiles when ``symmetric``), accumulated in float64.
     ``shifted=True``: ``log`` of the row sums by a one-pass log-sum-exp: each row keeps its
     largest exponent so far ``m`` and the sum ``s`` of ``exp(e - m)`` (rescaled by
@@ -225,8 +235,8 @@ def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, floor, shifted=False
                     e -= m_new[:, None].astype(dtype)
                     acc[a:a + tile, k] *= np.exp(m_old - m_new)
                     top[a:a + tile, k] = m_new
-                if floor is not None:  # float64 exp is ~50x slower where its result is subnormal
-                    np.clip(e, floor, 0.0, out=e)  # (two-sided clip: 3x faster than np.maximum)
+                if clip is not None:  # float64 exp is ~50x slower where its result is subnormal
+                    np.clip(e, *clip, out=e)  # (two-sided: 3x faster than np.maximum)
                 np.exp(e, out=e)
                 acc[a:a + tile, k] += e @ ones[:e.shape[1]]  # BLAS row sums: faster than e.sum(axis=1)
                 if symmetric and b != a:
@@ -287,17 +297,20 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads):
     centre = x.mean(axis=0)
     xc = x - centre
     yc = xc if symmetric else y - centre
-    ops_list = [_Operands.build(yc, xc, g, dtype) for g in 1.0 / (2.0 * h * h)]
+    # Exponents lifted so that a sum of N terms <= exp(lift) cannot overflow: rows far from X
+    # (dH up to lift - floor - log(margin N)) need no repair.
+    lift = _EXP_MAX[precision] - math.log(len(x)) - 1.0
+    ops_list = [_Operands.build(yc, xc, g, dtype, lift) for g in 1.0 / (2.0 * h * h)]
     floor = _FLOOR[precision]
-    clip = floor if precision == "float64" else None  # float32 exp is as fast on subnormals
+    clip = (floor, lift) if precision == "float64" else None  # float32 exp is as fast on subnormals
     p = _tile_pass(ops_list, tile, symmetric, dtype, threads, clip)
     with np.errstate(divide="ignore"):
-        logp = np.log(p)
-    limit = len(x) * math.exp(floor) * _REPAIR_MARGIN
-    bad = np.nonzero(np.any(p < limit, axis=1))[0]
+        logp = np.log(p) - lift
+    limit = len(x) * math.exp(floor) * _REPAIR_MARGIN[precision]
+    bad = np.nonzero(np.any(~(p >= limit) | ~np.isfinite(p), axis=1))[0]
     if bad.size:
         logp[bad] = _tile_pass([ops.rows(bad) for ops in ops_list], tile, False, dtype, threads, clip,
-                               shifted=True)
+                               shifted=True) - lift
     return logp
 
 
