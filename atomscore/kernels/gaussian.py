@@ -208,8 +208,8 @@ def _run_tiles(work, pairs, n_threads):
 def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, clip, shifted=False):
     """One pass over the tiles of exponents ``e = left @ right.T``; returns (n_rows, n_h).
 
-    ``shifted=False``: row sums of ``exp(clip(e, *clip))`` (no clip if ``None``; plus the column sums of the
-    off-diagonal tiles when ``symmetric``), accumulated in float64.
+    ``shifted=False``: row sums of ``exp(clip(e, *clip))`` (no clip if ``None``; plus the
+    column sums of the off-diagonal tiles when ``symmetric``), accumulated in float64.
     ``shifted=True``: ``log`` of the row sums by a one-pass log-sum-exp: each row keeps its
     largest exponent so far ``m`` and the sum ``s`` of ``exp(e - m)`` (rescaled by
     ``exp(m_old - m_new)`` when a tile raises ``m``), so its largest term is 1 and no row
@@ -266,8 +266,8 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
     bandwidth : float or array_like of float, shape (H,)
         Kernel bandwidth(s) ``h`` in descriptor units; all bandwidths share one pass.
     precision : {'float64', 'float32'}
-        Arithmetic of the tiles. Sums are accumulated in float64 and rows that underflow
-        are recomputed exactly in float64 either way.
+        Arithmetic of the tiles. Sums are accumulated in float64 either way, and rows
+        that would underflow are recomputed by log-sum-exp (module docstring).
     tile_size : int
         Rows and columns per tile; memory is about ``tile_size**2`` numbers per thread.
     n_threads : int, optional
@@ -292,7 +292,7 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
 
 
 def _log_sums(y, x, symmetric, h, precision, tile, threads):
-    """``log p`` (n_rows, n_h): a plain pass, then a shifted pass for rows that underflowed."""
+    """``log p`` (n_rows, n_h): a lifted plain pass, then a shifted pass for rows it cannot hold."""
     dtype = np.float32 if precision == "float32" else np.float64
     centre = x.mean(axis=0)
     xc = x - centre
