@@ -43,8 +43,8 @@ float32 tile), so float32 tiles are not clipped. Either way a term below ``exp(f
 
 Rows whose lifted sum is so small that this could matter (``p < N exp(floor) margin``,
 ``margin`` = 1e12 in float64, 1e7 in float32, i.e. ``log p`` off by at most ``1/margin``
-elsewhere), or not finite, are *repaired* by a one-pass log-sum-exp over the same operands,
-in the same precision: each row keeps its largest exponent so far ``m`` and the sum of
+elsewhere), or not finite, are *repaired* by an exact float64 one-pass log-sum-exp (the
+operands of those few rows rebuilt in float64 when ``precision='float32'``): each row keeps its largest exponent so far ``m`` and the sum of
 ``exp(e_j - m)``, rescaled by ``exp(m_old - m_new)`` when a later tile raises ``m``; the
 largest term is 1, nothing underflows, and ``log p = m + log sum``. This is what makes
 ``delta_entropy`` finite for queries far from every reference point, where
@@ -309,8 +309,13 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads):
     limit = len(x) * math.exp(floor) * _REPAIR_MARGIN[precision]
     bad = np.nonzero(np.any(~(p >= limit) | ~np.isfinite(p), axis=1))[0]
     if bad.size:
-        logp[bad] = _tile_pass([ops.rows(bad) for ops in ops_list], tile, False, dtype, threads, clip,
-                               shifted=True) - lift
+        # the few rows the plain pass cannot hold: an exact float64 log-sum-exp, whatever the precision
+        if dtype is np.float64:
+            rows = [ops.rows(bad) for ops in ops_list]
+        else:
+            rows = [_Operands.build(yc[bad], xc, g, np.float64, lift) for g in 1.0 / (2.0 * h * h)]
+        clip64 = (_FLOOR["float64"], lift)
+        logp[bad] = _tile_pass(rows, tile, False, np.float64, threads, clip64, shifted=True) - lift
     return logp
 
 
