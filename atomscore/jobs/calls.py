@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 
 from atomscore.errors import InputError
-from atomscore.jobs.folder import (FORMAT_VERSION, JOB_FILE, _new_numbered_folder, check_path_type,
-                                   class_reference, decode_args, encode_args, now, update_status,
-                                   write_json_atomic, remove_args)
+from atomscore.jobs.folder import (ARGS_DIR, FORMAT_VERSION, check_path_type, class_reference, decode_args,
+                                   encode_args, finish_job_folder, new_numbered_folder, remove_args, save_arrays)
 from atomscore.jobs.runner import RESULT_FILE
 from atomscore.jobs.workflow import make_workflow
 
@@ -61,16 +60,10 @@ def map_calls(func, list_of_kwargs, workflow=None, path_type="calls", job_detail
     base = workflow.root / "calls" / path_type
     folders = []
     for data, arrays in encoded:
-        folder = _new_numbered_folder(base)
-        if arrays:
-            (folder / "args").mkdir()
-            import numpy as np
-
-            for name, array in arrays.items():
-                np.save(folder / "args" / name, array, allow_pickle=False)
-        update_status(folder, state="pending", created=now())
-        write_json_atomic(folder / JOB_FILE, {"format_version": FORMAT_VERSION, "kind": "call",
-                                              "function": reference, "kwargs": data, "cwd": str(Path.cwd())})
+        folder = new_numbered_folder(base)
+        save_arrays(folder / ARGS_DIR, arrays)
+        finish_job_folder(folder, {"format_version": FORMAT_VERSION, "kind": "call", "function": reference,
+                                   "kwargs": data, "cwd": str(Path.cwd())})
         folders.append(folder)
     calc_ids = [workflow.submit(folder, job_details) for folder in folders]
     workflow.block_until_completed(calc_ids, progress=progress)

@@ -230,7 +230,7 @@ def read_inputs(folder):
     return read_extxyz(folder / "input.xyz")
 
 
-def _new_numbered_folder(base: Path) -> Path:
+def new_numbered_folder(base: Path) -> Path:
     """Create and return the next free ``base/NNNNN`` (safe against concurrent runs)."""
     base.mkdir(parents=True, exist_ok=True)
     taken = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
@@ -271,32 +271,42 @@ class PreparedJobs:
         folders = []
         first_paths: dict[str, Path] = {}
         for job in self.jobs:
-            folder = _new_numbered_folder(base)
-            args_dir = folder / ARGS_DIR
-            args_dir.mkdir()
-            for name, array in self.init_arrays.items():
-                _save_or_link(array, args_dir / name, first_paths)
-            for name, array in job.compute_arrays.items():
-                np.save(args_dir / name, array, allow_pickle=False)
+            folder = new_numbered_folder(base)
+            save_arrays(folder / ARGS_DIR, self.init_arrays, first_paths)
+            save_arrays(folder / ARGS_DIR, job.compute_arrays)  # per batch: never linked
             write_text_atomic(folder / job.input_name, job.input_text)
-            update_status(folder, state="pending", created=now())
-            write_json_atomic(folder / JOB_FILE, {**self.header, "compute_args": job.compute_args,
-                                                  "input": job.input_name})
+            finish_job_folder(folder, {**self.header, "compute_args": job.compute_args, "input": job.input_name})
             folders.append(folder)
         return folders
 
 
-def _save_or_link(array, path: Path, first_paths: dict):
-    """Save an argument array once per run; later job folders get a hard link to it."""
-    first = first_paths.get(path.name)
-    if first is not None:
-        try:
-            os.link(first, path)
-            return
-        except OSError:
-            pass  # another file system: fall back to a copy
-    np.save(path, array, allow_pickle=False)
-    first_paths.setdefault(path.name, path)
+def save_arrays(directory: Path, arrays: dict, first_paths: dict | None = None):
+    """Save ``arrays`` (file name -> array) in ``directory`` with ``allow_pickle=False``.
+
+    With ``first_paths`` (a dict kept across the folders of one run), an array already
+    saved under the same name is hard-linked instead of written again.
+    """
+    if not arrays:
+        return
+    directory.mkdir(exist_ok=True)
+    for name, array in arrays.items():
+        path = directory / name
+        first = None if first_paths is None else first_paths.get(name)
+        if first is not None:
+            try:
+                os.link(first, path)
+                continue
+            except OSError:
+                pass  # another file system: fall back to a copy
+        np.save(path, array, allow_pickle=False)
+        if first_paths is not None:
+            first_paths.setdefault(name, path)
+
+
+def finish_job_folder(folder: Path, job: dict):
+    """Mark a written job folder pending and write its ``job.json`` last (what the runner reads)."""
+    update_status(folder, state="pending", created=now())
+    write_json_atomic(folder / JOB_FILE, job)
 
 
 def check_path_type(path_type):

@@ -16,10 +16,8 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-
-from atomscore.jobs.folder import (JOB_FILE, decode_args, now, read_inputs, resolve_reference,
-                                   update_status, write_json_atomic, encode_args)
+from atomscore.jobs.folder import (JOB_FILE, decode_args, encode_args, now, read_inputs, resolve_reference,
+                                   save_arrays, update_status, write_json_atomic)
 
 RESULT_FILE = "result.json"
 RESULT_ARRAYS_DIR = "result"
@@ -39,10 +37,7 @@ def run_call_job(folder: Path, spec: dict):
     result = func(**decode_args(spec["kwargs"], folder))
     data, arrays = encode_args({"result": result}, "result", f"result of {spec['function']['target']}",
                                subdir=RESULT_ARRAYS_DIR)
-    if arrays:
-        (folder / RESULT_ARRAYS_DIR).mkdir(exist_ok=True)
-        for name, array in arrays.items():
-            np.save(folder / RESULT_ARRAYS_DIR / name, array, allow_pickle=False)
+    save_arrays(folder / RESULT_ARRAYS_DIR, arrays)
     write_json_atomic(folder / RESULT_FILE, data)
 
 
