@@ -32,7 +32,7 @@ import numpy as np
 
 from atomscore.errors import InputError
 from atomscore.quantity import ScoreQuantity
-from atomscore.validation import check_configs, check_int
+from atomscore.validation import check_configs
 
 RESULTS_XYZ = "score_results.xyz"
 RESULTS_JSON = "score_results.json"
@@ -405,6 +405,10 @@ class _WholeScore(ScoreBase):
         return {self.result_key: to_jsonable(compute_results),
                 "_metadata": to_jsonable(self._metadata_or(metadata))}
 
+    def run_batch(self, configs, score_quantity, compute_args):
+        """A job computes the one value of all its items (the dataset, the properties)."""
+        return self.compute(configs, score_quantity=score_quantity, **compute_args)
+
 
 class DatasetScore(_WholeScore):
     """One value for a whole dataset: ``compute(dataset, score_quantity, ...)``.
@@ -420,9 +424,6 @@ class DatasetScore(_WholeScore):
         """The dataset's value, as a one-element list."""
         return [self.compute(list_of_atoms, score_quantity, **compute_args)]
 
-    def run_batch(self, configs, score_quantity, compute_args):
-        return self.compute(configs, score_quantity=score_quantity, **compute_args)
-
 
 class ModelScore(_WholeScore):
     """A score of a model, e.g. the FIM of target properties: ``compute(items, ...)``.
@@ -431,11 +432,3 @@ class ModelScore(_WholeScore):
     """
 
     kind = "model"
-
-    def run_batch(self, configs, score_quantity, compute_args):
-        return self.compute(configs, score_quantity=score_quantity, **compute_args)
-
-
-def validate_batch_size(batch_size):
-    """``batch_size`` as a positive int, or InputError."""
-    return check_int(batch_size, "batch_size", minimum=1)

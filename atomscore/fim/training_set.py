@@ -290,12 +290,9 @@ def _pool_context():
 _WORKER = {}
 
 
-def _worker_init(potential, parameters, parameters_optimize, transform, derivative_kwargs):
-    from atomscore.potentials.kim import KIMPotential
-
-    pot = KIMPotential.from_spec(potential)
-    pot.set_parameters(parameters)
-    _WORKER["ev"] = _FIMEvaluator(pot, parameters_optimize, transform, derivative_kwargs)
+def _worker_init(potential, parameters_optimize, transform, derivative_kwargs):
+    # the spec carries the parameters changed in place (KIMPotential.to_spec)
+    _WORKER["ev"] = _FIMEvaluator(potential, parameters_optimize, transform, derivative_kwargs)
 
 
 def _worker_fim(task):
@@ -432,8 +429,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         ev.restore()
         from concurrent.futures import ProcessPoolExecutor
 
-        init = (ev.potential.to_spec(), {k: v.tolist() for k, v in ev.potential.get_parameters().items()},
-                parameters_optimize, transform_to_dict(ev.pmap.transform), derivative_kwargs)
+        init = (ev.potential.to_spec(), parameters_optimize, transform_to_dict(ev.pmap.transform), derivative_kwargs)
         tasks = [(i, atoms, quantities[i], masks[i]) for i, atoms in enumerate(configs)]
         with ProcessPoolExecutor(max_workers=min(nprocs, len(configs)), mp_context=_pool_context(),
                                  initializer=_worker_init, initargs=init) as pool:
