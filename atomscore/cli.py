@@ -85,6 +85,9 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
         score = spec["score_class"](**spec["score_args"])
     except TypeError as exc:
         raise InputError(f"score_args of {spec['score_class'].__name__}: {exc}") from None
+    want = ".xyz" if score.kind in ("atom", "configuration") else ".json"
+    if output is not None and Path(output).suffix not in ((want, ".extxyz") if want == ".xyz" else (want,)):
+        raise InputError(f"--output: {type(score).__name__} results are written as {want}, got {str(output)!r}")
     workflow = spec["workflow"]
     if workflow is None:
         workflow = LocalWorkflow(root or DEFAULT_ROOT, nprocs=nprocs)
@@ -98,16 +101,9 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
     workflow.block_until_completed(ids, progress=progress)
     results = score.data_from_calc_ids(ids, workflow=workflow)
     if output is None:
-        suffix = ".xyz" if score.kind in ("atom", "configuration") else ".json"
-        output = workflow.root / type(score).__name__ / spec["path_type"] / f"results{suffix}"
+        output = workflow.root / type(score).__name__ / spec["path_type"] / f"results{want}"
     output = Path(output)
-    if score.kind in ("atom", "configuration"):
-        score.write_data(output, results)
-    else:
-        from atomscore.jobs.folder import write_json_atomic
-        from atomscore.score import to_jsonable
-
-        write_json_atomic(output, to_jsonable(results))
+    score.write_data(output, results)
     return ids, results, output
 
 

@@ -215,11 +215,12 @@ class ScoreBase:
 
     @staticmethod
     def write_data(path, data):
-        """Write a list of Atoms (extxyz) or a dict (JSON) atomically to ``path``."""
+        """Write results atomically to ``path``: JSON for a ``.json`` path (a dict or a list of
+        them), extxyz otherwise (a list of Atoms)."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            if isinstance(data, dict):
+            if path.suffix == ".json":
                 tmp.write_text(json.dumps(to_jsonable(data), indent=2))
             else:
                 from atomscore.io import write_extxyz
