@@ -1,45 +1,403 @@
-"""extxyz reading and writing that keeps every float64 digit.
+"""Files of configurations and results, chosen by suffix.
 
-ASE's extxyz writer formats float columns as ``%16.8f``: positions and per-atom scores
-lose everything below 1e-8, so a job's results would differ from an in-memory
-``compute_batch``. ASE offers no option for this, so while we write we wrap its column
-formatter to use ``%.16e`` (17 significant digits: float64 round-trips exactly). The files
-stay ordinary extxyz that any reader takes.
+One pair of functions, :func:`read_data` / :func:`write_data`, is used by every part of
+atomscore that reads or writes configurations (the CLI, ``save_results``, job folders):
+
+=================  =================================================================
+suffix             written as
+=================  =================================================================
+``.xyz .extxyz``   extended XYZ, floats with 17 significant digits (exact float64)
+``.traj``          ASE trajectory (per-atom arrays ASE does not keep go to ``info``)
+``.db``            ASE database: per-atom arrays in ``data``, per-configuration
+                   scalars as key-value pairs, everything else in ``data``
+``.json``          a result dict (dataset and model scores) as JSON, or configurations
+                   as an ASE JSON database
+=================  =================================================================
+
+Reading takes any format ASE reads (LAMMPS dumps, VASP, CIF, ...) besides these.
+:func:`check_output` refuses, before anything is computed, an output whose suffix is
+unknown, whose folder is missing or read-only, that is one of the inputs, or that exists
+(unless overwriting was asked for).
 """
 
 from __future__ import annotations
 
-import threading
+import json
+import numbers
+import os
+import warnings
+from pathlib import Path
 
-import ase.io
-import ase.io.extxyz as _extxyz
+import numpy as np
 
-_EXACT = "%24.16e"
-_lock = threading.Lock()
+from atomscore.errors import InputError
+
+# --------------------------------------------------------------------------- formats by suffix
+
+#: suffix -> format written (and read back exactly)
+WRITE_FORMATS = {".xyz": "extxyz", ".extxyz": "extxyz", ".traj": "traj", ".db": "db", ".json": "json"}
+#: suffixes that can hold a dict of results (dataset and model scores)
+RESULT_SUFFIXES = (".json",)
+#: suffixes that can hold configurations
+CONFIG_SUFFIXES = tuple(WRITE_FORMATS)
+
+# info / data key under which per-atom arrays that a format does not keep are stored
+_ARRAYS_KEY = "__atomscore_arrays__"
+# data key of the manifest that lets read_data rebuild Atoms exactly from an ASE database
+_MANIFEST_KEY = "__atomscore__"
 
 
-def _exact_columns(original):
-    def output_column_format(*args, **kwargs):
-        comment, ncols, dtype, fmt = original(*args, **kwargs)
-        return comment, ncols, dtype, fmt.replace("%16.8f", _EXACT)
+def output_format(path, what="output", suffixes=CONFIG_SUFFIXES) -> str:
+    """The format written for ``path`` (by its suffix), or InputError naming the known ones."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in suffixes:
+        raise InputError(f"{what}: cannot write {str(path)!r}: unknown suffix {suffix or '(none)'!r}; "
+                         f"expected one of {', '.join(suffixes)}")
+    return WRITE_FORMATS[suffix]
 
-    return output_column_format
+
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name the same file (also through links)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output(path, *, inputs=(), overwrite=False, what="--output", suffixes=CONFIG_SUFFIXES) -> Path:
+    """Check an output path before any work is done; return it as a Path.
+
+    Parameters
+    ----------
+    path : str or Path
+    inputs : iterable of str or Path
+        Files the same command reads (spec, configurations, references): the output
+        may be none of them, whatever ``overwrite`` says.
+    overwrite : bool
+        Allow replacing an existing file.
+    what : str
+        Name of the argument, for messages.
+    suffixes : tuple of str
+        The suffixes this output may have.
+
+    Raises
+    ------
+    InputError
+        Unknown suffix, missing or unwritable folder, output equal to an input, or an
+        existing file without ``overwrite``.
+    """
+    path = Path(path)
+    output_format(path, what, suffixes)
+    for source in inputs:
+        if source is not None and same_file(path, source):
+            raise InputError(f"{what}: {str(path)!r} is also an input of this command; choose another name "
+                             "(an input is never overwritten)")
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"{what}: folder {str(folder)!r} of {str(path)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{what}: folder {str(folder)!r} is not writable")
+    if path.is_dir():
+        raise InputError(f"{what}: {str(path)!r} is a folder; expected a file name")
+    if path.exists() and not overwrite:
+        raise InputError(f"{what}: {str(path)!r} exists; pass --overwrite to replace it")
+    return path
+
+
+def write_data(path, data) -> Path:
+    """Write configurations or results to ``path`` in the format of its suffix, atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.xyz``/``.extxyz``, ``.traj``, ``.db`` or ``.json``.
+    data : list of ase.Atoms, or dict / list of dicts (``.json`` only)
+
+    The file is written under a temporary name in the same folder and renamed, so an
+    interrupted write never leaves half a file and never damages an existing one.
+    """
+    path = Path(path)
+    fmt = output_format(path, "write_data")
+    images = _as_images(data, fmt, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if images is None:
+            tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+        elif fmt == "extxyz":
+            write_extxyz(tmp, images)
+        elif fmt == "traj":
+            _write_traj(tmp, images)
+        else:
+            _write_ase_db(tmp, images, "json" if fmt == "json" else "db")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_data(path, index=":"):
+    """Read what :func:`write_data` wrote, or configurations in any format ASE reads.
+
+    Returns
+    -------
+    list of ase.Atoms, or the dict / list of a JSON results file
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"file not found: {str(path)!r}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if not _is_ase_json_db(data):
+                return data
+            return _read_ase_db(path, "json", index)
+        if suffix == ".db":
+            return _read_ase_db(path, "db", index)
+        if suffix in (".xyz", ".extxyz"):
+            return read_extxyz(path, index)
+        import ase.io
+
+        images = ase.io.read(path, index=index)
+    except InputError:
+        raise
+    except Exception as exc:  # any reader's failure is one message naming the file
+        raise InputError(f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    images = images if isinstance(images, list) else [images]
+    if suffix == ".traj":
+        for atoms in images:
+            for name, value in (atoms.info.pop(_ARRAYS_KEY, None) or {}).items():
+                atoms.arrays[name] = np.asarray(value)
+    return images
+
+
+def read_configs(path, what="configurations", index=":"):
+    """Read configurations (a list of ase.Atoms) from any file :func:`read_data` reads."""
+    from ase import Atoms
+
+    data = read_data(path, index)
+    if not isinstance(data, list) or not all(isinstance(a, Atoms) for a in data):
+        raise InputError(f"{what}: {str(path)!r} holds {type(data).__name__} data, not configurations")
+    return data
+
+
+def _as_images(data, fmt, path):
+    """The list of Atoms to write, or None for a JSON result (dict or list of dicts)."""
+    from ase import Atoms
+
+    if isinstance(data, Atoms):
+        return [data]
+    if fmt == "json" and (isinstance(data, dict) or (isinstance(data, list) and data
+                                                      and all(isinstance(d, dict) for d in data))):
+        return None
+    items = list(data) if isinstance(data, (list, tuple)) else None
+    if items is None or not all(isinstance(a, Atoms) for a in items):
+        kind = "a dict or list of dicts, or " if fmt == "json" else ""
+        raise InputError(f"write_data: {str(path)!r} takes {kind}a list of ase.Atoms, got {type(data).__name__}")
+    return items
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "name") and hasattr(type(value), "__members__"):  # an enum member
+        return value.name
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# --------------------------------------------------------------------------- exact extxyz
+# ASE's extxyz writer formats float columns as ``%16.8f`` and offers no option, so
+# per-atom floats are written here: the comment line (lattice, properties, info) is built
+# with ASE's own public ``key_val_dict_to_str`` (which prints floats by repr: exact), the
+# columns with ``%.16e`` (17 significant digits). The file is ordinary extxyz that ASE and
+# any other reader take.
+
+_COLUMN_TYPES = {"f": ("R", "%.16e"), "i": ("I", "%d"), "u": ("I", "%d"), "b": ("L", None),
+                 "U": ("S", "%s"), "S": ("S", "%s"), "O": ("S", "%s")}
+_NAMES = {"positions": "pos", "numbers": "Z", "symbols": "species"}
 
 
 def write_extxyz(target, images):
-    """Write ``images`` (list of Atoms) to ``target`` (path or text file) as exact extxyz."""
-    images = list(images)
-    original = getattr(_extxyz, "output_column_format", None)
-    with _lock:
-        if original is not None:
-            _extxyz.output_column_format = _exact_columns(original)
-        try:
-            ase.io.write(target, images, format="extxyz")
-        finally:
-            if original is not None:
-                _extxyz.output_column_format = original
+    """Write ``images`` (Atoms or list of Atoms) to ``target`` (path or text file) as exact extxyz."""
+    from ase import Atoms
+
+    images = [images] if isinstance(images, Atoms) else list(images)
+    if hasattr(target, "write"):
+        for atoms in images:
+            target.write(_extxyz_frame(atoms))
+        return
+    with open(target, "w", encoding="utf-8") as f:
+        for atoms in images:
+            f.write(_extxyz_frame(atoms))
 
 
 def read_extxyz(source, index=":"):
     """Read every configuration of an extxyz file (a list of Atoms)."""
+    import ase.io
+
     return ase.io.read(source, index=index, format="extxyz")
+
+
+def _extxyz_frame(atoms) -> str:
+    from ase.constraints import FixAtoms
+    from ase.io.extxyz import key_val_dict_to_str, per_atom_properties, per_config_properties
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    n = len(atoms)
+    info = dict(atoms.info)
+    columns = {"symbols": np.array(atoms.get_chemical_symbols(), dtype=str).reshape(n),
+               "positions": atoms.positions}
+    for name, value in atoms.arrays.items():
+        if name not in ("numbers", "positions"):
+            columns[name] = value
+    fixed = [c for c in atoms.constraints if isinstance(c, FixAtoms)]
+    if fixed:
+        mask = np.ones(n, dtype=bool)
+        for c in fixed:
+            mask[c.index] = False
+        columns["move_mask"] = mask
+    if atoms.calc is not None:  # calculator results: per atom as columns, per configuration in info
+        for prop, value in atoms.calc.results.items():
+            if prop in per_atom_properties and prop not in columns:
+                columns[prop] = np.asarray(value)
+            elif prop in per_config_properties and prop not in info:
+                if prop == "stress" and np.shape(value) == (6,):
+                    value = voigt_6_to_full_3x3_stress(value)
+                info[prop] = value
+    props, cols = [], []
+    for name, value in columns.items():
+        value = np.asarray(value)
+        if value.shape[:1] != (n,) or value.ndim > 2:
+            raise InputError(f"write_extxyz: arrays[{name!r}] has shape {value.shape}; expected ({n},) or ({n}, m)")
+        kind = value.dtype.kind
+        if kind not in _COLUMN_TYPES:
+            raise InputError(f"write_extxyz: arrays[{name!r}] has dtype {value.dtype}, which extxyz cannot hold")
+        value = value.reshape(n, -1)
+        type_code, fmt = _COLUMN_TYPES[kind]
+        props.append(f"{_NAMES.get(name, name)}:{type_code}:{value.shape[1]}")
+        if kind == "b":
+            cols.append(np.where(value, "T", "F"))
+        elif kind in "US":
+            cols.append(value.astype(str))
+        else:
+            cols.append(np.char.mod(fmt, value))
+    header = {}
+    if atoms.cell.any():
+        header["Lattice"] = " ".join(repr(float(x)) for x in atoms.cell.array.reshape(9))
+    header["Properties"] = ":".join(props)
+    header.update(info)
+    header["pbc"] = np.asarray(atoms.pbc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an info entry ASE would skip is an error, not a lost value
+        try:
+            comment = key_val_dict_to_str(header)
+        except UserWarning as exc:
+            raise InputError(f"write_extxyz: {exc}") from None
+    lines = [str(n), comment]
+    if n:
+        table = np.concatenate(cols, axis=1)
+        lines.extend(" ".join(row) for row in table)
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- ASE trajectory
+
+def _write_traj(path, images):
+    """ASE trajectory; per-atom arrays it does not keep go to ``info['__atomscore_arrays__']``."""
+    from ase.io.trajectory import Trajectory
+
+    kept = {"numbers", "positions", "momenta", "masses", "tags", "initial_magmoms", "initial_charges"}
+    with Trajectory(str(path), "w") as traj:
+        for atoms in images:
+            extra = {k: v for k, v in atoms.arrays.items() if k not in kept}
+            if extra:
+                calc, atoms = atoms.calc, atoms.copy()
+                atoms.calc = calc  # the copy keeps the results (energy, forces) the trajectory stores
+                for k in extra:
+                    del atoms.arrays[k]
+                atoms.info[_ARRAYS_KEY] = {k: np.array(v) for k, v in extra.items()}
+            traj.write(atoms)
+
+
+# --------------------------------------------------------------------------- ASE database
+
+_DB_ARRAYS = ("numbers", "positions", "momenta", "masses", "tags", "initial_magmoms", "initial_charges")
+
+
+def _key_value_pair(key, value) -> bool:
+    """Whether ``info[key] = value`` can be an ASE database key-value pair, read back as it was."""
+    from ase.db.core import reserved_keys, str_represents, word
+
+    if not isinstance(key, str) or not word.match(key) or key in reserved_keys:
+        return False
+    if isinstance(value, (bool, np.bool_, str)):
+        return not (isinstance(value, str) and any(str_represents(value, t) for t in (bool, int, float)))
+    return isinstance(value, numbers.Real) and not isinstance(value, np.generic)
+
+
+def _write_ase_db(path, images, db_type):
+    import ase.db
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # keys that look like chemical formulas: still stored exactly
+        with ase.db.connect(str(path), type=db_type, append=False) as db:
+            for atoms in images:
+                kvp, data = {}, {}
+                manifest = {"arrays": [], "info": {}, "kvp": []}
+                for name, value in atoms.arrays.items():
+                    if name not in _DB_ARRAYS:
+                        data[name] = np.array(value)
+                        manifest["arrays"].append(name)
+                for key, value in atoms.info.items():
+                    if _key_value_pair(key, value):
+                        kvp[key] = value
+                        manifest["kvp"].append(key)
+                    else:
+                        slot = key if key not in data and key != _MANIFEST_KEY else f"info.{key}"
+                        data[slot] = value
+                        manifest["info"][slot] = key
+                data[_MANIFEST_KEY] = manifest
+                db.write(atoms, key_value_pairs=kvp, data=data)
+
+
+def _read_ase_db(path, db_type, index):
+    import ase.db
+
+    with ase.db.connect(str(path), type=db_type, use_lock_file=False) as db:
+        rows = list(db.select())
+    images = []
+    for row in rows:
+        atoms = row.toatoms()
+        data = dict(row.data)
+        manifest = data.pop(_MANIFEST_KEY, None)
+        if manifest is None:  # a database written by another tool: its pairs and data as info
+            atoms.info.update(row.key_value_pairs)
+            atoms.info.update(data)
+        else:
+            for name in manifest["arrays"]:
+                atoms.arrays[name] = np.asarray(data[name])
+            for key in manifest["kvp"]:
+                atoms.info[key] = row.key_value_pairs[key]
+            for slot, key in manifest["info"].items():
+                atoms.info[key] = data[slot]
+        images.append(atoms)
+    if index == ":" or index is None:
+        return images
+    if isinstance(index, str):
+        from ase.io.formats import string2index
+
+        index = string2index(index)
+    picked = images[index]
+    return picked if isinstance(picked, list) else [picked]
+
+
+def _is_ase_json_db(data) -> bool:
+    return isinstance(data, dict) and "nextid" in data and "ids" in data

@@ -198,16 +198,23 @@ class ScoreBase:
         """
         raise NotImplementedError
 
-    def save_results(self, compute_results, save_dir=".", list_of_configs=None):
-        """Write results to ``save_dir`` (``score_results.xyz`` or ``score_results.json``).
+    def save_results(self, compute_results, save_dir=".", list_of_configs=None, filename=None):
+        """Write results to ``save_dir/filename`` (default ``score_results.xyz`` or ``.json``).
 
-        The file is written under a temporary name and renamed, so an interrupted save
-        never leaves half a file. Returns the path written.
+        The format follows the suffix of ``filename`` (see :mod:`atomscore.io`): ``.xyz``,
+        ``.traj``, ``.db`` or ``.json`` for configurations, ``.json`` for dataset and model
+        scores. The file is written under a temporary name and renamed, so an interrupted
+        save never leaves half a file. Returns the path written.
         """
+        from atomscore.io import CONFIG_SUFFIXES, RESULT_SUFFIXES, output_format
+
+        name = self.results_filename if filename is None else str(filename)
+        output_format(name, f"{type(self).__name__}.save_results filename",
+                      RESULT_SUFFIXES if self.kind in ("dataset", "model") else CONFIG_SUFFIXES)
         data = self.parse_for_storage(compute_results, list_of_configs)
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        return self.write_data(save_dir / self.results_filename, data)
+        return self.write_data(save_dir / name, data)
 
     @property
     def results_filename(self) -> str:
@@ -215,31 +222,21 @@ class ScoreBase:
 
     @staticmethod
     def write_data(path, data):
-        """Write results atomically to ``path``: JSON for a ``.json`` path (a dict or a list of
-        them), extxyz otherwise (a list of Atoms)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            if path.suffix == ".json":
-                tmp.write_text(json.dumps(to_jsonable(data), indent=2))
-            else:
-                from atomscore.io import write_extxyz
+        """Write results atomically to ``path`` in the format of its suffix (:func:`atomscore.io.write_data`):
+        ``.xyz``/``.extxyz``, ``.traj``, ``.db`` or ``.json`` for a list of Atoms, ``.json``
+        for a dict or a list of them."""
+        from atomscore.io import write_data
 
-                write_extxyz(tmp, data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        if not isinstance(data, list) or not data or not hasattr(data[0], "positions"):
+            data = to_jsonable(data)
+        return write_data(path, data)
 
     @staticmethod
     def read_data(path):
         """Read results written by :meth:`write_data` (list of Atoms or dict)."""
-        path = Path(path)
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        from atomscore.io import read_extxyz
+        from atomscore.io import read_data
 
-        return read_extxyz(path)
+        return read_data(path)
 
     # ------------------------------------------------------------------ jobs
     def run(self, path_type, configs, compute_args, workflow=None, job_details=None,
