@@ -3,18 +3,28 @@
 ``atomscore run SPEC.json``        run a score over configurations through a workflow
 ``atomscore jobs status ROOT``     a table of the jobs under ROOT and their states
 ``atomscore descriptors IN -o OUT`` attach QUESTS descriptors to configurations
-``atomscore demo``                 the main job: information-matching active learning on SW silicon
+``atomscore entropy DATASET``      QUESTS entropy, diversity and efficiency of a dataset
+``atomscore dh TEST --reference R`` QUESTS delta entropy of each atom of TEST against R
+``atomscore uq CONFIGS ...``       LTAU force uncertainty of each atom
+``atomscore demo``                 information-matching active learning on SW silicon, as a report
+
+Conventions of every command: ``-v``/``-q`` set how much is logged (to stderr), ``-T``
+shows the traceback of an error, and failures are one line on stderr with exit code 2
+(bad input: nothing was computed or written) or 1 (jobs or a computation failed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
-from atomscore.errors import AtomscoreError, InputError, JobFailedError
+from atomscore.errors import AtomscoreError, InputError, JobFailedError, MissingExtraError
+
+log = logging.getLogger("atomscore")
 
 
 # --------------------------------------------------------------------------- run
@@ -57,14 +67,14 @@ def load_spec(path, base_dir=None) -> dict:
     if not configs_path.is_file():
         raise InputError(f"{path}: configurations file not found: {str(configs_path)!r} (relative paths are "
                          f"taken from {str(base)!r}; set --base-dir)")
-    if configs_path.suffix == ".json":
-        data = json.loads(configs_path.read_text())
-        configs = data if isinstance(data, list) else [data]
-    else:
-        from atomscore.io import read_extxyz
+    from atomscore.io import read_data
 
-        configs = read_extxyz(configs_path)
+    configs = read_data(configs_path)  # any format ASE reads, by suffix; JSON: property dicts or Atoms
+    if isinstance(configs, dict):
+        configs = [configs]
     return {
+        "spec_path": path,
+        "configs_path": configs_path,
         "score_class": cls,
         "score_args": _resolve_paths(score.get("score_args") or {}, base),
         "compute_args": _resolve_paths(score.get("compute_args") or {}, base),
@@ -76,8 +86,12 @@ def load_spec(path, base_dir=None) -> dict:
     }
 
 
-def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, progress=True):
-    """Run a spec file end to end; return ``(calc_ids, results, output_path)``."""
+def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, progress=True, overwrite=False):
+    """Run a spec file end to end; return ``(calc_ids, results, output_path)``.
+
+    ``output`` is checked (suffix, folder, not an input, exists only with ``overwrite``)
+    before any job folder is written.
+    """
     from atomscore.jobs.workflow import DEFAULT_ROOT, LocalWorkflow, make_workflow
 
     spec = load_spec(spec_path, base_dir)
@@ -86,8 +100,8 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
     except TypeError as exc:
         raise InputError(f"score_args of {spec['score_class'].__name__}: {exc}") from None
     want = ".xyz" if score.kind in ("atom", "configuration") else ".json"
-    if output is not None and Path(output).suffix not in ((want, ".extxyz") if want == ".xyz" else (want,)):
-        raise InputError(f"--output: {type(score).__name__} results are written as {want}, got {str(output)!r}")
+    if output is not None:
+        _check_run_output(output, score, spec, overwrite)
     workflow = spec["workflow"]
     if workflow is None:
         workflow = LocalWorkflow(root or DEFAULT_ROOT, nprocs=nprocs)
@@ -107,11 +121,41 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
     return ids, results, output
 
 
+def _check_run_output(output, score, spec, overwrite):
+    """Refuse a bad ``--output`` before any job runs (suffix of the score's kind, folder, inputs)."""
+    from atomscore.io import CONFIG_SUFFIXES, RESULT_SUFFIXES, check_output
+
+    inputs = [spec["spec_path"], spec["configs_path"], *_paths_in(spec["score_args"]),
+              *_paths_in(spec["compute_args"])]
+    suffixes = CONFIG_SUFFIXES if score.kind in ("atom", "configuration") else RESULT_SUFFIXES
+    check_output(output, inputs=inputs, overwrite=overwrite, what=f"--output ({type(score).__name__} results)",
+                 suffixes=suffixes)
+
+
+def _paths_in(value):
+    """Every string in ``value`` (nested dicts and lists) that names an existing file."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _paths_in(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _paths_in(v)]
+    return [value] if isinstance(value, str) and os.path.isfile(value) else []
+
+
 def cmd_run(args):
     ids, results, output = run_spec(args.spec, root=args.root, base_dir=args.base_dir, output=args.output,
-                                    nprocs=args.nprocs)
+                                    nprocs=args.nprocs, overwrite=args.overwrite)
     print(f"atomscore: {len(ids)} job(s) done; {len(results)} result(s) written to {output}")
+    for result in results:  # dataset and model scores: their value, at the end
+        if isinstance(result, dict):
+            for key, value in result.items():
+                if key.endswith("_score"):
+                    print(f"{key} = {_short_value(value)}")
     return 0
+
+
+def _short_value(value):
+    text = json.dumps(value)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 # --------------------------------------------------------------------------- jobs
@@ -153,11 +197,55 @@ def cmd_jobs_status(args):
 
 
 # --------------------------------------------------------------------------- parser
+class _Formatter(argparse.HelpFormatter):
+    """Wraps one-paragraph texts; keeps texts with line breaks (the examples) as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2) and help examples kept as written."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def _add_global_options(parser, top=False):
+    """-v, -q and -T on ``parser`` and every subcommand below it (so they go anywhere on the line)."""
+    default = {} if top else {"default": argparse.SUPPRESS}
+    options = [(("-v", "--verbose"), dict(action="count", help="log more (-vv: debug)", **({"default": 0} if top else default))),
+               (("-q", "--quiet"), dict(action="count", help="log only warnings (-qq: only errors)",
+                                        **({"default": 0} if top else default))),
+               (("-T", "--traceback"), dict(action="store_true", help="show the full traceback of an error",
+                                            **default))]
+    for flags, kwargs in options:
+        try:
+            parser.add_argument(*flags, **kwargs)
+        except argparse.ArgumentError:  # a command that uses the letter itself keeps it
+            pass
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_global_options(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atomscore", description=
-                                     "Score atomistic data for machine-learned interatomic potentials: LTAU force "
-                                     "uncertainty, QUESTS dataset information, Fisher-information matching.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from atomscore import __version__
+
+    parser = _Parser(prog="atomscore", description=
+                     "Score atomistic data for machine-learned interatomic potentials: LTAU force "
+                     "uncertainty, QUESTS dataset information, Fisher-information matching.",
+                     epilog=EXAMPLES)
+    parser.add_argument("--version", action="version", version=f"atomscore {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a score over configurations from a JSON spec",
                          description="Run a score over configurations through a workflow from a JSON spec "
@@ -168,8 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--root", help="root folder of the job folders (default ./atomscore_jobs, or the "
                      "workflow's root_directory)")
     run.add_argument("--base-dir", help="folder that relative paths in the spec are taken from (default: here)")
-    run.add_argument("-o", "--output", help="where to write the gathered results (.xyz or .json; default: "
-                     "ROOT/<ScoreClass>/<path_type>/results.*)")
+    run.add_argument("-o", "--output", help="where to write the gathered results, by suffix: .xyz, .traj, .db or "
+                     ".json for per-atom and per-configuration scores, .json for dataset and model scores "
+                     "(default: ROOT/<ScoreClass>/<path_type>/results.*)")
+    run.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     run.add_argument("--nprocs", type=int, help="jobs at once for the local workflow (default: cores)")
     run.set_defaults(func=cmd_run)
 
@@ -184,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in _optional_commands():
         register(sub)
+    _add_global_options(parser, top=True)
     return parser
 
 
@@ -191,24 +282,74 @@ def _optional_commands():
     """Commands defined next to what they run (imported lazily when invoked)."""
     from atomscore.demo import add_demo_command
     from atomscore.descriptors.cli import add_descriptors_command
+    from atomscore.score_commands import add_dh_command, add_entropy_command, add_uq_command
 
-    return [add_descriptors_command, add_demo_command]
+    return [add_entropy_command, add_dh_command, add_uq_command, add_descriptors_command, add_demo_command]
+
+
+EXAMPLES = """examples:
+  atomscore entropy dataset.xyz                      entropy, diversity, efficiency of a dataset
+  atomscore dh new.xyz --reference train.xyz -o dh.xyz   per-atom delta entropy against a training set
+  atomscore uq new.xyz --train-descriptors train.xyz --error-logs errors.npy -o uq.xyz
+  atomscore run spec.json -o results.db               any score through job folders
+  atomscore jobs status atomscore_jobs
+exit codes: 0 done, 2 bad input (nothing computed or written), 1 failed jobs or computation
+"""
+
+
+def _configure_logging(verbose, quiet):
+    """Log records of ``atomscore.*`` to stderr: INFO by default, -v DEBUG, -q WARNING, -qq ERROR."""
+    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(max(-2, verbose - quiet), logging.DEBUG)
+    logger = logging.getLogger("atomscore")
+    for handler in [h for h in logger.handlers if getattr(h, "_atomscore_cli", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("atomscore: %(message)s"))
+    handler._atomscore_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def _one_line(text) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return "; ".join(lines[:1]) if lines else ""
+
+
+def describe_error(exc) -> tuple[int, str]:
+    """The exit code and the one line that the command prints for ``exc``."""
+    if isinstance(exc, JobFailedError):
+        if exc.failures:
+            first = exc.failures[0]
+            error = _one_line(first.get("error") or first.get("stderr_tail") or first.get("state") or "failed")
+            more = f" (and {len(exc.failures) - 1} more)" if len(exc.failures) > 1 else ""
+            return 1, (f"{len(exc.failures)} job(s) failed; {first['folder']}: {error}{more}; see its "
+                       "stderr.log and `atomscore jobs status`")
+        return 1, _one_line(exc)
+    if isinstance(exc, (InputError, MissingExtraError)):
+        return 2, f"error: {_one_line(exc)}"
+    if isinstance(exc, AtomscoreError):
+        return 1, f"error: {_one_line(exc)}"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return 2, f"error: {exc.strerror or exc}: {exc.filename!r}"
+    return 1, f"error: {type(exc).__name__}: {_one_line(exc)} (unexpected; run with -T for the traceback)"
 
 
 def main(argv=None) -> int:
+    """The ``atomscore`` command; returns its exit code (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging(getattr(args, "verbose", 0) or 0, getattr(args, "quiet", 0) or 0)
     try:
         return args.func(args)
-    except JobFailedError as exc:
-        print(f"atomscore: {exc}", file=sys.stderr)
-        return 1
-    except (InputError, AtomscoreError) as exc:
-        print(f"atomscore: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("atomscore: interrupted; finished job folders are kept", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if getattr(args, "traceback", False):
+            raise
+        code, line = describe_error(exc)
+        print(f"atomscore: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

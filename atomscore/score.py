@@ -25,6 +25,7 @@ import copy
 import functools
 import inspect
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -33,6 +34,8 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.quantity import ScoreQuantity
 from atomscore.validation import check_configs
+
+log = logging.getLogger(__name__)
 
 RESULTS_XYZ = "score_results.xyz"
 RESULTS_JSON = "score_results.json"
@@ -257,7 +260,7 @@ class ScoreBase:
         batch_size : int
             Configurations per job (a dataset score always runs as one job).
         verbose : bool
-            Print the folders written.
+            Log the folders written at INFO level (else DEBUG).
 
         Returns
         -------
@@ -273,9 +276,8 @@ class ScoreBase:
         workflow.check_job_details(job_details)
         folders = jobs.write(workflow.root)
         self._run_folders.extend(folders)
-        if verbose:
-            for folder in folders:
-                print(f"atomscore: wrote job {folder}")
+        for folder in folders:
+            log.log(logging.INFO if verbose else logging.DEBUG, "wrote job %s", folder)
         return [workflow.submit(folder, job_details) for folder in folders]
 
     def write_input(self, folder, configs):

@@ -10,6 +10,7 @@ for a scheduler, :meth:`Workflow.poll`; scores never need to know which workflow
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from atomscore.jobs.folder import JOB_FILE, job_folder, now, read_status, update
 from atomscore.validation import check_keys
 
 DEFAULT_ROOT = "./atomscore_jobs"
+log = logging.getLogger(__name__)
 
 
 class JobState(str, enum.Enum):
@@ -63,6 +65,14 @@ def failure_report(folders, calc_ids) -> list[dict]:
                              "reason": status.get("reason"), "exit_code": status.get("exit_code"),
                              "error": status.get("error"), "stderr_tail": stderr_tail(folder)})
     return failures
+
+
+def _log_finished(finished, total, visible_bar):
+    """One log line per finished job: INFO when no progress bar shows it (not a terminal), else DEBUG."""
+    level = logging.DEBUG if visible_bar else logging.INFO
+    for folder in finished:
+        status = read_status(folder)
+        log.log(level, "job %s %s (%s s) of %d", folder, status.get("state"), status.get("seconds"), total)
 
 
 def raise_failures(failures):
@@ -165,6 +175,8 @@ class Workflow:
                 still = [f for f in open_folders if not JobState(read_status(f).get("state", "pending")).final]
                 if bar is not None:
                     bar.update(len(open_folders) - len(still))
+                _log_finished([f for f in open_folders if f not in still], len(folders),
+                              visible_bar=bar is not None and not bar.disable)
                 open_folders = still
                 if not open_folders:
                     break
