@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run a score over configurations through a workflow from a JSON spec "
                          "(score.score_type, score_args, compute_args, query_configs_path or dataset_path, "
                          "batch_size, optional workflow {workflow_type, workflow_args} and job_details); writes "
-                         "the gathered results.")
+                         "the gathered results.", epilog=RUN_EXAMPLES)
     run.add_argument("spec", help="the JSON spec file")
     run.add_argument("--root", help="root folder of the job folders (default ./atomscore_jobs, or the "
                      "workflow's root_directory)")
@@ -263,11 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nprocs", type=int, help="jobs at once for the local workflow (default: cores)")
     run.set_defaults(func=cmd_run)
 
-    jobs = sub.add_parser("jobs", help="look at job folders", description="Look at job folders.")
+    jobs = sub.add_parser("jobs", help="look at job folders", description="Look at job folders.",
+                          epilog=JOBS_EXAMPLES)
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     status = jobs_sub.add_parser("status", help="a table of the jobs under ROOT and their states",
                                  description="Print a table of the jobs under ROOT and their states; "
-                                 "exit code 1 if any failed.")
+                                 "exit code 1 if any failed.", epilog=JOBS_EXAMPLES)
     status.add_argument("root", help="root folder of the job folders")
     status.add_argument("--state", choices=["pending", "running", "done", "failed"], help="show only this state")
     status.set_defaults(func=cmd_jobs_status)
@@ -286,6 +287,20 @@ def _optional_commands():
 
     return [add_entropy_command, add_dh_command, add_uq_command, add_descriptors_command, add_demo_command]
 
+
+RUN_EXAMPLES = """examples:
+  atomscore run spec.json                      results under atomscore_jobs/<ScoreClass>/<path_type>/
+  atomscore run spec.json -o results.db        an ASE database (scores in data, settings as key-value pairs)
+  atomscore run spec.json -o results.xyz --overwrite --nprocs 4
+spec.json:
+  {"batch_size": 50, "score": {"score_type": "QUESTSDeltaEntropyScore", "query_configs_path": "new.xyz",
+   "score_args": {}, "compute_args": {"score_quantity": "DELTA_ENTROPY", "reference_set": "ref.npy"}}}
+"""
+
+JOBS_EXAMPLES = """examples:
+  atomscore jobs status atomscore_jobs
+  atomscore jobs status atomscore_jobs --state failed
+"""
 
 EXAMPLES = """examples:
   atomscore entropy dataset.xyz                      entropy, diversity, efficiency of a dataset

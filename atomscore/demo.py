@@ -351,9 +351,12 @@ def cmd_demo(args):
 
 
 def add_demo_command(subparsers):
-    p = subparsers.add_parser("demo", help="the main job: information-matching active learning on SW silicon",
-                              description="Run the main job on Debian's SW silicon model: candidate pool, QUESTS "
-                              "information, FIMs, information matching, LTAU, and an HTML report.")
+    p = subparsers.add_parser("demo", help="information-matching active learning on SW silicon, as a report",
+                              description="Choose training configurations for Stillinger-Weber silicon (the "
+                              "OpenKIM model) so that its elastic constants are predicted to a target precision: "
+                              "candidate pool, QUESTS information, FIMs, information matching, LTAU, and an HTML "
+                              "report.",
+                              epilog="examples:\n  atomscore demo\n  atomscore demo --output my_demo --quick\n")
     p.add_argument("--output", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--quick", action="store_true", help="a smaller pool, for tests (under a minute)")
     p.set_defaults(func=cmd_demo)

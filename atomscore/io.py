@@ -90,11 +90,11 @@ def check_output(path, *, inputs=(), overwrite=False, what="--output", suffixes=
         existing file without ``overwrite``.
     """
     path = Path(path)
-    output_format(path, what, suffixes)
     for source in inputs:
         if source is not None and same_file(path, source):
             raise InputError(f"{what}: {str(path)!r} is also an input of this command; choose another name "
                              "(an input is never overwritten)")
+    output_format(path, what, suffixes)
     folder = path.parent
     if not folder.is_dir():
         raise InputError(f"{what}: folder {str(folder)!r} of {str(path)!r} does not exist")

@@ -116,6 +116,6 @@ def test_a_relative_calc_id_is_found_from_here_or_from_the_root(spec_dir, monkey
 
 def test_an_output_file_of_the_wrong_kind_is_refused_before_running(spec_dir):
     folder, _ = spec_dir
-    proc = atomscore("run", "spec.json", "--root", "jobs", "-o", "out.json", cwd=folder)
-    assert proc.returncode == 2 and "results are written as .xyz, got 'out.json'" in proc.stderr
+    proc = atomscore("run", "spec.json", "--root", "jobs", "-o", "out.txt", cwd=folder)
+    assert proc.returncode == 2 and "cannot write 'out.txt': unknown suffix '.txt'" in proc.stderr
     assert not (folder / "jobs").exists()
