@@ -59,3 +59,13 @@ def missing_extra(what, extra, debian=(), cause=None):
     if cause is not None:
         msg += f" ({type(cause).__name__}: {cause})"
     return MissingExtraError(msg)
+
+
+def import_extra(module, what, extra, debian=()):
+    """Import ``module``, or raise the :class:`MissingExtraError` naming ``atomscore[extra]``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise missing_extra(what, extra, debian=debian, cause=exc) from None

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomscore.errors import InputError, SolverError
+from atomscore.errors import InputError, SolverError, import_extra
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ConfigurationScore
 from atomscore.validation import check_choice, check_configs, load_array
@@ -68,7 +68,7 @@ PSD_RTOL = 1e-8
 # --------------------------------------------------------------------------- inputs
 def installed_solvers() -> list:
     """Names of the cvxpy solvers installed here (e.g. ``['CLARABEL', 'SCS', 'SDPA']``)."""
-    import cvxpy as cp
+    cp = import_extra("cvxpy", "FIMMatchingScore", "fim")
 
     return list(cp.installed_solvers())
 
@@ -289,7 +289,7 @@ def _check_convexopt_kwargs(convexopt_init_kwargs, nconfigs):
         kwargs = dict(convexopt_init_kwargs)
     else:
         raise InputError(f"convexopt_init_kwargs: expected a dict, got {type(convexopt_init_kwargs).__name__}")
-    from information_matching import ConvexOpt
+    ConvexOpt = import_extra("information_matching", "FIMMatchingScore", "fim").ConvexOpt
 
     allowed = [p for p in inspect.signature(ConvexOpt.__init__).parameters
                if p not in ("self", "fim_qoi", "fim_configs")]
@@ -361,8 +361,8 @@ def match_information(candidates, target, *, weight_upper_bound=None, solver_kwa
         inaccurate, solver error), or calls optimal weights that do not match the target:
         the message names the status and the other solver.
     """
-    import cvxpy as cp
-    from information_matching import ConvexOpt
+    cp = import_extra("cvxpy", "FIMMatchingScore", "fim")
+    ConvexOpt = import_extra("information_matching", "FIMMatchingScore", "fim").ConvexOpt
 
     solver_kwargs = dict(solver_kwargs or {})
     solver = solver_kwargs.get("solver") or default_solver()

@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 
-from atomscore.errors import InputError
+from atomscore.errors import InputError, import_extra
 
 #: default finite-difference step: this fraction of |φ| ...
 RELATIVE_STEP = 0.1
@@ -101,7 +101,8 @@ def make_transform(transform):
     if not isinstance(transform, dict):
         raise InputError(f"transform: expected None, a transform object or a dict "
                          f"{{'transform_type', 'transform_args'}}, got {type(transform).__name__}")
-    from information_matching.transform import avail_transform, transform_builder
+    _transform = import_extra("information_matching.transform", "parameter transforms", "fim")
+    avail_transform, transform_builder = _transform.avail_transform, _transform.transform_builder
 
     ttype = transform.get("transform_type")
     if ttype in (None, "Identity", "IdentityTransform"):

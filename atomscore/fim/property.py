@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from atomscore.errors import InputError
+from atomscore.errors import InputError, import_extra
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ModelScore, to_jsonable
 from atomscore.validation import check_keys, load_array
@@ -130,7 +130,7 @@ def _target_properties(list_of_target_property):
 
 
 def _derivative_kwargs(derivative_kwargs, n_params):
-    from information_matching.fim.finitediff import finitediff_info
+    finitediff_info = import_extra("information_matching.fim.finitediff", "FIMPropertyScore", "fim").finitediff_info
 
     if derivative_kwargs is None:
         derivative_kwargs = {}
@@ -317,7 +317,8 @@ class FIMPropertyScore(ModelScore):
         numpy.ndarray
             The (P, P) FIM.
         """
-        from information_matching.fim.finitediff import FiniteDifference
+        FiniteDifference = import_extra("information_matching.fim.finitediff", "FIMPropertyScore",
+                                        "fim").FiniteDifference
 
         self.parse_quantity(score_quantity)
         props, pot, pmap, dkw, full_cov = self._prepare(

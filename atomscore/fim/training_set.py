@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from atomscore.errors import InputError
+from atomscore.errors import InputError, import_extra
 from atomscore.fim.parameters import IdentityTransform, ParameterMap, transform_to_dict
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ConfigurationScore
@@ -263,7 +263,7 @@ class _FIMEvaluator:
 
     def _numdifftools(self, predict):
         phi0 = self.pmap.phi0
-        import numdifftools as nd
+        nd = import_extra("numdifftools", "FIMTrainingSetScore (derivative_kwargs)", "fim")
 
         jac = nd.Jacobian(predict, **self.settings)(phi0.copy())
         return np.asarray(jac, dtype=float).reshape(-1, len(phi0))

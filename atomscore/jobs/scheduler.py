@@ -225,8 +225,8 @@ class PSIJWorkflow(Workflow):
     def _make_executor(self):
         try:
             import psij
-        except ImportError as exc:  # pragma: no cover - psij-python is a dependency
-            raise missing_extra(f"{type(self).__name__}", "scheduler", cause=exc) from None
+        except ImportError as exc:  # psij-python comes with the [hpc] extra
+            raise missing_extra(f"{type(self).__name__}", "hpc", cause=exc) from None
         work = self.root / ".psij"
         if self.executor_name == "flux":
             config = psij.JobExecutorConfig(work_directory=work)
