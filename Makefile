@@ -1,4 +1,4 @@
-# make demo: install what is missing, then run the main job.
+# make demo: install what is missing, then run the demo (writes demo_output/report.html).
 # make test: install what is missing, then run the whole test suite.
 # Both are idempotent: a second run skips the installs in seconds.
 
@@ -30,6 +30,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all,test]'
+	@echo "compiling the quests descriptor kernels once (numba; about 30 s the first time)"
+	$(PY) -c "from atomscore.descriptors.quests import warm_up; warm_up()"
 	@touch $@
 
 bench: setup

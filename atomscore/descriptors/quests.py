@@ -170,3 +170,14 @@ def _chunks(configs):
             chunk, atoms_in_chunk = [], 0
     if chunk:
         yield chunk
+
+
+def warm_up():
+    """Compile quests' numba kernels once (periodic and not), so that the first real call is fast.
+
+    numba caches the compiled code next to the quests package (``cache=True``), so this
+    runs at install time (``make``) and takes about half a minute only the first time.
+    """
+    from ase.build import bulk, molecule
+
+    QUESTSDescriptor(k=4).compute_batch([bulk("Si", "diamond", 5.43, cubic=True), molecule("H2O")], progress=False)

@@ -1,0 +1,80 @@
+"""A base ``pip install .`` (no extras) in a fresh virtual environment gives working QUESTS and LTAU.
+
+The environment is built from this checkout for the test (about a minute from a local
+package mirror, plus quests' first numba compilation) and thrown away after it. References:
+the QUESTS values of the same structures computed in the full environment running this test,
+and the absence of every package of the extras (``importlib.util.find_spec``).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import importlib.util, json
+    import numpy as np
+    from ase.build import bulk
+    from atomscore import LTAUForcesUQScore, QUESTSDeltaEntropyScore, QUESTSEfficiencyScore
+    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.errors import MissingExtraError
+
+    configs = [bulk("Si", "diamond", 5.43, cubic=True) for _ in range(3)]
+    for i, atoms in enumerate(configs):
+        atoms.rattle(0.05, seed=i)
+    data = QUESTSDescriptor(k=8).attach(configs, progress=False)
+    efficiency = QUESTSEfficiencyScore().compute(data, "EFFICIENCY", bandwidth=0.05)
+    dh = QUESTSDeltaEntropyScore().compute(data[0], "DELTA_ENTROPY", reference_set=data[1].arrays["descriptors"],
+                                           bandwidth=0.05)
+    train = np.vstack([a.arrays["descriptors"] for a in data[1:]])
+    logs = np.abs(np.random.default_rng(0).normal(size=(10, len(train)))) * 0.1
+    uq = LTAUForcesUQScore(train, logs, from_error_logs=True, nbins=20).compute(data[0], "UNCERTAINTY")
+    absent = {m: importlib.util.find_spec(m) is None
+              for m in ("cvxpy", "information_matching", "numdifftools", "psij", "kimpy", "torch")}
+    from atomscore.fim.matching import installed_solvers
+    try:
+        installed_solvers()  # the solvers of FIMMatchingScore: cvxpy, from the [fim] extra
+        missing = None
+    except MissingExtraError as exc:
+        missing = str(exc)
+    except Exception as exc:
+        missing = f"{type(exc).__name__}: {exc}"
+    print(json.dumps({"efficiency": efficiency, "dh": dh.tolist(), "uq": uq.tolist(), "absent": absent,
+                      "missing": missing}))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_base_install_runs_quests_and_ltau_without_the_extras(tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)],
+                             capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert install.returncode == 0, install.stderr[-3000:]
+    run = subprocess.run([str(python), "-c", SCRIPT], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert all(got["absent"].values()), got["absent"]
+    assert got["missing"] and "atomscore[fim]" in got["missing"], got["missing"]
+
+    # the same numbers in the full environment running this test
+    ns = {}
+    exec(SCRIPT.split("absent = ")[0], ns)
+    assert got["efficiency"] == pytest.approx(ns["efficiency"], rel=1e-12)
+    assert got["dh"] == pytest.approx(ns["dh"].tolist(), rel=1e-12)
+    assert got["uq"] == pytest.approx(ns["uq"].tolist(), rel=1e-6)
+
+    cli = subprocess.run([str(env_dir / "bin" / "atomscore"), "--version"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert cli.returncode == 0 and cli.stdout.startswith("atomscore ")
