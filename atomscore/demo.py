@@ -1,4 +1,4 @@
-"""The main job, ``atomscore demo``: information-matching active learning on SW silicon.
+"""``atomscore demo``: information-matching active learning on SW silicon, as an HTML report.
 
 Everything runs on Debian's Stillinger-Weber silicon model with embedded defaults (no
 network, no files of ours):
@@ -15,13 +15,19 @@ network, no files of ours):
 6. LTAU: per-atom force-error logs of an ensemble of perturbed SW parameter sets on the
    rattled candidates, predicted against the actual errors on held-out configurations;
 7. the output folder: extxyz files with every score attached, ``summary.json``, and
-   ``report.html`` with PNG figures.
+   ``report.html`` with PNG figures: the result in a sentence, the target in GPa, the
+   predicted uncertainty of each target property from the weighted FIM against the target,
+   unidentifiable parameter directions, versions and date.
+
+The first run's QUESTS step includes quests' one-time numba compilation (about 30 s) unless
+it was warmed, as ``make`` does at set-up.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +37,12 @@ import numpy as np
 SW_SI = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
 PARAMETERS = ("A", "B", "sigma", "gamma", "lambda")
 A0 = 5.431  # Å, SW silicon's equilibrium lattice constant
-BANDWIDTH = 0.015  # QUESTS bandwidth (1/Å), the quests package's and the spec's default
+BANDWIDTH = 0.015  # QUESTS bandwidth (1/Å), the quests package's default
+RELATIVE_ERROR = 0.1  # the target: 10 % on each target property
+EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa
+#: eigenvalues of a FIM below this fraction of its largest are "unidentifiable" directions
+TINY_EIGENVALUE = 1e-8
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,55 @@ def build_heldout(settings: DemoSettings):
 
 
 def _step(message):
-    print(f"atomscore demo: {message}", flush=True)
+    log.info("demo: %s", message)
+
+
+def _display(quantity, value):
+    """A target quantity in the report's units: (value, unit) with elastic constants in GPa."""
+    if quantity.startswith("c"):
+        return value * EV_PER_A3_IN_GPA, "GPa"
+    return value, {"lattice_constant": "Å", "cohesive_energy": "eV/atom"}.get(quantity, "")
+
+
+def predicted_uncertainties(weights, fims, jacobian, nominal, relative_error=RELATIVE_ERROR):
+    """Per target property: the standard deviation the weighted training FIM predicts, and the target's.
+
+    ``sigma = sqrt(diag(J (sum_i w_i I_i)^+ J^T))`` with ``J`` the property Jacobian in the
+    (transformed) parameters, in the units of the property vector; the target is
+    ``relative_error * |nominal|``.
+    """
+    total = sum(float(w) * np.asarray(f, dtype=float) for w, f in zip(weights, fims))
+    cov = jacobian @ np.linalg.pinv(total, hermitian=True) @ jacobian.T
+    predicted = np.sqrt(np.clip(np.diag(cov), 0, None))
+    return predicted, relative_error * np.abs(np.asarray(nominal, dtype=float))
+
+
+def weak_directions(fim, names, tiny=TINY_EIGENVALUE):
+    """Eigenvectors of ``fim`` whose eigenvalue is below ``tiny`` times the largest: (ratio, text) each."""
+    values, vectors = np.linalg.eigh(np.asarray(fim, dtype=float))
+    top = max(values.max(), np.finfo(float).tiny)
+    out = []
+    for value, vector in zip(values, vectors.T):
+        if value < tiny * top:
+            order = np.argsort(-np.abs(vector))
+            terms = [f"{vector[i]:+.2f} log {names[i]}" for i in order if abs(vector[i]) >= 0.1]
+            out.append((float(value / top), " ".join(terms)))
+    return out
+
+
+def versions() -> dict:
+    """Versions of Python and of the packages the demo used."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("atomscore", "numpy", "scipy", "ase", "quests", "faiss-cpu", "kimpy", "information-matching",
+                 "cvxpy", "sdpa-python", "matplotlib"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def ensemble_force_errors(configs, settings: DemoSettings, desc):
@@ -180,12 +239,12 @@ def run_demo(output="demo_output", quick=False):
 
     # 4. target FIM: lattice constant and cubic elastic constants, 10% error bars -----------
     t = time.perf_counter()
-    _step("target FIM of a0, C11, C12, C44 with 10% error bars (embedded backend)")
+    _step(f"target FIM of a0, C11, C12, C44 with {RELATIVE_ERROR:.0%} error bars (embedded backend)")
     quantities = ["lattice_constant", "c11", "c12", "c44"]
     target_args = {"lattice_param": A0, "lattice_type": "diamond", "deformation_mag": 1e-4,
                    "elements": ["Si"], "fim_quantities": quantities}
     nominal = ElasticConstants(**target_args).property_vector(KIMPotential(SW_SI))
-    cov = np.diag((0.1 * nominal) ** 2)
+    cov = np.diag((RELATIVE_ERROR * nominal) ** 2)
     target = [{"init_args": {"target_property_type": "ElasticConstants", "target_property_args": target_args},
                "calculate_property_args": {"workflow": {"workflow_type": "LOCAL",
                                                         "workflow_args": {"root_directory": str(output / "jobs")}}}}]
@@ -194,6 +253,7 @@ def run_demo(output="demo_output", quick=False):
                                                parameters_optimize=parameters_optimize, transform=transform,
                                                derivative_kwargs={"h": 0.01, "method": "CD"}))
     target_fim = target_fim.reshape(len(PARAMETERS), len(PARAMETERS))
+    jacobian = np.asarray(prop_score.jacobian, dtype=float)
     prop_score.save_results(target_fim, save_dir=output)
     timings["fim_property"] = time.perf_counter() - t
 
@@ -204,6 +264,8 @@ def run_demo(output="demo_output", quick=False):
     weights = matching.compute_batch(pool, fim_property=target_fim, score_quantity="IMPORTANCE")
     pool = matching.parse_for_storage(weights, pool)
     selected = [i for i, w in enumerate(weights) if w > 0]
+    fims = [np.asarray(a.info["fim_training_set_score"], dtype=float) for a in pool]
+    predicted_sigma, target_sigma = predicted_uncertainties(weights, fims, jacobian, nominal)
     timings["matching"] = time.perf_counter() - t
 
     # 6. LTAU -----------------------------------------------------------------------------
@@ -230,23 +292,39 @@ def run_demo(output="demo_output", quick=False):
     write_extxyz(output / "candidates.xyz", pool)
     write_extxyz(output / "heldout.xyz", heldout)
     eig = np.linalg.eigvalsh(target_fim)
+    weighted_fim = sum(float(w) * f for w, f in zip(weights, fims))
+    checks = []
+    for q, value, pred, want in zip(quantities, nominal, predicted_sigma, target_sigma):
+        shown, unit = _display(q, float(value))
+        scale = shown / value if value else 1.0
+        checks.append({"quantity": q, "value": shown, "unit": unit, "target_sigma": float(want * abs(scale)),
+                       "predicted_sigma": float(pred * abs(scale)), "meets": bool(pred <= want * (1 + 1e-3))})
     summary = {
         "model": SW_SI,
         "parameters": list(PARAMETERS),
         "candidates": len(pool),
+        "lattice_range": [float(min(settings.lattice_constants)), float(max(settings.lattice_constants))],
         "quests": {"bandwidth": BANDWIDTH, "efficiency": efficiency, "diversity": diversity,
                    "starting_set": [pool[i].info["name"] for i in start],
                    "mean_delta_entropy": {a.info["name"]: d for a, d in zip(pool, dh_mean)}},
-        "target": {"quantities": quantities, "values": nominal.tolist(), "relative_error": 0.1,
-                   "fim_eigenvalues": eig.tolist()},
+        "target": {"quantities": quantities, "values": nominal.tolist(), "relative_error": RELATIVE_ERROR,
+                   "fim_eigenvalues": eig.tolist(), "check": checks,
+                   "unidentifiable": [{"relative_eigenvalue": r, "direction": d}
+                                      for r, d in weak_directions(target_fim, PARAMETERS)],
+                   "unidentifiable_after_training": [{"relative_eigenvalue": r, "direction": d}
+                                                     for r, d in weak_directions(weighted_fim, PARAMETERS)]},
         "matching": {"selected": [{"name": pool[i].info["name"], "lattice_constant": pool[i].info["lattice_constant"],
                                    "trained_on": pool[i].info["trained_on"], "weight": float(weights[i])}
-                                  for i in selected]},
+                                  for i in selected],
+                     "meets_target": all(c["meets"] for c in checks)},
         "ltau": {"ensemble_size": settings.ensemble_size, "heldout_configurations": len(heldout),
                  "heldout_atoms": int(actual.size), "spearman_rank_correlation": rho,
                  "mean_predicted_error": float(predicted_all.mean()), "mean_actual_error": float(actual.mean())},
         "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
+        "versions": versions(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
+    summary["result"] = result_sentence(summary)
     figures = write_figures(output / "figures", pool, weights, dh_mean, predicted_all, actual, rho)
     summary["timings_seconds"]["total"] = round(time.perf_counter() - t_start, 2)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -254,6 +332,19 @@ def run_demo(output="demo_output", quick=False):
     _step(f"{len(selected)} of {len(pool)} candidates selected; LTAU rank correlation {rho:.2f}; "
           f"{summary['timings_seconds']['total']:.0f} s")
     return summary
+
+
+def result_sentence(summary) -> str:
+    """The demo's result in one sentence, e.g. '3 of 42 candidates meet the 10 % target ...'."""
+    n_sel, n = len(summary["matching"]["selected"]), summary["candidates"]
+    pct = f"{summary['target']['relative_error'] * 100:g} %"
+    names = ", ".join(q.replace("lattice_constant", "a0").upper().replace("A0", "a0")
+                      for q in summary["target"]["quantities"])
+    if summary["matching"]["meets_target"]:
+        return (f"{n_sel} of {n} candidates meet the {pct} target: trained on these {n_sel} with the weights "
+                f"below, the potential is predicted to give {names} each to within {pct}.")
+    return (f"{n_sel} of {n} candidates were selected, but the predicted uncertainties do not all meet the "
+            f"{pct} target on {names} (see the check below).")
 
 
 def write_figures(folder: Path, pool, weights, dh_mean, predicted, actual, rho):
@@ -275,17 +366,22 @@ def write_figures(folder: Path, pool, weights, dh_mean, predicted, actual, rho):
     kinds = np.array([c.info["trained_on"] for c in pool])
     w = np.asarray(weights, dtype=float)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     for kind, marker, color, shift in (("energy", "o", "tab:blue", -0.008), ("forces", "s", "tab:orange", 0.008)):
         m = kinds == kind
         ax.vlines(a[m] + shift, 0, w[m], color=color, alpha=0.6)
         ax.plot(a[m] + shift, w[m], marker, color=color, label=f"trained on {kind}")
-    ax.axvline(A0, color="grey", ls=":", label="equilibrium a0")
-    ax.set_xlabel("lattice constant (Å)")
+        ax2.plot(a[m] + shift, np.asarray(dh_mean)[m], marker, color=color, label=f"trained on {kind}")
+    for axis in (ax, ax2):
+        axis.axvline(A0, color="grey", ls=":", label="equilibrium a0")
+        axis.set_xlabel("lattice constant (Å)")
     ax.set_ylabel("optimal weight")
     ax.set_title("Information-matching weight per candidate")
     ax.legend()
-    save(fig, "weights", "Weight of each candidate against its lattice constant (zero: not selected).")
+    ax2.set_ylabel("mean dH per atom (nats)")
+    ax2.set_title("QUESTS mean dH per candidate")
+    save(fig, "weights", "Left: the weight of each candidate (zero: not selected). Right: its mean QUESTS dH "
+                         "against the starting set (large: environments the starting set lacks).")
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     dh_all = np.concatenate([c.arrays["quests_delta_entropy_score"] for c in pool])
@@ -313,39 +409,81 @@ def write_figures(folder: Path, pool, weights, dh_mean, predicted, actual, rho):
 def write_report(path: Path, summary: dict, figures: dict):
     """A self-contained HTML report (figures as relative PNG links)."""
     esc = html.escape
-    q, m, lt = summary["quests"], summary["matching"], summary["ltau"]
+    q, m, lt, tg = summary["quests"], summary["matching"], summary["ltau"], summary["target"]
+    pct = f"{tg['relative_error'] * 100:g} %"
     rows = "".join(f"<tr><td>{esc(s['name'])}</td><td>{s['lattice_constant']:.3f}</td><td>{esc(s['trained_on'])}</td>"
-                   f"<td>{s['weight']:.4g}</td></tr>" for s in m["selected"])
-    target = "".join(f"<tr><td>{esc(n)}</td><td>{v:.5g}</td></tr>"
-                     for n, v in zip(summary["target"]["quantities"], summary["target"]["values"]))
+                   f"<td>{s['weight']:.4g}</td><td>{1 / np.sqrt(s['weight']):.3g} "
+                   f"{'eV/Å' if s['trained_on'] == 'forces' else 'eV'}</td></tr>" for s in m["selected"])
+    label = {"lattice_constant": "lattice constant a0", "c11": "C11", "c12": "C12", "c44": "C44"}
+    check = "".join(f"<tr><td>{esc(label.get(c['quantity'], c['quantity']))}</td><td>{c['value']:.5g} {esc(c['unit'])}</td>"
+                    f"<td>± {c['target_sigma']:.3g} {esc(c['unit'])}</td><td>± {c['predicted_sigma']:.3g} "
+                    f"{esc(c['unit'])}</td><td>{'yes' if c['meets'] else '<b>no</b>'}</td></tr>" for c in tg["check"])
+    weak = "".join(f"<li>{esc(d['direction'])} (eigenvalue {d['relative_eigenvalue']:.1e} of the largest)</li>"
+                   for d in tg["unidentifiable"])
+    weak_text = (f"<p>The target FIM has {len(tg['unidentifiable'])} direction(s) in parameter space that the target "
+                 f"properties do not constrain (eigenvalues below {TINY_EIGENVALUE:g} of the largest):</p><ul>{weak}</ul>"
+                 "<p>Moving the parameters along such a direction leaves the four target properties unchanged, so "
+                 "the matching does not ask the training set to pin it down, and the fitted potential may differ "
+                 "from SW there. With 4 target properties and 5 parameters at least one such direction exists.</p>"
+                 if weak else "<p>Every direction in parameter space is constrained by the target properties.</p>")
+    after = tg.get("unidentifiable_after_training") or []
+    if after:
+        weak_text += (f"<p>The weighted training FIM leaves {len(after)} direction(s) unidentified: "
+                      + "; ".join(esc(d["direction"]) for d in after) + ".</p>")
     figs = "".join(f'<figure><img src="{esc(f)}" alt="{esc(n)}"><figcaption>{esc(c)}</figcaption></figure>'
                    for n, (f, c) in figures.items())
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings_seconds"].items())
+    vers = ", ".join(f"{esc(k)} {esc(v)}" for k, v in summary["versions"].items())
     path.write_text(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>atomscore demo: information matching on SW silicon</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}} table{{border-collapse:collapse}}
+<style>body{{font-family:sans-serif;max-width:62em;margin:2em auto;color:#222}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}} figure{{display:inline-block;margin:1em}}
-img{{max-width:30em}}</style></head><body>
+img{{max-width:58em}} .result{{font-size:1.25em;background:#eef6ee;border-left:4px solid #3a3;padding:.6em}}</style>
+</head><body>
 <h1>Information-matching active learning on SW silicon</h1>
-<p>Model <code>{esc(summary['model'])}</code>; parameters {esc(', '.join(summary['parameters']))} (log transform);
-{summary['candidates']} candidates.</p>
+<p class="result" id="result">{esc(summary['result'])}</p>
+<p>Question: which of {summary['candidates']} candidate configurations (64-atom diamond silicon cells at lattice
+constants {summary['lattice_range'][0]:.2f}&ndash;{summary['lattice_range'][1]:.2f} Å, unperturbed ones
+fitted on their energy, rattled ones on their forces) must a Stillinger-Weber potential be trained on, and how
+precisely, so that it predicts the lattice constant and the elastic constants C11, C12, C44 to {pct}?
+Model <code>{esc(summary['model'])}</code>; fitted parameters {esc(', '.join(summary['parameters']))}
+(log transform, so FIMs are per relative change of each parameter).</p>
+
+<h2>Target ({pct} on each property) and check of the selected weights</h2>
+<p>The predicted uncertainty of each property is <code>sqrt(diag(J F<sup>+</sup> J<sup>T</sup>))</code> with
+F = &Sigma; w<sub>i</sub> I<sub>i</sub> the weighted FIM of the selected candidates and J the property Jacobian;
+the weights meet the target when it is at most the target's.</p>
+<table><tr><th>property</th><th>SW value</th><th>target</th><th>predicted from the weights</th><th>meets</th></tr>
+{check}</table>
+
+<h2>Selected configurations and what a weight means</h2>
+<table><tr><th>configuration</th><th>a (Å)</th><th>trained on</th><th>weight w</th><th>required precision 1/&radic;w</th></tr>
+{rows}</table>
+<p>A weight multiplies the configuration's FIM, which assumes an error of 1 eV/Å on each force component
+(1 eV on an energy). A weight w therefore asks for reference data fitted to 1/&radic;w of that: w = 100 means
+forces to 0.1 eV/Å. Candidates not listed have weight 0: they add nothing the target needs.</p>
+
+<h2>Unidentifiable parameter directions</h2>
+{weak_text}
+
 <h2>Dataset information (QUESTS, bandwidth {q['bandwidth']})</h2>
-<p>Efficiency {q['efficiency']:.4f}, diversity {q['diversity']:.4f}; dH against the starting set
-{esc(', '.join(q['starting_set']))}.</p>
-<h2>Target: 10% error bars on</h2><table><tr><th>quantity</th><th>value (Å, eV/Å³)</th></tr>{target}</table>
-<h2>Selected configurations</h2>
-<table><tr><th>configuration</th><th>a (Å)</th><th>trained on</th><th>weight</th></tr>{rows}</table>
+<p>Efficiency {q['efficiency']:.4f} (dimensionless), diversity {q['diversity']:.4f} nats; dH of each candidate
+against the starting set {esc(', '.join(q['starting_set']))} (figure below, next to the weights).</p>
+
 <h2>LTAU force uncertainty</h2>
 <p>Ensemble of {lt['ensemble_size']} perturbed parameter sets; {lt['heldout_atoms']} held-out atoms; Spearman rank
-correlation of predicted and actual error {lt['spearman_rank_correlation']:.3f}.</p>
+correlation of predicted and actual error {lt['spearman_rank_correlation']:.3f}; mean predicted
+{lt['mean_predicted_error']:.3g} eV/Å, mean actual {lt['mean_actual_error']:.3g} eV/Å.</p>
 <h2>Figures</h2>{figs}
-<p><small>Timings: {esc(timings)}.</small></p>
+<p><small>Run {esc(summary['date'])}; {vers}.<br>Timings: {esc(timings)}. The QUESTS step includes quests'
+one-time numba compilation (about 30 s) unless it was warmed at set-up, as <code>make</code> does.</small></p>
 </body></html>
 """)
 
 
 def cmd_demo(args):
-    run_demo(args.output, quick=args.quick)
+    summary = run_demo(args.output, quick=args.quick)
+    print(summary["result"])
     print(f"atomscore: demo finished; report at {Path(args.output) / 'report.html'}")
     return 0
 

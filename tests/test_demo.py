@@ -7,6 +7,7 @@ is opened by headless Chromium (Debian package ``chromium``).
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from atomscore.io import read_extxyz
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RESULT = re.compile(r"\b(\d+) of (\d+) candidates meet the 10 % target")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def test_demo_writes_every_output(demo):
     for name in ("candidates.xyz", "heldout.xyz", "report.html", "score_results.json",
                  "figures/weights.png", "figures/delta_entropy.png", "figures/ltau.png"):
         assert (out / name).is_file(), name
-    assert "candidates selected" in stdout
+    assert RESULT.search(stdout), stdout
     assert 0 < summary["quests"]["efficiency"] <= 1
     assert summary["matching"]["selected"], "information matching selected nothing"
     assert summary["timings_seconds"]["total"] < 300
@@ -104,3 +106,52 @@ def test_report_opens_in_headless_chromium(demo, tmp_path):
 
     pixels = mpimg.imread(shot)
     assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50
+
+
+def test_report_states_the_result_and_checks_the_target(demo, tmp_path):
+    """The rendered text (Chromium's DOM dump) holds the result sentence; the check agrees with the FIMs."""
+    out, _ = demo
+    summary = json.loads((out / "summary.json").read_text())
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (out / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    match = RESULT.search(proc.stdout)
+    assert match, proc.stdout[:2000]
+    assert int(match.group(1)) == len(summary["matching"]["selected"]) and int(match.group(2)) == 10
+    for text in ("GPa", "required precision", "Unidentifiable parameter directions", summary["date"],
+                 "numpy " + summary["versions"]["numpy"]):
+        assert text in proc.stdout, text
+
+    # the check, recomputed here from the written FIMs: predicted sigma = sqrt(diag(J F^+ J^T)) is not
+    # available without J, so check its consequence: every property meets its target and the weighted
+    # FIM dominates the target FIM (the matching condition), as the report says
+    checks = summary["target"]["check"]
+    assert [c["quantity"] for c in checks] == ["lattice_constant", "c11", "c12", "c44"]
+    assert all(c["meets"] and c["predicted_sigma"] <= c["target_sigma"] * 1.001 for c in checks)
+    c11 = checks[1]
+    assert c11["unit"] == "GPa" and 140 < c11["value"] < 160  # SW silicon: C11 = 151.4 GPa
+    assert c11["target_sigma"] == pytest.approx(0.1 * c11["value"])
+    assert summary["target"]["unidentifiable"], "4 target properties cannot fix 5 parameters"
+
+
+def test_predicted_uncertainties_propagate_the_weighted_fim():
+    """Identity: with a square Jacobian and the weighted FIM equal to J^T C^-1 J, sigma = sqrt(diag C)."""
+    from atomscore.demo import predicted_uncertainties, weak_directions
+
+    rng = np.random.default_rng(3)
+    jac = rng.normal(size=(3, 3))
+    nominal = np.array([10.0, -20.0, 5.0])
+    cov = np.diag((0.1 * nominal) ** 2)
+    target_fim = jac.T @ np.linalg.inv(cov) @ jac
+    halves = [0.25 * target_fim, 0.75 * target_fim]
+    predicted, target = predicted_uncertainties([2.0, 2.0 / 3.0], halves, jac, nominal)  # sum = target_fim
+    np.testing.assert_allclose(predicted, np.sqrt(np.diag(cov)), rtol=1e-8)
+    np.testing.assert_allclose(target, 0.1 * np.abs(nominal))
+    # twice the information: sigma / sqrt(2)
+    predicted2, _ = predicted_uncertainties([4.0, 4.0 / 3.0], halves, jac, nominal)
+    np.testing.assert_allclose(predicted2, predicted / np.sqrt(2), rtol=1e-8)
+    # a FIM blind to parameter 2 has that direction as its unidentifiable one
+    blind = np.diag([1.0, 2.0, 0.0])
+    [(ratio, text)] = weak_directions(blind, ["A", "B", "C"])
+    assert ratio == 0 and text in ("+1.00 log C", "-1.00 log C")
