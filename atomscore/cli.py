@@ -106,16 +106,29 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
         workflow = make_workflow(workflow)
     from atomscore.jobs.workflow import interrupts_raise
 
-    with interrupts_raise():  # SIGTERM as Ctrl-C: the run's jobs are cancelled on the way out
-        ids = score.run(spec["path_type"], spec["configs"], spec["compute_args"], workflow=workflow,
-                        job_details=spec["job_details"], batch_size=spec["batch_size"])
-        workflow.block_until_completed(ids, progress=progress)
+    try:
+        with interrupts_raise():  # SIGTERM as Ctrl-C: the run's jobs are cancelled on the way out
+            ids = score.run(spec["path_type"], spec["configs"], spec["compute_args"], workflow=workflow,
+                            job_details=spec["job_details"], batch_size=spec["batch_size"])
+            workflow.block_until_completed(ids, progress=progress)
+    except KeyboardInterrupt:
+        _ignore_further_interrupts()  # the jobs are cancelled; a second Ctrl-C must not cut the exit short
+        raise
     results = score.data_from_calc_ids(ids, workflow=workflow)
     if output is None:
         output = Path(ids[0]).parent / f"results{want}"  # in the run's own folder
     output = Path(output)
     score.write_data(output, results)
     return ids, results, output
+
+
+def _ignore_further_interrupts():
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def cmd_run(args):

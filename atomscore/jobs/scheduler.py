@@ -28,11 +28,12 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from atomscore.errors import InputError, SchedulerError, missing_extra
 from atomscore.io import write_json_atomic
-from atomscore.jobs.folder import (FILES, JobState, check_submittable, now, read_status, state_of, tail_text,
+from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, JobState, check_submittable, now, read_status, state_of, tail_text,
                                    update_status)
 from atomscore.jobs.workflow import DEFAULT_ROOT, Workflow, check_env, job_command
 from atomscore.validation import check_choice, check_int, check_keys, check_positive
@@ -314,7 +315,7 @@ class PSIJWorkflow(Workflow):
         out["dependency_folders"] = dep_folders
         return out
 
-    def _job_spec(self, folder, details):
+    def _job_spec(self, folder, details, attempt):
         import psij
 
         command = job_command(folder)
@@ -329,10 +330,13 @@ class PSIJWorkflow(Workflow):
         attributes.duration = details["walltime"]  # None: no --time, the partition's default
         resources = psij.ResourceSpecV1(node_count=details["nodes"],
                                         processes_per_node=details["tasks_per_node"])
-        name = details["name"] or "atomscore-" + "-".join(folder.parts[-3:])
+        # Unique per job (its job id), so that a submission whose answer was lost can be
+        # found again by name (see _reconcile).
+        job_id = (read_status(folder).get("job_id") or uuid.uuid4().hex)[:8]
+        name = f"{details['name'] or 'atomscore-' + '-'.join(folder.parts[-3:])}-{job_id}"
         return psij.JobSpec(executable=command[0], arguments=command[1:], directory=folder,
                             name=re.sub(r"[^A-Za-z0-9_.\-]", "_", name),
-                            environment=details["env"] or None, inherit_environment=True,
+                            environment={**details["env"], ATTEMPT_ENV: attempt}, inherit_environment=True,
                             stdout_path=folder / FILES.stdout, stderr_path=folder / FILES.stderr,
                             attributes=attributes, resources=resources)
 
@@ -353,24 +357,31 @@ class PSIJWorkflow(Workflow):
         details = self._details(job_details)
         self._check_commands()
         executor = self.psij_executor
-        job = psij.Job(self._job_spec(folder, details))
+        attempt = uuid.uuid4().hex
+        job = psij.Job(self._job_spec(folder, details, attempt))
         # Written before the job can start, so the runner's later writes are never overwritten.
         update_status(folder, state=JobState.PENDING, submitted=now(), workflow=self.executor_name,
-                      exit_code=None, error=None, reason=None)
+                      exit_code=None, error=None, reason=None, attempt=attempt)
+        native_id, reconciled = None, False
         try:
             _call_with_timeout(lambda: executor.submit(job), self.scheduler_timeout,
                                f"submitting {folder} to {self.executor_name}")
+            native_id = job.native_id
         except Exception as exc:
             message = f"{self.executor_name} refused the job: {type(exc).__name__}: {exc}".strip()
             if isinstance(exc, SchedulerError):
                 message = str(exc)
-            update_status(folder, state=JobState.FAILED, reason="not submitted", exit_code=None,
-                          error=message, end_time=now())
-            raise SchedulerError(f"{folder}: {message}") from None
+                native_id = self._reconcile(job)  # timed out: it may have been submitted all the same
+                reconciled = native_id is not None
+            if native_id is None:
+                update_status(folder, state=JobState.FAILED, reason="not submitted", exit_code=None,
+                              error=message, end_time=now())
+                raise SchedulerError(f"{folder}: {message}") from None
         record = {
             "executor": self.executor_name,
             "psij_id": job.id,
-            "native_id": str(job.native_id),
+            "native_id": str(native_id),
+            "reconciled": reconciled,  # the submission timed out; found again in the queue
             "submitted": now(),
             "submit_script": str(executor.work_directory / f"{job.id}.job")
             if hasattr(executor, "work_directory") else None,
@@ -386,6 +397,30 @@ class PSIJWorkflow(Workflow):
         if self.executor_name == "flux":
             self._attached[record["native_id"]] = job
         return str(folder)
+
+    #: seconds a submission that timed out is looked for in the scheduler's queue (by name)
+    RECONCILE_S = 15.0
+
+    def _reconcile(self, job):
+        """After a submission timed out: the scheduler's id of the job if it was submitted all
+        the same (PSI/J's late answer, or the queue listing the job's unique name), else None."""
+        if self.executor_name != "slurm":
+            return job.native_id
+        end = time.monotonic() + self.RECONCILE_S
+        while True:
+            if job.native_id is not None:
+                return job.native_id
+            try:
+                found = subprocess.run(["squeue", "-h", "-o", "%i", "-n", job.spec.name], stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, text=True, timeout=10,
+                                       stdin=subprocess.DEVNULL).stdout.split()
+            except (OSError, subprocess.TimeoutExpired):
+                found = []
+            if len(found) == 1:
+                return found[0]
+            if time.monotonic() > end:
+                return None
+            time.sleep(0.5)
 
     # ------------------------------------------------------------------ state
     def native_id(self, calc_id) -> str:

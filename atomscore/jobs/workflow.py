@@ -285,7 +285,8 @@ class Workflow:
             calc id -> final :class:`JobState`.
         """
         calc_ids = list(calc_ids)
-        folders = [self.folder(c).resolve() for c in calc_ids]
+        # An absolute id whose folder is gone is waited on as 'failed: folder vanished'.
+        folders = [Path(str(c)) if os.path.isabs(str(c)) else self.folder(c).resolve() for c in calc_ids]
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
         if progress:
@@ -494,25 +495,24 @@ class LocalWorkflow(Workflow):
         pids = []
         for folder in folders:
             job = self._jobs.get(folder)
-            status = read_status(folder)
+            proc = None
             if job is not None:
-                with self._lock:
+                with self._lock:  # the job's thread starts its process under this lock
                     job.cancelled = True
                     if job.future is not None:
                         job.future.cancel()
                     proc = job.proc
-                if proc is not None and _group_alive(proc.pid):
-                    pids.append(proc.pid)
-            elif state_of(status) is JobState.RUNNING and status.get("pid") and _alive(status["pid"]):
-                pids.append(int(status["pid"]))
             try:
-                update_status(folder, only_if=lambda s: not state_of(s).final, state=JobState.CANCELLED,
-                              reason="cancelled", exit_code=None, end_time=now(),
-                              error="cancelled (Ctrl-C, SIGTERM or cancel()): "
-                                    + ("its process group was terminated" if status.get("pid") else
-                                       "it never started"))
+                # Under the status lock: either the runner recorded its pid first (and is killed
+                # below) or it sees 'cancelled' and does not run.
+                status = update_status(folder, only_if=lambda s: not state_of(s).final, state=JobState.CANCELLED,
+                                       reason="cancelled", exit_code=None, end_time=now(),
+                                       error="cancelled (Ctrl-C, SIGTERM or cancel())")
             except OSError:
-                pass  # disk full: the wait still sees it cancelled through this object
+                status = None  # disk full: the wait still sees it cancelled through this object
+            pid = proc.pid if proc is not None else (status or {}).get("pid")
+            if pid and _group_alive(pid):
+                pids.append(int(pid))
         for pid in pids:
             _kill_group(pid, signal.SIGTERM)
         end = time.monotonic() + CANCEL_GRACE_S
