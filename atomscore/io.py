@@ -1,4 +1,8 @@
-"""Files of configurations and results, chosen by suffix.
+"""Files: JSON and atomic writes (first section); configurations and results by suffix (second).
+
+Atomic writes go through a temporary name in the same folder and a rename, so a killed
+process or a full disk never leaves half a file, and the temporary file is removed when
+the write fails.
 
 One pair of functions, :func:`read_data` / :func:`write_data`, is used by every part of
 atomscore that reads or writes configurations (the CLI, ``save_results``, job folders):
@@ -22,15 +26,74 @@ unknown, whose folder is missing or read-only, that is one of the inputs, or tha
 
 from __future__ import annotations
 
+import enum
 import json
 import numbers
 import os
+import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from atomscore.errors import InputError
+
+
+# --------------------------------------------------------------------------- JSON, atomic writes
+def to_jsonable(value):
+    """Return ``value`` with numpy arrays and scalars turned into lists and Python numbers
+    (enums by name, string enums by value, paths as strings); a new object, the input is never modified."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, enum.Enum):  # a str enum (JobState) by its value, others by name
+        return value.value if isinstance(value, str) else value.name
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def temporary_name(path) -> Path:
+    """A hidden temporary name next to ``path``, unique to this process and call."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def write_text_atomic(path, text):
+    """Write ``text`` to ``path`` through a temporary name and a rename.
+
+    On any failure (a full disk: ``OSError`` ENOSPC) the temporary file is removed and the
+    error raised; ``path`` is then either its old content or absent, never half written.
+    """
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+        os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    return path
+
+
+def write_json_atomic(path, data):
+    """Write ``data`` (JSON-able after :func:`to_jsonable`) atomically to ``path``."""
+    return write_text_atomic(path, json.dumps(to_jsonable(data), indent=2))
+
+
+def read_json(path):
+    """The JSON content of ``path``."""
+    return json.loads(Path(path).read_text())
+
 
 # --------------------------------------------------------------------------- formats by suffix
 
@@ -103,7 +166,8 @@ def check_output(path, *, inputs=(), overwrite=False, what="--output", suffixes=
     if path.is_dir():
         raise InputError(f"{what}: {str(path)!r} is a folder; expected a file name")
     if path.exists() and not overwrite:
-        raise InputError(f"{what}: {str(path)!r} exists; pass --overwrite to replace it")
+        raise InputError(f"{what}: {str(path)!r} exists; results never overwrite a file "
+                         "(pass --overwrite to replace it)")
     return path
 
 
@@ -122,10 +186,10 @@ def write_data(path, data) -> Path:
     path = Path(path)
     fmt = output_format(path, "write_data")
     images = _as_images(data, fmt, path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     try:
         if images is None:
-            tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+            tmp.write_text(json.dumps(to_jsonable(data), indent=2))
         elif fmt == "extxyz":
             write_extxyz(tmp, images)
         elif fmt == "traj":
@@ -199,18 +263,6 @@ def _as_images(data, fmt, path):
         kind = "a dict or list of dicts, or " if fmt == "json" else ""
         raise InputError(f"write_data: {str(path)!r} takes {kind}a list of ase.Atoms, got {type(data).__name__}")
     return items
-
-
-def _json_default(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "name") and hasattr(type(value), "__members__"):  # an enum member
-        return value.name
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # --------------------------------------------------------------------------- exact extxyz

@@ -123,7 +123,7 @@ def test_check_output_refuses_before_anything_is_written(tmp_path):
         check_output(tmp_path / "missing" / "o.xyz")
     with pytest.raises(InputError, match="also an input"):
         check_output(tmp_path / "sub" / ".." / "in.xyz", inputs=[tmp_path / "in.xyz"], overwrite=True)
-    with pytest.raises(InputError, match="exists; pass --overwrite"):
+    with pytest.raises(InputError, match="exists; results never overwrite"):
         check_output(tmp_path / "in.xyz")
     assert check_output(tmp_path / "in.xyz", overwrite=True) == tmp_path / "in.xyz"
     with pytest.raises(InputError, match="unknown suffix"):
@@ -165,5 +165,5 @@ def test_the_descriptors_command_writes_and_reads_every_format(tmp_path, suffix)
         assert np.array_equal(atoms.arrays["descriptors"], x)
     again = subprocess.run([sys.executable, "-m", "atomscore.cli", "descriptors", str(source), "-o", str(out)],
                            capture_output=True, text=True, timeout=120, env=env)
-    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+    assert again.returncode == 2 and "exists; results never overwrite" in again.stderr
     assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr

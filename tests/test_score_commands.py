@@ -153,7 +153,7 @@ def test_an_existing_output_needs_overwrite(data):
     folder, _, _ = data
     (folder / "dh.xyz").write_text("my precious results\n")
     proc = atomscore("dh", "test.xyz", "--reference", "train.traj", "-o", "dh.xyz", cwd=folder)
-    assert proc.returncode == 2 and "exists; pass --overwrite" in proc.stderr
+    assert proc.returncode == 2 and "exists; results never overwrite" in proc.stderr
     assert (folder / "dh.xyz").read_text() == "my precious results\n"
     proc = atomscore("dh", "test.xyz", "--reference", "train.traj", "-o", "dh.xyz", "--overwrite", cwd=folder)
     assert proc.returncode == 0 and len(read_configs(folder / "dh.xyz")) == 2
