@@ -160,6 +160,11 @@ class UncertaintyCalculator(Calculator):
         for name in base:
             if name not in self.results:
                 self.results[name] = self.calculator.get_property(name, atoms)
+        for name in self.calculator.implemented_properties:  # what it computed anyway (energy with forces)
+            if name not in self.results and name not in UQ_PROPERTIES:
+                value = self.calculator.get_property(name, atoms, allow_calculation=False)
+                if value is not None:
+                    self.results[name] = value
         if need_uq:
             self._uncertainty(atoms)
 
@@ -249,7 +254,8 @@ class FlaggedFramesWriter:
     Attach it to the dynamics (``dyn.attach(FlaggedFramesWriter(calc, 'flagged.xyz'))``);
     each call appends the frames recorded since the last call. Any ASE format that holds
     several frames (by suffix or ``format``): extxyz keeps the per-atom scores
-    (``uncertainty``, ``descriptor_distance``); traj keeps positions, energy and forces.
+    (``uncertainty``, ``descriptor_distance``) to every digit; traj keeps positions,
+    energy and forces.
 
     Parameters
     ----------
@@ -293,7 +299,12 @@ class FlaggedFramesWriter:
         new = self.calculator.flagged[self.written:]
         if not new:
             return 0
-        if self.format == "traj":
+        if self.format == "extxyz":
+            from atomscore.io import write_extxyz
+
+            with open(self.path, "a") as fd:  # every float64 digit (ASE's writer keeps 8 decimals)
+                write_extxyz(fd, new)
+        elif self.format == "traj":
             from ase.io import Trajectory
 
             with Trajectory(self.path, "a") as traj:  # appending through ase.io.write is not supported
