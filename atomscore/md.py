@@ -228,6 +228,10 @@ class UncertaintyCalculator(Calculator):
         frame.info["max_uncertainty"] = float(self.results["uncertainty"].max())
         frame.info["max_descriptor_distance"] = float(self.results["descriptor_distance"].max())
         frame.info["exceeded"] = "; ".join(reasons)
+        frame.info["num_nearest_neighbors"] = self.k  # the settings that define the scores
+        for name in ("threshold", "max_distance"):
+            if getattr(self, name) is not None:
+                frame.info[name] = getattr(self, name)
         kept = {name: (np.array(value) if isinstance(value, np.ndarray) else value)
                 for name, value in self.results.items() if name in all_properties and name not in UQ_PROPERTIES}
         if kept:

@@ -296,6 +296,7 @@ def test_mismatched_index_is_refused(train, tmp_path):
     LTAUForcesUQScore(x[:100], logs[:, :100], from_error_logs=True).save_index(tmp_path / "n100.faiss")
     LTAUForcesUQScore(x + 1e-3, logs, from_error_logs=True).save_index(tmp_path / "other.faiss")
     LTAUForcesUQScore(x, logs, from_error_logs=True, index_type="IndexHNSWFlat").save_index(tmp_path / "hnsw.faiss")
+    LTAUForcesUQScore(x, logs, from_error_logs=True).save_index(tmp_path / "x.faiss")
     (tmp_path / "junk.faiss").write_bytes(b"not an index")
     n, dim = x.shape
     cases = [("dim10", x, rf"{n} vectors of dimension {dim}.*got {n} of dimension 10"),
@@ -308,8 +309,14 @@ def test_mismatched_index_is_refused(train, tmp_path):
     for name, descriptors, message in cases:
         with pytest.raises(InputError, match=message):
             LTAUForcesUQScore(descriptors, logs, from_error_logs=True, index_path=tmp_path / f"{name}.faiss")
+    one_off = x.copy()
+    one_off[37, 2] += 1e-3
+    with pytest.raises(InputError, match=rf"1 of {n} rows differ, first row 37"):
+        LTAUForcesUQScore(one_off, logs, from_error_logs=True, index_path=tmp_path / "x.faiss")
     with pytest.raises(InputError, match="train_descriptors: expected the"):
         LTAUForcesUQScore(None, logs, from_error_logs=True)
+    with pytest.raises(InputError, match="index_path: expected a path"):
+        LTAUForcesUQScore(x, logs, from_error_logs=True, index_path=42)
 
 
 def test_index_path_through_job_folders(train, tmp_path):

@@ -385,12 +385,16 @@ def read_index(path):
 def check_index_vectors(index, train_descriptors):
     """Refuse a flat/HNSW ``index`` whose stored vectors are not ``train_descriptors``
     (as float32, in order): an index saved from another training set gives wrong neighbours."""
-    stored = index.reconstruct_n(0, index.ntotal)
-    same = np.all(stored == _as_f32(train_descriptors), axis=1)
-    if not same.all():
-        bad = np.flatnonzero(~same)
-        raise InputError(f"index: its vectors are not the training descriptors ({bad.size} of {same.size} rows "
-                         f"differ, first row {int(bad[0])}); was it saved from another training set?")
+    n, bad, first = index.ntotal, 0, None
+    for start in range(0, n, 65536):  # blocks: memory bounded, not a second copy of the index
+        stop = min(start + 65536, n)
+        same = np.all(index.reconstruct_n(start, stop - start) == _as_f32(train_descriptors[start:stop]), axis=1)
+        if not same.all():
+            bad += int(np.sum(~same))
+            first = start + int(np.argmin(same)) if first is None else first
+    if bad:
+        raise InputError(f"index: its vectors are not the training descriptors ({bad} of {n} rows differ, "
+                         f"first row {first}); was it saved from another training set?")
 
 
 # --------------------------------------------------------------------------- estimator
