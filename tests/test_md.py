@@ -342,3 +342,22 @@ def test_index_path_through_job_folders(train, tmp_path):
     expected = built.compute_batch(configs, "UNCERTAINTY", num_nearest_neighbors=K)
     for atoms, res in zip(back, expected):
         np.testing.assert_allclose(atoms.arrays["ltau_forces_uq_score"], res, rtol=1e-12)
+
+
+def test_the_docs_example_runs_and_stops(tmp_path):
+    """docs/md.md's example, run as written in a fresh process: the heating run stops
+    (UncertaintyExceeded caught) before the thermostat reaches 3000 K and writes its figure."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "md.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    script = tmp_path / "md_example.py"
+    script.write_text(block)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stop = re.search(r"stopped at step (\d+) \(thermostat (\d+) K", proc.stdout)
+    assert stop and 0 < int(stop.group(1)) < 300 and int(stop.group(2)) < 3000, proc.stdout
+    assert (tmp_path / "md_uncertainty.png").stat().st_size > 10_000
