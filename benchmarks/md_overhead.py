@@ -7,15 +7,17 @@ Issue 15, item 4. Stillinger-Weber silicon through KIM (ASE's ``KIM`` calculator
 ``IndexHNSWFlat`` with the default tuning); the error logs are synthetic (the numbers do
 not matter here, the cost does).
 
-Per size, medians of ``--repeats`` rounds in which the two take turns (so a change of load
-on a shared machine hits both alike):
+Per size, medians over the steps of ``--repeats`` rounds in which the two take turns (so a
+change of load on a shared machine hits both alike):
 
-* ``bare``: ``VelocityVerlet.run(--steps)`` with the KIM calculator, per step;
+* ``bare``: one ``VelocityVerlet`` step with the KIM calculator;
 * ``wrapped``: the same with ``UncertaintyCalculator(KIM, score, QUESTSDescriptor)``;
 * the parts of the overhead on one frame: QUESTS descriptors, and the faiss search with
   the k-mean (``LTAUEstimator.predict_full``).
 
-Run: ``.venv/bin/python benchmarks/md_overhead.py [--sizes 512 4096] [--steps 5]``.
+Run (one thread per part, as docs/md.md reports it):
+``OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 .venv/bin/python benchmarks/md_overhead.py --steps 8
+--repeats 6 [--cutoff 4.0 --k-descriptor 8]``.
 """
 
 from __future__ import annotations
@@ -83,13 +85,15 @@ def bench(n_atoms, score, desc, kind, k, steps, repeats):
     start = cell(n_atoms, seed=2)
 
     def md(make_calc):
+        """Wall time of each of ``steps`` MD steps (an observer takes the time)."""
         atoms = start.copy()
         atoms.calc = make_calc()
         atoms.get_forces()  # set-up (neighbour list, first descriptors) outside the timing
         dyn = VelocityVerlet(atoms, 2 * units.fs)
-        t0 = time.perf_counter()
+        stamps = []
+        dyn.attach(lambda: stamps.append(time.perf_counter()))
         dyn.run(steps)
-        return (time.perf_counter() - t0) / steps
+        return list(np.diff(stamps))
 
     bare_calc = lambda: calculator(kind)  # noqa: E731
     wrapped_calc = lambda: UncertaintyCalculator(calculator(kind), score, descriptor=desc,  # noqa: E731
@@ -97,8 +101,8 @@ def bench(n_atoms, score, desc, kind, k, steps, repeats):
     md(wrapped_calc)  # warm-up: numba, threads, pages
     bare, wrapped = [], []
     for _ in range(repeats):
-        bare.append(md(bare_calc))
-        wrapped.append(md(wrapped_calc))
+        bare += md(bare_calc)
+        wrapped += md(wrapped_calc)
     x = desc.compute(start)
     t_desc = median_time(lambda: desc.compute(start), repeats)
     t_search = median_time(lambda: score.estimator.predict_full(x, k=k, distance=True), repeats)
@@ -109,7 +113,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--steps", type=int, default=5, help="MD steps per timed run")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--train-frames", type=int, default=20, help="512-atom frames in the training set")
     parser.add_argument("--cutoff", type=float, default=5.0)
     parser.add_argument("--k-descriptor", type=int, default=32, help="QUESTS neighbours (2k - 1 columns)")
@@ -122,7 +126,7 @@ def main(argv=None):
     x, logs = training_descriptors(desc, args.calculator, args.train_frames)
     print(f"SW Si via KIM ({args.calculator} calculator); QUESTS cutoff {args.cutoff} Å, k {args.k_descriptor} "
           f"({desc.n_features} columns); {len(x)} training atoms; LTAU k={args.k}; "
-          f"medians of {args.repeats} x {args.steps} VelocityVerlet steps")
+          f"medians over {args.repeats} x {args.steps} VelocityVerlet steps")
     print(f"{'index':>13} {'atoms':>6} {'bare ms/step':>13} {'wrapped ms/step':>16} {'ratio':>6} "
           f"{'overhead ms':>12} {'descriptors ms':>15} {'search ms':>10}")
     for index_type in args.index_types:
