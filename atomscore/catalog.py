@@ -36,6 +36,7 @@ PUBLIC_NAMES: dict[str, str] = {
     "QUESTSDeltaEntropyScore": "atomscore.quests",
     "LTAUForcesUQScore": "atomscore.ltau",
     "UncertaintyCalculator": "atomscore.md",
+    "FlaggedFramesWriter": "atomscore.md",
     "KIMPotential": "atomscore.potentials.kim",
     "ElasticConstants": "atomscore.properties.elastic",
     "FIMTrainingSetScore": "atomscore.fim.training_set",

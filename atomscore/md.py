@@ -180,7 +180,7 @@ class UncertaintyCalculator(Calculator):
             x = results[self.descriptors_key]
             label = f"results[{self.descriptors_key!r}]"
         else:
-            x = self._describe(atoms)
+            x = self._describe(atoms.copy())  # a copy: the calculator's state stays what was computed
             label = "descriptor(atoms)"
         x = load_array(x, label, ndim=2, where=where)
         if x.shape != (len(atoms), self.estimator.dim):

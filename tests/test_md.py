@@ -361,3 +361,27 @@ def test_the_docs_example_runs_and_stops(tmp_path):
     stop = re.search(r"stopped at step (\d+) \(thermostat (\d+) K", proc.stdout)
     assert stop and 0 < int(stop.group(1)) < 300 and int(stop.group(2)) < 3000, proc.stdout
     assert (tmp_path / "md_uncertainty.png").stat().st_size > 10_000
+
+
+def test_the_callers_atoms_and_score_are_not_modified(score, desc):
+    """Evaluating through the wrapper leaves the Atoms' arrays/info and the score's index as
+    they were (the descriptor sees a copy)."""
+    atoms = crystal()
+    atoms.info["tag"] = "mine"
+    before = {k: v.copy() for k, v in atoms.arrays.items()}
+    ntotal = score.estimator.index.ntotal
+    seen = []
+
+    def describe(a):
+        seen.append(a is atoms)
+        a.positions += 1.0  # a hostile descriptor: must not reach the caller's Atoms
+        return desc.compute(a)
+
+    atoms.calc = UncertaintyCalculator(kim(), score, descriptor=describe, num_nearest_neighbors=K)
+    atoms.get_forces()
+    atoms.calc.get_uncertainty(atoms)
+    assert seen == [False]
+    assert atoms.info == {"tag": "mine"} and set(atoms.arrays) == set(before)
+    for key, value in before.items():
+        np.testing.assert_array_equal(atoms.arrays[key], value)
+    assert score.estimator.index.ntotal == ntotal
