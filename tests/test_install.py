@@ -78,3 +78,12 @@ def test_a_base_install_runs_quests_and_ltau_without_the_extras(tmp_path):
     cli = subprocess.run([str(env_dir / "bin" / "atomscore"), "--version"], capture_output=True, text=True,
                          timeout=60, env=env)
     assert cli.returncode == 0 and cli.stdout.startswith("atomscore ")
+
+    # the command line of the base install: entropy of the same structures, from a file
+    from atomscore.io import write_data
+
+    write_data(tmp_path / "train.xyz", ns["configs"])
+    entropy = subprocess.run([str(env_dir / "bin" / "atomscore"), "entropy", "train.xyz", "-k", "8", "-b", "0.05",
+                              "--json"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert entropy.returncode == 0, entropy.stderr
+    assert json.loads(entropy.stdout)["efficiency"] == pytest.approx(ns["efficiency"], rel=1e-12)
