@@ -79,23 +79,27 @@ def _stacked(configs, key, what):
     return np.concatenate(blocks, axis=0)
 
 
-def _array_or_configs(path, args, what, settings_from=None):
-    """An ``(n, dim)`` array from a ``.npy``/``.txt`` file or the descriptors of a configurations file.
+def _descriptor_array(path, what):
+    """An ``(n, dim)`` descriptor array from a ``.npy``/``.txt`` file."""
+    from atomscore.validation import load_array
 
-    Returns ``(array, settings)``; ``settings`` are the descriptor settings used (None: read).
+    return load_array(str(path), what, ndim=2)
+
+
+def _reference_descriptors(path, configs, args, what):
+    """Descriptors of a reference (``.npy``, or configurations) and the settings used for both sides.
+
+    A configurations file gets the same descriptor settings as ``configs``: both are read from
+    the files when both hold descriptors and no setting was asked, else both are computed.
     """
-    path = _input_file(path, what)
     if path.suffix.lower() in (".npy", ".txt"):
-        from atomscore.validation import load_array
-
-        return load_array(str(path), what, ndim=2), None
-    configs = _read_configs(path, what)
-    settings = settings_from if settings_from is not None else _descriptor_settings(args, configs)
-    configs = _attach(configs, settings, args.descriptors_key)
-    return _stacked(configs, args.descriptors_key, what), settings
+        return _descriptor_array(path, what), _descriptor_settings(args, configs)
+    ref_configs = _read_configs(path, what)
+    settings = _descriptor_settings(args, configs, ref_configs)
+    return _stacked(_attach(ref_configs, settings, args.descriptors_key), args.descriptors_key, what), settings
 
 
-def _write(score, results, configs, metadata, args, inputs):
+def _write(score, results, configs, metadata, args):
     from atomscore.io import write_data
 
     data = score.parse_for_storage(results, configs, metadata=metadata)
@@ -215,14 +219,7 @@ def cmd_dh(args):
     ref_path = _input_file(args.reference, "--reference")
     _check_output(args, [test_path, ref_path])
     configs = _read_configs(test_path, "TEST")
-    if ref_path.suffix.lower() in (".npy", ".txt"):
-        settings = _descriptor_settings(args, configs)
-        reference, _ = _array_or_configs(ref_path, args, "--reference")
-    else:
-        ref_configs = _read_configs(ref_path, "--reference")
-        settings = _descriptor_settings(args, configs, ref_configs)
-        reference = _stacked(_attach(ref_configs, settings, args.descriptors_key), args.descriptors_key,
-                             "--reference")
+    reference, settings = _reference_descriptors(ref_path, configs, args, "--reference")
     configs = _attach(configs, settings, args.descriptors_key)
     score = QUESTSDeltaEntropyScore()
     compute_args = {"reference_set": reference, "descriptors_key": args.descriptors_key,
@@ -231,7 +228,7 @@ def cmd_dh(args):
     metadata = score.get_metadata("DELTA_ENTROPY", **compute_args)
     metadata.update(descriptors=_provenance(settings, args.descriptors_key), reference=str(ref_path),
                     n_reference=int(len(reference)))
-    path = _write(score, values, configs, metadata, args, [test_path, ref_path])
+    path = _write(score, values, configs, metadata, args)
     print(f"{'config':>6} {'atoms':>6} {'mean dH':>10} {'max dH':>10} {'dH > 0':>7}   (nats; dH > 0: "
           "environments the reference lacks)")
     for i, dh in enumerate(values):
@@ -274,14 +271,7 @@ def cmd_uq(args):
     logs_path = _input_file(args.error_logs, "--error-logs")
     _check_output(args, [configs_path, train_path, logs_path])
     configs = _read_configs(configs_path, "CONFIGS")
-    if train_path.suffix.lower() in (".npy", ".txt"):
-        settings = _descriptor_settings(args, configs)
-        train, _ = _array_or_configs(train_path, args, "--train-descriptors")
-    else:
-        train_configs = _read_configs(train_path, "--train-descriptors")
-        settings = _descriptor_settings(args, configs, train_configs)
-        train = _stacked(_attach(train_configs, settings, args.descriptors_key), args.descriptors_key,
-                         "--train-descriptors")
+    train, settings = _reference_descriptors(train_path, configs, args, "--train-descriptors")
     configs = _attach(configs, settings, args.descriptors_key)
     score = LTAUForcesUQScore(train_descriptors=train, error_pdfs=str(logs_path), from_error_logs=True,
                               nbins=args.nbins, bin_spacing=args.bin_spacing)
@@ -290,7 +280,7 @@ def cmd_uq(args):
     metadata = score.get_metadata("UNCERTAINTY", **compute_args)
     metadata.update(descriptors=_provenance(settings, args.descriptors_key), train_descriptors=str(train_path),
                     error_logs=str(logs_path))
-    path = _write(score, values, configs, metadata, args, [configs_path, train_path, logs_path])
+    path = _write(score, values, configs, metadata, args)
     print(f"{'config':>6} {'atoms':>6} {'mean UQ':>10} {'max UQ':>10}   (expected force error, eV/Å)")
     for i, uq in enumerate(values):
         mean = f"{np.mean(uq):>10.4g}" if len(uq) else f"{'-':>10}"
