@@ -167,3 +167,26 @@ def test_the_descriptors_command_writes_and_reads_every_format(tmp_path, suffix)
                            capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 2 and "exists; results never overwrite" in again.stderr
     assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
+
+
+def test_save_results_writes_by_the_suffix_of_filename(tmp_path):
+    """An atom-centred score saved as .db and .traj reads back equal to compute_batch; a dataset score only as .json."""
+    from atomscore import QUESTSDeltaEntropyScore, QUESTSEfficiencyScore
+    from atomscore.descriptors.quests import QUESTSDescriptor
+
+    data = QUESTSDescriptor(k=8).attach([bulk("Si", "diamond", 5.43, cubic=True) for _ in range(2)])
+    data[1].rattle(0.1, seed=1)
+    data = QUESTSDescriptor(k=8).attach(data)
+    score = QUESTSDeltaEntropyScore()
+    dh = score.compute_batch(data, "DELTA_ENTROPY", reference_set=data[0].arrays["descriptors"], bandwidth=0.1)
+    for name in ("dh.db", "dh.traj", "dh.json"):
+        path = score.save_results(dh, tmp_path, list_of_configs=data, filename=name)
+        back = read_configs(path)
+        for atoms, values in zip(back, dh):
+            assert np.array_equal(atoms.arrays["quests_delta_entropy_score"], values), name
+        assert back[0].info["_metadata"]["quests_delta_entropy"]["bandwidth"] == 0.1
+    efficiency = QUESTSEfficiencyScore()
+    value = efficiency.compute(data, "EFFICIENCY", bandwidth=0.1)
+    with pytest.raises(InputError, match="expected one of .json"):
+        efficiency.save_results(value, tmp_path, filename="eff.xyz")
+    assert read_data(efficiency.save_results(value, tmp_path))["quests_efficiency_score"] == value
