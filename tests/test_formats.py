@@ -108,6 +108,11 @@ def test_results_json_and_configurations_in_any_format_ase_reads(tmp_path):
     assert read_data(tmp_path / "r.json") == {"quests_efficiency_score": 0.5, "_metadata": {"bandwidth": 0.1}}
     ase.io.write(tmp_path / "POSCAR", bulk("Cu", "fcc", 3.6), format="vasp")
     assert read_configs(tmp_path / "POSCAR")[0].get_chemical_formula() == "Cu"
+    (tmp_path / "run.lammpstrj").write_text(  # a LAMMPS text dump, as `dump d all atom` style files
+        "ITEM: TIMESTEP\n0\nITEM: NUMBER OF ATOMS\n2\nITEM: BOX BOUNDS pp pp pp\n0 5.43\n0 5.43\n0 5.43\n"
+        "ITEM: ATOMS id type x y z\n1 1 0.0 0.0 0.0\n2 1 1.3575 1.3575 1.3575\n")
+    dump = read_configs(tmp_path / "run.lammpstrj")
+    assert len(dump) == 1 and np.allclose(dump[0].positions[1], [1.3575] * 3) and dump[0].cell[0, 0] == 5.43
     with pytest.raises(InputError, match="holds dict data, not configurations"):
         read_configs(tmp_path / "r.json")
     (tmp_path / "junk.xyz").write_text("not a structure\n")
