@@ -71,7 +71,12 @@ def test_configurations_round_trip_exactly(tmp_path, suffix):
     images = configs()
     path = write_data(tmp_path / f"out{suffix}", images)
     assert_same(images, read_data(path))
-    assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed
+    assert not list(tmp_path.glob(".*tmp")) and not list(tmp_path.glob("*.lock"))  # renamed, no lock left
+    import ase.io  # other tools read the file too: ASE's own reader gets the structures back exactly
+
+    theirs = ase.io.read(path, ":")
+    assert len(theirs) == len(images)
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(images, theirs))
 
 
 def test_extxyz_floats_keep_17_digits_and_ase_reads_them(tmp_path):
