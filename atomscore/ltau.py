@@ -17,7 +17,7 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.kernels.ltau import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import AtomCenteredScore
+from atomscore.score import AtomCenteredScore, records_metadata
 from atomscore.validation import check_choice, check_configs, check_int, check_keys, load_array, per_atom_array
 
 
@@ -139,6 +139,7 @@ class LTAUForcesUQScore(AtomCenteredScore):
                           compute_args.get("num_nearest_neighbors", 1))
 
     # ------------------------------------------------------------------ compute
+    @records_metadata
     def compute(self, atoms, score_quantity=ScoreQuantity.UNCERTAINTY, descriptors_key="descriptors",
                 num_nearest_neighbors=1):
         """Expected force-error magnitude of every atom of one configuration.
@@ -162,6 +163,7 @@ class LTAUForcesUQScore(AtomCenteredScore):
         configs = check_configs([atoms], "atoms")
         return self._predict(configs, descriptors_key, num_nearest_neighbors)[0]
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.UNCERTAINTY,
                       descriptors_key="descriptors", num_nearest_neighbors=1):
         """:meth:`compute` for every configuration, with one faiss search for all atoms.

@@ -31,7 +31,7 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.kernels import gaussian
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import AtomCenteredScore, DatasetScore
+from atomscore.score import AtomCenteredScore, DatasetScore, records_metadata
 from atomscore.validation import check_choice, check_configs, check_int, check_keys, check_positive, load_array, per_atom_array
 
 __all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore", "SELECTION_MASK_KEY"]
@@ -150,6 +150,7 @@ class QUESTSEfficiencyScore(_QUESTSDatasetScore):
     supported_score_quantities = (ScoreQuantity.EFFICIENCY,)
     _MIN_ENVIRONMENTS = 2
 
+    @records_metadata
     def compute(self, dataset, score_quantity=ScoreQuantity.EFFICIENCY, descriptors_key="descriptors",
                 bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64"):
         """Efficiency of the whole dataset.
@@ -189,6 +190,7 @@ class QUESTSDiversityScore(_QUESTSDatasetScore):
     OUTPUT_KEY = "quests_diversity"
     supported_score_quantities = (ScoreQuantity.DIVERSITY,)
 
+    @records_metadata
     def compute(self, dataset, score_quantity=ScoreQuantity.DIVERSITY, descriptors_key="descriptors",
                 bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64"):
         """Diversity of the whole dataset, in nats.
@@ -257,6 +259,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         args.update({k: v for k, v in compute_args.items() if k != "score_quantity"})
         self._checked(configs, name="configs", **args)
 
+    @records_metadata
     def compute(self, atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                 descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
                 num_nearest_neighbors=3, graph_neighbors=10, precision="float64"):
@@ -294,6 +297,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         return self._delta_entropy([atoms], "atoms", reference_set, descriptors_key, bandwidth, apply_mask,
                                    approx, num_nearest_neighbors, graph_neighbors, precision)[0]
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                       descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
                       num_nearest_neighbors=3, graph_neighbors=10, precision="float64"):

@@ -119,6 +119,32 @@ def check_configs(configs, name="configs", allow_empty=False):
     return list(configs)
 
 
+def check_finite_positions(atoms, where="configuration", allow_empty=False):
+    """Refuse an empty configuration, or NaN/infinite positions or cell; return ``atoms``.
+
+    ``where`` names the configuration in the message (e.g. ``"list_of_atoms: configuration 3"``).
+    Positions and cell are in Å; nothing is modified.
+    """
+    if len(atoms) == 0 and not allow_empty:
+        raise InputError(f"{where}: expected at least one atom, got an empty configuration")
+    pos = np.asarray(atoms.positions)
+    if not np.all(np.isfinite(pos)):
+        bad = int(np.argwhere(~np.isfinite(pos))[0][0])
+        raise InputError(f"{where}: expected finite positions, got {pos[bad].tolist()} for atom {bad}")
+    cell = np.asarray(atoms.cell.array)
+    if not np.all(np.isfinite(cell)):
+        raise InputError(f"{where}: expected a finite cell, got {cell.tolist()}")
+    return atoms
+
+
+def check_finite_configs(configs, name="configs", allow_empty_atoms=False):
+    """:func:`check_configs`, then :func:`check_finite_positions` on each (its index named)."""
+    configs = check_configs(configs, name)
+    for i, atoms in enumerate(configs):
+        check_finite_positions(atoms, f"{name}: configuration {i}", allow_empty=allow_empty_atoms)
+    return configs
+
+
 def per_atom_array(atoms, key, index=None, ncols=None, name=None):
     """Return ``atoms.arrays[key]`` as a float64 (n_atoms, ncols) array, checked.
 

@@ -29,8 +29,8 @@ import numpy as np
 
 from atomscore.errors import InputError, SolverError
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import ConfigurationScore
-from atomscore.validation import check_choice, check_configs, load_array
+from atomscore.score import ConfigurationScore, records_metadata
+from atomscore.validation import check_choice, check_finite_configs, load_array
 
 #: where FIMTrainingSetScore (ours and the reference's) stores each configuration's FIM
 CANDIDATE_FIM_KEY = "fim_training_set_score"
@@ -134,7 +134,7 @@ def candidate_fims(list_of_atoms, fim_key=CANDIDATE_FIM_KEY):
         Naming the configuration index that lacks the key, or whose FIM is not a
         square symmetric matrix of the same size as the first one.
     """
-    configs = check_configs(list_of_atoms, "list_of_atoms")
+    configs = check_finite_configs(list_of_atoms, "list_of_atoms")
     fims = []
     for i, atoms in enumerate(configs):
         if fim_key not in atoms.info:
@@ -508,13 +508,14 @@ class FIMMatchingScore(ConfigurationScore):
 
     def __init__(self):
         super().__init__()
-        self._last_solution = {}
 
+    @records_metadata
     def compute(self, atoms, score_quantity=ScoreQuantity.IMPORTANCE, **compute_args):
         """Not meaningful for one configuration: use :meth:`compute_batch` on every candidate."""
         raise InputError("FIMMatchingScore.compute: the weights depend on every candidate together; "
                          "call compute_batch(list_of_atoms, fim_property, ...) with all candidates")
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, fim_property=None, score_quantity=ScoreQuantity.IMPORTANCE,
                       convexopt_init_kwargs=None, solver_kwargs=None, weight_tolerance=None,
                       precondition=True, fim_key=CANDIDATE_FIM_KEY):
@@ -572,7 +573,7 @@ class FIMMatchingScore(ConfigurationScore):
         problem = self._validated(list_of_atoms, fim_property, convexopt_init_kwargs, solver_kwargs,
                                   weight_tolerance, precondition, fim_key)
         weights, info = match_information(**problem)
-        self._last_solution = info
+        self.note_metadata(**info)
         return [float(w) for w in weights]
 
     def _validated(self, list_of_atoms, fim_property, convexopt_init_kwargs, solver_kwargs,
@@ -647,5 +648,4 @@ class FIMMatchingScore(ConfigurationScore):
             "solver_kwargs": {k: v for k, v in solver_kwargs.items()
                               if v is None or isinstance(v, (bool, int, float, str))},
         }
-        meta.update(self._last_solution)
-        return meta
+        return meta  # the solver's status, objective and margin are noted by compute_batch

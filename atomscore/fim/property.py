@@ -24,7 +24,7 @@ import numpy as np
 
 from atomscore.errors import InputError
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import ModelScore, to_jsonable
+from atomscore.score import ModelScore, to_jsonable, records_metadata
 from atomscore.validation import check_keys, load_array
 
 #: default finite-difference settings (those of information_matching's FiniteDifference)
@@ -236,7 +236,6 @@ class FIMPropertyScore(ModelScore):
         super().__init__()
         self.fim_index_to_parameter = {}
         self.jacobian = None
-        self._run_info = {}
 
     # ------------------------------------------------------------------ checks
     def _prepare(self, list_of_target_property, cov, potential, parameters_optimize, transform,
@@ -283,6 +282,7 @@ class FIMPropertyScore(ModelScore):
         return out
 
     # ------------------------------------------------------------------ compute
+    @records_metadata
     def compute(self, list_of_target_property, score_quantity, cov, potential, parameters_optimize,
                 transform=None, derivative_kwargs=None):
         """The FIM of the target properties.
@@ -353,7 +353,7 @@ class FIMPropertyScore(ModelScore):
         fim = 0.5 * (fim + fim.T)
         self.jacobian = jac
         self.fim_index_to_parameter = pmap.fim_index_to_parameter
-        self._run_info = {
+        self.note_metadata(**{
             "potential": {"type": "KIM", "name": pot.kim_id, "spec": spec},
             **pmap.metadata(),
             "derivative_kwargs": {"h": dkw["h"].tolist(), "method": dkw["method"]},
@@ -361,13 +361,13 @@ class FIMPropertyScore(ModelScore):
                                  "calculate_property_args": {"workflow": w} if isinstance(w, dict) else {}}
                                 for p, _, w in props],
             "property_units": [p.units or "eV/A^3" for p, _, _ in props],
-        }
+        })
         return fim
 
     def get_metadata(self, score_quantity, **compute_args):
-        """Quantity, potential, parameters, transform, fim_index_to_parameter, steps, cov."""
+        """Quantity and cov; the computation notes potential, parameters, transform,
+        fim_index_to_parameter and steps."""
         meta = {"score_quantity": ScoreQuantity.parse(score_quantity).name}
-        meta.update(copy.deepcopy(self._run_info))
         cov = compute_args.get("cov")
         if isinstance(cov, (str, os.PathLike)):
             meta["cov"] = str(cov)

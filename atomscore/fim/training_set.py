@@ -25,8 +25,8 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.fim.parameters import IdentityTransform, ParameterMap, transform_to_dict
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import ConfigurationScore
-from atomscore.validation import check_configs, check_int, is_array_file, load_array
+from atomscore.score import ConfigurationScore, records_metadata
+from atomscore.validation import check_finite_configs, check_int, is_array_file, load_array
 
 EVALUATE_KEYS = ("compute_energy", "compute_forces", "compute_stress")
 _QUANTITY_OF_KEY = {"compute_energy": "energy", "compute_forces": "forces", "compute_stress": "stress"}
@@ -326,6 +326,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         self.fim_index_to_parameter = {}
 
     # -------------------------------------------------------------- compute
+    @records_metadata
     def compute(self, atoms, score_quantity="SENSITIVITY", potential=None, parameters_optimize=None,
                 transform=None, evaluate_kwargs=None, derivative_kwargs=None, mask=None, **kwargs):
         """FIM of one configuration (see :meth:`compute_batch`; ``mask`` is its mask).
@@ -347,6 +348,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         return self._compute_all([atoms], score_quantity, potential, parameters_optimize, transform,
                                  evaluate_kwargs, derivative_kwargs, [mask], nprocs)[0]
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity="SENSITIVITY", potential=None,
                       parameters_optimize=None, transform=None, evaluate_kwargs=None,
                       derivative_kwargs=None, list_of_mask=None, nprocs=1):
@@ -391,7 +393,7 @@ class FIMTrainingSetScore(ConfigurationScore):
     def _compute_all(self, configs, score_quantity, potential, parameters_optimize, transform,
                      evaluate_kwargs, derivative_kwargs, list_of_mask, nprocs):
         self.parse_quantity(score_quantity)
-        configs = check_configs(configs, "list_of_atoms")
+        configs = check_finite_configs(configs, "list_of_atoms")
         nprocs = check_int(nprocs, "nprocs", minimum=1)
         if potential is None:
             raise InputError("potential: required, e.g. {'potential_type': 'KIM', 'potential_args': {'kim_id': ...}}")
@@ -412,7 +414,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         for i, (atoms, q) in enumerate(zip(configs, quantities)):
             if q == "stress" and not np.any(atoms.pbc):
                 raise InputError(f"evaluate_kwargs: configuration {i} asks for stress but is not periodic")
-        self._last_details = self._details(ev, quantities, list_of_mask)
+        self.note_metadata(**self._details(ev, quantities, list_of_mask))
         #: FIM row/column -> {'parameter': name, 'extent': e}, as the spec shows
         self.fim_index_to_parameter = ev.pmap.fim_index_to_parameter
 
@@ -479,7 +481,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         unknown = sorted(set(args) - allowed)
         if unknown:
             raise InputError(f"FIMTrainingSetScore.run: unknown compute_args {unknown}; expected some of {sorted(allowed)}")
-        configs = check_configs(configs, "configs")
+        configs = check_finite_configs(configs, "configs")
         quantities = _flags(args.get("evaluate_kwargs"), len(configs))
         _masks(args.get("list_of_mask"), configs, quantities)
         check_int(args.get("nprocs", 1), "nprocs", minimum=1)
@@ -491,26 +493,9 @@ class FIMTrainingSetScore(ConfigurationScore):
                 raise InputError(f"evaluate_kwargs: configuration {i} asks for stress but is not periodic")
 
     def get_metadata(self, score_quantity, **compute_args):
-        """Potential id and spec, parameters, transform, derivative settings,
-        ``fim_index_to_parameter``, evaluated quantity and masks of the last computation."""
-        meta = {"score_quantity": ScoreQuantity.parse(score_quantity).name}
-        details = getattr(self, "_last_details", None)
-        if details is None:
-            args = {k: v for k, v in compute_args.items() if k != "nprocs"}
-            if "list_of_mask" not in args and "mask" in args:
-                args["list_of_mask"] = [args.pop("mask")]
-            ev = _FIMEvaluator(args["potential"], args["parameters_optimize"], args.get("transform"),
-                               args.get("derivative_kwargs"))
-            ev.restore()
-            n = None
-            evk = args.get("evaluate_kwargs")
-            if isinstance(evk, dict):
-                for v in evk.values():
-                    if isinstance(v, (list, tuple)):
-                        n = len(v)
-            details = self._details(ev, _flags(evk, n or 1), args.get("list_of_mask"))
-        meta.update(copy.deepcopy(details))
-        return meta
+        """The quantity; the computation notes the rest (potential id and spec, parameters,
+        transform, derivative settings, ``fim_index_to_parameter``, evaluated quantity, masks)."""
+        return {"score_quantity": ScoreQuantity.parse(score_quantity).name}
 
     def slice_compute_args(self, compute_args, start, stop):
         """The compute arguments of configurations ``start:stop`` (per-configuration lists cut).
