@@ -30,6 +30,10 @@ from atomscore.validation import check_finite_positions
 #: how many configurations keep their padding and neighbour list (least recently used dropped)
 NEIGHBOR_CACHE_SIZE = 8
 
+#: model families whose driver crashes (segfault) when asked for the energy with a null
+#: forces pointer (DUNN__MD_292677547454_000, KIM API 2.3): they always get a forces buffer
+FORCES_ALWAYS = ("DUNN_",)
+
 _DEFAULT_KIM_API = "kim-api-collections-management"
 _kimpy = None
 
@@ -516,11 +520,12 @@ class KIMPotential:
             s.fold = None
         return s
 
-    @staticmethod
-    def _pointers(energy, forces, stress):
+    def _pointers(self, energy, forces, stress):
         """The KIM outputs to point at for a request. The driver's ``partialVirial`` is never
-        asked for: the stress comes from the forces on every particle (see :meth:`_virial`)."""
-        return (bool(energy), bool(forces) or bool(stress), False)
+        asked for: the stress comes from the forces on every particle (see :meth:`_virial`).
+        Drivers in :data:`FORCES_ALWAYS` always get a forces buffer."""
+        always = self.kim_id.startswith(FORCES_ALWAYS)
+        return (bool(energy), bool(forces) or bool(stress) or always, False)
 
     @staticmethod
     def _virial(s):
