@@ -35,6 +35,9 @@ TARGET_PROPERTY_TYPES = ("ElasticConstants",)
 
 _CALC_ARGS = ("workflow",)
 
+#: a covariance eigenvalue below -COV_PSD_RTOL * n * |largest| is not round-off: refused
+COV_PSD_RTOL = 1e-12
+
 
 # ---------------------------------------------------------------------- one evaluation
 def evaluate_target_property(target_property, potential, parameters):
@@ -166,6 +169,12 @@ def _one_cov(value, n, where):
         i, j = np.unravel_index(np.argmax(np.abs(cov - cov.T)), cov.shape)
         raise InputError(f"{where}: expected a symmetric covariance matrix, got cov[{i}, {j}] = {cov[i, j]} "
                          f"but cov[{j}, {i}] = {cov[j, i]}")
+    eig = np.linalg.eigvalsh(0.5 * (cov + cov.T))
+    # round-off of a singular PSD matrix stays within a few n*eps of its largest eigenvalue
+    if eig[0] < -COV_PSD_RTOL * n * max(abs(eig[-1]), abs(eig[0])):
+        raise InputError(f"{where}: expected a positive semi-definite covariance matrix, got an eigenvalue "
+                         f"{eig[0]:.6g} (eigenvalues from {eig[0]:.6g} to {eig[-1]:.6g}); a covariance has no "
+                         "negative variance")
     return cov
 
 
