@@ -115,7 +115,7 @@ def test_one_step_central_equals_numdifftools(configs):
     slow = score.compute(configs[0], "SENSITIVITY", potential=POT, parameters_optimize=OPT,
                          derivative_kwargs={"num_steps": 1})
     np.testing.assert_allclose(fast, slow, rtol=1e-12)
-    assert score._last_details["derivative_kwargs"]["num_steps"] == 1
+    assert score.metadata_of(slow)["derivative_kwargs"]["num_steps"] == 1
 
 
 def test_transform_and_fixed_zero(configs):

@@ -221,6 +221,101 @@ def target_fim(fim_property, name="fim_property"):
     return total
 
 
+#: metadata fields that say what the rows of a FIM are; FIMs differing in one are not comparable
+PROVENANCE_FIELDS = ("fim_index_to_parameter", "transform", "kim_id")
+#: the OUTPUT_KEY under which FIMTrainingSetScore stores its metadata on each configuration
+CANDIDATE_OUTPUT_KEY = "fim_training_set"
+
+
+def fim_provenance(metadata):
+    """The fields of a FIM's metadata (:data:`PROVENANCE_FIELDS`) that say which parameters its
+    rows are; ``None`` when none is recorded (a plain array)."""
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(metadata, dict):
+        return None
+    out = {}
+    for field in PROVENANCE_FIELDS:
+        value = metadata.get(field)
+        if field == "kim_id" and value is None and isinstance(metadata.get("potential"), dict):
+            pot = metadata["potential"]
+            value = pot.get("name") or (pot.get("potential_args") or {}).get("kim_id")
+        if isinstance(value, str) and field != "kim_id":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        if value is not None and value != "None":
+            out[field] = value
+    return out or None
+
+
+def candidate_provenance(atoms, fim_key=CANDIDATE_FIM_KEY):
+    """What a candidate's FIM rows are, from ``info['_metadata']['fim_training_set']`` or the
+    flat ``info['fim_training_set_<field>']`` keys; None when the FIM carries no metadata."""
+    if fim_key != CANDIDATE_FIM_KEY:
+        return None
+    meta = atoms.info.get("_metadata")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError:
+            meta = None
+    found = fim_provenance(meta.get(CANDIDATE_OUTPUT_KEY)) if isinstance(meta, dict) else None
+    if found:
+        return found
+    return fim_provenance({f: atoms.info[f"{CANDIDATE_OUTPUT_KEY}_{f}"] for f in PROVENANCE_FIELDS
+                           if f"{CANDIDATE_OUTPUT_KEY}_{f}" in atoms.info})
+
+
+def target_provenance(fim_property, name="fim_property"):
+    """``[(label, provenance)]`` of every target FIM given as a results dict or JSON file
+    that records its metadata (arrays record none)."""
+    out = []
+    if isinstance(fim_property, (str, os.PathLike)) and Path(fim_property).suffix == ".json":
+        try:
+            data = json.loads(Path(fim_property).read_text())
+        except (OSError, json.JSONDecodeError):
+            return out  # target_fim has already said what is wrong with the file
+        return target_provenance(data, f"{name} ({Path(fim_property).name})")
+    if isinstance(fim_property, dict):
+        found = fim_provenance(fim_property.get("_metadata"))
+        return [(name, found)] if found else []
+    if isinstance(fim_property, (list, tuple)) and all(isinstance(v, (dict, str, os.PathLike)) for v in fim_property):
+        for k, item in enumerate(fim_property):
+            out.extend(target_provenance(item, f"{name}[{k}]"))
+    return out
+
+
+def _canonical(value):
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def check_same_parameters(labelled):
+    """Refuse FIMs whose recorded provenance differs: ``labelled`` is ``[(label, provenance)]``.
+
+    Raises
+    ------
+    InputError
+        Naming both FIMs and showing both values of the first field that differs.
+    """
+    labelled = [(label, prov) for label, prov in labelled if prov]
+    if len(labelled) < 2:
+        return
+    ref_label, ref = labelled[0]
+    for label, prov in labelled[1:]:
+        for field in PROVENANCE_FIELDS:
+            if field in ref and field in prov and _canonical(ref[field]) != _canonical(prov[field]):
+                raise InputError(
+                    f"FIMMatchingScore: {label} and {ref_label} are FIMs of different parameters: their "
+                    f"{field} differ:\n  {label}: {_canonical(prov[field])}\n  {ref_label}: {_canonical(ref[field])}\n"
+                    "compute the training-set and property FIMs with the same potential, "
+                    "parameters_optimize and transform")
+
+
 def _check_weight_upper_bound(value, nconfigs):
     label = "convexopt_init_kwargs['weight_upper_bound']"
     if value is None or (isinstance(value, str) and value.strip().lower() == "inf"):
@@ -590,6 +685,10 @@ class FIMMatchingScore(ConfigurationScore):
                              f"{fims[0].shape[0]}x{fims[0].shape[1]}")
         if not np.any(target):
             raise InputError("fim_property: the target FIM is zero; there is nothing to match")
+        configs = list(list_of_atoms)
+        check_same_parameters(target_provenance(fim_property) + [
+            (f"list_of_atoms: configuration {i}: info[{fim_key!r}]", candidate_provenance(a, fim_key))
+            for i, a in enumerate(configs)])
         convexopt = _check_convexopt_kwargs(convexopt_init_kwargs, len(fims))
         tol = _check_tolerance(weight_tolerance)
         return dict(candidates=fims, target=target,

@@ -364,6 +364,7 @@ class FIMPropertyScore(ModelScore):
         self.fim_index_to_parameter = pmap.fim_index_to_parameter
         self.note_metadata(**{
             "potential": {"type": "KIM", "name": pot.kim_id, "spec": spec},
+            "kim_id": pot.kim_id,
             **pmap.metadata(),
             "derivative_kwargs": {"h": dkw["h"].tolist(), "method": dkw["method"]},
             "target_property": [{"init_args": p.to_spec(),
