@@ -376,6 +376,32 @@ def _check_solver_kwargs(solver_kwargs):
     return kwargs
 
 
+def _probe_solver(solver_kwargs):
+    """Let cvxpy and the solver judge ``solver_kwargs`` on a 1x1 semidefinite problem (a few
+    ms), so an unknown or ill-typed option fails before any job, with the solver's own message.
+    Returns ``solver_kwargs``. SDPA is not probed: it refuses no option."""
+    import cvxpy as cp
+
+    kwargs = dict(solver_kwargs)
+    verbose = kwargs.pop("verbose", False)
+    if not isinstance(verbose, (bool, np.bool_)):
+        raise InputError(f"solver_kwargs['verbose']: expected True or False, got {verbose!r}")
+    if kwargs.get("solver") == "SDPA":
+        return solver_kwargs  # sdpa-python takes any option (it warns and keeps its default)
+    x = cp.Variable((1, 1), symmetric=True)
+    problem = cp.Problem(cp.Minimize(cp.trace(x)), [x >> 0, x[0, 0] >= 1.0])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            problem.solve(**kwargs)
+    except cp.error.SolverError:
+        pass  # the options were taken; how a solve ends is judged on the real problem
+    except Exception as exc:  # TypeError, ValueError... exactly as cvxpy or the solver says it
+        raise InputError(f"solver_kwargs: {kwargs.get('solver')} refuses {solver_kwargs!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
+    return solver_kwargs
+
+
 def _check_convexopt_kwargs(convexopt_init_kwargs, nconfigs):
     """A new dict of ``ConvexOpt`` arguments (besides the FIMs), checked."""
     if convexopt_init_kwargs is None:
@@ -505,11 +531,15 @@ def match_information(candidates, target, *, weight_upper_bound=None, solver_kwa
             opt.solve(**solver_kwargs)
     except cp.error.SolverError as exc:
         raise SolverError(_solver_message(solver, "solver_error", str(exc), ub is not None)) from None
-    except (AttributeError, TypeError):
+    except (AttributeError, TypeError) as exc:
         # ConvexOpt.solve reads the weights before it looks at the status; when the
-        # solver found no solution they are None. The status says why.
+        # solver found no solution they are None. The status says why. No status at all:
+        # the solver never ran (it refused an option): its own message says why.
         if opt.problem.status == cp.OPTIMAL:
             raise
+        if opt.problem.status is None:
+            raise InputError(f"solver_kwargs: the {solver} solver refused {solver_kwargs!r}: "
+                             f"{type(exc).__name__}: {exc}") from None
     status = opt.problem.status
     if status != cp.OPTIMAL:
         raise SolverError(_solver_message(solver, status, None, ub is not None))
@@ -693,7 +723,7 @@ class FIMMatchingScore(ConfigurationScore):
         tol = _check_tolerance(weight_tolerance)
         return dict(candidates=fims, target=target,
                     weight_upper_bound=convexopt.pop("weight_upper_bound"),
-                    solver_kwargs=_check_solver_kwargs(solver_kwargs),
+                    solver_kwargs=_probe_solver(_check_solver_kwargs(solver_kwargs)),
                     zero_tol=tol["zero_tol"], zero_tol_dual=tol["zero_tol_dual"],
                     precondition=_check_precondition(precondition), convexopt_kwargs=convexopt)
 

@@ -149,13 +149,29 @@ def _derivative_settings(derivative_kwargs, pmap):
         try:
             arr = np.asarray(step, dtype=float)
         except (TypeError, ValueError):
-            raise InputError(f"derivative_kwargs['step']: expected a positive number or one per parameter, got {step!r}") from None
+            raise InputError(f"derivative_kwargs['step']: expected a non-zero number or one per parameter, got {step!r}") from None
+        # a negative step is a step (numdifftools takes it as given); zero is no difference
         if arr.ndim > 1 or (arr.ndim == 1 and arr.size != pmap.n_params) or not np.all(np.isfinite(arr)) \
-                or np.any(arr <= 0):
-            raise InputError(f"derivative_kwargs['step']: expected a positive number or {pmap.n_params} positive "
-                             f"numbers (one per free parameter), got {step!r}")
+                or np.any(arr == 0):
+            raise InputError(f"derivative_kwargs['step']: expected a non-zero finite number or {pmap.n_params} "
+                             f"of them (one per free parameter), got {step!r}")
         settings["step"] = arr
+    if not _is_plain_central(settings):
+        _probe_numdifftools(settings, pmap.phi0, derivative_kwargs)
     return settings
+
+
+def _probe_numdifftools(settings, phi0, given):
+    """Let numdifftools judge the settings on a linear function of the parameters (microseconds),
+    so an unknown or ill-typed key fails here, with numdifftools' own message, not in a job."""
+    import numdifftools as nd
+
+    try:
+        jac = nd.Jacobian(lambda x: 2.0 * np.asarray(x, dtype=float), **settings)(np.array(phi0, dtype=float))
+        np.asarray(jac, dtype=float)
+    except Exception as exc:  # whatever numdifftools raises for these settings, said as it says it
+        raise InputError(f"derivative_kwargs: numdifftools.Jacobian refuses {given!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 def _is_plain_central(settings):
@@ -462,8 +478,12 @@ class FIMTrainingSetScore(ConfigurationScore):
 
     # -------------------------------------------------------------- jobs and metadata
     def prepare_compute_args(self, compute_args):
-        """Turn a KIMPotential and a transform object into their JSON forms (a new dict)."""
+        """Turn a KIMPotential, a transform object and arrays of ``evaluate_kwargs`` flags into
+        their JSON forms (a new dict)."""
         args = dict(compute_args)
+        evk = args.get("evaluate_kwargs")
+        if isinstance(evk, dict):
+            args["evaluate_kwargs"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in evk.items()}
         if args.get("potential") is not None:
             args["potential"] = _potential_spec(args["potential"])  # live parameters included
         if args.get("transform") is not None and not isinstance(args["transform"], dict):
@@ -509,6 +529,8 @@ class FIMTrainingSetScore(ConfigurationScore):
             args["list_of_mask"] = list(lom[start:stop])
         evk = args.get("evaluate_kwargs")
         if isinstance(evk, dict):
-            args["evaluate_kwargs"] = {k: (list(v[start:stop]) if isinstance(v, (list, tuple)) and len(v) > 1 else v)
-                                       for k, v in evk.items()}
+            args["evaluate_kwargs"] = {
+                k: (list(np.asarray(v).tolist()[start:stop]) if isinstance(v, (list, tuple, np.ndarray))
+                    and np.ndim(v) == 1 and len(v) > 1 else v)
+                for k, v in evk.items()}
         return args
