@@ -12,13 +12,16 @@ setting -- the scores equal the reference's.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from atomscore.errors import InputError
 from atomscore.kernels.ltau import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, records_metadata
-from atomscore.validation import check_choice, check_configs, check_int, check_keys, load_array, per_atom_array
+from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys, descriptor_settings,
+                                  load_array, per_atom_array)
 
 
 class LTAUForcesUQScore(AtomCenteredScore):
@@ -83,9 +86,14 @@ class LTAUForcesUQScore(AtomCenteredScore):
                 raise InputError(f"{flag}: expected True or False, got {value!r}")
         if index_args is not None and not isinstance(index_args, dict):
             raise InputError(f"index_args: expected a dict or None, got {type(index_args).__name__}")
+        # loaded once here: the estimator gets the array, the metadata its digest
+        train = load_array(train_descriptors, "train_descriptors", ndim=2)
+        self._train_provenance = array_digest(train)
+        if isinstance(train_descriptors, (str, os.PathLike)):
+            self._train_provenance["path"] = str(train_descriptors)
         if from_error_logs:
             self.estimator = LTAUEstimator.from_error_logs(
-                train_descriptors, error_pdfs, nbins=nbins,
+                train, error_pdfs, nbins=nbins,
                 bins=None if bins is None else load_array(bins, "bins", ndim=1),
                 range_limits=range_limits, bin_spacing=bin_spacing, error_logs_norm=bool(error_logs_norm),
                 index_type=index_type, index_args=index_args)
@@ -104,7 +112,7 @@ class LTAUForcesUQScore(AtomCenteredScore):
             bins_arr = load_array(bins, "bins", ndim=1)
             if nbins is not None and check_int(nbins, "nbins", minimum=1) != bins_arr.size - 1:
                 raise InputError(f"nbins: expected {bins_arr.size - 1} to match the {bins_arr.size} edges of bins, got {nbins}")
-            self.estimator = LTAUEstimator(train_descriptors, load_array(error_pdfs, "error_pdfs", ndim=2),
+            self.estimator = LTAUEstimator(train, load_array(error_pdfs, "error_pdfs", ndim=2),
                                            bins_arr, bin_spacing, index_type, index_args)
 
     # ------------------------------------------------------------------ inputs
@@ -128,6 +136,7 @@ class LTAUForcesUQScore(AtomCenteredScore):
                 raise InputError(f"arrays[{descriptors_key!r}] (configuration {i}): expected descriptors of "
                                  f"dimension {dim} (as train_descriptors), got {x.shape[1]}")
             out.append(x)
+        self.note_metadata(descriptor_settings=descriptor_settings(configs, descriptors_key, "configurations"))
         return out, k
 
     def check_compute_args(self, configs, score_quantity, compute_args):
@@ -200,4 +209,5 @@ class LTAUForcesUQScore(AtomCenteredScore):
             "index_type": est.index_type,
             "index_args": resolved,
             "num_nearest_neighbors": int(compute_args.get("num_nearest_neighbors", 1)),
+            "train_descriptors": dict(self._train_provenance),
         }

@@ -7,6 +7,7 @@ them modifies what it is given.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -235,3 +236,60 @@ def check_jsonable(value, name):
     walk(value, name)
     json.dumps(value)
     return value
+
+
+# ---------------------------------------------------------------------- descriptor provenance
+#: ``atoms.info[<descriptors key> + DESCRIPTOR_SETTINGS_SUFFIX]`` holds the settings of the
+#: descriptors in ``atoms.arrays[<descriptors key>]`` (name, cutoff, k, package version)
+DESCRIPTOR_SETTINGS_SUFFIX = "_settings"
+
+
+def array_digest(arr) -> dict:
+    """``{'shape', 'sha256'}`` of an array's float64 values in C order: what identifies a set of
+    descriptors in metadata without storing it."""
+    a = np.ascontiguousarray(arr, dtype=np.float64)
+    return {"shape": list(a.shape), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+
+
+def _canonical(value):
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _settings_value(value):
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def descriptor_settings(configs, key, name="configs"):
+    """The descriptor settings the configurations record for ``arrays[key]`` (None if none does).
+
+    Raises
+    ------
+    InputError
+        Two configurations record different settings (naming both).
+    """
+    found, first = None, None
+    for i, atoms in enumerate(configs):
+        value = _settings_value(atoms.info.get(f"{key}{DESCRIPTOR_SETTINGS_SUFFIX}"))
+        if value is None:
+            continue
+        if found is None:
+            found, first = value, i
+        elif _canonical(value) != _canonical(found):
+            raise InputError(f"{name}: configuration {i} records descriptor settings {_canonical(value)} for "
+                             f"arrays[{key!r}], configuration {first} records {_canonical(found)}; "
+                             "descriptors computed with different settings cannot be compared")
+    return found
+
+
+def check_same_descriptor_settings(settings_a, label_a, settings_b, label_b):
+    """Refuse two descriptor sets whose recorded settings differ (unknown on either side: accepted)."""
+    if settings_a is None or settings_b is None:
+        return
+    if _canonical(settings_a) != _canonical(settings_b):
+        raise InputError(f"descriptor settings differ: {label_a} were computed with {_canonical(settings_a)}, "
+                         f"{label_b} with {_canonical(settings_b)}; compute both with the same descriptor")
