@@ -118,6 +118,13 @@ def records_metadata(method):
     return wrapper
 
 
+def _recorded(method):
+    """``method`` if it records its metadata, else ``method`` decorated here: a job of a score
+    whose own ``compute``/``compute_batch`` lacks :func:`records_metadata` still saves its
+    results with the metadata of the call that made them."""
+    return method if getattr(method, "_records_metadata", False) else records_metadata(method)
+
+
 def _same_result(value, recorded):
     """True if ``value`` is ``recorded`` or a numpy view of it (``reshape``, ``np.asarray``)."""
     while value is not None:
@@ -221,7 +228,8 @@ class ScoreBase:
             f"{type(self).__name__}.save_results: cannot tell which call computed these results "
             f"(got a {type(compute_results).__name__} that this score did not just return, e.g. a list "
             "built by hand, a slice or a copy); pass the object compute/compute_batch returned, or "
-            "give metadata=... explicitly (e.g. metadata=score.metadata_of(original_result))")
+            "give metadata=... explicitly (e.g. metadata=score.metadata_of(original_result)); a score's "
+            "own compute/compute_batch records its metadata when decorated with @records_metadata")
 
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Check compute arguments before :meth:`run` writes anything (override to add checks).
@@ -399,7 +407,7 @@ class ScoreBase:
 
     def run_batch(self, configs, score_quantity, compute_args):
         """What a job does with its configurations (used by the job runner)."""
-        return self.compute_batch(configs, score_quantity=score_quantity, **compute_args)
+        return _recorded(type(self).compute_batch)(self, configs, score_quantity=score_quantity, **compute_args)
 
     # ------------------------------------------------------------------ helpers
     def _metadata_or(self, metadata, compute_results):
@@ -492,7 +500,7 @@ class _WholeScore(ScoreBase):
 
     def run_batch(self, configs, score_quantity, compute_args):
         """A job computes the one value of all its items (the dataset, the properties)."""
-        return self.compute(configs, score_quantity=score_quantity, **compute_args)
+        return _recorded(type(self).compute)(self, configs, score_quantity=score_quantity, **compute_args)
 
 
 class DatasetScore(_WholeScore):

@@ -140,3 +140,19 @@ def test_fim_training_set_metadata_never_reopens_the_model(monkeypatch):
     assert meta["score_quantity"] == "SENSITIVITY"
     saved = score.parse_for_storage(first, configs)
     assert saved[0].info["_metadata"]["fim_training_set"]["fim_index_to_parameter"] == first.metadata["fim_index_to_parameter"]
+
+
+class _Undecorated(MeanDescriptorScore):
+    """A user's dataset score whose compute lacks @records_metadata."""
+
+    def compute(self, dataset, score_quantity, descriptors_key="descriptors"):
+        return float(np.mean(np.concatenate([a.arrays[descriptors_key] for a in dataset])))
+
+
+def test_undecorated_compute_still_records_in_a_job(tmp_path):
+    score = _Undecorated()
+    value = score.run_batch(_configs(), "DIVERSITY", {"descriptors_key": "descriptors"})
+    data = score.parse_for_storage(value)
+    assert data["_metadata"] == {"score_quantity": "DIVERSITY", "descriptors_key": "descriptors"}
+    with pytest.raises(InputError, match="records_metadata"):
+        score.save_results(score.compute(_configs(), "DIVERSITY"), tmp_path)
