@@ -21,8 +21,8 @@ from atomscore.errors import InputError
 from atomscore.kernels.ltau import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator, read_index
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, records_metadata
-from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys, descriptor_settings,
-                                  load_array, per_atom_array)
+from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys,
+                                  check_same_descriptor_settings, descriptor_settings, load_array, per_atom_array)
 
 
 class LTAUForcesUQScore(AtomCenteredScore):
@@ -62,6 +62,9 @@ class LTAUForcesUQScore(AtomCenteredScore):
         ``efSearch`` (16); ``HNSW+IVFPQ``: ``nlist``, ``M``, ``nbits``, ``hnsw_m`` (32),
         ``efConstruction`` (40), ``efSearch`` (16), ``nprobe`` -- defaults chosen from the
         data as documented in :func:`atomscore.kernels.ltau.index_defaults`.
+    train_settings : dict, optional
+        Descriptor settings of ``train_descriptors`` (e.g. ``QUESTSDescriptor.settings``):
+        recorded in the metadata and compared with the settings the queries record.
     index_path : str or os.PathLike, optional
         A saved faiss index (a file from :meth:`save_index`, or the folder written by
         ``LTAUEstimator.save``), loaded instead of building one -- for jobs and MD. It must
@@ -81,11 +84,15 @@ class LTAUForcesUQScore(AtomCenteredScore):
 
     def __init__(self, train_descriptors, error_pdfs, bins=None, from_error_logs=False,
                  error_logs_norm=False, nbins=None, range_limits=None, bin_spacing="log",
-                 index_type="IndexFlatL2", index_args=None, index_path=None):
+                 index_type="IndexFlatL2", index_args=None, index_path=None, train_settings=None):
         super().__init__(train_descriptors=train_descriptors, error_pdfs=error_pdfs, bins=bins,
                          from_error_logs=from_error_logs, error_logs_norm=error_logs_norm, nbins=nbins,
                          range_limits=range_limits, bin_spacing=bin_spacing, index_type=index_type,
-                         index_args=index_args, index_path=index_path)
+                         index_args=index_args, index_path=index_path, train_settings=train_settings)
+        if train_settings is not None and not isinstance(train_settings, dict):
+            raise InputError(f"train_settings: expected a dict of descriptor settings (as QUESTSDescriptor.settings) "
+                             f"or None, got {type(train_settings).__name__}")
+        self._train_settings = train_settings
         check_choice(index_type, "index_type", INDEX_TYPES)
         check_choice(bin_spacing, "bin_spacing", BIN_SPACINGS)
         for flag, value in (("from_error_logs", from_error_logs), ("error_logs_norm", error_logs_norm)):
@@ -109,6 +116,8 @@ class LTAUForcesUQScore(AtomCenteredScore):
                 self._train_provenance["path"] = str(train_descriptors)
         else:  # the saved index holds them
             self._train_provenance = {"shape": [int(index.ntotal), int(index.d)], "index_path": str(index_path)}
+        if train_settings is not None:
+            self._train_provenance["settings"] = dict(train_settings)
         if from_error_logs:
             self.estimator = LTAUEstimator.from_error_logs(
                 train, error_pdfs, nbins=nbins,
@@ -164,7 +173,10 @@ class LTAUForcesUQScore(AtomCenteredScore):
                 raise InputError(f"arrays[{descriptors_key!r}] (configuration {i}): expected descriptors of "
                                  f"dimension {dim} (as train_descriptors), got {x.shape[1]}")
             out.append(x)
-        self.note_metadata(descriptor_settings=descriptor_settings(configs, descriptors_key, "configurations"))
+        query_settings = descriptor_settings(configs, descriptors_key, "configurations")
+        check_same_descriptor_settings(query_settings, f"the query descriptors (arrays[{descriptors_key!r}])",
+                                       self._train_settings, "train_descriptors (train_settings)")
+        self.note_metadata(descriptor_settings=query_settings)
         return out, k
 
     def check_compute_args(self, configs, score_quantity, compute_args):

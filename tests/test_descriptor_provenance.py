@@ -117,3 +117,19 @@ def test_run_with_reference_configurations(tmp_path):
     other = QUESTSDescriptor(cutoff=4.0, k=8).attach(_configs(1))
     with pytest.raises(InputError, match="settings differ"):
         score.run("dh2", queries, {"score_quantity": "DELTA_ENTROPY", "reference_set": other}, workflow=workflow)
+
+
+def test_ltau_compares_query_and_training_settings():
+    rng = np.random.default_rng(2)
+    d5, d4 = QUESTSDescriptor(cutoff=5.0, k=8), QUESTSDescriptor(cutoff=4.0, k=8)
+    train = d5.attach(_configs(2))
+    x = np.concatenate([a.arrays["descriptors"] for a in train])
+    score = LTAUForcesUQScore(train_descriptors=x, error_pdfs=rng.random((6, len(x))) + 0.1, from_error_logs=True,
+                              nbins=5, train_settings=d5.settings)
+    out = score.compute_batch(d5.attach(_configs(1)), "UNCERTAINTY")
+    assert out.metadata["train_descriptors"]["settings"] == d5.settings
+    with pytest.raises(InputError, match=r"(?s)settings differ.*query.*\"cutoff\": 4\.0.*train_descriptors.*\"cutoff\": 5\.0"):
+        score.compute_batch(d4.attach(_configs(1)), "UNCERTAINTY")
+    with pytest.raises(InputError, match="train_settings"):
+        LTAUForcesUQScore(train_descriptors=x, error_pdfs=rng.random((6, len(x))) + 0.1, from_error_logs=True,
+                          train_settings="QUESTS")
