@@ -25,7 +25,8 @@ Two indexes (``index=``):
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -42,13 +43,16 @@ INDEXES = ("flat", "hnsw")
 HNSW_ARGS = {"M": 32, "efConstruction": 80, "efSearch": 64}
 
 
-def query_blocks(n_queries, block=None):
+def query_blocks(n_queries, block=None, n_threads=1):
     """``(start, stop)`` of equal consecutive blocks (sizes differ by at most one) covering
-    ``n_queries``, each of at most ``block`` (default :data:`QUERY_BLOCK`) rows."""
+    ``n_queries``, each of at most ``block`` (default :data:`QUERY_BLOCK`) rows, and a
+    multiple of ``n_threads`` of them where each still gets :data:`SIMD_QUERIES` rows."""
     block = QUERY_BLOCK if block is None else int(block)
     if n_queries <= 0:
         return []
     n_blocks = math.ceil(n_queries / block)
+    threads = max(1, min(int(n_threads), n_queries // SIMD_QUERIES))
+    n_blocks = math.ceil(n_blocks / threads) * threads
     edges = np.linspace(0, n_queries, n_blocks + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
@@ -92,7 +96,7 @@ def build_index(reference32, index="flat", k=1):
     return found
 
 
-def knn_squared_distances(queries, reference, k, index="flat"):
+def knn_squared_distances(queries, reference, k, index="flat", n_threads=None):
     """Squared Euclidean distances to the ``k`` nearest reference points of each query.
 
     Parameters
@@ -104,6 +108,9 @@ def knn_squared_distances(queries, reference, k, index="flat"):
     index : {'flat', 'hnsw'}
         ``'flat'``: exact. ``'hnsw'``: approximate graph search (module docstring); a
         neighbour it misses is replaced by a farther point.
+    n_threads : int, optional
+        Python threads sharing the query blocks, one faiss (OpenMP) thread each (default:
+        the CPUs available).
 
     Returns
     -------
@@ -125,10 +132,21 @@ def knn_squared_distances(queries, reference, k, index="flat"):
     faiss_index = build_index(np.ascontiguousarray(x - centre, dtype=np.float32), index, k)
     d2 = np.empty((len(y), k))
     idx = np.empty((len(y), k), dtype=np.int64)
-    blocks = query_blocks(len(y))
-    smallest = min((b - a for a, b in blocks), default=1)
-    with blas_threshold(smallest):
-        for start, stop in blocks:
+    threads = _threads(n_threads)
+    blocks = query_blocks(len(y), n_threads=threads)
+
+    def work(chunk):
+        import faiss
+
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # this thread's OpenMP only: our threads share the blocks
+        try:
+            _search_blocks(chunk)
+        finally:
+            faiss.omp_set_num_threads(before)
+
+    def _search_blocks(chunk):
+        for start, stop in chunk:
             block = y[start:stop]
             _, found = faiss_index.search(np.ascontiguousarray(block - centre, dtype=np.float32), k)
             if np.any(found < 0):  # HNSW may return fewer than k: never for k <= efSearch in practice
@@ -139,4 +157,32 @@ def knn_squared_distances(queries, reference, k, index="flat"):
             order = np.argsort(exact, axis=1, kind="stable")
             d2[start:stop] = np.take_along_axis(exact, order, axis=1)
             idx[start:stop] = np.take_along_axis(found, order, axis=1)
+
+    smallest = min((b - a for a, b in blocks), default=1)
+    chunks = [blocks[t::threads] for t in range(threads) if blocks[t::threads]]
+    with blas_threshold(smallest), _blas_one_thread():
+        if len(chunks) == 1:
+            work(chunks[0])
+        else:
+            with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+                list(pool.map(work, chunks))
     return d2, idx
+
+
+def _threads(n_threads):
+    if n_threads is not None:
+        return check_int(n_threads, "n_threads", minimum=1)
+    from atomscore.kernels.gaussian import default_threads
+
+    return default_threads()
+
+
+def _blas_one_thread():
+    """BLAS (faiss' own OpenBLAS included) kept to one thread while our threads share the
+    blocks: faiss' OpenMP threads spin at every barrier, which on a loaded machine made a
+    2-thread search 2-4x slower than one thread."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
