@@ -13,7 +13,7 @@ Two indexes (``index=``):
   restored after; see :func:`blas_threshold`), so no block takes the per-query SIMD path --
   a leftover block of 1,808 queries did, at 4-8x the cost per query. One search then costs
   about one float32 GEMM of queries x reference plus a top-k scan.
-* ``'hnsw'``: ``IndexHNSWFlat`` (graph, approximate; ``M = 32``, ``efConstruction = 80``,
+* ``'hnsw'``: ``IndexHNSWFlat`` (graph, approximate; ``M = 32``, ``efConstruction = 40``,
   ``efSearch = max(64, 4 k)``), for references of 10^6 - 10^7 points where the flat search
   grows as M x N. Building the graph costs about as much as one flat search of 1-2k queries,
   so it pays when many queries meet a large reference. A missed neighbour can only make the
@@ -40,7 +40,7 @@ SIMD_QUERIES = 20
 #: the neighbour indexes offered
 INDEXES = ("flat", "hnsw")
 #: HNSW graph settings (faiss names)
-HNSW_ARGS = {"M": 32, "efConstruction": 80, "efSearch": 64}
+HNSW_ARGS = {"M": 32, "efConstruction": 40, "efSearch": 64}
 
 
 def query_blocks(n_queries, block=None, n_threads=1):
