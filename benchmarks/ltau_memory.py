@@ -10,8 +10,9 @@ PDF storage, in one run (each in a fresh state):
 
 Printed: build time (histograms + expected errors + index), the resident memory the
 estimator holds beyond its faiss index once built (RSS after minus before, minus the index's
-own bytes, freed heap memory given back first), per training atom, the peak extra RSS while building, and the time of 10^4
-``predict`` and ``predict_full(pdfs=True, atol=...)`` queries with k = 5.
+own bytes, freed heap memory given back first), per training atom, the peak extra RSS while
+building, and the time of ``--queries`` (1,000) ``predict`` and ``predict_full(pdfs=True,
+atol=...)`` queries with k = 5.
 
 Then the ``HNSW+IVFPQ`` index build with and without polysemous training (faiss factory
 ``...np`` -- what the estimator uses now -- vs ``...``), at ``--ivfpq-n`` points.
@@ -78,6 +79,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--nbins", type=int, default=100)
     parser.add_argument("--ivfpq-n", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=1000)
     args = parser.parse_args(argv)
 
     from atomscore.kernels.ltau import LTAUEstimator
@@ -85,7 +87,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.n, args.dim)).astype(np.float32)
     logs = rng.lognormal(-3.0, 1.0, size=(args.epochs, args.n))
-    queries = rng.normal(size=(10_000, args.dim))
+    queries = rng.normal(size=(args.queries, args.dim))
     atol = float(np.median(logs))
     print(f"LTAU estimator, N = {args.n}, dim {args.dim}, {args.epochs} epochs, {args.nbins} bins, "
           f"IndexFlatL2 (load average {os.getloadavg()[0]:.1f})")

@@ -161,8 +161,9 @@ def knn_squared_distances(queries, reference, k, index="flat", n_threads=None):
     smallest = min((b - a for a, b in blocks), default=1)
     chunks = [blocks[t::threads] for t in range(threads) if blocks[t::threads]]
     with blas_threshold(smallest), _blas_one_thread():
-        if len(chunks) == 1:
-            work(chunks[0])
+        if len(chunks) <= 1:
+            for chunk in chunks:
+                work(chunk)
         else:
             with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
                 list(pool.map(work, chunks))
