@@ -518,7 +518,8 @@ class LTAUEstimator:
         self.bins = check_bins(bins, bin_spacing)
         if not isinstance(pdfs, _ChunkedPDFs):
             pdfs = check_pdfs(pdfs, self.bins)
-        x = load_array(train_descriptors, "train_descriptors", ndim=2)
+        # float32, what faiss takes: no float64 copy of N x dim (0.5 GB at 10^6 x 64)
+        x = load_array(train_descriptors, "train_descriptors", ndim=2, dtype=np.float32)
         if x.shape[0] != pdfs.shape[0]:
             raise InputError(f"train_descriptors: expected one row per training point of the PDFs/error logs "
                              f"({pdfs.shape[0]}), got {x.shape[0]} rows")
@@ -638,7 +639,7 @@ class LTAUEstimator:
             dim = int(data["dim"])
         index = faiss.read_index(os.fspath(directory / "index.faiss"))
         # descriptors only serve the shape check here; the index already holds them
-        placeholder = np.broadcast_to(np.zeros(1), (pdfs.shape[0], dim))
+        placeholder = np.broadcast_to(np.zeros(1, dtype=np.float32), (pdfs.shape[0], dim))
         return cls(placeholder, pdfs, bins, spacing, index_type, args, index=index, pdf_storage=pdf_storage)
 
     # -- queries
