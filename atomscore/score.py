@@ -26,47 +26,77 @@ import functools
 import inspect
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from atomscore.errors import InputError
+from atomscore.io import to_jsonable  # noqa: F401 - also importable from here, as before
 from atomscore.quantity import ScoreQuantity
-from atomscore.validation import check_configs
+from atomscore.validation import check_configs, check_finite_configs, check_int
 
 RESULTS_XYZ = "score_results.xyz"
 RESULTS_JSON = "score_results.json"
 
 
-def to_jsonable(value):
-    """Return ``value`` with numpy arrays and scalars turned into lists and Python numbers."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, ScoreQuantity):
-        return value.name
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    return value
+def _results_filename(kind) -> str:
+    return RESULTS_XYZ if kind in ("atom", "configuration") else RESULTS_JSON
 
 
-def _record_metadata(method):
-    """Wrap ``compute``/``compute_batch`` so that a successful call remembers its metadata.
+class _class_or_instance_method:
+    """A method that works from the class (``Score.data_from_calc_ids(ids)``) and from an
+    instance alike; the first argument is whichever it was called on."""
 
-    ``save_results`` is called after ``compute_batch`` in the user's code (as in the
-    spec's examples), so the score must remember which arguments defined the numbers.
+    def __init__(self, func):
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __get__(self, obj, cls=None):
+        import types
+
+        return types.MethodType(self.func, obj if obj is not None else cls)
+
+
+#: how many recent single results (a dataset value, a FIM array) a score can still attribute
+SINGLE_RESULTS_KEPT = 8
+
+
+class ScoreResults(list):
+    """The results of one ``compute_batch`` call, carrying the metadata that defines them.
+
+    A plain list in every other respect; ``save_results`` stores ``.metadata`` with it, so
+    saving an earlier result never stores a later call's settings. A slice or a copy is a
+    plain list again (it may no longer be the whole call's result).
+    """
+
+    def __init__(self, results=(), metadata=None):
+        super().__init__(results)
+        self.metadata = copy.deepcopy(metadata) if metadata is not None else {}
+
+
+def records_metadata(method):
+    """Decorate a score's ``compute``/``compute_batch`` so that its result carries its metadata.
+
+    After the call, ``score.get_metadata(score_quantity, **arguments)`` plus the fields the
+    call noted with :meth:`ScoreBase.note_metadata` form the call's metadata, recorded once
+    per call (a ``compute_batch`` that calls ``compute`` per configuration records once).
+    A list result comes back as :class:`ScoreResults` with ``.metadata``; a single value
+    (a dataset's number, a FIM array) is attributed by identity (see ``metadata_of``).
     """
     signature = inspect.signature(method)
     params = list(signature.parameters)
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        result = method(self, *args, **kwargs)
+        if getattr(self, "_metadata_call", None) is not None:
+            return method(self, *args, **kwargs)  # inside a call that records: nothing to do
+        noted = {}
+        self._metadata_call = noted
+        try:
+            result = method(self, *args, **kwargs)
+        finally:
+            self._metadata_call = None
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
@@ -83,12 +113,28 @@ def _record_metadata(method):
         quantity = arguments.pop("score_quantity", None)
         if quantity is None and len(self.supported_score_quantities) == 1:
             quantity = self.supported_score_quantities[0]
-        quantity = self.parse_quantity(quantity)
-        self._last_metadata = self.get_metadata(quantity, **arguments)
-        return result
+        meta = dict(self.get_metadata(self.parse_quantity(quantity), **arguments))
+        meta.update(noted)
+        return self._with_metadata(result, to_jsonable(meta))
 
     wrapper._records_metadata = True
     return wrapper
+
+
+def _recorded(method):
+    """``method`` if it records its metadata, else ``method`` decorated here: a job of a score
+    whose own ``compute``/``compute_batch`` lacks :func:`records_metadata` still saves its
+    results with the metadata of the call that made them."""
+    return method if getattr(method, "_records_metadata", False) else records_metadata(method)
+
+
+def _same_result(value, recorded):
+    """True if ``value`` is ``recorded`` or a numpy view of it (``reshape``, ``np.asarray``)."""
+    while value is not None:
+        if value is recorded:
+            return True
+        value = value.base if isinstance(value, np.ndarray) else None
+    return False
 
 
 class ScoreBase:
@@ -117,16 +163,12 @@ class ScoreBase:
     #: them together: a dataset value, weights over every candidate)
     single_job: bool = False
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        for name in ("compute", "compute_batch"):
-            method = cls.__dict__.get(name)
-            if method is not None and not getattr(method, "_records_metadata", False):
-                setattr(cls, name, _record_metadata(method))
-
     def __init__(self, **init_args):
         self._init_args = dict(init_args)
+        #: metadata of the last recorded call, for reading only (results carry their own)
         self._last_metadata = {}
+        self._recent_results = []  # (single result, its metadata), newest last
+        self._metadata_call = None
         self._run_folders: list[Path] = []
 
     # ------------------------------------------------------------------ contract
@@ -141,12 +183,56 @@ class ScoreBase:
                                    where=f"{type(self).__name__} score_quantity")
 
     def compute(self, atoms, score_quantity, **compute_args):
-        """Compute the score of one item (configuration, dataset or property list)."""
+        """Compute the score of one item (configuration, dataset or property list).
+
+        Implementations are decorated with :func:`records_metadata`.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement compute")
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity, **compute_args):
-        """Compute the score of every configuration; a list with one result each."""
+        """Compute the score of every configuration; a :class:`ScoreResults` with one result each."""
         return [self.compute(atoms, score_quantity, **compute_args) for atoms in list_of_atoms]
+
+    # ------------------------------------------------------------------ metadata
+    def note_metadata(self, **fields):
+        """Add ``fields`` to the metadata of the call in progress (called from inside ``compute``).
+
+        For what only the computation knows (the parameter map, the solver's status);
+        outside a recorded call it does nothing.
+        """
+        call = getattr(self, "_metadata_call", None)
+        if call is not None:
+            call.update(copy.deepcopy(fields))
+
+    def _with_metadata(self, result, metadata):
+        self._last_metadata = metadata
+        if isinstance(result, list):
+            return ScoreResults(result, metadata)
+        recent = [(r, m) for r, m in getattr(self, "_recent_results", []) if r is not result]
+        self._recent_results = (recent + [(result, metadata)])[-SINGLE_RESULTS_KEPT:]
+        return result
+
+    def metadata_of(self, compute_results):
+        """The metadata of a result returned by this score's ``compute``/``compute_batch``.
+
+        Raises
+        ------
+        InputError
+            If the result cannot be attributed to a call (a list built by hand, a slice, a
+            copied number, or a single result older than the last few calls).
+        """
+        if isinstance(compute_results, ScoreResults):
+            return copy.deepcopy(compute_results.metadata)
+        for result, metadata in reversed(getattr(self, "_recent_results", [])):
+            if _same_result(compute_results, result):
+                return copy.deepcopy(metadata)
+        raise InputError(
+            f"{type(self).__name__}.save_results: cannot tell which call computed these results "
+            f"(got a {type(compute_results).__name__} that this score did not just return, e.g. a list "
+            "built by hand, a slice or a copy); pass the object compute/compute_batch returned, or "
+            "give metadata=... explicitly (e.g. metadata=score.metadata_of(original_result)); a score's "
+            "own compute/compute_batch records its metadata when decorated with @records_metadata")
 
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Check compute arguments before :meth:`run` writes anything (override to add checks).
@@ -190,7 +276,8 @@ class ScoreBase:
         list_of_configs : list of ase.Atoms, optional
             Required for atom-centred and configuration scores; never modified.
         metadata : dict, optional
-            Defaults to the metadata of the last ``compute``/``compute_batch`` call.
+            Defaults to the metadata of the call that returned ``compute_results``
+            (:meth:`metadata_of`).
 
         Returns
         -------
@@ -198,20 +285,22 @@ class ScoreBase:
         """
         raise NotImplementedError
 
-    def save_results(self, compute_results, save_dir=".", list_of_configs=None):
+    def save_results(self, compute_results, save_dir=".", list_of_configs=None, metadata=None):
         """Write results to ``save_dir`` (``score_results.xyz`` or ``score_results.json``).
 
-        The file is written under a temporary name and renamed, so an interrupted save
-        never leaves half a file. Returns the path written.
+        The metadata stored is the one of the call that returned ``compute_results`` (or
+        ``metadata`` when given); a result no call can be found for is refused. The file is
+        written under a temporary name and renamed, so an interrupted save never leaves
+        half a file. Returns the path written.
         """
-        data = self.parse_for_storage(compute_results, list_of_configs)
+        data = self.parse_for_storage(compute_results, list_of_configs, metadata=metadata)
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         return self.write_data(save_dir / self.results_filename, data)
 
     @property
     def results_filename(self) -> str:
-        return RESULTS_XYZ if self.kind in ("atom", "configuration") else RESULTS_JSON
+        return _results_filename(self.kind)
 
     @staticmethod
     def write_data(path, data):
@@ -249,14 +338,15 @@ class ScoreBase:
         Parameters
         ----------
         path_type : str
-            Name of this run; folders go to ``root/<ScoreClass>/<path_type>/<NNNNN>/``.
+            Name of this kind of run; each call writes a run folder of its own,
+            ``root/<ScoreClass>/<path_type>/<run>/<NNNNN>/``, so two runs never mix.
         configs : list of ase.Atoms (or list of target-property dicts for model scores)
         compute_args : dict
             Arguments of :meth:`compute_batch`, ``score_quantity`` included. Never modified.
         workflow : Workflow or dict, optional
             A workflow or its dict form; default a :class:`~atomscore.jobs.workflow.LocalWorkflow`.
         job_details : dict, optional
-            Passed to the workflow (walltime, queue, ...).
+            Passed to the workflow (walltime, queue, env, ...); checked before anything is written.
         batch_size : int
             Configurations per job (a dataset score always runs as one job).
         verbose : bool
@@ -266,12 +356,22 @@ class ScoreBase:
         -------
         list of str
             One calc id (the job folder's absolute path) per job.
+
+        Raises
+        ------
+        InputError
+            Bad input, before any folder is written.
+        JobWriteError
+            The folders could not be written (disk full); the partial run folder is removed.
+        SubmissionError
+            A batch could not be submitted; the run's other jobs are cancelled or marked
+            ``not submitted`` (none left pending); ``calc_ids`` names every folder.
         """
-        from atomscore.jobs.folder import prepare_score_jobs
+        from atomscore.jobs import make_workflow
 
+        if self.kind != "model":  # NaN/inf or empty configurations never reach a job
+            check_finite_configs(configs, "configs")
         jobs = prepare_score_jobs(self, path_type, configs, compute_args, batch_size)
-        from atomscore.jobs.workflow import make_workflow
-
         workflow = make_workflow(workflow)
         workflow.check_job_details(job_details)
         folders = jobs.write(workflow.root)
@@ -279,7 +379,7 @@ class ScoreBase:
         if verbose:
             for folder in folders:
                 print(f"atomscore: wrote job {folder}")
-        return [workflow.submit(folder, job_details) for folder in folders]
+        return workflow.submit_run(folders, job_details)
 
     def write_input(self, folder, configs):
         """Write the configurations of one job to ``folder`` (``input.xyz`` or ``input.json``)."""
@@ -287,43 +387,57 @@ class ScoreBase:
 
         return write_inputs(folder, self.kind, configs)
 
-    def data_from_calc_ids(self, calc_ids, workflow=None, cleanup=True):
+    @_class_or_instance_method
+    def data_from_calc_ids(self_or_cls, calc_ids, workflow=None, cleanup=True):
         """Gather the results of finished jobs, in the order of ``calc_ids``.
 
-        Returns a list of Atoms (atom-centred and configuration scores) or a list of
-        result dicts, one per job (dataset and model scores). Failed or unfinished jobs
-        raise :class:`~atomscore.errors.JobFailedError`. With ``cleanup`` the jobs'
-        temporary argument files are removed (results and logs stay).
+        Works from the class as from an instance (``LTAUForcesUQScore.data_from_calc_ids(ids)``):
+        the folders hold everything. Returns a list of Atoms (atom-centred and configuration
+        scores) or a list of result dicts, one per job (dataset and model scores). Failed or
+        unfinished jobs raise :class:`~atomscore.errors.JobFailedError`. ``cleanup`` removes
+        temporary files a killed writer may have left; the argument files stay, so that a
+        folder stays runnable (``atomscore jobs clean`` removes them).
         """
-        from atomscore.jobs.folder import job_folder, remove_args
+        from atomscore.errors import JobFailedError
+        from atomscore.jobs.folder import job_folder, remove_temporary_files
         from atomscore.jobs.workflow import check_finished
 
         folders = [job_folder(calc_id, workflow) for calc_id in calc_ids]
         check_finished(folders, calc_ids)
+        name = _results_filename(self_or_cls.kind)
         out = []
         for folder in folders:
-            data = self.read_data(folder / self.results_filename)
+            if not (folder / name).is_file():
+                raise JobFailedError(f"{folder}: done, but it holds no {name} (a {self_or_cls.kind} score's "
+                                     "results); was it written by another score class?")
+            data = self_or_cls.read_data(folder / name)
             out.extend(data) if isinstance(data, list) else out.append(data)
         if cleanup:
             for folder in folders:
-                remove_args(folder)
+                remove_temporary_files(folder)
         return out
 
     def cleanup(self):
-        """Remove the temporary argument files of this object's runs; nothing else."""
-        from atomscore.jobs.folder import remove_args
+        """Clean the job folders of this object's runs: argument files removed, folders marked
+        so that they refuse to run again; results, logs and status stay."""
+        from atomscore.jobs.folder import clean_folder
 
         for folder in self._run_folders:
-            remove_args(folder)
+            if folder.is_dir():
+                clean_folder(folder)
         self._run_folders = []
 
     def run_batch(self, configs, score_quantity, compute_args):
         """What a job does with its configurations (used by the job runner)."""
-        return self.compute_batch(configs, score_quantity=score_quantity, **compute_args)
+        return _recorded(type(self).compute_batch)(self, configs, score_quantity=score_quantity, **compute_args)
 
     # ------------------------------------------------------------------ helpers
-    def _metadata_or(self, metadata):
-        return copy.deepcopy(self._last_metadata if metadata is None else metadata)
+    def _metadata_or(self, metadata, compute_results):
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise InputError(f"metadata: expected a dict, got {type(metadata).__name__}")
+            return copy.deepcopy(metadata)
+        return self.metadata_of(compute_results)
 
     def __repr__(self):
         args = ", ".join(f"{k}={_short(v)}" for k, v in self._init_args.items())
@@ -361,7 +475,7 @@ class _ConfigsScore(ScoreBase):
         if len(results) != len(configs):
             raise InputError(f"{type(self).__name__}.save_results: {len(results)} results for "
                              f"{len(configs)} configurations")
-        meta = self._metadata_or(metadata)
+        meta = self._metadata_or(metadata, compute_results)
         out = []
         for i, (atoms, result) in enumerate(zip(configs, results)):
             new = atoms.copy()
@@ -404,11 +518,11 @@ class _WholeScore(ScoreBase):
 
     def parse_for_storage(self, compute_results, list_of_configs=None, metadata=None):
         return {self.result_key: to_jsonable(compute_results),
-                "_metadata": to_jsonable(self._metadata_or(metadata))}
+                "_metadata": to_jsonable(self._metadata_or(metadata, compute_results))}
 
     def run_batch(self, configs, score_quantity, compute_args):
         """A job computes the one value of all its items (the dataset, the properties)."""
-        return self.compute(configs, score_quantity=score_quantity, **compute_args)
+        return _recorded(type(self).compute)(self, configs, score_quantity=score_quantity, **compute_args)
 
 
 class DatasetScore(_WholeScore):
@@ -421,6 +535,7 @@ class DatasetScore(_WholeScore):
     kind = "dataset"
     single_job = True
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity, **compute_args):
         """The dataset's value, as a one-element list."""
         return [self.compute(list_of_atoms, score_quantity, **compute_args)]
@@ -433,3 +548,123 @@ class ModelScore(_WholeScore):
     """
 
     kind = "model"
+
+
+# --------------------------------------------------------------------------- the run plan
+@dataclass
+class PreparedJob:
+    """One validated, serialised job: its input file and its (batch-specific) compute args."""
+
+    input_name: str
+    input_text: str
+    compute_args: dict
+    compute_arrays: dict
+
+
+@dataclass
+class PreparedJobs:
+    """Validated, serialised jobs of one run, ready to be written (see :func:`prepare_score_jobs`)."""
+
+    score_name: str
+    path_type: str
+    header: dict
+    init_arrays: dict
+    jobs: list = field(default_factory=list)
+
+    def write(self, root) -> list[Path]:
+        """Write the run folder and every job folder under ``root``; return the job folders.
+
+        Raises
+        ------
+        JobWriteError
+            When the disk refuses (full, read-only): the partial run folder is removed.
+        """
+        from atomscore.io import write_json_atomic, write_text_atomic
+        from atomscore.jobs.folder import (FILES, ARGS_DIR, abandon_run, finish_job_folder, new_numbered_folder,
+                                           new_run_folder, now, save_arrays)
+
+        run = new_run_folder(Path(root) / self.score_name / self.path_type)
+        folders = []
+        first_paths: dict[str, Path] = {}
+        try:
+            for job in self.jobs:
+                folder = new_numbered_folder(run)
+                save_arrays(folder / ARGS_DIR, self.init_arrays, first_paths)
+                save_arrays(folder / ARGS_DIR, job.compute_arrays)  # per batch: never linked
+                write_text_atomic(folder / job.input_name, job.input_text)
+                finish_job_folder(folder, {**self.header, "run": run.name, "compute_args": job.compute_args,
+                                           "input": job.input_name})
+                folders.append(folder)
+            write_json_atomic(run / FILES.run, {"run": run.name, "score": self.header["score"],
+                                                "path_type": self.path_type, "created": now(),
+                                                "jobs": [f.name for f in folders]})
+        except OSError as exc:
+            abandon_run(run, exc)
+        return folders
+
+
+def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> PreparedJobs:
+    """Validate a run and serialise its jobs in memory; nothing is written here.
+
+    Raises
+    ------
+    InputError
+        For empty or malformed configurations, ``batch_size < 1``, a bad ``path_type``,
+        an unknown or unsupported quantity, arguments a job file cannot hold, or a score
+        class that another process cannot import.
+    """
+    import socket
+    import sys
+
+    from atomscore.jobs.folder import FORMAT_VERSION, check_path_type, class_reference, encode_args, serialize_inputs
+
+    name = type(score).__name__
+    check_path_type(path_type)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    if score.kind == "model":
+        if not isinstance(configs, (list, tuple)) or not configs:
+            raise InputError(f"{name}.run: configs: expected a non-empty list of items, got {configs!r:.80}")
+        configs = list(configs)
+    else:
+        configs = check_configs(configs, f"{name}.run: configs")
+    if not isinstance(compute_args, dict):
+        raise InputError(f"{name}.run: compute_args: expected a dict, got {type(compute_args).__name__}")
+    args = dict(compute_args)
+    quantity = args.pop("score_quantity", None)
+    if quantity is None:
+        if len(score.supported_score_quantities) != 1:
+            raise InputError(f"{name}.run: compute_args needs 'score_quantity'; expected one of: "
+                             + ", ".join(q.name for q in score.supported_score_quantities))
+        quantity = score.supported_score_quantities[0]
+    quantity = score.parse_quantity(quantity)
+    args = score.prepare_compute_args(args)
+    score.check_compute_args(configs, quantity, args)
+
+    reference = class_reference(type(score))
+    init_data, init_arrays = encode_args(score._init_args, "init", f"{name} init args")
+    if score.single_job:
+        if 1 < batch_size < len(configs) and score.kind != "dataset":
+            import warnings
+
+            warnings.warn(f"{name}.run: batch_size={batch_size} ignored; {name} needs all {len(configs)} "
+                          "configurations in one job", stacklevel=3)
+        bounds = [(0, len(configs))]
+    else:
+        bounds = [(i, min(i + batch_size, len(configs))) for i in range(0, len(configs), batch_size)]
+    jobs = []
+    for start, stop in bounds:
+        batch_args = args if len(bounds) == 1 else score.slice_compute_args(args, start, stop)
+        compute_data, compute_arrays = encode_args(batch_args, "compute", f"{name}.run compute_args")
+        jobs.append(PreparedJob(*serialize_inputs(score.kind, configs[start:stop]), compute_data, compute_arrays))
+    header = {
+        "format_version": FORMAT_VERSION,
+        "kind": "score",
+        "score": reference,
+        "score_kind": score.kind,
+        "init_args": init_data,
+        "score_quantity": ScoreQuantity(quantity).name,
+        "cwd": os.getcwd(),
+        "submitted_from": socket.gethostname(),
+        "python": sys.executable,
+    }
+    return PreparedJobs(name, path_type, header, init_arrays, jobs)

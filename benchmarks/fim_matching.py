@@ -87,7 +87,7 @@ def main(argv=None):
         for name, kw in runs:
             score = FIMMatchingScore()
             w, t, mb = measured(lambda: score.compute_batch(cfgs, target, solver_kwargs=kw))
-            meta = score._last_solution
+            meta = score.metadata_of(w)
             base = t if base is None else base
             note = f" (fallback from {meta['fallback']['from_status']})" if "fallback" in meta else ""
             print(f"{m:>7} {name:<18}{t:9.2f}{mb:9.0f}{t / base:9.1f}x  {sum(w):.6g}, "
@@ -104,7 +104,7 @@ def main(argv=None):
             continue
         score = FIMMatchingScore()
         w = score.compute_batch(configs(fims), 1e-3 * np.eye(4), solver_kwargs=kw)
-        meta = score._last_solution
+        meta = score.metadata_of(w)
         print(f"  {name:<8} status {meta['status']}, solver {meta['solver']}, objective {sum(w):.6g}, "
               f"fallback {meta.get('fallback')}")
 

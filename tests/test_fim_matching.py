@@ -162,7 +162,7 @@ def test_unpreconditioned_sdpa_falls_back_to_clarabel():
     np.testing.assert_allclose(plain, scaled, rtol=1e-3, atol=0)
     if "SDPA" in SOLVERS:
         got = score.compute_batch(configs, target_path, precondition=False, solver_kwargs={"solver": "SDPA"})
-        meta = score.get_metadata("IMPORTANCE", fim_property=str(target_path))
+        meta = score.metadata_of(got)
         assert meta["fallback"]["from_solver"] == "SDPA" and meta["fallback"]["from_status"] == "infeasible"
         assert meta["solver"] == "CLARABEL"
         np.testing.assert_allclose(got, plain, rtol=1e-3, atol=0)

@@ -31,7 +31,7 @@ def test_no_workflow_runs_in_process_and_equals_local_jobs(tmp_path, monkeypatch
     score = FIMPropertyScore()
     inproc = score.compute(list_of_target_property=[target()], **args)
     assert not (tmp_path / "atomscore_jobs").exists()  # no job folder written
-    assert score.get_metadata("SENSITIVITY", cov=np.eye(36))["property_evaluation"] == ["in-process"]
+    assert score.metadata_of(inproc)["property_evaluation"] == ["in-process"]
     root = tmp_path / "jobs"
     jobs = FIMPropertyScore().compute(list_of_target_property=[target(
         {"workflow_type": "LOCAL", "workflow_args": {"root_directory": str(root), "nprocs": 2}})], **args)

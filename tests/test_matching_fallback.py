@@ -47,8 +47,9 @@ def test_clarabel_is_the_default_solver():
 def test_false_infeasible_case_ends_optimal_by_default():
     fims, target = false_infeasible_problem()
     score = FIMMatchingScore()
-    weights = np.array(score.compute_batch(configs_with_fims(fims), target))
-    meta = score.get_metadata("IMPORTANCE", fim_property=target)
+    result = score.compute_batch(configs_with_fims(fims), target)
+    weights = np.array(result)
+    meta = score.metadata_of(result)
     assert meta["status"] == "optimal" and meta["solver"] == "CLARABEL"
     assert "fallback" not in meta
     ref = np.array(score.compute_batch(configs_with_fims(fims), target, precondition=False))
@@ -61,8 +62,9 @@ def test_sdpa_false_infeasible_falls_back_to_clarabel_and_says_so():
     fims, target = false_infeasible_problem()
     configs = configs_with_fims(fims)
     score = FIMMatchingScore()
-    weights = np.array(score.compute_batch(configs, target, solver_kwargs={"solver": "SDPA"}))
-    meta = score.get_metadata("IMPORTANCE", fim_property=target, solver_kwargs={"solver": "SDPA"})
+    result = score.compute_batch(configs, target, solver_kwargs={"solver": "SDPA"})
+    weights = np.array(result)
+    meta = score.metadata_of(result)
     assert meta["status"] == "optimal"
     assert meta["solver"] == "CLARABEL"
     assert meta["fallback"]["from_solver"] == "SDPA"
@@ -77,8 +79,7 @@ def test_sdpa_false_infeasible_falls_back_to_clarabel_and_says_so():
 def test_sdpa_success_records_no_fallback():
     fims, target = false_infeasible_problem(seed=0)
     score = FIMMatchingScore()
-    score.compute_batch(configs_with_fims(fims), target, solver_kwargs={"solver": "SDPA"})
-    meta = score.get_metadata("IMPORTANCE", fim_property=target)
+    meta = score.metadata_of(score.compute_batch(configs_with_fims(fims), target, solver_kwargs={"solver": "SDPA"}))
     assert meta["solver"] == "SDPA" and "fallback" not in meta
 
 

@@ -82,7 +82,7 @@ def test_score_passes_approx_index_and_records_it():
     score = QUESTSDeltaEntropyScore()
     got = score.compute(atoms, reference_set=x, bandwidth=0.05, approx=True, approx_index="hnsw")
     assert np.all(got >= brute_force_dh(y, x, 0.05, 3) - 1e-12)
-    assert score.get_metadata("DELTA_ENTROPY", approx=True, approx_index="hnsw")["approx_index"] == "hnsw"
+    assert score.metadata_of(got)["approx_index"] == "hnsw"
     with pytest.raises(InputError, match="approx_index"):
         score.compute(atoms, reference_set=x, approx=True, approx_index="ivf")
 

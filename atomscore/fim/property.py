@@ -25,8 +25,9 @@ import warnings
 import numpy as np
 
 from atomscore.errors import InputError
+from atomscore.jobs.calls import job_call
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import ModelScore, to_jsonable
+from atomscore.score import ModelScore, to_jsonable, records_metadata
 from atomscore.validation import check_keys, load_array
 
 #: default finite-difference settings (those of information_matching's FiniteDifference)
@@ -37,8 +38,12 @@ TARGET_PROPERTY_TYPES = ("ElasticConstants",)
 
 _CALC_ARGS = ("workflow",)
 
+#: a covariance eigenvalue below -COV_PSD_RTOL * n * |largest| is not round-off: refused
+COV_PSD_RTOL = 1e-12
+
 
 # ---------------------------------------------------------------------- one evaluation
+@job_call
 def evaluate_target_property(target_property, potential, parameters):
     """Property vectors of one target property at several parameter sets (run inside a job).
 
@@ -71,15 +76,35 @@ def evaluate_target_property(target_property, potential, parameters):
     return out
 
 
-def _map(func, list_of_kwargs, workflow):
+def _map(func, list_of_kwargs, workflow, spec=None):
     """Evaluate ``func(**kw)`` for each kw through ``workflow`` (job folders, in parallel),
-    or in this process when ``workflow`` is None."""
+    or in this process when ``workflow`` is None.
+
+    A workflow given without a ``root_directory`` (or none at all) puts its calls under the
+    root of the job this runs in, or, called directly, into a temporary folder removed
+    afterwards: never into the current directory.
+    """
     if workflow is None:
         return [func(**kw) for kw in list_of_kwargs]
-    from atomscore.jobs.calls import map_calls
+    import tempfile
 
-    return map_calls(func, list_of_kwargs, workflow=workflow, path_type="fim_property",
-                     progress=None)
+    from atomscore.jobs import make_workflow
+    from atomscore.jobs.calls import map_calls
+    from atomscore.jobs.folder import ROOT_ENV
+
+    spec = {"workflow_type": "LOCAL"} if spec is None else spec
+    if not isinstance(spec, dict) or (spec.get("workflow_args") or {}).get("root_directory"):
+        return map_calls(func, list_of_kwargs, workflow=workflow, path_type="fim_property", progress=None)
+
+    def under(root):
+        placed = {**spec, "workflow_args": {**(spec.get("workflow_args") or {}), "root_directory": root}}
+        return map_calls(func, list_of_kwargs, workflow=make_workflow(placed), path_type="fim_property",
+                         progress=None)
+
+    if os.environ.get(ROOT_ENV):
+        return under(os.environ[ROOT_ENV])
+    with tempfile.TemporaryDirectory(prefix="atomscore-fim-property-") as root:
+        return under(root)
 
 
 def _in_process(prop, workflow_spec):
@@ -132,9 +157,9 @@ def _target_properties(list_of_target_property):
         if not isinstance(calc, dict):
             raise InputError(f"{where}['calculate_property_args']: expected a dict, got {calc!r}")
         check_keys(calc, _CALC_ARGS, f"{where}['calculate_property_args']")
-        from atomscore.jobs.workflow import make_workflow
+        from atomscore.jobs import make_workflow
 
-        try:
+        try:  # its root is chosen when the calls run, unless given (see _map)
             workflow = make_workflow(calc.get("workflow"))
         except InputError as exc:
             raise InputError(f"{where}['calculate_property_args']: {exc}") from None
@@ -179,6 +204,12 @@ def _one_cov(value, n, where):
         i, j = np.unravel_index(np.argmax(np.abs(cov - cov.T)), cov.shape)
         raise InputError(f"{where}: expected a symmetric covariance matrix, got cov[{i}, {j}] = {cov[i, j]} "
                          f"but cov[{j}, {i}] = {cov[j, i]}")
+    eig = np.linalg.eigvalsh(0.5 * (cov + cov.T))
+    # round-off of a singular PSD matrix stays within a few n*eps of its largest eigenvalue
+    if eig[0] < -COV_PSD_RTOL * n * max(abs(eig[-1]), abs(eig[0])):
+        raise InputError(f"{where}: expected a positive semi-definite covariance matrix, got an eigenvalue "
+                         f"{eig[0]:.6g} (eigenvalues from {eig[0]:.6g} to {eig[-1]:.6g}); a covariance has no "
+                         "negative variance")
     return cov
 
 
@@ -249,7 +280,6 @@ class FIMPropertyScore(ModelScore):
         super().__init__()
         self.fim_index_to_parameter = {}
         self.jacobian = None
-        self._run_info = {}
 
     # ------------------------------------------------------------------ checks
     def _prepare(self, list_of_target_property, cov, potential, parameters_optimize, transform,
@@ -296,6 +326,7 @@ class FIMPropertyScore(ModelScore):
         return out
 
     # ------------------------------------------------------------------ compute
+    @records_metadata
     def compute(self, list_of_target_property, score_quantity, cov, potential, parameters_optimize,
                 transform=None, derivative_kwargs=None):
         """The FIM of the target properties.
@@ -362,7 +393,7 @@ class FIMPropertyScore(ModelScore):
             chunks = np.array_split(np.arange(len(calls)), 1 if workflow is None else _n_jobs(workflow, len(calls)))
             kwargs = [{"target_property": prop.to_spec(), "potential": spec,
                        "parameters": [calls[i] for i in chunk]} for chunk in chunks]
-            results = [vec for part in _map(evaluate_target_property, kwargs, workflow) for vec in part]
+            results = [vec for part in _map(evaluate_target_property, kwargs, workflow, workflow_spec) for vec in part]
             preds = {key: np.asarray(r, dtype=float) for key, r in zip(keys, results)}
             if not need_center:
                 preds["original"] = np.zeros_like(next(iter(preds.values())))
@@ -372,8 +403,9 @@ class FIMPropertyScore(ModelScore):
         fim = 0.5 * (fim + fim.T)
         self.jacobian = jac
         self.fim_index_to_parameter = pmap.fim_index_to_parameter
-        self._run_info = {
+        self.note_metadata(**{
             "potential": {"type": "KIM", "name": pot.kim_id, "spec": spec},
+            "kim_id": pot.kim_id,
             **pmap.metadata(),
             "derivative_kwargs": {"h": dkw["h"].tolist(), "method": dkw["method"]},
             "target_property": [{"init_args": p.to_spec(),
@@ -381,13 +413,13 @@ class FIMPropertyScore(ModelScore):
                                 for p, _, w in props],
             "property_units": [p.units or "eV/A^3" for p, _, _ in props],
             "property_evaluation": evaluation,
-        }
+        })
         return fim
 
     def get_metadata(self, score_quantity, **compute_args):
-        """Quantity, potential, parameters, transform, fim_index_to_parameter, steps, cov."""
+        """Quantity and cov; the computation notes potential, parameters, transform,
+        fim_index_to_parameter and steps."""
         meta = {"score_quantity": ScoreQuantity.parse(score_quantity).name}
-        meta.update(copy.deepcopy(self._run_info))
         cov = compute_args.get("cov")
         if isinstance(cov, (str, os.PathLike)):
             meta["cov"] = str(cov)
