@@ -417,3 +417,72 @@ def dataset_information(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", 
 def _logsumexp(a, axis):
     m = a.max(axis=axis, keepdims=True)
     return np.squeeze(m, axis=axis) + np.log(np.exp(a - m).sum(axis=axis))
+
+
+# ----------------------------------------------------------------------------- grouped sums (selection)
+
+def grouped_kernel_sums(queries, reference, group_starts, bandwidth=DEFAULT_BANDWIDTH, *,
+                        tile_size=DEFAULT_TILE, n_threads=None):
+    """Kernel sums of queries against a reference cut into contiguous groups, in one pass.
+
+    Used by :mod:`atomscore.selection`, where the reference rows are the environments of
+    a pool and a group is one configuration.
+
+    Parameters
+    ----------
+    queries : array_like, shape (M, d)
+    reference : array_like, shape (N, d)
+    group_starts : array_like of int, shape (G,)
+        First reference row of each group, increasing from 0; group ``g`` is rows
+        ``group_starts[g]:group_starts[g + 1]`` (the last runs to N).
+    bandwidth : float
+        ``h`` in descriptor units.
+    tile_size, n_threads
+        As :func:`log_kernel_sums`.
+
+    Returns
+    -------
+    column_sums : numpy.ndarray, shape (N,)
+        ``sum_i K(y_i, x_j)`` for every reference row ``j``.
+    group_sums : numpy.ndarray, shape (M, G)
+        ``sum_{j in g} K(y_i, x_j)`` for every query and group.
+
+    Plain float64 sums, not logs: terms below ``exp(-745)`` are 0. That suits sums that
+    are later added to 1 or more (a self term) or compared with thresholds near 1.
+    """
+    y = _descriptors(queries, "queries")
+    x = _descriptors(reference, "reference")
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"reference: expected descriptors of dimension {y.shape[1]} (as the queries), "
+                         f"got dimension {x.shape[1]}")
+    starts = np.asarray(group_starts, dtype=np.int64).ravel()
+    if starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= len(x):
+        raise InputError(f"group_starts: expected increasing row indices from 0 below {len(x)}, got {starts[:8]}...")
+    h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
+    _, tile, threads = _options("float64", tile_size, n_threads)
+    gamma = 1.0 / (2.0 * h * h)
+    centre = x.mean(axis=0)
+    ops = _Operands.build(y - centre, x - centre, gamma, np.float64, 0.0)
+    n_rows, n_cols, n_groups = len(y), len(x), len(starts)
+    group_of = np.repeat(np.arange(n_groups), np.diff(np.append(starts, n_cols)))
+    pairs = _tile_pairs(n_rows, n_cols, tile, False)
+
+    def work(chunk):
+        cols = np.zeros(n_cols)
+        groups = np.zeros((n_rows, n_groups))
+        buf = np.empty((tile, tile))
+        for a, b in chunk:
+            left, right = ops.left[a:a + tile], ops.right[b:b + tile]
+            e = buf[:len(left), :len(right)]
+            np.matmul(left, right.T, out=e)
+            np.minimum(e, 0.0, out=e)  # true exponents are <= 0; rounding may give +1e-13
+            np.exp(e, out=e)
+            cols[b:b + len(right)] += e.sum(axis=0)
+            g = group_of[b:b + len(right)]
+            cuts = np.flatnonzero(np.diff(g)) + 1
+            seg = np.concatenate(([0], cuts))
+            groups[a:a + len(left), g[seg]] += np.add.reduceat(e, seg, axis=1)
+        return cols, groups
+
+    parts = _run_tiles(work, pairs, threads)
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)

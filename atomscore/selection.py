@@ -1,0 +1,702 @@
+"""Which configurations to label next: selection from a pool, optionally given a labelled reference.
+
+Methods (``METHODS``; docs/selection.md explains each and what is exact):
+
+* ``entropy`` (default): greedy maximisation of the QUESTS entropy of reference ∪ selected.
+  Every step adds the configuration whose union with the current set has the largest
+  entropy; the gain of every candidate is exact (not an estimate). The pool environments'
+  kernel sums against the selected set and the kernel sums of every selected (or
+  reference) environment over each pool configuration are kept up to date by one tiled
+  kernel pass per added configuration (new environments x pool environments), so a step
+  never recomputes an entropy from scratch and no N x N matrix is formed.
+* ``fps``, ``msc``, ``k_means``, ``random``: the definitions of ``quests.compression``
+  (``DatasetCompressor.get_indices``), on our kernels; ``msc`` with a reference is quests'
+  ``msc_conditional``.
+* ``uncertainty``: the largest LTAU uncertainty (mean or max over the atoms) first, with an
+  optional diversity guard.
+* ``weights``: the configurations with non-zero information-matching weights, largest first.
+
+Every selection returns a :class:`Selection`: indices into the pool, the selected
+configurations (copies of the pool's Atoms, ``info['pool_index']`` recorded) and a summary
+with the entropy, diversity, efficiency and overlap after every step.
+"""
+
+from __future__ import annotations
+
+import math
+import random as _random
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from atomscore.errors import InputError
+from atomscore.kernels import gaussian
+from atomscore.validation import check_choice, check_configs, check_int, check_positive, load_array
+
+__all__ = ["METHODS", "Selection", "select", "learning_curve", "plot_curve", "OVERLAP_EPSILON"]
+
+METHODS = ("entropy", "fps", "msc", "k_means", "random", "uncertainty", "weights")
+#: an environment is covered by a set when its dH against it is below this (nats), as quests' overlap
+OVERLAP_EPSILON = 1e-5
+DEFAULT_BANDWIDTH = gaussian.DEFAULT_BANDWIDTH
+REDUCTIONS = ("mean", "max")
+UNCERTAINTY_KEY = "ltau_forces_uq_score"
+WEIGHTS_KEY = "fim_matching_weight_score"
+#: info key where descriptor settings may be recorded (checked between pool and reference)
+SETTINGS_KEYS = ("descriptor_settings", "descriptors_settings")
+# A kernel sum over a configuration below this fraction of an environment's own kernel sum
+# changes that environment's log p by less than it: its row is dropped from the gain matrix.
+_NEGLIGIBLE = 1e-18
+_COVERED = math.exp(-OVERLAP_EPSILON)  # p > this  <=>  dH = -log p < OVERLAP_EPSILON
+
+
+@dataclass
+class Selection:
+    """The result of :func:`select`.
+
+    Attributes
+    ----------
+    indices : list of int
+        Pool indices, in selection order.
+    configs : list of ase.Atoms
+        Copies of the selected pool configurations (info kept), with ``info['pool_index']``
+        and ``info['selection_step']`` (1-based).
+    summary : dict
+        ``method``, settings, ``steps`` (one dict per step: ``pool_index``, ``n_configs``,
+        ``n_envs``, ``entropy`` and ``diversity`` in nats, ``efficiency``, ``overlap``;
+        with a reference also ``*_with_reference``), ``selection`` (the last step),
+        ``pool`` and ``reference`` (their own entropy, diversity, efficiency).
+    """
+
+    indices: list
+    configs: list
+    summary: dict = field(repr=False)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def _read(source, name):
+    """A list of Atoms, or a path ASE reads (every frame)."""
+    import os
+
+    if isinstance(source, (str, os.PathLike)):
+        from pathlib import Path
+
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{name}: file not found: {str(path)!r}")
+        try:
+            from atomscore import io as _io
+
+            reader = getattr(_io, "read_configs", None)
+            if reader is not None:
+                return list(reader(path))
+            import ase.io
+
+            return list(ase.io.read(path, index=":"))
+        except InputError:
+            raise
+        except Exception as exc:  # unreadable file: one clear message
+            raise InputError(f"{name}: cannot read {str(path)!r}: {exc}") from None
+    return check_configs(source, name)
+
+
+def _recorded_settings(atoms):
+    for key in SETTINGS_KEYS:
+        value = atoms.info.get(key)
+        if isinstance(value, dict):
+            return {k: value[k] for k in sorted(value) if k in ("name", "cutoff", "k")} or None
+        if isinstance(value, str):
+            import json
+
+            try:
+                value = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return {k: value[k] for k in sorted(value) if k in ("name", "cutoff", "k")} or None
+    return None
+
+
+def _descriptor_blocks(pool, reference, key, descriptor):
+    """Per-configuration descriptor arrays of pool and reference, and the settings used.
+
+    ``descriptor``: ``'auto'`` (use what the configurations hold; compute QUESTS descriptors
+    with default settings when none holds them), ``None`` (never compute), or a
+    :class:`~atomscore.descriptors.quests.QUESTSDescriptor` (compute every configuration
+    with it).
+    """
+    from atomscore.descriptors.quests import QUESTSDescriptor
+
+    if not isinstance(key, str) or not key:
+        raise InputError(f"descriptors_key: expected a non-empty string (an atoms.arrays key), got {key!r}")
+    sets = [("pool", pool)] + ([("reference", reference)] if reference is not None else [])
+    if isinstance(descriptor, QUESTSDescriptor):
+        settings = {"name": "QUESTS", "cutoff": descriptor.cutoff, "k": descriptor.k}
+        return [descriptor.compute_batch(configs) for _, configs in sets], settings, "computed"
+    if not (descriptor is None or (isinstance(descriptor, str) and descriptor == "auto")):
+        raise InputError(f"descriptor: expected 'auto', None or a QUESTSDescriptor, got {descriptor!r}")
+    have = {name: [key in a.arrays for a in configs] for name, configs in sets}
+    recorded = {}
+    for name, configs in sets:
+        found = {(i, repr(s)): s for i, a in enumerate(configs) if key in a.arrays
+                 for s in [_recorded_settings(a)] if s is not None}
+        distinct = {r: s for (_, r), s in found.items()}
+        if len(distinct) > 1:
+            raise InputError(f"{name}: configurations record different descriptor settings: "
+                             f"{list(distinct.values())[:2]}")
+        if distinct:
+            recorded[name] = next(iter(distinct.values()))
+    if len(recorded) == 2 and recorded["pool"] != recorded["reference"]:
+        raise InputError(f"reference: descriptors made with other settings than the pool's: reference "
+                         f"{recorded['reference']}, pool {recorded['pool']}; use the same descriptor for both")
+    settings = recorded.get("pool") or recorded.get("reference")
+    every = all(all(v) for v in have.values())
+    none = not any(any(v) for v in have.values())
+    if every:
+        blocks = []
+        for name, configs in sets:
+            blocks.append([_per_atom(a, key, i, name) for i, a in enumerate(configs)])
+        dims = {name: {b.shape[1] for b in bl} for (name, _), bl in zip(sets, blocks)}
+        for name, d in dims.items():
+            if len(d) > 1:
+                raise InputError(f"{name}: arrays[{key!r}] have different numbers of columns: {sorted(d)}")
+        if reference is not None and dims["pool"] != dims["reference"]:
+            raise InputError(f"reference: arrays[{key!r}] have {dims['reference'].pop()} columns but the pool's "
+                             f"have {dims['pool'].pop()}: descriptors of other settings; use the same descriptor")
+        return blocks, settings, "given"
+    missing = [(name, i) for name, flags in have.items() for i, f in enumerate(flags) if not f]
+    where = ", ".join(f"{n} configuration {i}" for n, i in missing[:3]) + (" ..." if len(missing) > 3 else "")
+    if descriptor is None:
+        raise InputError(f"descriptors_key={key!r}: {where} has no atoms.arrays[{key!r}] and descriptor=None "
+                         f"forbids computing them; attach descriptors (atomscore descriptors) or pass a descriptor")
+    if none:
+        desc = QUESTSDescriptor()
+    elif settings is not None and str(settings.get("name", "QUESTS")).upper() == "QUESTS" \
+            and "cutoff" in settings and "k" in settings:
+        desc = QUESTSDescriptor(cutoff=settings["cutoff"], k=settings["k"])
+    else:
+        raise InputError(f"descriptors_key={key!r}: {where} has no atoms.arrays[{key!r}] while others have, and "
+                         f"their settings are not recorded, so missing ones cannot be computed to match; attach "
+                         f"descriptors to all, or pass descriptor=QUESTSDescriptor(...) to compute all")
+    settings = {"name": "QUESTS", "cutoff": desc.cutoff, "k": desc.k}
+    return [desc.compute_batch(configs) for _, configs in sets], settings, "computed"
+
+
+def _per_atom(atoms, key, index, name):
+    arr = load_array(atoms.arrays[key], f"arrays[{key!r}]", where=f"{name} configuration {index}")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] != len(atoms):
+        raise InputError(f"arrays[{key!r}] ({name} configuration {index}): expected (n_atoms, n_features), "
+                         f"got shape {arr.shape}")
+    return arr
+
+
+def _per_config_values(pool, given, key, name, per_atom):
+    """Uncertainties (per atom) or weights (per configuration) from an argument or the configurations."""
+    if given is not None:
+        if per_atom and isinstance(given, (list, tuple)) and len(given) == len(pool) \
+                and any(np.ndim(v) > 0 for v in given):
+            out = []
+            for i, v in enumerate(given):
+                arr = load_array(v, name, ndim=1, where=f"configuration {i}")
+                if arr.shape[0] != len(pool[i]):
+                    raise InputError(f"{name} (configuration {i}): expected {len(pool[i])} values (one per atom), "
+                                     f"got {arr.shape[0]}")
+                out.append(arr)
+            return out
+        arr = load_array(given, name, ndim=1)
+        if arr.shape[0] != len(pool):
+            raise InputError(f"{name}: expected one value per pool configuration ({len(pool)}), got {arr.shape[0]}")
+        return [np.array([v]) for v in arr] if per_atom else arr
+    values = []
+    for i, atoms in enumerate(pool):
+        store = atoms.arrays if per_atom else atoms.info
+        if key not in store:
+            where = "atoms.arrays" if per_atom else "atoms.info"
+            raise InputError(f"{name}: pool configuration {i} has no {where}[{key!r}]; pass {name}= or compute it "
+                             f"first ({'LTAUForcesUQScore' if per_atom else 'FIMMatchingScore'})")
+        v = load_array(store[key], f"{where_name(per_atom)}[{key!r}]", where=f"pool configuration {i}")
+        values.append(v.ravel())
+    if per_atom:
+        return values
+    for i, v in enumerate(values):
+        if v.size != 1:
+            raise InputError(f"info[{key!r}] (pool configuration {i}): expected one number, got shape {v.shape}")
+    return np.array([v[0] for v in values])
+
+
+def where_name(per_atom):
+    return "arrays" if per_atom else "info"
+
+
+# ----------------------------------------------------------------------------- the pool state
+
+class _Pool:
+    """Pool environments, their kernel sums against the selection, and the rows of the gain matrix."""
+
+    def __init__(self, blocks, ref_blocks, h, n_threads, tile_size, keep_rows):
+        self.h, self.threads, self.tile = h, n_threads, tile_size
+        self.sizes = np.array([len(b) for b in blocks])
+        self.starts = np.concatenate(([0], np.cumsum(self.sizes)[:-1]))
+        self.x = np.concatenate(blocks, axis=0)
+        self.n_configs, self.n_envs = len(blocks), len(self.x)
+        self.config_of = np.repeat(np.arange(self.n_configs), self.sizes)
+        # each pool environment's kernel sum within its own configuration (self term included)
+        self.own = np.empty(self.n_envs)
+        for i, b in enumerate(blocks):
+            s = self.starts[i]
+            self.own[s:s + len(b)] = np.exp(gaussian.log_kernel_sums(b, None, h, n_threads=1))
+        self.p_sel = np.zeros(self.n_envs)   # kernel sum against the selected environments
+        self.p_ref = np.zeros(self.n_envs)   # ... against the reference environments
+        self.selected = np.zeros(self.n_configs, dtype=bool)
+        self.sel_envs = []                   # pool rows of the selected environments
+        self.keep_rows = keep_rows
+        self.rows = []                       # gain-matrix rows of selected envs (n_new, P) per step
+        self.ref = None
+        self.history = []                    # measures after every step
+        if ref_blocks:
+            self._init_reference(np.concatenate(ref_blocks, axis=0))
+
+    # reference ----------------------------------------------------------------
+    def _init_reference(self, r):
+        self.ref_n = len(r)
+        p_rr = np.exp(gaussian.log_kernel_sums(r, None, self.h, n_threads=self.threads))
+        kept_p, kept_m, dropped = [], [], []
+        chunk = max(1, min(len(r), 2 ** 23 // max(self.n_configs, 1)))  # ~64 MB of group sums at a time
+        for a in range(0, len(r), chunk):
+            cols, groups = gaussian.grouped_kernel_sums(r[a:a + chunk], self.x, self.starts, self.h,
+                                                        tile_size=self.tile, n_threads=self.threads)
+            self.p_ref += cols
+            p = p_rr[a:a + chunk]
+            keep = groups.max(axis=1) > _NEGLIGIBLE * p if self.keep_rows else np.zeros(len(p), dtype=bool)
+            kept_p.append(p[keep])
+            kept_m.append(groups[keep])
+            dropped.append(np.log(p[~keep]))
+        self.ref_p = np.concatenate(kept_p)          # kernel sums of the kept reference rows against R ∪ S
+        self.ref_m = np.concatenate(kept_m, axis=0)  # their kernel sums over every pool configuration
+        self.ref_dropped = np.concatenate(dropped)   # log p of rows no pool configuration reaches
+        self.ref_dropped_logp = float(self.ref_dropped.sum())
+        self.ref_p0 = self.ref_p.copy()
+        self.ref_logp_own = np.log(p_rr)            # against R only (for the reference's own summary)
+        self.ref = r
+
+    # one step -----------------------------------------------------------------
+    def add(self, c):
+        """Add pool configuration ``c`` to the selection: one tiled pass (its envs x pool envs)."""
+        s, n = self.starts[c], self.sizes[c]
+        cols, groups = gaussian.grouped_kernel_sums(self.x[s:s + n], self.x, self.starts, self.h,
+                                                    tile_size=self.tile, n_threads=self.threads)
+        self.p_sel += cols
+        if self.ref is not None and len(self.ref_p):
+            self.ref_p = self.ref_p + self.ref_m[:, c]
+        self.selected[c] = True
+        self.sel_envs.append(np.arange(s, s + n))
+        if self.keep_rows:
+            self.rows.append(groups)
+        self.history.append({"step": len(self.history) + 1, "pool_index": int(c), **self.metrics()})
+
+    def reset(self):
+        """Back to the empty selection (reference kept)."""
+        self.p_sel[:] = 0.0
+        self.selected[:] = False
+        self.sel_envs, self.rows, self.history = [], [], []
+        if self.ref is not None:
+            self.ref_p = self.ref_p0.copy()
+
+    # measures -----------------------------------------------------------------
+    def _sel_rows(self):
+        return np.concatenate(self.sel_envs) if self.sel_envs else np.zeros(0, dtype=int)
+
+    def metrics(self):
+        """Entropy, diversity, efficiency and overlap of the selection (and with the reference)."""
+        rows = self._sel_rows()
+        n = len(rows)
+        p = self.p_sel[rows]
+        out = {"n_configs": int(self.selected.sum()), "n_envs": int(n)}
+        out.update(_measures(np.log(p), n))
+        out["overlap"] = float(np.mean(self.p_sel > _COVERED))
+        if self.ref is not None:
+            n_all = n + self.ref_n
+            logp = np.concatenate([np.log(p + self.p_ref[rows]), np.log(self.ref_p)])
+            sum_logp = float(logp.sum()) + self.ref_dropped_logp
+            h_all = math.log(n_all) - sum_logp / n_all
+            # diversity: dropped reference rows keep their p against R (they change by < 1e-18)
+            all_logp = np.concatenate([logp, self.ref_dropped])
+            out["entropy_with_reference"] = h_all
+            out["diversity_with_reference"] = float(_logsumexp(-all_logp))
+            out["efficiency_with_reference"] = h_all / math.log(n_all) if n_all > 1 else None
+            out["overlap_with_reference"] = float(np.mean(self.p_sel + self.p_ref > _COVERED))
+        return out
+
+    def entropy_gains(self):
+        """Entropy of (reference ∪ selected ∪ C) for every pool configuration C (nats)."""
+        rows = self._sel_rows()
+        p_d = self.p_sel + self.p_ref                # every pool env against D = R ∪ S
+        n_d = len(rows) + (self.ref_n if self.ref is not None else 0)
+        sum_logp = float(np.log(p_d[rows]).sum())
+        t = np.zeros(self.n_configs)
+        if self.rows:
+            m = np.concatenate(self.rows, axis=0)
+            t += np.log1p(m / p_d[rows][:, None]).sum(axis=0)
+        if self.ref is not None:
+            sum_logp += float(np.log(self.ref_p).sum()) + self.ref_dropped_logp
+            if len(self.ref_p):
+                t += np.log1p(self.ref_m / self.ref_p[:, None]).sum(axis=0)
+        u = np.add.reduceat(np.log(p_d + self.own), self.starts)
+        n_new = n_d + self.sizes
+        return np.log(n_new) - (sum_logp + t + u) / n_new
+
+    def covered(self):
+        """True for configurations whose every environment has dH < 1e-5 against the reference."""
+        if self.ref is None:
+            return np.zeros(self.n_configs, dtype=bool)
+        return np.logical_and.reduceat(self.p_ref > _COVERED, self.starts)
+
+    def max_delta_entropy(self):
+        """Largest dH of each configuration's environments against R ∪ S (nats; inf when far)."""
+        p_d = self.p_sel + self.p_ref
+        with np.errstate(divide="ignore"):
+            return np.maximum.reduceat(-np.log(p_d), self.starts)
+
+    def config_entropies(self):
+        """Entropy of each configuration on its own (as ``DatasetCompressor._entropies``)."""
+        return np.log(self.sizes) - np.add.reduceat(np.log(self.own), self.starts) / self.sizes
+
+
+def _measures(logp, n):
+    if n == 0:
+        return {"entropy": None, "diversity": None, "efficiency": None}
+    h = math.log(n) - float(logp.mean())
+    return {"entropy": h, "diversity": float(_logsumexp(-logp)), "efficiency": h / math.log(n) if n > 1 else None}
+
+
+def _logsumexp(a):
+    m = float(np.max(a))
+    return m + math.log(float(np.exp(a - m).sum()))
+
+
+# ----------------------------------------------------------------------------- methods
+
+def _order_entropy(pool, size, budget, bar):
+    order, stop = [], None
+    used = 0
+    while len(order) < size:
+        gains = pool.entropy_gains()
+        excluded = pool.selected | pool.covered()
+        if budget is not None:
+            excluded |= used + pool.sizes > budget
+        if excluded.all():
+            if budget is not None and not (pool.selected | pool.covered()).all():
+                stop = f"no remaining configuration fits in the budget of {budget} environments"
+            else:
+                stop = ("every remaining configuration is already in the reference (all its environments have "
+                        f"dH < {OVERLAP_EPSILON:g} against it)")
+            break
+        gains[excluded] = -np.inf
+        c = int(np.argmax(gains))
+        pool.add(c)
+        used += int(pool.sizes[c])
+        order.append(c)
+        bar.update(1)
+    return order, stop
+
+
+def _order_msc(pool, size, bar, conditional):
+    """quests ``msc`` (or ``msc_conditional`` with a reference), ranked by finite log sums."""
+    entropies = pool.config_entropies()
+    log_k = np.full(pool.n_envs, -np.inf)
+    if conditional:
+        log_k = gaussian.log_kernel_sums(pool.x, pool.ref, pool.h, n_threads=pool.threads)
+    remaining = np.ones(pool.n_configs, dtype=bool)
+    order = []
+    if not conditional:
+        c = int(np.argmax(entropies))
+        order.append(c)
+        remaining[c] = False
+        bar.update(1)
+    while len(order) < size:
+        if order:
+            last = order[-1]
+            s, n = pool.starts[last], pool.sizes[last]
+            log_k = np.logaddexp(log_k, gaussian.log_kernel_sums(pool.x, pool.x[s:s + n], pool.h,
+                                                                 n_threads=pool.threads))
+        struct_dh = -np.minimum.reduceat(log_k, pool.starts)
+        score = struct_dh + entropies
+        score[~remaining] = -np.inf
+        c = int(np.argmax(score))
+        order.append(c)
+        remaining[c] = False
+        bar.update(1)
+    return order
+
+
+def _order_fps(pool, size, bar):
+    """quests ``fps``: farthest by the mean environment distance between configurations."""
+    entropies = pool.config_entropies()
+    x = pool.x
+    centre = x.mean(axis=0)
+    xc = x - centre
+    norms = np.einsum("ij,ij->i", xc, xc)
+    remaining = np.ones(pool.n_configs, dtype=bool)
+    min_dist = np.full(pool.n_configs, np.inf)
+    c = int(np.argmax(entropies))
+    order = [c]
+    remaining[c] = False
+    bar.update(1)
+    tile = max(1, 2 ** 22 // max(1, int(pool.sizes.max())))
+    while len(order) < size:
+        s, n = pool.starts[c], pool.sizes[c]
+        y, ny = xc[s:s + n], norms[s:s + n]
+        sums = np.zeros(pool.n_envs)
+        for b in range(0, pool.n_envs, tile):
+            d2 = ny[:, None] + norms[None, b:b + tile] - 2.0 * (y @ xc[b:b + tile].T)
+            sums[b:b + tile] = np.sqrt(np.maximum(d2, 0.0)).sum(axis=0)
+        mean_dist = np.add.reduceat(sums, pool.starts) / (n * pool.sizes)
+        min_dist = np.minimum(min_dist, mean_dist)
+        masked = np.where(remaining, min_dist, -np.inf)
+        c = int(np.argmax(masked))
+        order.append(c)
+        remaining[c] = False
+        bar.update(1)
+    return order
+
+
+def _order_k_means(blocks, size, seed):
+    """quests ``k_means`` on the mean descriptor of each configuration, one member per cluster."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.RandomState(seed)
+    means = np.array([b.mean(axis=0) for b in blocks])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer distinct points than clusters: filled below
+        labels = KMeans(n_clusters=size, random_state=rng).fit(means).labels_
+    order = []
+    for num in range(size):  # quests stops at labels.max() - 1 and so returns one fewer
+        members = np.where(labels == num)[0]
+        if len(members):
+            order.append(int(rng.choice(members)))
+    rest = [i for i in range(len(blocks)) if i not in set(order)]
+    while len(order) < size:
+        order.append(int(rest.pop(rng.randint(len(rest)))))
+    return order
+
+
+def _order_uncertainty(pool, scores, size, min_dh, budget, bar):
+    order, stop, used = [], None, 0
+    ranked = sorted(range(pool.n_configs), key=lambda i: (-scores[i], i))
+    for c in ranked:
+        if len(order) >= size:
+            break
+        if budget is not None and used + pool.sizes[c] > budget:
+            continue
+        if min_dh is not None and (order or pool.ref is not None):
+            if pool.max_delta_entropy()[c] < min_dh:
+                continue
+        pool.add(c)
+        used += int(pool.sizes[c])
+        order.append(c)
+        bar.update(1)
+    if len(order) < size:
+        stop = (f"only {len(order)} configurations pass the diversity guard (largest dH >= {min_dh} nats)"
+                if min_dh is not None else "the environment budget is reached")
+    return order, stop
+
+
+# ----------------------------------------------------------------------------- select
+
+def select(pool, size=None, *, method="entropy", reference=None, atoms=None, bandwidth=DEFAULT_BANDWIDTH,
+           descriptors_key="descriptors", descriptor="auto", seed=0, uncertainties=None,
+           uncertainty_key=UNCERTAINTY_KEY, reduce="mean", min_delta_entropy=None, weights=None,
+           weights_key=WEIGHTS_KEY, pool_summary=True, progress=None, n_threads=None,
+           tile_size=gaussian.DEFAULT_TILE) -> Selection:
+    """Choose configurations from a pool, optionally conditional on a labelled reference.
+
+    Parameters
+    ----------
+    pool : list of ase.Atoms or str
+        Candidate configurations (or a file ASE reads); never modified.
+    size : int, optional
+        Number of configurations to choose (``weights``: default all with non-zero weight).
+    method : str
+        One of ``METHODS`` (default ``'entropy'``).
+    reference : list of ase.Atoms or str, optional
+        Configurations already labelled (training set): ``entropy`` maximises the entropy of
+        reference ∪ selected, ``msc`` becomes quests' ``msc_conditional``, the uncertainty
+        guard counts it; ``fps``, ``k_means``, ``random`` and ``weights`` ignore it (its
+        measures are still reported).
+    atoms : int, optional
+        Instead of ``size``: choose configurations while their environments total at most
+        this many (not with ``k_means``).
+    bandwidth : float
+        Kernel bandwidth ``h`` in descriptor units (default 0.015).
+    descriptors_key : str
+        ``atoms.arrays`` key of the per-atom descriptors.
+    descriptor : 'auto', None or QUESTSDescriptor
+        How descriptors are found (:func:`_descriptor_blocks`): ``'auto'`` uses the
+        configurations' arrays, computing QUESTS descriptors (default settings) when no
+        configuration holds them; ``None`` never computes; a descriptor computes all.
+    seed : int
+        Seed of ``random`` (Python ``random.Random``) and ``k_means`` (numpy ``RandomState``).
+    uncertainties : list of arrays or array, optional
+        ``uncertainty``: per-atom values per configuration, or one value per configuration;
+        default ``atoms.arrays[uncertainty_key]``.
+    reduce : {'mean', 'max'}
+        ``uncertainty``: per-configuration value from the atoms'.
+    min_delta_entropy : float, optional
+        ``uncertainty``: skip a candidate whose largest dH against reference ∪ selected is
+        below this (nats).
+    weights : array_like, optional
+        ``weights``: one weight per configuration; default ``atoms.info[weights_key]``.
+    pool_summary : bool
+        Also compute the entropy, diversity and efficiency of the whole pool (one pass
+        over its pairs of environments).
+    progress : bool, optional
+        Progress bar per step (default: when writing to a terminal).
+    n_threads, tile_size
+        Kernel threads and tile size (:mod:`atomscore.kernels.gaussian`).
+
+    Returns
+    -------
+    Selection
+    """
+    from tqdm.auto import tqdm
+
+    check_choice(method, "method", METHODS)
+    configs = _read(pool, "pool")
+    ref_configs = None if reference is None else _read(reference, "reference")
+    n_pool = len(configs)
+    if size is not None and atoms is not None:
+        raise InputError("size and atoms: give one of them (configurations or environments), not both")
+    if atoms is not None:
+        atoms = check_int(atoms, "atoms", minimum=1)
+        if method == "k_means":
+            raise InputError("atoms: k_means needs the number of configurations (size), not an environment budget")
+        smallest = min(len(a) for a in configs)
+        if atoms < smallest:
+            raise InputError(f"atoms: a budget of {atoms} environments holds no configuration "
+                             f"(the smallest has {smallest})")
+    if size is None and atoms is None and method != "weights":
+        raise InputError(f"size: expected the number of configurations to choose (or atoms=), got None")
+    if size is not None:
+        size = check_int(size, "size", minimum=1)
+        if size > n_pool:
+            raise InputError(f"size: expected at most the {n_pool} configurations of the pool, got {size}")
+    for i, a in enumerate(configs):
+        if len(a) == 0:
+            raise InputError(f"pool: configuration {i} has no atoms")
+    if ref_configs is not None:
+        if not ref_configs:
+            ref_configs = None
+        else:
+            for i, a in enumerate(ref_configs):
+                if len(a) == 0:
+                    raise InputError(f"reference: configuration {i} has no atoms")
+    h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
+    check_int(seed, "seed")
+    check_choice(reduce, "reduce", REDUCTIONS)
+    if min_delta_entropy is not None:
+        min_delta_entropy = float(np.asarray(min_delta_entropy, dtype=float))
+        if not math.isfinite(min_delta_entropy):
+            raise InputError(f"min_delta_entropy: expected a finite number of nats, got {min_delta_entropy}")
+    threads = gaussian.default_threads() if n_threads is None else check_int(n_threads, "n_threads", minimum=1)
+    tile = check_int(tile_size, "tile_size", minimum=16)
+
+    # per-method inputs, checked before any descriptor work
+    scores = order_w = None
+    if method == "uncertainty":
+        per_atom = _per_config_values(configs, uncertainties, uncertainty_key, "uncertainties", per_atom=True)
+        scores = np.array([v.mean() if reduce == "mean" else v.max() for v in per_atom])
+    elif method == "weights":
+        w = _per_config_values(configs, weights, weights_key, "weights", per_atom=False)
+        if np.any(w < 0):
+            raise InputError(f"weights: expected non-negative weights, got {float(w.min())} at configuration "
+                             f"{int(np.argmin(w))}")
+        nonzero = np.flatnonzero(w > 0)
+        if nonzero.size == 0:
+            raise InputError("weights: every weight is zero; nothing to select")
+        order_w = sorted(nonzero.tolist(), key=lambda i: (-w[i], i))
+        if size is not None and size > len(order_w):
+            raise InputError(f"size: expected at most the {len(order_w)} configurations with non-zero weight, "
+                             f"got {size}")
+        if size is None and atoms is None:
+            size = len(order_w)
+
+    blocks, settings, origin = _descriptor_blocks(configs, ref_configs, descriptors_key, descriptor)
+    pool_blocks = blocks[0]
+    ref_blocks = blocks[1] if ref_configs is not None else None
+    if size is None:  # an environment budget: at most this many configurations can fit
+        size = int(np.searchsorted(np.cumsum(np.sort([len(a) for a in configs])), atoms, side="right"))
+        size = max(1, size)
+
+    state = _Pool(pool_blocks, ref_blocks, h, threads, tile, keep_rows=(method == "entropy"))
+    stop = None
+    disable = None if progress is None else not progress
+    with tqdm(total=size, desc=f"select {method}", unit="config", disable=disable) as bar:
+        if method == "entropy":
+            order, stop = _order_entropy(state, size, atoms, bar)
+        elif method == "uncertainty":
+            order, stop = _order_uncertainty(state, scores, size, min_delta_entropy, atoms, bar)
+        else:
+            if method == "msc":
+                order = _order_msc(state, size, bar, conditional=ref_blocks is not None)
+            elif method == "fps":
+                order = _order_fps(state, size, bar)
+            elif method == "k_means":
+                order = _order_k_means(pool_blocks, size, seed)
+                bar.update(size)
+            elif method == "random":
+                order = _random.Random(seed).sample(range(n_pool), size)
+                bar.update(size)
+            else:
+                order = order_w[:size]
+                bar.update(size)
+            if atoms is not None:
+                cum = np.cumsum(state.sizes[order])
+                order = order[:int(np.searchsorted(cum, atoms, side="right"))]
+
+    # per-step measures along the order: recorded by the state as it grew, or replayed
+    if method in ("entropy", "uncertainty"):
+        steps = state.history
+    else:
+        state.reset()
+        for c in order:
+            state.add(c)
+        steps = state.history
+    summary = {
+        "method": method, "size": len(order), "requested_size": size if atoms is None else None,
+        "atoms": atoms, "bandwidth": h, "descriptors_key": descriptors_key, "descriptors": settings,
+        "descriptors_origin": origin, "seed": seed if method in ("random", "k_means") else None,
+        "reduce": reduce if method == "uncertainty" else None,
+        "min_delta_entropy": min_delta_entropy if method == "uncertainty" else None,
+        "overlap_epsilon": OVERLAP_EPSILON, "stopped_early": stop, "indices": [int(i) for i in order],
+        "steps": steps, "selection": steps[-1] if steps else None,
+    }
+    if pool_summary:
+        x = np.concatenate(pool_blocks, axis=0)
+        info = gaussian.dataset_information(x, h, n_threads=threads, tile_size=tile)
+        summary["pool"] = {"n_configs": n_pool, "n_envs": len(x), "entropy": float(info.entropy),
+                           "diversity": float(info.diversity),
+                           "efficiency": float(info.efficiency) if len(x) > 1 else None}
+    else:
+        summary["pool"] = {"n_configs": n_pool, "n_envs": int(state.n_envs)}
+    if ref_blocks is not None:
+        r = np.concatenate(ref_blocks, axis=0)
+        summary["reference"] = {"n_configs": len(ref_configs), "n_envs": len(r),
+                                **_measures(state.ref_logp_own, len(r))}
+    if stop:
+        warnings.warn(f"select: stopped after {len(order)} configurations: {stop}", stacklevel=2)
+    out = []
+    for step, c in enumerate(order, 1):
+        new = configs[c].copy()
+        if configs[c].calc is not None and getattr(configs[c].calc, "results", None):
+            from ase.calculators.singlepoint import SinglePointCalculator
+
+            new.calc = SinglePointCalculator(new, **{k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                                     for k, v in configs[c].calc.results.items()})
+        new.info["pool_index"] = int(c)
+        new.info["selection_step"] = step
+        out.append(new)
+    return Selection([int(i) for i in order], out, summary)
