@@ -243,18 +243,15 @@ class _Pool:
         self.starts = np.concatenate(([0], np.cumsum(self.sizes)[:-1]))
         self.x = np.concatenate(blocks, axis=0)
         self.n_configs, self.n_envs = len(blocks), len(self.x)
-        self.config_of = np.repeat(np.arange(self.n_configs), self.sizes)
         # each pool environment's kernel sum within its own configuration (self term included)
-        self.own = np.empty(self.n_envs)
-        for i, b in enumerate(blocks):
-            s = self.starts[i]
-            self.own[s:s + len(b)] = np.exp(gaussian.log_kernel_sums(b, None, h, n_threads=1))
+        self.own = gaussian.group_self_sums(self.x, self.starts, h)
+        self.kernel = gaussian.GroupedKernelSums(self.x, self.starts, h, tile_size=tile_size, n_threads=n_threads)
         self.p_sel = np.zeros(self.n_envs)   # kernel sum against the selected environments
         self.p_ref = np.zeros(self.n_envs)   # ... against the reference environments
         self.selected = np.zeros(self.n_configs, dtype=bool)
         self.sel_envs = []                   # pool rows of the selected environments
         self.keep_rows = keep_rows
-        self.rows = []                       # gain-matrix rows of selected envs (n_new, P) per step
+        self.buf, self.n_rows = None, 0       # gain-matrix rows of the selected envs: (n_rows, P)
         self.ref = None
         self.history = []                    # measures after every step
         if ref_blocks:
@@ -267,8 +264,7 @@ class _Pool:
         kept_p, kept_m, dropped = [], [], []
         chunk = max(1, min(len(r), 2 ** 23 // max(self.n_configs, 1)))  # ~64 MB of group sums at a time
         for a in range(0, len(r), chunk):
-            cols, groups = gaussian.grouped_kernel_sums(r[a:a + chunk], self.x, self.starts, self.h,
-                                                        tile_size=self.tile, n_threads=self.threads)
+            cols, groups = self.kernel(r[a:a + chunk])
             self.p_ref += cols
             p = p_rr[a:a + chunk]
             keep = groups.max(axis=1) > _NEGLIGIBLE * p if self.keep_rows else np.zeros(len(p), dtype=bool)
@@ -287,22 +283,32 @@ class _Pool:
     def add(self, c):
         """Add pool configuration ``c`` to the selection: one tiled pass (its envs x pool envs)."""
         s, n = self.starts[c], self.sizes[c]
-        cols, groups = gaussian.grouped_kernel_sums(self.x[s:s + n], self.x, self.starts, self.h,
-                                                    tile_size=self.tile, n_threads=self.threads)
+        cols, groups = self.kernel(self.x[s:s + n])
         self.p_sel += cols
         if self.ref is not None and len(self.ref_p):
             self.ref_p = self.ref_p + self.ref_m[:, c]
         self.selected[c] = True
         self.sel_envs.append(np.arange(s, s + n))
         if self.keep_rows:
-            self.rows.append(groups)
+            self._append_rows(groups)
         self.history.append({"step": len(self.history) + 1, "pool_index": int(c), **self.metrics()})
+
+    def _append_rows(self, groups):
+        """Store the new environments' kernel sums over every pool configuration (a growing buffer)."""
+        need = self.n_rows + len(groups)
+        if self.buf is None or need > len(self.buf):
+            grown = np.empty((max(need, 2 * (0 if self.buf is None else len(self.buf))), self.n_configs))
+            if self.n_rows:
+                grown[:self.n_rows] = self.buf[:self.n_rows]
+            self.buf = grown
+        self.buf[self.n_rows:need] = groups
+        self.n_rows = need
 
     def reset(self):
         """Back to the empty selection (reference kept)."""
         self.p_sel[:] = 0.0
         self.selected[:] = False
-        self.sel_envs, self.rows, self.history = [], [], []
+        self.sel_envs, self.history, self.n_rows = [], [], 0
         if self.ref is not None:
             self.ref_p = self.ref_p0.copy()
 
@@ -338,13 +344,12 @@ class _Pool:
         n_d = len(rows) + (self.ref_n if self.ref is not None else 0)
         sum_logp = float(np.log(p_d[rows]).sum())
         t = np.zeros(self.n_configs)
-        if self.rows:
-            m = np.concatenate(self.rows, axis=0)
-            t += np.log1p(m / p_d[rows][:, None]).sum(axis=0)
+        if self.n_rows:
+            t += _log1p_ratio_sums(self.buf[:self.n_rows], p_d[rows], self.threads)
         if self.ref is not None:
             sum_logp += float(np.log(self.ref_p).sum()) + self.ref_dropped_logp
             if len(self.ref_p):
-                t += np.log1p(self.ref_m / self.ref_p[:, None]).sum(axis=0)
+                t += _log1p_ratio_sums(self.ref_m, self.ref_p, self.threads)
         u = np.add.reduceat(np.log(p_d + self.own), self.starts)
         n_new = n_d + self.sizes
         return np.log(n_new) - (sum_logp + t + u) / n_new
@@ -364,6 +369,27 @@ class _Pool:
     def config_entropies(self):
         """Entropy of each configuration on its own (as ``DatasetCompressor._entropies``)."""
         return np.log(self.sizes) - np.add.reduceat(np.log(self.own), self.starts) / self.sizes
+
+
+def _log1p_ratio_sums(m, p, threads, block=1 << 20):
+    """``sum_i log1p(m[i, g] / p[i])`` for every column ``g``, in row chunks on ``threads`` threads."""
+    rows = max(1, block // max(1, m.shape[1]))
+    chunks = [(a, min(a + rows, len(m))) for a in range(0, len(m), rows)]
+
+    def work(part):
+        out = np.zeros(m.shape[1])
+        for a, b in part:
+            tmp = m[a:b] / p[a:b, None]
+            np.log1p(tmp, out=tmp)
+            out += tmp.sum(axis=0)
+        return out
+
+    if threads == 1 or len(chunks) == 1:
+        return work(chunks)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return sum(pool.map(work, [chunks[k::threads] for k in range(threads) if chunks[k::threads]]))
 
 
 def _measures(logp, n):

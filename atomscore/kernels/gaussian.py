@@ -421,16 +421,15 @@ def _logsumexp(a, axis):
 
 # ----------------------------------------------------------------------------- grouped sums (selection)
 
-def grouped_kernel_sums(queries, reference, group_starts, bandwidth=DEFAULT_BANDWIDTH, *,
-                        tile_size=DEFAULT_TILE, n_threads=None):
-    """Kernel sums of queries against a reference cut into contiguous groups, in one pass.
+class GroupedKernelSums:
+    """Kernel sums of query sets against one fixed reference cut into contiguous groups.
 
     Used by :mod:`atomscore.selection`, where the reference rows are the environments of
-    a pool and a group is one configuration.
+    a pool and a group is one configuration. The reference is centred and laid out once;
+    each call is one tiled pass (queries x reference), no N x N matrix.
 
     Parameters
     ----------
-    queries : array_like, shape (M, d)
     reference : array_like, shape (N, d)
     group_starts : array_like of int, shape (G,)
         First reference row of each group, increasing from 0; group ``g`` is rows
@@ -438,51 +437,100 @@ def grouped_kernel_sums(queries, reference, group_starts, bandwidth=DEFAULT_BAND
     bandwidth : float
         ``h`` in descriptor units.
     tile_size, n_threads
-        As :func:`log_kernel_sums`.
+        As :func:`log_kernel_sums` (a pass holds about ``tile_size**2`` numbers per thread).
 
-    Returns
-    -------
-    column_sums : numpy.ndarray, shape (N,)
-        ``sum_i K(y_i, x_j)`` for every reference row ``j``.
-    group_sums : numpy.ndarray, shape (M, G)
-        ``sum_{j in g} K(y_i, x_j)`` for every query and group.
-
-    Plain float64 sums, not logs: terms below ``exp(-745)`` are 0. That suits sums that
-    are later added to 1 or more (a self term) or compared with thresholds near 1.
+    Calling it with queries ``(M, d)`` returns ``(column_sums, group_sums)``:
+    ``column_sums[j] = sum_i K(y_i, x_j)`` (shape (N,)) and
+    ``group_sums[i, g] = sum_{j in g} K(y_i, x_j)`` (shape (M, G)). These are plain float64
+    sums, not logs: terms below ``exp(-745)`` are 0, which suits sums later added to 1 or
+    more (a self term) or compared with thresholds near 1.
     """
-    y = _descriptors(queries, "queries")
-    x = _descriptors(reference, "reference")
-    if x.shape[1] != y.shape[1]:
-        raise InputError(f"reference: expected descriptors of dimension {y.shape[1]} (as the queries), "
-                         f"got dimension {x.shape[1]}")
+
+    def __init__(self, reference, group_starts, bandwidth=DEFAULT_BANDWIDTH, *, tile_size=DEFAULT_TILE,
+                 n_threads=None):
+        x = _descriptors(reference, "reference")
+        starts = np.asarray(group_starts, dtype=np.int64).ravel()
+        if starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= len(x):
+            raise InputError(f"group_starts: expected increasing row indices from 0 below {len(x)}, "
+                             f"got {starts[:8].tolist()}...")
+        h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
+        _, self.tile, self.threads = _options("float64", tile_size, n_threads)
+        self.gamma = 1.0 / (2.0 * h * h)
+        self.centre = x.mean(axis=0)
+        xc = x - self.centre
+        d = x.shape[1]
+        self.right = np.empty((len(x), d + 2))
+        self.right[:, :d] = xc
+        self.right[:, d] = 1.0
+        self.right[:, d + 1] = -self.gamma * np.einsum("ij,ij->i", xc, xc)
+        self.n_cols, self.n_groups, self.dim = len(x), len(starts), d
+        self.group_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(x))))
+
+    def __call__(self, queries):
+        y = _descriptors(queries, "queries")
+        if y.shape[1] != self.dim:
+            raise InputError(f"queries: expected descriptors of dimension {self.dim} (as the reference), "
+                             f"got dimension {y.shape[1]}")
+        yc = y - self.centre
+        d = self.dim
+        left = np.empty((len(y), d + 2))
+        left[:, :d] = (2.0 * self.gamma) * yc
+        left[:, d] = -self.gamma * np.einsum("ij,ij->i", yc, yc)
+        left[:, d + 1] = 1.0
+        n_rows, tile = len(y), self.tile
+        rows = min(n_rows, tile)
+        width = max(tile, (tile * tile) // rows)  # few query rows: wide column blocks, same memory
+        pairs = [(a, b) for a in range(0, n_rows, rows) for b in range(0, self.n_cols, width)]
+        right, group_of, n_cols, n_groups = self.right, self.group_of, self.n_cols, self.n_groups
+
+        def work(chunk):
+            cols = np.zeros(n_cols)
+            groups = np.zeros((n_rows, n_groups))
+            buf = np.empty((rows, width))
+            ones = np.ones(max(rows, 1))
+            for a, b in chunk:
+                lt, rt = left[a:a + rows], right[b:b + width]
+                e = buf[:len(lt), :len(rt)]
+                np.matmul(lt, rt.T, out=e)
+                np.minimum(e, 0.0, out=e)  # true exponents are <= 0; rounding may give +1e-13
+                np.exp(e, out=e)
+                cols[b:b + len(rt)] += ones[:len(lt)] @ e
+                g = group_of[b:b + len(rt)]
+                seg = np.concatenate(([0], np.flatnonzero(g[1:] != g[:-1]) + 1))
+                groups[a:a + len(lt), g[seg]] += np.add.reduceat(e, seg, axis=1)
+            return cols, groups
+
+        parts = _run_tiles(work, pairs, self.threads)
+        if len(parts) == 1:
+            return parts[0]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def grouped_kernel_sums(queries, reference, group_starts, bandwidth=DEFAULT_BANDWIDTH, *,
+                        tile_size=DEFAULT_TILE, n_threads=None):
+    """``(column_sums, group_sums)`` of ``queries`` against ``reference``: see :class:`GroupedKernelSums`."""
+    return GroupedKernelSums(reference, group_starts, bandwidth, tile_size=tile_size, n_threads=n_threads)(queries)
+
+
+def group_self_sums(x, group_starts, bandwidth=DEFAULT_BANDWIDTH, *, block=2048):
+    """Kernel sum of every row over the rows of its own group (self term included), shape (N,).
+
+    Each group's pairwise squared distances come from ``scipy.spatial.distance.cdist``
+    (exact differences), in row blocks of ``block``.
+    """
+    from scipy.spatial.distance import cdist
+
+    x = _descriptors(x, "descriptors")
     starts = np.asarray(group_starts, dtype=np.int64).ravel()
-    if starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= len(x):
-        raise InputError(f"group_starts: expected increasing row indices from 0 below {len(x)}, got {starts[:8]}...")
+    ends = np.append(starts[1:], len(x))
     h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
-    _, tile, threads = _options("float64", tile_size, n_threads)
     gamma = 1.0 / (2.0 * h * h)
-    centre = x.mean(axis=0)
-    ops = _Operands.build(y - centre, x - centre, gamma, np.float64, 0.0)
-    n_rows, n_cols, n_groups = len(y), len(x), len(starts)
-    group_of = np.repeat(np.arange(n_groups), np.diff(np.append(starts, n_cols)))
-    pairs = _tile_pairs(n_rows, n_cols, tile, False)
-
-    def work(chunk):
-        cols = np.zeros(n_cols)
-        groups = np.zeros((n_rows, n_groups))
-        buf = np.empty((tile, tile))
-        for a, b in chunk:
-            left, right = ops.left[a:a + tile], ops.right[b:b + tile]
-            e = buf[:len(left), :len(right)]
-            np.matmul(left, right.T, out=e)
-            np.minimum(e, 0.0, out=e)  # true exponents are <= 0; rounding may give +1e-13
-            np.exp(e, out=e)
-            cols[b:b + len(right)] += e.sum(axis=0)
-            g = group_of[b:b + len(right)]
-            cuts = np.flatnonzero(np.diff(g)) + 1
-            seg = np.concatenate(([0], cuts))
-            groups[a:a + len(left), g[seg]] += np.add.reduceat(e, seg, axis=1)
-        return cols, groups
-
-    parts = _run_tiles(work, pairs, threads)
-    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+    out = np.empty(len(x))
+    for s, e in zip(starts, ends):
+        g = x[s:e]
+        for a in range(0, len(g), block):
+            k = cdist(g[a:a + block], g, "sqeuclidean")
+            k *= -gamma
+            np.exp(k, out=k)
+            out[s + a:s + min(a + block, len(g))] = k.sum(axis=1)
+    return out
