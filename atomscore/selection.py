@@ -48,7 +48,9 @@ SETTINGS_KEYS = ("descriptor_settings", "descriptors_settings")
 # A kernel sum over a configuration below this fraction of an environment's own kernel sum
 # changes that environment's log p by less than it: its row is dropped from the gain matrix.
 _NEGLIGIBLE = 1e-18
-_COVERED = math.exp(-OVERLAP_EPSILON)  # p > this  <=>  dH = -log p < OVERLAP_EPSILON
+_COVERED = math.exp(-OVERLAP_EPSILON)
+# exp(-x^2 / 2) is exactly 0 in float64 beyond x = 38.61 (exp(-745.2) rounds to 0); with a margin
+_REACH = 39.0  # p > this  <=>  dH = -log p < OVERLAP_EPSILON
 
 
 @dataclass
@@ -246,6 +248,13 @@ class _Pool:
         # each pool environment's kernel sum within its own configuration (self term included)
         self.own = gaussian.group_self_sums(self.x, self.starts, h)
         self.kernel = gaussian.GroupedKernelSums(self.x, self.starts, h, tile_size=tile_size, n_threads=n_threads)
+        # centroid and radius of each configuration: configurations farther apart than _REACH h
+        # have kernels that are exactly 0 in float64 (exp(-745.2) rounds to 0), so a pass skips them
+        self.centroid = np.add.reduceat(self.x, self.starts, axis=0) / self.sizes[:, None]
+        dist = np.linalg.norm(self.x - self.centroid[np.repeat(np.arange(self.n_configs), self.sizes)], axis=1)
+        self.radius = np.maximum.reduceat(dist, self.starts)
+        self.t_sel = np.zeros(self.n_configs)  # sum over selected rows of log1p(M[i, C] / p_i)
+        self.t_ref = np.zeros(self.n_configs)  # ... over the kept reference rows
         self.p_sel = np.zeros(self.n_envs)   # kernel sum against the selected environments
         self.p_ref = np.zeros(self.n_envs)   # ... against the reference environments
         self.selected = np.zeros(self.n_configs, dtype=bool)
@@ -267,7 +276,7 @@ class _Pool:
             cols, groups = self.kernel(r[a:a + chunk])
             self.p_ref += cols
             p = p_rr[a:a + chunk]
-            keep = groups.max(axis=1) > _NEGLIGIBLE * p if self.keep_rows else np.zeros(len(p), dtype=bool)
+            keep = groups.max(axis=1) > _NEGLIGIBLE * p
             kept_p.append(p[keep])
             kept_m.append(groups[keep])
             dropped.append(np.log(p[~keep]))
@@ -276,6 +285,8 @@ class _Pool:
         self.ref_dropped = np.concatenate(dropped)   # log p of rows no pool configuration reaches
         self.ref_dropped_logp = float(self.ref_dropped.sum())
         self.ref_p0 = self.ref_p.copy()
+        self.t_ref = _log1p_ratio_sums(self.ref_m, self.ref_p, self.threads) if len(self.ref_p) else self.t_ref
+        self.t_ref0 = self.t_ref.copy()
         self.ref_logp_own = np.log(p_rr)            # against R only (for the reference's own summary)
         self.ref = r
 
@@ -283,14 +294,38 @@ class _Pool:
     def add(self, c):
         """Add pool configuration ``c`` to the selection: one tiled pass (its envs x pool envs)."""
         s, n = self.starts[c], self.sizes[c]
-        cols, groups = self.kernel(self.x[s:s + n])
-        self.p_sel += cols
+        gap = np.linalg.norm(self.centroid - self.centroid[c], axis=1) - self.radius - self.radius[c]
+        cols, groups = self.kernel(self.x[s:s + n], groups=gap < _REACH * self.h)
+        if self.keep_rows and self.n_rows:  # rows whose p changes: their gain terms are recomputed
+            rows = self._sel_rows()
+            delta = self.buf[:self.n_rows, c]
+            changed = np.flatnonzero(delta > _NEGLIGIBLE * (self.p_sel[rows] + self.p_ref[rows]))
+            self.p_sel += cols
+            if 2 * len(changed) > self.n_rows:  # most rows change: one full sum is cheaper
+                self.t_sel = _log1p_ratio_sums(self.buf[:self.n_rows], self.p_sel[rows] + self.p_ref[rows],
+                                               self.threads)
+            elif len(changed):
+                m, r = self.buf[changed], rows[changed]
+                self.t_sel -= _log1p_ratio_sums(m, self.p_sel[r] - cols[r] + self.p_ref[r], self.threads)
+                self.t_sel += _log1p_ratio_sums(m, self.p_sel[r] + self.p_ref[r], self.threads)
+        else:
+            self.p_sel += cols
         if self.ref is not None and len(self.ref_p):
-            self.ref_p = self.ref_p + self.ref_m[:, c]
+            delta = self.ref_m[:, c]
+            changed = np.flatnonzero(delta > _NEGLIGIBLE * self.ref_p)
+            old_p = self.ref_p
+            self.ref_p = self.ref_p + delta
+            if self.keep_rows and 2 * len(changed) > len(old_p):
+                self.t_ref = _log1p_ratio_sums(self.ref_m, self.ref_p, self.threads)
+            elif self.keep_rows and len(changed):
+                m = self.ref_m[changed]
+                self.t_ref -= _log1p_ratio_sums(m, old_p[changed], self.threads)
+                self.t_ref += _log1p_ratio_sums(m, self.ref_p[changed], self.threads)
         self.selected[c] = True
         self.sel_envs.append(np.arange(s, s + n))
         if self.keep_rows:
             self._append_rows(groups)
+            self.t_sel += _log1p_ratio_sums(groups, self.p_sel[s:s + n] + self.p_ref[s:s + n], self.threads)
         self.history.append({"step": len(self.history) + 1, "pool_index": int(c), **self.metrics()})
 
     def _append_rows(self, groups):
@@ -309,8 +344,10 @@ class _Pool:
         self.p_sel[:] = 0.0
         self.selected[:] = False
         self.sel_envs, self.history, self.n_rows = [], [], 0
+        self.t_sel[:] = 0.0
         if self.ref is not None:
             self.ref_p = self.ref_p0.copy()
+            self.t_ref = self.t_ref0.copy()
 
     # measures -----------------------------------------------------------------
     def _sel_rows(self):
@@ -343,13 +380,9 @@ class _Pool:
         p_d = self.p_sel + self.p_ref                # every pool env against D = R ∪ S
         n_d = len(rows) + (self.ref_n if self.ref is not None else 0)
         sum_logp = float(np.log(p_d[rows]).sum())
-        t = np.zeros(self.n_configs)
-        if self.n_rows:
-            t += _log1p_ratio_sums(self.buf[:self.n_rows], p_d[rows], self.threads)
+        t = self.t_sel + self.t_ref  # kept up to date by add()
         if self.ref is not None:
             sum_logp += float(np.log(self.ref_p).sum()) + self.ref_dropped_logp
-            if len(self.ref_p):
-                t += _log1p_ratio_sums(self.ref_m, self.ref_p, self.threads)
         u = np.add.reduceat(np.log(p_d + self.own), self.starts)
         n_new = n_d + self.sizes
         return np.log(n_new) - (sum_logp + t + u) / n_new
@@ -384,7 +417,7 @@ def _log1p_ratio_sums(m, p, threads, block=1 << 20):
             out += tmp.sum(axis=0)
         return out
 
-    if threads == 1 or len(chunks) == 1:
+    if threads == 1 or len(chunks) == 1 or m.size < (1 << 21):  # small: threads cost more than they save
         return work(chunks)
     from concurrent.futures import ThreadPoolExecutor
 

@@ -463,10 +463,12 @@ class GroupedKernelSums:
         self.right[:, :d] = xc
         self.right[:, d] = 1.0
         self.right[:, d + 1] = -self.gamma * np.einsum("ij,ij->i", xc, xc)
-        self.n_cols, self.n_groups, self.dim = len(x), len(starts), d
+        self.n_cols, self.n_groups, self.dim, self.starts = len(x), len(starts), d, starts
         self.group_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(x))))
 
-    def __call__(self, queries):
+    def __call__(self, queries, groups=None):
+        """``(column_sums, group_sums)`` of ``queries``; ``groups`` (bool, shape (G,)) limits the
+        pass to those groups' columns (the others are returned as 0)."""
         y = _descriptors(queries, "queries")
         if y.shape[1] != self.dim:
             raise InputError(f"queries: expected descriptors of dimension {self.dim} (as the reference), "
@@ -478,29 +480,45 @@ class GroupedKernelSums:
         left[:, d] = -self.gamma * np.einsum("ij,ij->i", yc, yc)
         left[:, d + 1] = 1.0
         n_rows, tile = len(y), self.tile
+        right, group_of, n_cols, n_groups = self.right, self.group_of, self.n_cols, self.n_groups
+        if groups is None:
+            runs = [(0, n_cols)]
+        else:
+            mask = np.asarray(groups, dtype=bool)
+            if mask.shape != (n_groups,):
+                raise InputError(f"groups: expected {n_groups} booleans, got shape {mask.shape}")
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+            bounds = np.append(self.starts, n_cols)
+            runs = [(int(bounds[g0]), int(bounds[g1])) for g0, g1 in zip(edges[::2], edges[1::2])]
+        n_active = sum(c1 - c0 for c0, c1 in runs)
+        if n_active == 0:
+            return np.zeros(n_cols), np.zeros((n_rows, n_groups))
         rows = min(n_rows, tile)
         width = max(tile, (tile * tile) // rows)  # few query rows: wide column blocks, same memory
-        pairs = [(a, b) for a in range(0, n_rows, rows) for b in range(0, self.n_cols, width)]
-        right, group_of, n_cols, n_groups = self.right, self.group_of, self.n_cols, self.n_groups
+        threads = self.threads if n_rows * n_active >= (1 << 17) else 1  # small passes: no thread start-up
+        if n_rows <= rows and threads > 1:  # one row block: cut the columns so every thread has work
+            width = max(64, min(width, -(-n_active // threads)))
+        pairs = [(a, b, min(b + width, c1)) for a in range(0, n_rows, rows)
+                 for c0, c1 in runs for b in range(c0, c1, width)]
 
         def work(chunk):
             cols = np.zeros(n_cols)
-            groups = np.zeros((n_rows, n_groups))
+            groups_out = np.zeros((n_rows, n_groups))
             buf = np.empty((rows, width))
             ones = np.ones(max(rows, 1))
-            for a, b in chunk:
-                lt, rt = left[a:a + rows], right[b:b + width]
+            for a, b, b1 in chunk:
+                lt, rt = left[a:a + rows], right[b:b1]
                 e = buf[:len(lt), :len(rt)]
                 np.matmul(lt, rt.T, out=e)
                 np.minimum(e, 0.0, out=e)  # true exponents are <= 0; rounding may give +1e-13
                 np.exp(e, out=e)
-                cols[b:b + len(rt)] += ones[:len(lt)] @ e
-                g = group_of[b:b + len(rt)]
+                cols[b:b1] += ones[:len(lt)] @ e
+                g = group_of[b:b1]
                 seg = np.concatenate(([0], np.flatnonzero(g[1:] != g[:-1]) + 1))
-                groups[a:a + len(lt), g[seg]] += np.add.reduceat(e, seg, axis=1)
-            return cols, groups
+                groups_out[a:a + len(lt), g[seg]] += np.add.reduceat(e, seg, axis=1)
+            return cols, groups_out
 
-        parts = _run_tiles(work, pairs, self.threads)
+        parts = _run_tiles(work, pairs, threads)
         if len(parts) == 1:
             return parts[0]
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
