@@ -220,7 +220,7 @@ def _per_config_values(pool, given, key, name, per_atom):
             where = "atoms.arrays" if per_atom else "atoms.info"
             raise InputError(f"{name}: pool configuration {i} has no {where}[{key!r}]; pass {name}= or compute it "
                              f"first ({'LTAUForcesUQScore' if per_atom else 'FIMMatchingScore'})")
-        v = load_array(store[key], f"{where_name(per_atom)}[{key!r}]", where=f"pool configuration {i}")
+        v = load_array(store[key], f"{'arrays' if per_atom else 'info'}[{key!r}]", where=f"pool configuration {i}")
         values.append(v.ravel())
     if per_atom:
         return values
@@ -228,10 +228,6 @@ def _per_config_values(pool, given, key, name, per_atom):
         if v.size != 1:
             raise InputError(f"info[{key!r}] (pool configuration {i}): expected one number, got shape {v.shape}")
     return np.array([v[0] for v in values])
-
-
-def where_name(per_atom):
-    return "arrays" if per_atom else "info"
 
 
 # ----------------------------------------------------------------------------- the pool state
