@@ -49,8 +49,10 @@ SETTINGS_KEYS = ("descriptor_settings", "descriptors_settings")
 # changes that environment's log p by less than it: its row is dropped from the gain matrix.
 _NEGLIGIBLE = 1e-18
 _COVERED = math.exp(-OVERLAP_EPSILON)
-# exp(-x^2 / 2) is exactly 0 in float64 beyond x = 38.61 (exp(-745.2) rounds to 0); with a margin
-_REACH = 39.0  # p > this  <=>  dH = -log p < OVERLAP_EPSILON
+# Configurations whose environments are all farther apart than _REACH h have kernels below
+# exp(-_REACH^2 / 2) = 4e-19: below _NEGLIGIBLE of the self term (1) every kernel sum of a gain holds,
+# so a pass skips them (a sum of at most 1e6 such terms moves a log p by < 1e-12).
+_REACH = 9.2  # p > this  <=>  dH = -log p < OVERLAP_EPSILON
 
 
 @dataclass
@@ -244,8 +246,7 @@ class _Pool:
         # each pool environment's kernel sum within its own configuration (self term included)
         self.own = gaussian.group_self_sums(self.x, self.starts, h)
         self.kernel = gaussian.GroupedKernelSums(self.x, self.starts, h, tile_size=tile_size, n_threads=n_threads)
-        # centroid and radius of each configuration: configurations farther apart than _REACH h
-        # have kernels that are exactly 0 in float64 (exp(-745.2) rounds to 0), so a pass skips them
+        # centroid and radius of each configuration: a pass skips configurations out of reach (_REACH)
         self.centroid = np.add.reduceat(self.x, self.starts, axis=0) / self.sizes[:, None]
         dist = np.linalg.norm(self.x - self.centroid[np.repeat(np.arange(self.n_configs), self.sizes)], axis=1)
         self.radius = np.maximum.reduceat(dist, self.starts)
