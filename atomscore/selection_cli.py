@@ -26,15 +26,14 @@ def _check_output(path, inputs, flag, force, suffixes=None):
     if target.exists() and not force:
         raise InputError(f"{flag}: {str(target)!r} exists; choose another name or pass --force")
     parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag}: folder {str(parent)!r} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise InputError(f"{flag}: cannot write in {str(parent)!r}")
     return target
 
 
 def _write_json(target, data):
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -46,7 +45,6 @@ def _write_json(target, data):
 def _write_configs(target, configs):
     from atomscore import io as _io
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
     try:
         writer = getattr(_io, "write_configs", None)
@@ -65,13 +63,16 @@ def _write_configs(target, configs):
 
 def _check_config_suffix(target, flag):
     """Refuse an output name from which ASE cannot tell a format (before any work)."""
-    from ase.io.formats import filetype
+    from ase.io.formats import filetype, ioformats
 
     try:
-        filetype(str(target), read=False)
+        fmt = filetype(str(target), read=False)
+        ok = fmt in ioformats and ioformats[fmt].can_write
     except Exception:
-        raise InputError(f"{flag}: cannot tell a configuration format from {str(target)!r}; use .xyz, .extxyz, "
-                         ".traj, .db or .json") from None
+        ok = False
+    if not ok:
+        raise InputError(f"{flag}: cannot tell a configuration format ASE writes from {str(target)!r}; use .xyz, "
+                         ".extxyz, .traj, .db or .json")
 
 
 def _select_args(args):

@@ -311,3 +311,7 @@ def test_cli_bad_input_writes_nothing(tmp_path):
     assert r.returncode == 2 and "exists" in r.stderr and (tmp_path / "out.xyz").read_text() == "mine"
     r = _cli("select", "pool.xyz", "-n", "1", "-o", "pool.xyz", cwd=tmp_path)
     assert r.returncode == 2 and "overwrite the input" in r.stderr
+    for out, message in [("picked.foo", "cannot tell a configuration format"), ("nodir/picked.xyz", "does not exist")]:
+        r = _cli("select", "pool.xyz", "-n", "1", "-o", out, cwd=tmp_path)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.xyz", "pool.xyz"]
