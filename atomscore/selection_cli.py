@@ -24,7 +24,7 @@ def _check_output(path, inputs, flag, force, suffixes=None):
     if target.is_dir():
         raise InputError(f"{flag}: {str(target)!r} is a folder; expected a file name")
     if target.exists() and not force:
-        raise InputError(f"{flag}: {str(target)!r} exists; choose another name or pass --force")
+        raise InputError(f"{flag}: {str(target)!r} exists; choose another name or pass --overwrite")
     parent = target.parent
     if not parent.is_dir():
         raise InputError(f"{flag}: folder {str(parent)!r} does not exist; create it first")
@@ -34,6 +34,12 @@ def _check_output(path, inputs, flag, force, suffixes=None):
 
 
 def _write_json(target, data):
+    from atomscore import io as _io
+
+    writer = getattr(_io, "write_json_atomic", None)
+    if writer is not None:
+        writer(target, data)
+        return
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -103,9 +109,9 @@ def cmd_select(args):
     from atomscore.selection import select
 
     _check_inputs(args)
-    out = _check_output(args.output, (args.pool, args.reference), "-o/--output", args.force)
+    out = _check_output(args.output, (args.pool, args.reference), "-o/--output", args.overwrite)
     _check_config_suffix(out, "-o/--output")
-    summary_path = _check_output(args.summary, (args.pool, args.reference, args.output), "--summary", args.force,
+    summary_path = _check_output(args.summary, (args.pool, args.reference, args.output), "--summary", args.overwrite,
                                  (".json",))
     sel = select(args.pool, args.size, method=args.method, atoms=args.atoms, **_select_args(args))
     _write_configs(out, sel.configs)
@@ -124,8 +130,8 @@ def cmd_curve(args):
     from atomscore.selection import learning_curve, plot_curve
 
     _check_inputs(args)
-    out = _check_output(args.output, (args.pool, args.reference), "-o/--output", args.force, (".json",))
-    plot = _check_output(args.plot, (args.pool, args.reference, args.output), "--plot", args.force, _PLOT_SUFFIXES)
+    out = _check_output(args.output, (args.pool, args.reference), "-o/--output", args.overwrite, (".json",))
+    plot = _check_output(args.plot, (args.pool, args.reference, args.output), "--plot", args.overwrite, _PLOT_SUFFIXES)
     curve = learning_curve(args.pool, args.size, method=args.method, atoms=args.atoms, **_select_args(args))
     _write_json(out, curve)
     if plot is not None:
@@ -158,7 +164,7 @@ def _common(p):
     p.add_argument("--weights-key", default="fim_matching_weight_score", help="atoms.info key of the weights")
     p.add_argument("--no-pool-summary", action="store_true", help="skip the whole pool's entropy (an N x N pass)")
     p.add_argument("--threads", type=int, help="kernel threads (default: the CPUs available)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
