@@ -295,23 +295,36 @@ def test_cli_select_and_curve(tmp_path):
     assert len(json.loads((tmp_path / "curve.json").read_text())["entropy"]) == 10
 
 
-def test_cli_bad_input_writes_nothing(tmp_path):
+def test_cli_bad_input_writes_nothing(tmp_path, monkeypatch, capsys):
     import ase.io
 
+    from atomscore.cli import main
+
+    monkeypatch.chdir(tmp_path)
     ase.io.write(tmp_path / "pool.xyz", _structures(3))
+
+    def run(*args):
+        code = main(["select", "pool.xyz", *args, "--no-progress"])
+        return code, capsys.readouterr().err
+
     for args, message in [(("-n", "5"), "at most the 3 configurations"),
                           (("-n", "2", "--no-compute-descriptors"), "forbids computing"),
                           (("-n", "2", "--reference", "missing.xyz"), "file not found"),
-                          (("-n", "2", "--summary", "s.txt"), "ending in .json")]:
-        r = _cli("select", "pool.xyz", *args, "-o", "out.xyz", "--no-progress", cwd=tmp_path)
-        assert r.returncode == 2 and message in r.stderr, r.stderr
+                          (("-n", "2", "--summary", "s.txt"), "ending in .json"),
+                          (("-n", "2", "-b", "-1"), "bandwidth")]:
+        code, err = run(*args, "-o", "out.xyz")
+        assert code == 2 and message in err, err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.xyz"]
     (tmp_path / "out.xyz").write_text("mine")
-    r = _cli("select", "pool.xyz", "-n", "1", "-o", "out.xyz", cwd=tmp_path)
-    assert r.returncode == 2 and "exists" in r.stderr and (tmp_path / "out.xyz").read_text() == "mine"
-    r = _cli("select", "pool.xyz", "-n", "1", "-o", "pool.xyz", cwd=tmp_path)
-    assert r.returncode == 2 and "overwrite the input" in r.stderr
+    code, err = run("-n", "1", "-o", "out.xyz")
+    assert code == 2 and "exists" in err and (tmp_path / "out.xyz").read_text() == "mine"
+    code, err = run("-n", "1", "-o", "pool.xyz")
+    assert code == 2 and "overwrite the input" in err
     for out, message in [("picked.foo", "cannot tell a configuration format"), ("nodir/picked.xyz", "does not exist")]:
-        r = _cli("select", "pool.xyz", "-n", "1", "-o", out, cwd=tmp_path)
-        assert r.returncode == 2 and message in r.stderr, r.stderr
+        code, err = run("-n", "1", "-o", out)
+        assert code == 2 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.xyz", "pool.xyz"]
+    with pytest.raises(SystemExit):  # argparse: an unknown method, with the list of methods
+        main(["select", "pool.xyz", "-n", "1", "--method", "greedy", "-o", "x.xyz"])
+    err = capsys.readouterr().err
+    assert all(m in err for m in METHODS)
