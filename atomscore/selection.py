@@ -297,27 +297,20 @@ class _Pool:
             rows = self._sel_rows()
             delta = self.buf[:self.n_rows, c]
             changed = np.flatnonzero(delta > _NEGLIGIBLE * (self.p_sel[rows] + self.p_ref[rows]))
+            r = rows[changed]
+            p_old = self.p_sel[r] + self.p_ref[r]
             self.p_sel += cols
-            if 2 * len(changed) > self.n_rows:  # most rows change: one full sum is cheaper
-                self.t_sel = _log1p_ratio_sums(self.buf[:self.n_rows], self.p_sel[rows] + self.p_ref[rows],
-                                               self.threads)
-            elif len(changed):
-                m, r = self.buf[changed], rows[changed]
-                self.t_sel -= _log1p_ratio_sums(m, self.p_sel[r] - cols[r] + self.p_ref[r], self.threads)
-                self.t_sel += _log1p_ratio_sums(m, self.p_sel[r] + self.p_ref[r], self.threads)
+            if len(changed):
+                self.t_sel += _log1p_change_sums(self.buf[changed], p_old, cols[r], self.threads)
         else:
             self.p_sel += cols
         if self.ref is not None and len(self.ref_p):
             delta = self.ref_m[:, c]
             changed = np.flatnonzero(delta > _NEGLIGIBLE * self.ref_p)
-            old_p = self.ref_p
+            if self.keep_rows and len(changed):
+                self.t_ref += _log1p_change_sums(self.ref_m[changed], self.ref_p[changed], delta[changed],
+                                                 self.threads)
             self.ref_p = self.ref_p + delta
-            if self.keep_rows and 2 * len(changed) > len(old_p):
-                self.t_ref = _log1p_ratio_sums(self.ref_m, self.ref_p, self.threads)
-            elif self.keep_rows and len(changed):
-                m = self.ref_m[changed]
-                self.t_ref -= _log1p_ratio_sums(m, old_p[changed], self.threads)
-                self.t_ref += _log1p_ratio_sums(m, self.ref_p[changed], self.threads)
         self.selected[c] = True
         self.sel_envs.append(np.arange(s, s + n))
         if self.keep_rows:
@@ -420,6 +413,38 @@ def _log1p_ratio_sums(m, p, threads, block=1 << 20):
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return sum(pool.map(work, [chunks[k::threads] for k in range(threads) if chunks[k::threads]]))
+
+
+def _log1p_change_sums(m, p_old, delta, threads):
+    """Change of ``sum_i log1p(m[i, g] / p_i)`` when every ``p_i`` grows by ``delta_i``, per column.
+
+    ``log1p(m/(p+d)) - log1p(m/p) = log1p(d/(p+m)) - log1p(d/p)``: one log per entry, exactly 0
+    where ``m`` is 0, so only the columns some changed row reaches are computed.
+    """
+    reach = np.flatnonzero(m.any(axis=0))
+    out = np.zeros(m.shape[1])
+    if reach.size == 0:
+        return out
+    sub = m[:, reach] if reach.size < m.shape[1] else m
+    base = float(np.log1p(delta / p_old).sum())
+    rows = max(1, (1 << 20) // max(1, sub.shape[1]))
+
+    def work(a):
+        tmp = sub[a:a + rows] + p_old[a:a + rows, None]
+        np.divide(delta[a:a + rows, None], tmp, out=tmp)
+        np.log1p(tmp, out=tmp)
+        return tmp.sum(axis=0)
+
+    starts = range(0, len(sub), rows)
+    if threads == 1 or len(starts) == 1 or sub.size < (1 << 21):
+        total = sum(work(a) for a in starts)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            total = sum(pool.map(work, starts))
+    out[reach] = total - base
+    return out
 
 
 def _measures(logp, n):
