@@ -493,6 +493,10 @@ class GroupedKernelSums:
         n_active = sum(c1 - c0 for c0, c1 in runs)
         if n_active == 0:
             return np.zeros(n_cols), np.zeros((n_rows, n_groups))
+        index = None
+        if len(runs) > 1:  # scattered groups: one compact copy of their columns, then one pass
+            index = np.concatenate([np.arange(c0, c1) for c0, c1 in runs])
+            right, group_of, n_cols, runs = right[index], group_of[index], n_active, [(0, n_active)]
         rows = min(n_rows, tile)
         width = max(tile, (tile * tile) // rows)  # few query rows: wide column blocks, same memory
         threads = self.threads if n_rows * n_active >= (1 << 17) else 1  # small passes: no thread start-up
@@ -518,10 +522,14 @@ class GroupedKernelSums:
                 groups_out[a:a + len(lt), g[seg]] += np.add.reduceat(e, seg, axis=1)
             return cols, groups_out
 
-        parts = _run_tiles(work, pairs, threads)
-        if len(parts) == 1:
-            return parts[0]
-        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+        with _blas_single_thread():  # our threads share the tiles; BLAS threads on small GEMMs only contend
+            parts = _run_tiles(work, pairs, threads)
+        cols, groups_out = parts[0] if len(parts) == 1 else (sum(p[0] for p in parts), sum(p[1] for p in parts))
+        if index is not None:
+            full = np.zeros(self.n_cols)
+            full[index] = cols
+            cols = full
+        return cols, groups_out
 
 
 def grouped_kernel_sums(queries, reference, group_starts, bandwidth=DEFAULT_BANDWIDTH, *,
