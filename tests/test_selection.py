@@ -262,6 +262,27 @@ def test_grouped_kernel_sums_against_scipy(pool):
     np.testing.assert_allclose(groups, np.add.reduceat(k, starts, axis=1), rtol=1e-12)
 
 
+def test_memory_is_bounded_by_tiles_not_pool_squared():
+    import tracemalloc
+
+    from ase import Atoms
+
+    rng = np.random.default_rng(1)
+    configs = []
+    for i in range(200):  # 6,000 environments: an N x N float64 matrix would be 288 MB
+        a = Atoms("H30", positions=np.zeros((30, 3)))
+        a.arrays["descriptors"] = rng.normal(size=(1, 16)) * 0.1 + 0.01 * rng.normal(size=(30, 16))
+        configs.append(a)
+    tracemalloc.start()
+    try:
+        sel = select(configs, 20, bandwidth=0.05, progress=False, n_threads=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(sel.indices) == 20
+    assert peak < 6000 ** 2 * 8 / 8, peak  # tiles, the pool's descriptors, the (rows x configurations) sums
+
+
 def test_learning_curve(pool):
     curve = learning_curve(pool, 6, method="msc", bandwidth=H, progress=False)
     assert curve["n_configs"] == [1, 2, 3, 4, 5, 6]
