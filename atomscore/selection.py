@@ -812,10 +812,9 @@ def learning_curve(pool, size=None, *, method="entropy", **select_args) -> dict:
         (``entropy``/``diversity`` in nats, ``efficiency``, ``overlap``; with a reference
         also ``*_with_reference``), plus ``pool`` and the selection's settings.
     """
-    if size is None and select_args.get("atoms") is None:
-        size = len(_read(pool, "pool")) if not isinstance(pool, (list, tuple)) else len(pool)
-        if method == "weights":
-            size = None
+    pool = _read(pool, "pool")
+    if size is None and select_args.get("atoms") is None and method != "weights":
+        size = len(pool)
     sel = select(pool, size, method=method, **select_args)
     steps = sel.summary["steps"]
     fields = list(CURVE_FIELDS)
