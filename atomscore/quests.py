@@ -26,13 +26,18 @@ Selection mask: with ``apply_mask=True`` only atoms whose boolean
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from atomscore.errors import InputError
 from atomscore.kernels import gaussian
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import AtomCenteredScore, DatasetScore
-from atomscore.validation import check_choice, check_configs, check_int, check_keys, check_positive, load_array, per_atom_array
+from atomscore.score import AtomCenteredScore, DatasetScore, records_metadata
+from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys, check_positive,
+                                  check_same_descriptor_settings, descriptor_settings, is_array_file, load_array,
+                                  per_atom_array)
 
 __all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore", "SELECTION_MASK_KEY"]
 
@@ -99,6 +104,59 @@ def _metadata_value(value):
     return arr.tolist() if arr.ndim else float(arr)
 
 
+def _is_configurations(value):
+    from ase import Atoms
+
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(a, Atoms) for a in value)
+
+
+def _reference(reference_set, descriptors_key, reference_settings=None):
+    """The reference descriptors ``(n, dim)`` and their recorded settings (or None).
+
+    ``reference_set`` is an array or ``.npy``/``.txt`` path, a list of Atoms carrying
+    ``arrays[descriptors_key]``, or a path ASE reads holding such configurations.
+    """
+    if reference_set is None:
+        raise InputError("reference_set: expected the (n_reference, n_features) reference descriptors "
+                         "(array or .npy path), or configurations carrying them, got None")
+    if isinstance(reference_set, (str, os.PathLike)) and not is_array_file(reference_set):
+        path = Path(reference_set)
+        if not path.is_file():
+            raise InputError(f"reference_set: file not found: {str(path)!r}")
+        import ase.io
+
+        try:
+            reference_set = ase.io.read(path, index=":")
+        except Exception as exc:  # unreadable file: one clear message
+            raise InputError(f"reference_set: cannot read {str(path)!r} as configurations (ASE): {exc}") from None
+        if not reference_set:
+            raise InputError(f"reference_set: {str(path)!r} holds no configurations")
+    if _is_configurations(reference_set):
+        blocks = [per_atom_array(a, descriptors_key, index=i, name="reference_set descriptors_key")
+                  for i, a in enumerate(reference_set)]
+        dims = {b.shape[1] for b in blocks}
+        if len(dims) > 1:
+            raise InputError(f"reference_set: configurations carry descriptors of different dimensions {sorted(dims)}")
+        settings = descriptor_settings(reference_set, descriptors_key, "reference_set")
+        if settings is not None and reference_settings is not None:
+            check_same_descriptor_settings(settings, "reference_set's configurations",
+                                           reference_settings, "reference_settings")
+        return np.concatenate(blocks, axis=0), settings if settings is not None else reference_settings
+    if reference_settings is not None and not isinstance(reference_settings, dict):
+        raise InputError(f"reference_settings: expected a dict of descriptor settings, got {reference_settings!r}")
+    return load_array(reference_set, "reference_set", ndim=2), reference_settings
+
+
+def _provenance(ref, settings, given):
+    """Metadata of a reference set: shape, digest, settings when known, and its file if any."""
+    out = array_digest(ref)
+    if settings is not None:
+        out["settings"] = settings
+    if isinstance(given, (str, os.PathLike)):
+        out["path"] = str(given)
+    return out
+
+
 # ----------------------------------------------------------------------------- dataset scores
 
 class _QUESTSDatasetScore(DatasetScore):
@@ -112,6 +170,7 @@ class _QUESTSDatasetScore(DatasetScore):
 
     def _rows(self, dataset, descriptors_key, bandwidth, apply_mask, precision):
         rows, _ = _gather(dataset, descriptors_key, apply_mask)
+        self.note_metadata(descriptor_settings=descriptor_settings(dataset, descriptors_key, "dataset"))
         h = _bandwidth(bandwidth)
         _precision(precision)
         if len(rows) < self._MIN_ENVIRONMENTS:
@@ -150,6 +209,7 @@ class QUESTSEfficiencyScore(_QUESTSDatasetScore):
     supported_score_quantities = (ScoreQuantity.EFFICIENCY,)
     _MIN_ENVIRONMENTS = 2
 
+    @records_metadata
     def compute(self, dataset, score_quantity=ScoreQuantity.EFFICIENCY, descriptors_key="descriptors",
                 bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64"):
         """Efficiency of the whole dataset.
@@ -189,6 +249,7 @@ class QUESTSDiversityScore(_QUESTSDatasetScore):
     OUTPUT_KEY = "quests_diversity"
     supported_score_quantities = (ScoreQuantity.DIVERSITY,)
 
+    @records_metadata
     def compute(self, dataset, score_quantity=ScoreQuantity.DIVERSITY, descriptors_key="descriptors",
                 bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64"):
         """Diversity of the whole dataset, in nats.
@@ -224,20 +285,22 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     OUTPUT_KEY = "quests_delta_entropy"
     supported_score_quantities = (ScoreQuantity.DELTA_ENTROPY,)
     _ARGS = ("reference_set", "descriptors_key", "bandwidth", "apply_mask", "approx", "num_nearest_neighbors",
-             "graph_neighbors", "precision")
+             "graph_neighbors", "precision", "reference_settings")
 
     def __init__(self):
         super().__init__()
 
     def _checked(self, configs, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                 num_nearest_neighbors, graph_neighbors, precision, name):
-        if reference_set is None:
-            raise InputError("reference_set: expected the (n_reference, n_features) reference descriptors "
-                             "(array or .npy path), got None")
-        ref = load_array(reference_set, "reference_set", ndim=2)
+                 num_nearest_neighbors, graph_neighbors, precision, name, reference_settings=None):
+        ref, ref_settings = _reference(reference_set, descriptors_key, reference_settings)
         if ref.shape[0] == 0:
             raise InputError(f"reference_set: expected at least one reference descriptor, got shape {ref.shape}")
         rows, masks = _gather(configs, descriptors_key, apply_mask, dim=ref.shape[1], name=name)
+        query_settings = descriptor_settings(configs, descriptors_key, name)
+        check_same_descriptor_settings(query_settings, f"the {name} descriptors (arrays[{descriptors_key!r}])",
+                                       ref_settings, "the reference_set descriptors")
+        self.note_metadata(reference_set=_provenance(ref, ref_settings, reference_set),
+                           descriptor_settings=query_settings)
         h = _bandwidth(bandwidth)
         approx = _check_bool(approx, "approx")
         k = check_int(num_nearest_neighbors, "num_nearest_neighbors", minimum=1)
@@ -253,13 +316,29 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         check_keys(compute_args, self._ARGS, f"{type(self).__name__} compute_args", ignore=("score_quantity",))
         args = {"reference_set": None, "descriptors_key": "descriptors", "bandwidth": DEFAULT_BANDWIDTH,
                 "apply_mask": False, "approx": False, "num_nearest_neighbors": 3, "graph_neighbors": 10,
-                "precision": "float64"}
+                "precision": "float64", "reference_settings": None}
         args.update({k: v for k, v in compute_args.items() if k != "score_quantity"})
         self._checked(configs, name="configs", **args)
 
+    def prepare_compute_args(self, compute_args):
+        """A new dict a job file can hold: a reference given as configurations becomes its
+        descriptor array plus ``reference_settings``; a file path is made absolute."""
+        args = dict(compute_args)
+        ref = args.get("reference_set")
+        key = args.get("descriptors_key", "descriptors")
+        if _is_configurations(ref) or (isinstance(ref, (str, os.PathLike)) and not is_array_file(ref)):
+            arr, settings = _reference(ref, key, args.get("reference_settings"))
+            args["reference_set"] = arr
+            if settings is not None:
+                args["reference_settings"] = settings
+        elif isinstance(ref, (str, os.PathLike)):
+            args["reference_set"] = str(Path(ref).resolve())
+        return args
+
+    @records_metadata
     def compute(self, atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                 descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
-                num_nearest_neighbors=3, graph_neighbors=10, precision="float64"):
+                num_nearest_neighbors=3, graph_neighbors=10, precision="float64", reference_settings=None):
         """Delta entropy of every atom of one configuration against ``reference_set``.
 
         Parameters
@@ -268,8 +347,11 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             Per-atom descriptors in ``arrays[descriptors_key]``; never modified.
         score_quantity : ScoreQuantity or str
             ``DELTA_ENTROPY``.
-        reference_set : array_like or str, shape (n_reference, n_features)
-            Reference descriptors, or a ``.npy``/``.txt`` path.
+        reference_set : array_like, str, or list of ase.Atoms
+            Reference descriptors ``(n_reference, n_features)`` or a ``.npy``/``.txt`` path;
+            or configurations carrying them in ``arrays[descriptors_key]`` (a list of Atoms,
+            or a file ASE reads, e.g. ``.xyz``), whose recorded descriptor settings are
+            compared with the queries'.
         descriptors_key : str
         bandwidth : float or array_like of float
             Kernel bandwidth ``h`` (descriptor units); an array gives one column per bandwidth.
@@ -285,6 +367,9 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             our neighbour search is exact.
         precision : {'float64', 'float32'}
             Kernel arithmetic of the exact sum (underflowed rows are repaired in float64).
+        reference_settings : dict, optional
+            Descriptor settings of an array ``reference_set`` (as ``QUESTSDescriptor.settings``),
+            compared with those the queries record.
 
         Returns
         -------
@@ -292,11 +377,12 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         """
         self.parse_quantity(score_quantity)
         return self._delta_entropy([atoms], "atoms", reference_set, descriptors_key, bandwidth, apply_mask,
-                                   approx, num_nearest_neighbors, graph_neighbors, precision)[0]
+                                   approx, num_nearest_neighbors, graph_neighbors, precision, reference_settings)[0]
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                       descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
-                      num_nearest_neighbors=3, graph_neighbors=10, precision="float64"):
+                      num_nearest_neighbors=3, graph_neighbors=10, precision="float64", reference_settings=None):
         """:meth:`compute` for every configuration, in one kernel pass over all their atoms.
 
         Returns
@@ -306,10 +392,11 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         """
         self.parse_quantity(score_quantity)
         return self._delta_entropy(list_of_atoms, "list_of_atoms", reference_set, descriptors_key, bandwidth,
-                                   apply_mask, approx, num_nearest_neighbors, graph_neighbors, precision)
+                                   apply_mask, approx, num_nearest_neighbors, graph_neighbors, precision,
+                                   reference_settings)
 
     def _delta_entropy(self, configs, name, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                       num_nearest_neighbors, graph_neighbors, precision):
+                       num_nearest_neighbors, graph_neighbors, precision, reference_settings=None):
         if name == "atoms":
             from ase import Atoms
 
@@ -317,7 +404,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 raise InputError(f"atoms: expected ase.Atoms, got {type(configs[0]).__name__}")
         ref, rows, masks, h, approx, k = self._checked(
             configs, reference_set, descriptors_key, bandwidth, apply_mask, approx, num_nearest_neighbors,
-            graph_neighbors, precision, name)
+            graph_neighbors, precision, name, reference_settings)
         n_h = np.size(h) if np.ndim(h) else None
         if len(rows) == 0:
             values = np.zeros((0,) if n_h is None else (0, n_h))
