@@ -32,7 +32,8 @@ import numpy as np
 
 from atomscore.errors import InputError
 from atomscore.kernels import gaussian
-from atomscore.validation import check_choice, check_configs, check_int, check_positive, load_array
+from atomscore.validation import (check_choice, check_configs, check_int, check_positive, check_same_descriptor_settings,
+                                  descriptor_settings, load_array)
 
 __all__ = ["METHODS", "Selection", "select", "learning_curve", "plot_curve", "OVERLAP_EPSILON"]
 
@@ -43,8 +44,6 @@ DEFAULT_BANDWIDTH = gaussian.DEFAULT_BANDWIDTH
 REDUCTIONS = ("mean", "max")
 UNCERTAINTY_KEY = "ltau_forces_uq_score"
 WEIGHTS_KEY = "fim_matching_weight_score"
-#: info key where descriptor settings may be recorded (checked between pool and reference)
-SETTINGS_KEYS = ("descriptor_settings", "descriptors_settings")
 # A kernel sum over a configuration below this fraction of an environment's own kernel sum
 # changes that environment's log p by less than it: its row is dropped from the gain matrix.
 _NEGLIGIBLE = 1e-18
@@ -106,23 +105,6 @@ def _read(source, name):
     return check_configs(source, name)
 
 
-def _recorded_settings(atoms):
-    for key in SETTINGS_KEYS:
-        value = atoms.info.get(key)
-        if isinstance(value, dict):
-            return {k: value[k] for k in sorted(value) if k in ("name", "cutoff", "k")} or None
-        if isinstance(value, str):
-            import json
-
-            try:
-                value = json.loads(value)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return {k: value[k] for k in sorted(value) if k in ("name", "cutoff", "k")} or None
-    return None
-
-
 def _descriptor_blocks(pool, reference, key, descriptor):
     """Per-configuration descriptor arrays of pool and reference, and the settings used.
 
@@ -137,39 +119,22 @@ def _descriptor_blocks(pool, reference, key, descriptor):
         raise InputError(f"descriptors_key: expected a non-empty string (an atoms.arrays key), got {key!r}")
     sets = [("pool", pool)] + ([("reference", reference)] if reference is not None else [])
     if isinstance(descriptor, QUESTSDescriptor):
-        settings = {"name": "QUESTS", "cutoff": descriptor.cutoff, "k": descriptor.k}
-        return [descriptor.compute_batch(configs) for _, configs in sets], settings, "computed"
+        return [descriptor.compute_batch(configs) for _, configs in sets], descriptor.settings, "computed"
     if not (descriptor is None or (isinstance(descriptor, str) and descriptor == "auto")):
         raise InputError(f"descriptor: expected 'auto', None or a QUESTSDescriptor, got {descriptor!r}")
     have = {name: [key in a.arrays for a in configs] for name, configs in sets}
-    recorded = {}
-    for name, configs in sets:
-        found = {(i, repr(s)): s for i, a in enumerate(configs) if key in a.arrays
-                 for s in [_recorded_settings(a)] if s is not None}
-        distinct = {r: s for (_, r), s in found.items()}
-        if len(distinct) > 1:
-            raise InputError(f"{name}: configurations record different descriptor settings: "
-                             f"{list(distinct.values())[:2]}")
-        if distinct:
-            recorded[name] = next(iter(distinct.values()))
-    if len(recorded) == 2 and recorded["pool"] != recorded["reference"]:
-        raise InputError(f"reference: descriptors made with other settings than the pool's: reference "
-                         f"{recorded['reference']}, pool {recorded['pool']}; use the same descriptor for both")
+    # settings recorded next to the descriptors (info[key + '_settings'], as QUESTSDescriptor.attach writes)
+    recorded = {name: descriptor_settings([a for a in configs if key in a.arrays], key, name)
+                for name, configs in sets}
+    if reference is not None:
+        check_same_descriptor_settings(recorded["pool"], "the pool's descriptors", recorded["reference"],
+                                       "the reference's")
     settings = recorded.get("pool") or recorded.get("reference")
     every = all(all(v) for v in have.values())
     none = not any(any(v) for v in have.values())
     if every:
-        blocks = []
-        for name, configs in sets:
-            blocks.append([_per_atom(a, key, i, name) for i, a in enumerate(configs)])
-        dims = {name: {b.shape[1] for b in bl} for (name, _), bl in zip(sets, blocks)}
-        for name, d in dims.items():
-            if len(d) > 1:
-                raise InputError(f"{name}: arrays[{key!r}] have different numbers of columns: {sorted(d)}")
-        if reference is not None and dims["pool"] != dims["reference"]:
-            raise InputError(f"reference: arrays[{key!r}] have {dims['reference'].pop()} columns but the pool's "
-                             f"have {dims['pool'].pop()}: descriptors of other settings; use the same descriptor")
-        return blocks, settings, "given"
+        blocks = [[_per_atom(a, key, i, name) for i, a in enumerate(configs)] for name, configs in sets]
+        return _same_width(blocks, sets, key), settings, "given"
     missing = [(name, i) for name, flags in have.items() for i, f in enumerate(flags) if not f]
     where = ", ".join(f"{n} configuration {i}" for n, i in missing[:3]) + (" ..." if len(missing) > 3 else "")
     if descriptor is None:
@@ -177,15 +142,34 @@ def _descriptor_blocks(pool, reference, key, descriptor):
                          f"forbids computing them; attach descriptors (atomscore descriptors) or pass a descriptor")
     if none:
         desc = QUESTSDescriptor()
-    elif settings is not None and str(settings.get("name", "QUESTS")).upper() == "QUESTS" \
+    elif isinstance(settings, dict) and str(settings.get("name", "QUESTS")).upper() == "QUESTS" \
             and "cutoff" in settings and "k" in settings:
-        desc = QUESTSDescriptor(cutoff=settings["cutoff"], k=settings["k"])
+        desc = QUESTSDescriptor(cutoff=settings["cutoff"], k=settings["k"], key=key)
+        check_same_descriptor_settings(settings, "the configurations' recorded descriptors", desc.settings,
+                                       "the missing ones computed now")
     else:
         raise InputError(f"descriptors_key={key!r}: {where} has no atoms.arrays[{key!r}] while others have, and "
                          f"their settings are not recorded, so missing ones cannot be computed to match; attach "
                          f"descriptors to all, or pass descriptor=QUESTSDescriptor(...) to compute all")
-    settings = {"name": "QUESTS", "cutoff": desc.cutoff, "k": desc.k}
-    return [desc.compute_batch(configs) for _, configs in sets], settings, "computed"
+    computed = []
+    for (name, configs), flags in zip(sets, have.values()):
+        todo = [a for a, f in zip(configs, flags) if not f]
+        fresh = iter(desc.compute_batch(todo)) if todo else iter(())
+        computed.append([next(fresh) if not f else _per_atom(a, key, i, name)
+                         for i, (a, f) in enumerate(zip(configs, flags))])
+    return _same_width(computed, sets, key), desc.settings, "computed" if none else "given and computed"
+
+
+def _same_width(blocks, sets, key):
+    """Refuse descriptor sets of different widths (other settings) within or between pool and reference."""
+    dims = {name: {b.shape[1] for b in bl} for (name, _), bl in zip(sets, blocks)}
+    for name, d in dims.items():
+        if len(d) > 1:
+            raise InputError(f"{name}: arrays[{key!r}] have different numbers of columns: {sorted(d)}")
+    if "reference" in dims and dims["pool"] != dims["reference"]:
+        raise InputError(f"reference: arrays[{key!r}] have {min(dims['reference'])} columns but the pool's "
+                         f"have {min(dims['pool'])}: descriptors of other settings; use the same descriptor")
+    return blocks
 
 
 def _per_atom(atoms, key, index, name):

@@ -119,7 +119,8 @@ def test_selected_configs_are_copies_with_pool_index(pool):
     raw = _structures(6)
     before = [a.copy() for a in raw]
     sel = select(raw, 3, progress=False)  # descriptors computed (default settings)
-    assert sel.summary["descriptors"] == {"name": "QUESTS", "cutoff": 5.0, "k": 32}
+    assert {k: sel.summary["descriptors"][k] for k in ("name", "cutoff", "k")} == {"name": "QUESTS", "cutoff": 5.0,
+                                                                                   "k": 32}
     for step, (i, atoms) in enumerate(zip(sel.indices, sel.configs), 1):
         assert atoms.info["pool_index"] == i and atoms.info["selection_step"] == step
         assert atoms.info["label"] == raw[i].info["label"]
@@ -127,6 +128,14 @@ def test_selected_configs_are_copies_with_pool_index(pool):
         assert "descriptors" not in atoms.arrays
     for a, b in zip(raw, before):  # the caller's Atoms are untouched
         assert a.info == b.info and set(a.arrays) == set(b.arrays)
+
+
+def test_missing_descriptors_computed_with_the_recorded_settings(pool):
+    bare = _structures(16)[10:]  # the same structures as pool[10:], without descriptors
+    mixed = pool[:10] + bare
+    sel = select(mixed, 4, bandwidth=H, progress=False)
+    assert sel.indices == select(pool, 4, bandwidth=H, progress=False).indices
+    assert sel.summary["descriptors"]["k"] == 8 and sel.summary["descriptors_origin"] == "given and computed"
 
 
 def test_atoms_budget(pool):
@@ -231,18 +240,21 @@ def test_bad_input_one_clear_error(pool):
     bare = _structures(3)
     with pytest.raises(InputError, match="descriptor=None forbids computing"):
         select(bare, 2, descriptor=None, progress=False)
+    unrecorded = [x.copy() for x in pool[:2]]
+    for x in unrecorded:
+        del x.info["descriptors_settings"]
     with pytest.raises(InputError, match="settings are not recorded"):
-        select(pool[:2] + bare, 2, progress=False)
+        select(unrecorded + bare, 2, progress=False)
     other = QUESTSDescriptor(k=6).attach(_structures(2))
-    with pytest.raises(InputError, match="descriptors of other settings"):
+    with pytest.raises(InputError, match="descriptor settings differ"):
         select(pool, 2, reference=other, progress=False)
-    a, b = [x.copy() for x in pool[:3]], [x.copy() for x in pool[3:5]]
-    for x in a:
-        x.info["descriptor_settings"] = {"name": "QUESTS", "cutoff": 5.0, "k": 8}
-    for x in b:
-        x.info["descriptor_settings"] = {"name": "QUESTS", "cutoff": 4.0, "k": 8}
-    with pytest.raises(InputError, match="other settings than the pool's"):
-        select(a, 2, reference=b, progress=False)
+    for x in other:
+        del x.info["descriptors_settings"]
+    with pytest.raises(InputError, match="descriptors of other settings"):  # unrecorded: told by the width
+        select(pool, 2, reference=other, progress=False)
+    b = QUESTSDescriptor(k=8, cutoff=4.0).attach(_structures(2))
+    with pytest.raises(InputError, match="descriptor settings differ"):
+        select(pool, 2, reference=b, progress=False)
     with pytest.raises(InputError, match="uncertainties"):
         select(pool, 2, method="uncertainty", progress=False)
     with pytest.raises(InputError, match="k_means needs"):
@@ -308,7 +320,7 @@ def test_cli_select_and_curve(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     picked = ase.io.read(tmp_path / "picked.xyz", index=":")
     assert [a.info["pool_index"] for a in picked] == summary["indices"] and len(picked) == 4
-    assert summary["descriptors"] == {"name": "QUESTS", "cutoff": 5.0, "k": 8}
+    assert summary["descriptors"]["k"] == 8 and summary["descriptors"]["cutoff"] == 5.0
     r = _cli("curve", "pool.xyz", "--method", "fps", "-k", "8", "-o", "curve.json", "--plot", "curve.png",
              "--no-progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
