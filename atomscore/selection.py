@@ -453,10 +453,8 @@ def _order_entropy(pool, size, budget, bar):
         excluded = pool.selected | pool.covered()
         if budget is not None:
             excluded |= used + pool.sizes > budget
-        if excluded.all():
-            if budget is not None and not (pool.selected | pool.covered()).all():
-                stop = f"no remaining configuration fits in the budget of {budget} environments"
-            else:
+        if excluded.all():  # the budget is spent (expected: no warning), or the reference holds the rest
+            if budget is None or (pool.selected | pool.covered()).all():
                 stop = ("every remaining configuration is already in the reference (all its environments have "
                         f"dH < {OVERLAP_EPSILON:g} against it)")
             break
@@ -564,9 +562,8 @@ def _order_uncertainty(pool, scores, size, min_dh, budget, bar):
         used += int(pool.sizes[c])
         order.append(c)
         bar.update(1)
-    if len(order) < size:
-        stop = (f"only {len(order)} configurations pass the diversity guard (largest dH >= {min_dh} nats)"
-                if min_dh is not None else "the environment budget is reached")
+    if len(order) < size and min_dh is not None and budget is None:
+        stop = f"only {len(order)} configurations pass the diversity guard (largest dH >= {min_dh} nats)"
     return order, stop
 
 

@@ -142,6 +142,11 @@ def test_atoms_budget(pool):
     sel = select(pool, atoms=44, bandwidth=H, progress=False)
     assert sum(len(pool[i]) for i in sel.indices) <= 44
     assert len(sel.indices) == 5  # 8 atoms each
+    big = QUESTSDescriptor(k=8).attach([_structures(2)[0] * (2, 1, 1)])  # 16 atoms
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a spent budget is the expected end: no warning
+        mixed = select(pool[:4] + big, atoms=20, bandwidth=H, progress=False)
+    assert sum(len((pool[:4] + big)[i]) for i in mixed.indices) <= 20
     fps = select(pool, atoms=44, method="fps", bandwidth=H, progress=False)
     assert fps.indices == select(pool, 5, method="fps", bandwidth=H, progress=False).indices
 
