@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -34,18 +33,9 @@ def _check_output(path, inputs, flag, force, suffixes=None):
 
 
 def _write_json(target, data):
-    from atomscore import io as _io
+    from atomscore.io import write_json_atomic
 
-    writer = getattr(_io, "write_json_atomic", None)
-    if writer is not None:
-        writer(target, data)
-        return
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomic(target, data)
 
 
 def _write_configs(target, configs):
@@ -111,8 +101,9 @@ def cmd_select(args):
     _check_inputs(args)
     out = _check_output(args.output, (args.pool, args.reference), "-o/--output", args.overwrite)
     _check_config_suffix(out, "-o/--output")
-    summary_path = _check_output(args.summary, (args.pool, args.reference, args.output), "--summary", args.overwrite,
-                                 (".json",))
+    summary_path = _check_output(args.summary, (args.pool, args.reference), "--summary", args.overwrite, (".json",))
+    if summary_path is not None and summary_path.resolve() == out.resolve():
+        raise InputError(f"--summary: {str(summary_path)!r} is also the -o/--output file; choose another name")
     sel = select(args.pool, args.size, method=args.method, atoms=args.atoms, **_select_args(args))
     _write_configs(out, sel.configs)
     if summary_path is not None:

@@ -361,6 +361,8 @@ def test_cli_bad_input_writes_nothing(tmp_path, monkeypatch, capsys):
     for out, message in [("picked.foo", "cannot tell a configuration format"), ("nodir/picked.xyz", "does not exist")]:
         code, err = run("-n", "1", "-o", out)
         assert code == 2 and message in err, err
+    code, err = run("-n", "1", "-o", "same.json", "--summary", "same.json")
+    assert code == 2 and "also the -o/--output" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.xyz", "pool.xyz"]
     with pytest.raises(SystemExit):  # argparse: an unknown method, with the list of methods
         main(["select", "pool.xyz", "-n", "1", "--method", "greedy", "-o", "x.xyz"])
