@@ -495,7 +495,7 @@ class GroupedKernelSums:
             return np.zeros(n_cols), np.zeros((n_rows, n_groups))
         index = None
         if len(runs) > 1:  # scattered groups: one compact copy of their columns, then one pass
-            index = np.concatenate([np.arange(c0, c1) for c0, c1 in runs])
+            index = np.flatnonzero(mask[group_of])
             right, group_of, n_cols, runs = right[index], group_of[index], n_active, [(0, n_active)]
         rows = min(n_rows, tile)
         width = max(tile, (tile * tile) // rows)  # few query rows: wide column blocks, same memory
