@@ -6,6 +6,7 @@
 ``atomscore entropy DATASET``      QUESTS entropy, diversity and efficiency of a dataset
 ``atomscore dh TEST --reference R`` QUESTS delta entropy of each atom of TEST against R
 ``atomscore uq CONFIGS ...``       LTAU force uncertainty of each atom
+``atomscore select POOL -n N -o OUT`` choose configurations to label next (``curve``: its learning curve)
 ``atomscore demo``                 information-matching active learning on SW silicon, as a report
 
 Conventions of every command: ``-v``/``-q`` set how much is logged (to stderr), ``-T``
@@ -255,9 +256,10 @@ def _optional_commands():
     from atomscore.descriptors.cli import add_descriptors_command
     from atomscore.jobs.commands import add_jobs_command
     from atomscore.score_commands import add_dh_command, add_entropy_command, add_uq_command
+    from atomscore.selection_cli import add_curve_command, add_select_command
 
     return [add_jobs_command, add_entropy_command, add_dh_command, add_uq_command, add_descriptors_command,
-            add_demo_command]
+            add_select_command, add_curve_command, add_demo_command]
 
 
 RUN_EXAMPLES = """examples:
