@@ -202,6 +202,32 @@ def write_data(path, data) -> Path:
     return path
 
 
+def write_configs(path, images) -> Path:
+    """Write configurations (a list of ase.Atoms) to ``path`` by its suffix, atomically.
+
+    The suffixes of :data:`WRITE_FORMATS` are written exactly by :func:`write_data`; any
+    other format ASE writes (``.cif``, ``POSCAR``-style ``.vasp``, ...) goes through
+    ``ase.io.write`` (with what that format can hold), still through a temporary name.
+    """
+    path = Path(path)
+    if path.suffix.lower() in WRITE_FORMATS:
+        return write_data(path, images)
+    import ase.io
+
+    images = _as_images(images, "other", path)
+    tmp = temporary_name(path).with_suffix(path.suffix)
+    try:
+        ase.io.write(tmp, images)
+        os.replace(tmp, path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot write {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def read_data(path, index=":"):
     """Read what :func:`write_data` wrote, or configurations in any format ASE reads.
 

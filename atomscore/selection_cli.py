@@ -165,7 +165,10 @@ def add_select_command(subparsers):
         "select", help="choose configurations to label next",
         description="Choose SIZE configurations from POOL (optionally conditional on an already labelled "
                     "reference) and write them, with info['pool_index'], to OUT; --summary writes the entropy, "
-                    "diversity, efficiency and overlap after every step as JSON.")
+                    "diversity, efficiency and overlap after every step as JSON.",
+        epilog="examples:\n"
+               "  atomscore select pool.xyz -n 50 --reference train.xyz -o to_label.xyz\n"
+               "  atomscore select pool.traj -n 20 --method fps -o picked.db --summary summary.json\n")
     _common(p)
     p.add_argument("-n", "--size", type=int, help="number of configurations to choose")
     p.add_argument("-o", "--output", required=True, help="selected configurations (.xyz, .extxyz, .traj, ...)")
@@ -178,7 +181,10 @@ def add_curve_command(subparsers):
     p = subparsers.add_parser(
         "curve", help="entropy/diversity/overlap against selection size",
         description="Select along METHOD's order (default: the whole pool) and write entropy, diversity, "
-                    "efficiency and overlap after every step as JSON, with a plot.")
+                    "efficiency and overlap after every step as JSON, with a plot.",
+        epilog="examples:\n"
+               "  atomscore curve pool.xyz -o curve.json\n"
+               "  atomscore curve pool.xyz --method random -n 100 --reference train.xyz -o random_curve.json\n")
     _common(p)
     p.add_argument("-n", "--size", type=int, help="length of the curve (default: the whole pool)")
     p.add_argument("-o", "--output", required=True, help="curve JSON file")

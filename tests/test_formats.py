@@ -200,3 +200,19 @@ def test_save_results_writes_by_the_suffix_of_filename(tmp_path):
     with pytest.raises(InputError, match="expected one of .json"):
         efficiency.save_results(value, tmp_path, filename="eff.xyz")
     assert read_data(efficiency.save_results(value, tmp_path))["quests_efficiency_score"] == value
+
+
+def test_write_configs_takes_our_formats_exactly_and_other_ase_formats_through_ase(tmp_path):
+    import ase.io
+
+    from atomscore.io import write_configs
+
+    images = configs()
+    assert_same(images, read_data(write_configs(tmp_path / "a.db", images)))
+    cells = [bulk("Cu", "fcc", 3.6 + 0.1 * i) for i in range(2)]
+    write_configs(tmp_path / "b.cif", cells)
+    back = ase.io.read(tmp_path / "b.cif", ":")
+    assert len(back) == 2 and np.allclose(back[1].cell.lengths(), cells[1].cell.lengths())
+    with pytest.raises(InputError, match="list of ase.Atoms"):
+        write_configs(tmp_path / "c.xyz", {"not": "atoms"})
+    assert not list(tmp_path.glob(".*"))
