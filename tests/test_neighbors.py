@@ -187,3 +187,16 @@ def test_score_records_ivf_index_and_its_settings():
     assert meta["approx_options"] == {} and meta["approx_settings"] == {"nlist": 15, "nprobe": 15}
     got = score.compute(atoms, reference_set=x, bandwidth=0.05)
     assert "approx_settings" not in score.metadata_of(got)
+
+
+def test_ivf_threads_give_the_same_result_and_leave_faiss_threads_alone():
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    y, x = data(n=2000, d=6)
+    options = {"nlist": 20, "nprobe": 3}
+    one = neighbors.knn_squared_distances(y, x, 4, index="ivf", n_threads=1, options=options)
+    two = neighbors.knn_squared_distances(y, x, 4, index="ivf", n_threads=2, options=options)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    assert faiss.omp_get_max_threads() == before

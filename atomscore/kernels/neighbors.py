@@ -22,12 +22,14 @@ Two indexes (``index=``):
   ``benchmarks/approx_dh.py``.
 * ``'ivf'``: ``IndexIVFFlat`` (inverted file, approximate): the reference is split into
   ``nlist`` k-means cells and each query scans only the ``nprobe`` cells whose centroids are
-  nearest, so a search costs about ``nprobe / nlist`` of the flat one. Defaults
+  nearest, so a search scans about ``nprobe / nlist`` of the reference. Defaults
   (:func:`ivf_options`): ``nlist = round(sqrt(N))`` clipped to ``[1, N // 39]`` (faiss wants
-  >= 39 training points per cell) and to :data:`IVF_MAX_NLIST`; ``nprobe =
-  min(`` :data:`IVF_NPROBE` ``, nlist)``. k-means runs on a random subsample of
+  >= 39 training points per cell) and to :data:`IVF_MAX_NLIST`; ``nprobe`` =
+  :data:`IVF_NPROBE` clipped to ``nlist``. k-means runs on a random subsample of
   :data:`IVF_TRAIN_PER_LIST` points per cell (fixed seed :data:`IVF_SEED`, so runs repeat)
-  for :data:`IVF_NITER` iterations. ``sqrt(N)`` rather than faiss' query-heavy ``4 sqrt(N)``:
+  for :data:`IVF_NITER` iterations, on one OpenMP thread (many short parallel loops lost
+  10x on a loaded machine); the reference points are assigned to cells in our threads'
+  equal blocks, as the queries are searched. ``sqrt(N)`` rather than faiss' query-heavy ``4 sqrt(N)``:
   assigning the N reference points to cells costs ``N x nlist`` distances, which with
   ``4 sqrt(N)`` cells (4,000 at N = 10^6) is 40 % of a flat search of 10^4 queries.
   ``nprobe = nlist`` scans every cell and is exact. Like HNSW, a missed neighbour can only
