@@ -200,3 +200,32 @@ def test_ivf_threads_give_the_same_result_and_leave_faiss_threads_alone():
     np.testing.assert_array_equal(one[0], two[0])
     np.testing.assert_array_equal(one[1], two[1])
     assert faiss.omp_get_max_threads() == before
+
+
+def test_ivf_options_travel_through_a_local_run_and_bad_ones_stop_it(tmp_path):
+    """approx_options go into the job file and back: the job's numbers equal the in-memory
+    call; a bad option stops run() before any job folder is written."""
+    from ase import Atoms
+
+    from atomscore.jobs.workflow import LocalWorkflow
+
+    y, x = data(m=40)
+    configs = []
+    for part in (y[:20], y[20:]):
+        atoms = Atoms("H20", positions=np.zeros((20, 3)))
+        atoms.arrays["descriptors"] = part
+        configs.append(atoms)
+    args = {"score_quantity": "DELTA_ENTROPY", "reference_set": x, "bandwidth": 0.05, "approx": True,
+            "approx_index": "ivf", "approx_options": {"nlist": 15, "nprobe": 15}}
+    score = QUESTSDeltaEntropyScore()
+    bad = dict(args, approx_options={"nlist": 15, "nprobe": 30})
+    with pytest.raises(InputError, match="nprobe <= nlist"):
+        score.run("bad", configs, bad, workflow=LocalWorkflow(str(tmp_path / "bad"), nprocs=1))
+    assert not any((tmp_path / "bad").rglob("*.json"))
+    wf = LocalWorkflow(str(tmp_path / "jobs"), nprocs=1)
+    ids = score.run("dh", configs, args, workflow=wf, batch_size=1)
+    wf.block_until_completed(ids)
+    got = score.data_from_calc_ids(ids, workflow=wf)
+    for atoms, part in zip(got, (y[:20], y[20:])):
+        np.testing.assert_allclose(atoms.arrays["quests_delta_entropy_score"], brute_force_dh(part, x, 0.05, 3),
+                                   rtol=1e-12, atol=1e-12)
