@@ -99,13 +99,39 @@ def _metadata_value(value):
     return arr.tolist() if arr.ndim else float(arr)
 
 
+def _kernel_options(compute_args):
+    """Check ``backend`` and ``device`` (and ``sample_size``, ``seed`` where given); return them."""
+    backend = check_choice(compute_args.get("backend", "numpy"), "backend", gaussian.BACKENDS)
+    device = compute_args.get("device")
+    gaussian._engine(backend, device)  # refuses a device numpy lacks, a missing torch, an absent GPU
+    out = {"backend": backend, "device": device}
+    if compute_args.get("sample_size") is not None:
+        out["sample_size"] = check_int(compute_args["sample_size"], "sample_size", minimum=2)
+        seed = compute_args.get("seed", 0)
+        out["seed"] = None if seed is None else check_int(seed, "seed", minimum=0)
+    return out
+
+
+def _kernel_metadata(compute_args):
+    """The backend (and device), and for a sampled estimate its sample size and seed."""
+    meta = {"backend": compute_args.get("backend", "numpy")}
+    if meta["backend"] != "numpy":
+        meta["device"] = compute_args.get("device") or "cpu"
+    if compute_args.get("sample_size") is not None:
+        meta["sample_size"] = int(compute_args["sample_size"])
+        meta["seed"] = compute_args.get("seed", 0)
+    return meta
+
+
 # ----------------------------------------------------------------------------- dataset scores
 
 class _QUESTSDatasetScore(DatasetScore):
     """Shared argument handling of the two dataset scores."""
 
-    _ARGS = ("descriptors_key", "bandwidth", "apply_mask", "precision")
+    _ARGS = ("descriptors_key", "bandwidth", "apply_mask", "precision", "sample_size", "seed", "backend", "device")
     _MIN_ENVIRONMENTS = 1
+    #: the exact measure and the sampled estimate of ``gaussian``
+    _MEASURE = _ESTIMATE = None
 
     def __init__(self):
         super().__init__()
@@ -127,11 +153,34 @@ class _QUESTSDatasetScore(DatasetScore):
         self._rows(configs, compute_args.get("descriptors_key", "descriptors"),
                    compute_args.get("bandwidth", DEFAULT_BANDWIDTH), compute_args.get("apply_mask", False),
                    compute_args.get("precision", "float64"))
+        _kernel_options(compute_args)
 
     def get_metadata(self, score_quantity, **compute_args):
         """The bandwidth (and precision) that define the number."""
         return {"bandwidth": _metadata_value(compute_args.get("bandwidth", DEFAULT_BANDWIDTH)),
-                "precision": compute_args.get("precision", "float64")}
+                "precision": compute_args.get("precision", "float64"), **_kernel_metadata(compute_args)}
+
+    def _value(self, dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
+               seed, backend, device):
+        """The exact measure, or with ``sample_size`` the sampled :class:`~atomscore.kernels.gaussian.Estimate`."""
+        self.parse_quantity(score_quantity)
+        rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
+        options = _kernel_options({"backend": backend, "device": device, "sample_size": sample_size, "seed": seed})
+        kernel = dict(precision=precision, backend=backend, device=device)
+        if sample_size is None:
+            return self._MEASURE(rows, h, **kernel)
+        return self._ESTIMATE(rows, h, options["sample_size"], options["seed"], **kernel)
+
+    def parse_for_storage(self, compute_results, list_of_configs=None, metadata=None):
+        """``{KEY_score: value, '_metadata': ...}``; a sampled estimate adds ``KEY_standard_error``
+        (also in the metadata, as ``standard_error``)."""
+        if not isinstance(compute_results, gaussian.Estimate):
+            return super().parse_for_storage(compute_results, list_of_configs, metadata)
+        data = super().parse_for_storage(compute_results.value, list_of_configs, metadata)
+        error = _metadata_value(compute_results.standard_error)
+        data["_metadata"]["standard_error"] = error
+        return {self.result_key: data[self.result_key], f"{self.OUTPUT_KEY}_standard_error": error,
+                "_metadata": data["_metadata"]}
 
 
 class QUESTSEfficiencyScore(_QUESTSDatasetScore):
@@ -149,9 +198,11 @@ class QUESTSEfficiencyScore(_QUESTSDatasetScore):
     OUTPUT_KEY = "quests_efficiency"
     supported_score_quantities = (ScoreQuantity.EFFICIENCY,)
     _MIN_ENVIRONMENTS = 2
+    _MEASURE, _ESTIMATE = staticmethod(gaussian.efficiency), staticmethod(gaussian.estimate_efficiency)
 
     def compute(self, dataset, score_quantity=ScoreQuantity.EFFICIENCY, descriptors_key="descriptors",
-                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64"):
+                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
+                backend="numpy", device=None):
         """Efficiency of the whole dataset.
 
         Parameters
@@ -167,15 +218,25 @@ class QUESTSEfficiencyScore(_QUESTSDatasetScore):
             Use only atoms with ``arrays['selection_mask']`` true.
         precision : {'float64', 'float32'}
             Kernel arithmetic (float32: about 3x faster, 1e-5 relative).
+        sample_size : int, optional
+            Estimate from the kernel sums of this many environments (drawn without
+            replacement by ``seed``) against all N: cost ``sample_size x N`` instead of
+            ``N^2 / 2`` (:func:`~atomscore.kernels.gaussian.estimate_efficiency`).
+        seed : int
+            Seed of the sample.
+        backend : {'numpy', 'torch'}
+            Kernel backend (``'torch'`` needs ``atomscore[gpu]``).
+        device : str, optional
+            torch device, ``'cpu'`` or ``'cuda'``.
 
         Returns
         -------
-        float or numpy.ndarray
-            Dimensionless efficiency (one per bandwidth for an array).
+        float or numpy.ndarray or Estimate
+            Dimensionless efficiency (one per bandwidth for an array); with ``sample_size``
+            an ``Estimate(value, standard_error)``.
         """
-        self.parse_quantity(score_quantity)
-        rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
-        return gaussian.efficiency(rows, h, precision=precision)
+        return self._value(dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
+                           seed, backend, device)
 
 
 class QUESTSDiversityScore(_QUESTSDatasetScore):
@@ -188,21 +249,24 @@ class QUESTSDiversityScore(_QUESTSDatasetScore):
 
     OUTPUT_KEY = "quests_diversity"
     supported_score_quantities = (ScoreQuantity.DIVERSITY,)
+    _MEASURE, _ESTIMATE = staticmethod(gaussian.diversity), staticmethod(gaussian.estimate_diversity)
 
     def compute(self, dataset, score_quantity=ScoreQuantity.DIVERSITY, descriptors_key="descriptors",
-                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64"):
+                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
+                backend="numpy", device=None):
         """Diversity of the whole dataset, in nats.
 
-        Parameters are those of :meth:`QUESTSEfficiencyScore.compute` (quantity ``DIVERSITY``).
+        Parameters are those of :meth:`QUESTSEfficiencyScore.compute` (quantity ``DIVERSITY``;
+        the estimate is :func:`~atomscore.kernels.gaussian.estimate_diversity`).
 
         Returns
         -------
-        float or numpy.ndarray
-            Nats (one per bandwidth for an array).
+        float or numpy.ndarray or Estimate
+            Nats (one per bandwidth for an array); with ``sample_size`` an
+            ``Estimate(value, standard_error)``.
         """
-        self.parse_quantity(score_quantity)
-        rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
-        return gaussian.diversity(rows, h, precision=precision)
+        return self._value(dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
+                           seed, backend, device)
 
 
 # ----------------------------------------------------------------------------- delta entropy
@@ -224,13 +288,13 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     OUTPUT_KEY = "quests_delta_entropy"
     supported_score_quantities = (ScoreQuantity.DELTA_ENTROPY,)
     _ARGS = ("reference_set", "descriptors_key", "bandwidth", "apply_mask", "approx", "num_nearest_neighbors",
-             "graph_neighbors", "precision")
+             "graph_neighbors", "precision", "backend", "device")
 
     def __init__(self):
         super().__init__()
 
     def _checked(self, configs, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                 num_nearest_neighbors, graph_neighbors, precision, name):
+                 num_nearest_neighbors, graph_neighbors, precision, name, backend="numpy", device=None):
         if reference_set is None:
             raise InputError("reference_set: expected the (n_reference, n_features) reference descriptors "
                              "(array or .npy path), got None")
@@ -245,6 +309,10 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         _precision(precision)
         if approx and k > len(ref):
             raise InputError(f"num_nearest_neighbors: expected at most the {len(ref)} reference descriptors, got {k}")
+        _kernel_options({"backend": backend, "device": device})
+        if approx and backend != "numpy":
+            raise InputError(f"backend={backend!r}: applies to the exact sum; approx=True searches with faiss "
+                             "(use backend='numpy')")
         return ref, rows, masks, h, approx, k
 
     def check_compute_args(self, configs, score_quantity, compute_args):
@@ -253,13 +321,13 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         check_keys(compute_args, self._ARGS, f"{type(self).__name__} compute_args", ignore=("score_quantity",))
         args = {"reference_set": None, "descriptors_key": "descriptors", "bandwidth": DEFAULT_BANDWIDTH,
                 "apply_mask": False, "approx": False, "num_nearest_neighbors": 3, "graph_neighbors": 10,
-                "precision": "float64"}
+                "precision": "float64", "backend": "numpy", "device": None}
         args.update({k: v for k, v in compute_args.items() if k != "score_quantity"})
         self._checked(configs, name="configs", **args)
 
     def compute(self, atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                 descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
-                num_nearest_neighbors=3, graph_neighbors=10, precision="float64"):
+                num_nearest_neighbors=3, graph_neighbors=10, precision="float64", backend="numpy", device=None):
         """Delta entropy of every atom of one configuration against ``reference_set``.
 
         Parameters
@@ -285,6 +353,10 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             our neighbour search is exact.
         precision : {'float64', 'float32'}
             Kernel arithmetic of the exact sum (underflowed rows are repaired in float64).
+        backend : {'numpy', 'torch'}
+            Backend of the exact sum (``'torch'`` needs ``atomscore[gpu]``).
+        device : str, optional
+            torch device, ``'cpu'`` or ``'cuda'``.
 
         Returns
         -------
@@ -292,11 +364,11 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         """
         self.parse_quantity(score_quantity)
         return self._delta_entropy([atoms], "atoms", reference_set, descriptors_key, bandwidth, apply_mask,
-                                   approx, num_nearest_neighbors, graph_neighbors, precision)[0]
+                                   approx, num_nearest_neighbors, graph_neighbors, precision, backend, device)[0]
 
     def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                       descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
-                      num_nearest_neighbors=3, graph_neighbors=10, precision="float64"):
+                      num_nearest_neighbors=3, graph_neighbors=10, precision="float64", backend="numpy", device=None):
         """:meth:`compute` for every configuration, in one kernel pass over all their atoms.
 
         Returns
@@ -306,10 +378,11 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         """
         self.parse_quantity(score_quantity)
         return self._delta_entropy(list_of_atoms, "list_of_atoms", reference_set, descriptors_key, bandwidth,
-                                   apply_mask, approx, num_nearest_neighbors, graph_neighbors, precision)
+                                   apply_mask, approx, num_nearest_neighbors, graph_neighbors, precision, backend,
+                                   device)
 
     def _delta_entropy(self, configs, name, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                       num_nearest_neighbors, graph_neighbors, precision):
+                       num_nearest_neighbors, graph_neighbors, precision, backend="numpy", device=None):
         if name == "atoms":
             from ase import Atoms
 
@@ -317,14 +390,14 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 raise InputError(f"atoms: expected ase.Atoms, got {type(configs[0]).__name__}")
         ref, rows, masks, h, approx, k = self._checked(
             configs, reference_set, descriptors_key, bandwidth, apply_mask, approx, num_nearest_neighbors,
-            graph_neighbors, precision, name)
+            graph_neighbors, precision, name, backend, device)
         n_h = np.size(h) if np.ndim(h) else None
         if len(rows) == 0:
             values = np.zeros((0,) if n_h is None else (0, n_h))
         elif approx:
             values = gaussian.approx_delta_entropy(rows, ref, h, k)
         else:
-            values = gaussian.delta_entropy(rows, ref, h, precision=precision)
+            values = gaussian.delta_entropy(rows, ref, h, precision=precision, backend=backend, device=device)
         out, start = [], 0
         for mask in masks:
             full = np.full((len(mask),) if n_h is None else (len(mask), n_h), np.nan)
@@ -340,4 +413,4 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 "approx": bool(compute_args.get("approx", False)),
                 "num_nearest_neighbors": int(compute_args.get("num_nearest_neighbors", 3)),
                 "graph_neighbors": int(compute_args.get("graph_neighbors", 10)),
-                "precision": compute_args.get("precision", "float64")}
+                "precision": compute_args.get("precision", "float64"), **_kernel_metadata(compute_args)}
