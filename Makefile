@@ -25,10 +25,12 @@ system:
 
 venv: $(STAMP)
 
-# re-installed only when the package's dependencies change
+# re-installed only when the package's dependencies change; torch pinned first to a CPU
+# build, so CI tests backend='torch' on the CPU (an unpinned torch pulls the CUDA build)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[all,test]'
 	@touch $@
 
