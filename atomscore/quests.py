@@ -26,6 +26,8 @@ Selection mask: with ``apply_mask=True`` only atoms whose boolean
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from atomscore.errors import InputError
@@ -123,6 +125,36 @@ def _kernel_metadata(compute_args):
     return meta
 
 
+# ----------------------------------------------------------------------------- row-block jobs
+
+#: compute arguments a row-block job gets besides the user's (never accepted from a user)
+_ROWS_ARG, _BLOCK_ARG = "_dataset_rows", "_row_block"
+
+
+class _RowBlock(NamedTuple):
+    """What one row-block job computes: ``log p_i`` of rows ``start:stop`` against all N."""
+
+    index: int
+    count: int
+    start: int
+    stop: int
+    n_environments: int
+    scalar: bool
+    log_sums: np.ndarray  # (stop - start, H)
+
+    def as_dict(self):
+        return {"index": self.index, "count": self.count, "rows": [self.start, self.stop],
+                "n_environments": self.n_environments, "scalar_bandwidth": self.scalar,
+                "log_kernel_sums": self.log_sums.tolist()}
+
+
+def _row_blocks(configs, masks, batch_size):
+    """``(config start, config stop, row start, row stop)`` of blocks of ``batch_size`` configurations."""
+    counts = np.concatenate([[0], np.cumsum([int(m.sum()) for m in masks])])
+    return [(a, min(a + batch_size, len(configs)), int(counts[a]), int(counts[min(a + batch_size, len(configs))]))
+            for a in range(0, len(configs), batch_size)]
+
+
 # ----------------------------------------------------------------------------- dataset scores
 
 class _QUESTSDatasetScore(DatasetScore):
@@ -173,7 +205,11 @@ class _QUESTSDatasetScore(DatasetScore):
 
     def parse_for_storage(self, compute_results, list_of_configs=None, metadata=None):
         """``{KEY_score: value, '_metadata': ...}``; a sampled estimate adds ``KEY_standard_error``
-        (also in the metadata, as ``standard_error``)."""
+        (also in the metadata, as ``standard_error``); a row-block job writes its
+        ``KEY_row_block`` (its rows' log kernel sums) instead of a value."""
+        if isinstance(compute_results, _RowBlock):
+            return {f"{self.OUTPUT_KEY}_row_block": compute_results.as_dict(),
+                    "_metadata": super().parse_for_storage(0.0, metadata=metadata)["_metadata"]}
         if not isinstance(compute_results, gaussian.Estimate):
             return super().parse_for_storage(compute_results, list_of_configs, metadata)
         data = super().parse_for_storage(compute_results.value, list_of_configs, metadata)
@@ -181,6 +217,74 @@ class _QUESTSDatasetScore(DatasetScore):
         data["_metadata"]["standard_error"] = error
         return {self.result_key: data[self.result_key], f"{self.OUTPUT_KEY}_standard_error": error,
                 "_metadata": data["_metadata"]}
+
+
+    # -- row-block jobs: run(..., batch_size=B) with 1 < B < number of configurations
+    def plan_jobs(self, configs, compute_args, batch_size):
+        """Row blocks of ``batch_size`` configurations, each job summing its rows against all.
+
+        ``batch_size=1`` (the default of ``run``) or one covering the dataset gives one job.
+        Every block gets the dataset's (selected) descriptors as the same array, which the
+        run writes once and hard-links into each folder.
+        """
+        if batch_size <= 1 or batch_size >= len(configs):
+            return [(list(configs), dict(compute_args))]
+        if compute_args.get("sample_size") is not None:
+            raise InputError(f"{type(self).__name__}.run: sample_size (a sampled estimate) runs as one job; "
+                             f"got batch_size={batch_size} (use batch_size=1, or drop sample_size for the exact "
+                             "value in row blocks)")
+        rows, masks = _gather(configs, compute_args.get("descriptors_key", "descriptors"),
+                              compute_args.get("apply_mask", False))
+        blocks = _row_blocks(configs, masks, batch_size)
+        return [(configs[a:b], {**compute_args, _ROWS_ARG: rows,
+                                _BLOCK_ARG: {"index": k, "count": len(blocks), "rows": [r0, r1]}})
+                for k, (a, b, r0, r1) in enumerate(blocks)]
+
+    def run_batch(self, configs, score_quantity, compute_args):
+        """A job's work: the dataset's value, or for a row block its rows' log kernel sums."""
+        if _ROWS_ARG not in compute_args:
+            return super().run_batch(configs, score_quantity, compute_args)
+        args = dict(compute_args)
+        rows = load_array(args.pop(_ROWS_ARG), _ROWS_ARG, ndim=2)
+        block = args.pop(_BLOCK_ARG)
+        quantity = self.parse_quantity(score_quantity)
+        check_keys(args, self._ARGS, f"{type(self).__name__} compute_args")
+        h = _bandwidth(args.get("bandwidth", DEFAULT_BANDWIDTH))
+        precision = _precision(args.get("precision", "float64"))
+        options = _kernel_options(args)
+        start, stop = block["rows"]
+        logp = gaussian.log_kernel_sums(rows[start:stop], rows, np.atleast_1d(h), precision=precision,
+                                        backend=options["backend"], device=options["device"])
+        self._last_metadata = self.get_metadata(quantity, **args)
+        return _RowBlock(block["index"], block["count"], start, stop, len(rows), np.ndim(h) == 0, logp)
+
+    @classmethod
+    def reduce_job_results(cls, results):
+        """Put row blocks back together: their log kernel sums in row order give exactly
+        the value of :meth:`compute` (one result dict); other results pass unchanged."""
+        key = f"{cls.OUTPUT_KEY}_row_block"
+        blocks = [r for r in results if isinstance(r, dict) and key in r]
+        if not blocks:
+            return results
+        if len(blocks) != len(results):
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: calc ids mix row blocks and whole-dataset jobs")
+        count = blocks[0][key]["count"]
+        indices = sorted(b[key]["index"] for b in blocks)
+        if indices != list(range(count)) or any(b[key]["count"] != count for b in blocks):
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: expected the {count} row blocks of one run "
+                             f"(indices 0..{count - 1}), got indices {indices}; pass every calc id run() returned")
+        ordered = sorted(blocks, key=lambda b: b[key]["index"])
+        meta = ordered[0]["_metadata"]
+        if any(b["_metadata"] != meta for b in ordered):
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: row blocks with different settings (metadata)")
+        logp = np.concatenate([np.asarray(b[key]["log_kernel_sums"], dtype=np.float64).reshape(
+            b[key]["rows"][1] - b[key]["rows"][0], -1) for b in ordered])
+        if len(logp) != ordered[0][key]["n_environments"]:
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: the blocks hold {len(logp)} rows, "
+                             f"the dataset {ordered[0][key]['n_environments']}")
+        info = gaussian.information_from_log_sums(logp, ordered[0][key]["scalar_bandwidth"])
+        value = cls._from_information(info)
+        return [{cls.OUTPUT_KEY + "_score": _metadata_value(value), "_metadata": meta}]
 
 
 class QUESTSEfficiencyScore(_QUESTSDatasetScore):
@@ -199,6 +303,7 @@ class QUESTSEfficiencyScore(_QUESTSDatasetScore):
     supported_score_quantities = (ScoreQuantity.EFFICIENCY,)
     _MIN_ENVIRONMENTS = 2
     _MEASURE, _ESTIMATE = staticmethod(gaussian.efficiency), staticmethod(gaussian.estimate_efficiency)
+    _from_information = staticmethod(lambda info: info.efficiency)
 
     def compute(self, dataset, score_quantity=ScoreQuantity.EFFICIENCY, descriptors_key="descriptors",
                 bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
@@ -250,6 +355,7 @@ class QUESTSDiversityScore(_QUESTSDatasetScore):
     OUTPUT_KEY = "quests_diversity"
     supported_score_quantities = (ScoreQuantity.DIVERSITY,)
     _MEASURE, _ESTIMATE = staticmethod(gaussian.diversity), staticmethod(gaussian.estimate_diversity)
+    _from_information = staticmethod(lambda info: info.diversity)
 
     def compute(self, dataset, score_quantity=ScoreQuantity.DIVERSITY, descriptors_key="descriptors",
                 bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
@@ -271,6 +377,15 @@ class QUESTSDiversityScore(_QUESTSDatasetScore):
 
 # ----------------------------------------------------------------------------- delta entropy
 
+def _combine_columns(blocks):
+    """``dH`` over the union of reference blocks from each block's ``dH_b``: ``-log sum_b exp(-dH_b)``
+    (NaN, for unscored atoms, stays NaN)."""
+    neg = -np.stack(blocks)
+    top = np.max(neg, axis=0)
+    with np.errstate(invalid="ignore"):
+        return -(top + np.log(np.exp(neg - top).sum(axis=0)))
+
+
 class QUESTSDeltaEntropyScore(AtomCenteredScore):
     """Per-atom entropy gain ``dH(y | X) = -log sum_j exp(-|y - x_j|^2 / (2 h^2))`` (nats).
 
@@ -288,13 +403,16 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     OUTPUT_KEY = "quests_delta_entropy"
     supported_score_quantities = (ScoreQuantity.DELTA_ENTROPY,)
     _ARGS = ("reference_set", "descriptors_key", "bandwidth", "apply_mask", "approx", "num_nearest_neighbors",
-             "graph_neighbors", "precision", "backend", "device")
+             "graph_neighbors", "precision", "backend", "device", "reference_block_size")
+    #: compute argument a column-block job gets besides the user's
+    _COLUMN_ARG = "_reference_block"
 
     def __init__(self):
         super().__init__()
 
     def _checked(self, configs, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                 num_nearest_neighbors, graph_neighbors, precision, name, backend="numpy", device=None):
+                 num_nearest_neighbors, graph_neighbors, precision, name, backend="numpy", device=None,
+                 reference_block_size=None):
         if reference_set is None:
             raise InputError("reference_set: expected the (n_reference, n_features) reference descriptors "
                              "(array or .npy path), got None")
@@ -313,6 +431,11 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         if approx and backend != "numpy":
             raise InputError(f"backend={backend!r}: applies to the exact sum; approx=True searches with faiss "
                              "(use backend='numpy')")
+        if reference_block_size is not None:
+            check_int(reference_block_size, "reference_block_size", minimum=1)
+            if approx:
+                raise InputError("reference_block_size: applies to the exact sum; approx=True needs the nearest "
+                                 "neighbours over the whole reference set (drop one of them)")
         return ref, rows, masks, h, approx, k
 
     def check_compute_args(self, configs, score_quantity, compute_args):
@@ -321,13 +444,14 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         check_keys(compute_args, self._ARGS, f"{type(self).__name__} compute_args", ignore=("score_quantity",))
         args = {"reference_set": None, "descriptors_key": "descriptors", "bandwidth": DEFAULT_BANDWIDTH,
                 "apply_mask": False, "approx": False, "num_nearest_neighbors": 3, "graph_neighbors": 10,
-                "precision": "float64", "backend": "numpy", "device": None}
+                "precision": "float64", "backend": "numpy", "device": None, "reference_block_size": None}
         args.update({k: v for k, v in compute_args.items() if k != "score_quantity"})
         self._checked(configs, name="configs", **args)
 
     def compute(self, atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                 descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
-                num_nearest_neighbors=3, graph_neighbors=10, precision="float64", backend="numpy", device=None):
+                num_nearest_neighbors=3, graph_neighbors=10, precision="float64", backend="numpy", device=None,
+                reference_block_size=None):
         """Delta entropy of every atom of one configuration against ``reference_set``.
 
         Parameters
@@ -357,6 +481,10 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             Backend of the exact sum (``'torch'`` needs ``atomscore[gpu]``).
         device : str, optional
             torch device, ``'cpu'`` or ``'cuda'``.
+        reference_block_size : int, optional
+            Sum over blocks of this many reference rows, combined by log-sum-exp (the same
+            value to rounding); in :meth:`run` each block is a job of its own, so a reference
+            set larger than one job fits.
 
         Returns
         -------
@@ -364,11 +492,13 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         """
         self.parse_quantity(score_quantity)
         return self._delta_entropy([atoms], "atoms", reference_set, descriptors_key, bandwidth, apply_mask,
-                                   approx, num_nearest_neighbors, graph_neighbors, precision, backend, device)[0]
+                                   approx, num_nearest_neighbors, graph_neighbors, precision, backend, device,
+                                   reference_block_size)[0]
 
     def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                       descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
-                      num_nearest_neighbors=3, graph_neighbors=10, precision="float64", backend="numpy", device=None):
+                      num_nearest_neighbors=3, graph_neighbors=10, precision="float64", backend="numpy", device=None,
+                      reference_block_size=None):
         """:meth:`compute` for every configuration, in one kernel pass over all their atoms.
 
         Returns
@@ -379,10 +509,11 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         self.parse_quantity(score_quantity)
         return self._delta_entropy(list_of_atoms, "list_of_atoms", reference_set, descriptors_key, bandwidth,
                                    apply_mask, approx, num_nearest_neighbors, graph_neighbors, precision, backend,
-                                   device)
+                                   device, reference_block_size)
 
     def _delta_entropy(self, configs, name, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                       num_nearest_neighbors, graph_neighbors, precision, backend="numpy", device=None):
+                       num_nearest_neighbors, graph_neighbors, precision, backend="numpy", device=None,
+                       reference_block_size=None):
         if name == "atoms":
             from ase import Atoms
 
@@ -390,14 +521,17 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 raise InputError(f"atoms: expected ase.Atoms, got {type(configs[0]).__name__}")
         ref, rows, masks, h, approx, k = self._checked(
             configs, reference_set, descriptors_key, bandwidth, apply_mask, approx, num_nearest_neighbors,
-            graph_neighbors, precision, name, backend, device)
+            graph_neighbors, precision, name, backend, device, reference_block_size)
         n_h = np.size(h) if np.ndim(h) else None
         if len(rows) == 0:
             values = np.zeros((0,) if n_h is None else (0, n_h))
         elif approx:
             values = gaussian.approx_delta_entropy(rows, ref, h, k)
         else:
-            values = gaussian.delta_entropy(rows, ref, h, precision=precision, backend=backend, device=device)
+            step = len(ref) if reference_block_size is None else reference_block_size
+            blocks = [-gaussian.log_kernel_sums(rows, ref[c:c + step], h, precision=precision, backend=backend,
+                                                device=device) for c in range(0, len(ref), step)]
+            values = blocks[0] if len(blocks) == 1 else _combine_columns(blocks)
         out, start = [], 0
         for mask in masks:
             full = np.full((len(mask),) if n_h is None else (len(mask), n_h), np.nan)
@@ -405,6 +539,67 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             full[mask] = values[start:start + n]
             start += n
             out.append(full)
+        return out
+
+    # -- column-block jobs: reference_block_size smaller than the reference set
+    def plan_jobs(self, configs, compute_args, batch_size):
+        """Batches of ``batch_size`` configurations; with ``reference_block_size`` each batch
+        once per block of that many reference rows (the folder holds only its block)."""
+        rows = [(a, min(a + batch_size, len(configs))) for a in range(0, len(configs), batch_size)]
+        size = compute_args.get("reference_block_size")
+        ref = None if size is None else load_array(compute_args["reference_set"], "reference_set", ndim=2)
+        if ref is None or size >= len(ref):
+            return [(configs[a:b], self.slice_compute_args(compute_args, a, b) if len(rows) > 1 else dict(compute_args))
+                    for a, b in rows]
+        columns = [(c, min(c + size, len(ref))) for c in range(0, len(ref), size)]
+        jobs = []
+        for k, (a, b) in enumerate(rows):
+            for j, (c0, c1) in enumerate(columns):
+                block = {"row_batch": k, "index": j, "count": len(columns), "rows": [c0, c1], "n_reference": len(ref)}
+                jobs.append((configs[a:b], {**self.slice_compute_args(compute_args, a, b), "reference_set": ref[c0:c1],
+                                            "reference_block_size": None, self._COLUMN_ARG: block}))
+        return jobs
+
+    def run_batch(self, configs, score_quantity, compute_args):
+        """A job's work; a column-block job records its block in the metadata."""
+        args = dict(compute_args)
+        block = args.pop(self._COLUMN_ARG, None)
+        results = super().run_batch(configs, score_quantity, args)
+        if block is not None:
+            self._last_metadata = {**self._last_metadata, "reference_block": block}
+        return results
+
+    @classmethod
+    def reduce_job_results(cls, results):
+        """Combine the column blocks of each batch by log-sum-exp: ``dH = -log sum_b exp(-dH_b)``,
+        the value :meth:`compute_batch` gives over the whole reference set."""
+        def block_of(atoms):
+            meta = atoms.info.get("_metadata", {})
+            return meta.get(cls.OUTPUT_KEY, {}).get("reference_block") if isinstance(meta, dict) else None
+
+        blocks = [block_of(a) for a in results]
+        if all(b is None for b in blocks):
+            return results
+        if any(b is None for b in blocks):
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: calc ids mix reference column blocks and whole jobs")
+        groups: dict = {}
+        for atoms, block in zip(results, blocks):
+            groups.setdefault(block["row_batch"], {}).setdefault(block["index"], []).append(atoms)
+        key, out = f"{cls.OUTPUT_KEY}_score", []
+        for batch in sorted(groups):
+            columns = groups[batch]
+            count = blocks[0]["count"]
+            if sorted(columns) != list(range(count)) or len({len(v) for v in columns.values()}) != 1:
+                raise InputError(f"{cls.__name__}.data_from_calc_ids: batch {batch} has reference blocks "
+                                 f"{sorted(columns)} of {count}; pass every calc id run() returned")
+            for i, first in enumerate(columns[0]):
+                new = first.copy()
+                new.arrays[key] = _combine_columns([np.asarray(columns[j][i].arrays[key]) for j in range(count)])
+                meta = dict(new.info["_metadata"])
+                meta[cls.OUTPUT_KEY] = {k: v for k, v in meta[cls.OUTPUT_KEY].items() if k != "reference_block"}
+                new.info["_metadata"] = meta
+                new.info.pop(f"{cls.OUTPUT_KEY}_reference_block", None)
+                out.append(new)
         return out
 
     def get_metadata(self, score_quantity, **compute_args):

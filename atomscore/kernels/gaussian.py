@@ -108,6 +108,7 @@ __all__ = [
     "estimate_diversity",
     "estimate_efficiency",
     "sampled_log_sums",
+    "information_from_log_sums",
     "Estimate",
     "BACKENDS",
 ]
@@ -527,6 +528,24 @@ def estimate_diversity(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0,
     return Estimate(_reduce(math.log(len(x)) + top + np.log(mean), scalar), _reduce(se / mean, scalar))
 
 
+def information_from_log_sums(logp, scalar=False) -> "DatasetInformation":
+    """Every measure from ``log p_i`` of all N rows of a set against the whole set.
+
+    ``logp`` has shape (N, H) (one column per bandwidth), e.g. the row blocks of block
+    jobs put back together; ``scalar`` returns floats and an (N,) ``delta_entropy`` for
+    H = 1. The same arithmetic as :func:`entropy`, :func:`diversity`, :func:`efficiency`.
+    """
+    logp = np.asarray(logp, dtype=np.float64)
+    if logp.ndim != 2 or len(logp) == 0:
+        raise InputError(f"logp: expected log kernel sums of shape (N, H) with N >= 1, got shape {logp.shape}")
+    n = len(logp)
+    h_value = math.log(n) - logp.mean(axis=0)
+    eff = h_value / math.log(n) if n > 1 else np.full_like(h_value, np.nan)
+    dh = -logp
+    return DatasetInformation(_reduce(h_value, scalar), _reduce(_logsumexp(-logp, axis=0), scalar),
+                              _reduce(eff, scalar), dh[:, 0] if scalar else dh)
+
+
 class DatasetInformation(NamedTuple):
     """All QUESTS measures of one set from one kernel-sum pass (see :func:`dataset_information`)."""
 
@@ -543,13 +562,8 @@ def dataset_information(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", 
     ``delta_entropy`` here is each point against the whole set including itself (as the
     third value of ``quests.entropy.get_all_metrics``). Efficiency is NaN for N = 1.
     """
-    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
-    n = len(x)
-    h_value = math.log(n) - logp.mean(axis=0)
-    eff = h_value / math.log(n) if n > 1 else np.full_like(h_value, np.nan)
-    dh = -logp
-    return DatasetInformation(_reduce(h_value, scalar), _reduce(_logsumexp(-logp, axis=0), scalar),
-                              _reduce(eff, scalar), dh[:, 0] if scalar else dh)
+    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
+    return information_from_log_sums(logp, scalar)
 
 
 def _logsumexp(a, axis):
