@@ -26,7 +26,7 @@ PUBLIC_NAMES: dict[str, str] = {
     "ModelScore": "atomscore.score",
     "Workflow": "atomscore.jobs.workflow",
     "LocalWorkflow": "atomscore.jobs.workflow",
-    "make_workflow": "atomscore.jobs.workflow",
+    "make_workflow": "atomscore.jobs",
     "PSIJWorkflow": "atomscore.jobs.scheduler",
     "SlurmWorkflow": "atomscore.jobs.scheduler",
     "QUESTSDescriptor": "atomscore.descriptors.quests",

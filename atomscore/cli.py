@@ -76,9 +76,14 @@ def load_spec(path, base_dir=None) -> dict:
     }
 
 
-def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, progress=True):
-    """Run a spec file end to end; return ``(calc_ids, results, output_path)``."""
-    from atomscore.jobs.workflow import DEFAULT_ROOT, LocalWorkflow, make_workflow
+def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, progress=True, overwrite=False):
+    """Run a spec file end to end; return ``(calc_ids, results, output_path)``.
+
+    Ctrl-C or SIGTERM cancels the run's jobs (queued ones never start, running ones are
+    terminated and marked cancelled) and raises KeyboardInterrupt.
+    """
+    from atomscore.jobs import make_workflow
+    from atomscore.jobs.workflow import DEFAULT_ROOT, LocalWorkflow
 
     spec = load_spec(spec_path, base_dir)
     try:
@@ -88,6 +93,9 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
     want = ".xyz" if score.kind in ("atom", "configuration") else ".json"
     if output is not None and Path(output).suffix not in ((want, ".extxyz") if want == ".xyz" else (want,)):
         raise InputError(f"--output: {type(score).__name__} results are written as {want}, got {str(output)!r}")
+    if output is not None and Path(output).exists() and not overwrite:
+        raise InputError(f"--output: {str(output)!r} exists; results never overwrite a file (remove it, choose "
+                         "another name, or pass --overwrite)")
     workflow = spec["workflow"]
     if workflow is None:
         workflow = LocalWorkflow(root or DEFAULT_ROOT, nprocs=nprocs)
@@ -96,60 +104,38 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
         if root:
             workflow["workflow_args"]["root_directory"] = root
         workflow = make_workflow(workflow)
-    ids = score.run(spec["path_type"], spec["configs"], spec["compute_args"], workflow=workflow,
-                    job_details=spec["job_details"], batch_size=spec["batch_size"])
-    workflow.block_until_completed(ids, progress=progress)
+    from atomscore.jobs.workflow import interrupts_raise
+
+    try:
+        with interrupts_raise():  # SIGTERM as Ctrl-C: the run's jobs are cancelled on the way out
+            ids = score.run(spec["path_type"], spec["configs"], spec["compute_args"], workflow=workflow,
+                            job_details=spec["job_details"], batch_size=spec["batch_size"])
+            workflow.block_until_completed(ids, progress=progress)
+    except KeyboardInterrupt:
+        _ignore_further_interrupts()  # the jobs are cancelled; a second Ctrl-C must not cut the exit short
+        raise
     results = score.data_from_calc_ids(ids, workflow=workflow)
     if output is None:
-        output = workflow.root / type(score).__name__ / spec["path_type"] / f"results{want}"
+        output = Path(ids[0]).parent / f"results{want}"  # in the run's own folder
     output = Path(output)
     score.write_data(output, results)
     return ids, results, output
 
 
+def _ignore_further_interrupts():
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def cmd_run(args):
     ids, results, output = run_spec(args.spec, root=args.root, base_dir=args.base_dir, output=args.output,
-                                    nprocs=args.nprocs)
+                                    nprocs=args.nprocs, overwrite=args.overwrite)
     print(f"atomscore: {len(ids)} job(s) done; {len(results)} result(s) written to {output}")
     return 0
-
-
-# --------------------------------------------------------------------------- jobs
-def job_table(root) -> list[dict]:
-    """One row per job folder under ``root``: folder, state, exit code, seconds, error."""
-    from atomscore.jobs.folder import JOB_FILE, read_status
-
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"jobs status: no folder {str(root)!r}")
-    rows = []
-    for job in sorted(root.rglob(JOB_FILE)):
-        status = read_status(job.parent)
-        rows.append({"folder": str(job.parent.relative_to(root)), "state": status.get("state", "?"),
-                     "exit_code": status.get("exit_code"), "seconds": status.get("seconds"),
-                     "error": status.get("error") or ""})
-    return rows
-
-
-def cmd_jobs_status(args):
-    rows = job_table(args.root)
-    if args.state:
-        rows = [r for r in rows if r["state"] == args.state]
-    if not rows:
-        print(f"no jobs under {args.root}")
-        return 0
-    width = max(len(r["folder"]) for r in rows)
-    print(f"{'job':<{width}}  {'state':<8} {'exit':>4} {'seconds':>8}  error")
-    for r in rows:
-        code = "" if r["exit_code"] is None else r["exit_code"]
-        secs = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        error = r["error"].splitlines()[0][:80] if r["error"] else ""
-        print(f"{r['folder']:<{width}}  {r['state']:<8} {code!s:>4} {secs:>8}  {error}")
-    counts = {}
-    for r in rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    return 1 if counts.get("failed") else 0
 
 
 # --------------------------------------------------------------------------- parser
@@ -169,18 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "workflow's root_directory)")
     run.add_argument("--base-dir", help="folder that relative paths in the spec are taken from (default: here)")
     run.add_argument("-o", "--output", help="where to write the gathered results (.xyz or .json; default: "
-                     "ROOT/<ScoreClass>/<path_type>/results.*)")
+                     "ROOT/<ScoreClass>/<path_type>/<run>/results.*)")
     run.add_argument("--nprocs", type=int, help="jobs at once for the local workflow (default: cores)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     run.set_defaults(func=cmd_run)
-
-    jobs = sub.add_parser("jobs", help="look at job folders", description="Look at job folders.")
-    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
-    status = jobs_sub.add_parser("status", help="a table of the jobs under ROOT and their states",
-                                 description="Print a table of the jobs under ROOT and their states; "
-                                 "exit code 1 if any failed.")
-    status.add_argument("root", help="root folder of the job folders")
-    status.add_argument("--state", choices=["pending", "running", "done", "failed"], help="show only this state")
-    status.set_defaults(func=cmd_jobs_status)
 
     for register in _optional_commands():
         register(sub)
@@ -191,8 +169,9 @@ def _optional_commands():
     """Commands defined next to what they run (imported lazily when invoked)."""
     from atomscore.demo import add_demo_command
     from atomscore.descriptors.cli import add_descriptors_command
+    from atomscore.jobs.commands import add_jobs_command
 
-    return [add_descriptors_command, add_demo_command]
+    return [add_jobs_command, add_descriptors_command, add_demo_command]
 
 
 def main(argv=None) -> int:

@@ -26,33 +26,36 @@ import functools
 import inspect
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from atomscore.errors import InputError
+from atomscore.io import to_jsonable  # noqa: F401 - also importable from here, as before
 from atomscore.quantity import ScoreQuantity
-from atomscore.validation import check_configs
+from atomscore.validation import check_configs, check_int
 
 RESULTS_XYZ = "score_results.xyz"
 RESULTS_JSON = "score_results.json"
 
 
-def to_jsonable(value):
-    """Return ``value`` with numpy arrays and scalars turned into lists and Python numbers."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, ScoreQuantity):
-        return value.name
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    return value
+def _results_filename(kind) -> str:
+    return RESULTS_XYZ if kind in ("atom", "configuration") else RESULTS_JSON
+
+
+class _class_or_instance_method:
+    """A method that works from the class (``Score.data_from_calc_ids(ids)``) and from an
+    instance alike; the first argument is whichever it was called on."""
+
+    def __init__(self, func):
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __get__(self, obj, cls=None):
+        import types
+
+        return types.MethodType(self.func, obj if obj is not None else cls)
 
 
 def _record_metadata(method):
@@ -211,7 +214,7 @@ class ScoreBase:
 
     @property
     def results_filename(self) -> str:
-        return RESULTS_XYZ if self.kind in ("atom", "configuration") else RESULTS_JSON
+        return _results_filename(self.kind)
 
     @staticmethod
     def write_data(path, data):
@@ -249,14 +252,15 @@ class ScoreBase:
         Parameters
         ----------
         path_type : str
-            Name of this run; folders go to ``root/<ScoreClass>/<path_type>/<NNNNN>/``.
+            Name of this kind of run; each call writes a run folder of its own,
+            ``root/<ScoreClass>/<path_type>/<run>/<NNNNN>/``, so two runs never mix.
         configs : list of ase.Atoms (or list of target-property dicts for model scores)
         compute_args : dict
             Arguments of :meth:`compute_batch`, ``score_quantity`` included. Never modified.
         workflow : Workflow or dict, optional
             A workflow or its dict form; default a :class:`~atomscore.jobs.workflow.LocalWorkflow`.
         job_details : dict, optional
-            Passed to the workflow (walltime, queue, ...).
+            Passed to the workflow (walltime, queue, env, ...); checked before anything is written.
         batch_size : int
             Configurations per job (a dataset score always runs as one job).
         verbose : bool
@@ -266,12 +270,20 @@ class ScoreBase:
         -------
         list of str
             One calc id (the job folder's absolute path) per job.
+
+        Raises
+        ------
+        InputError
+            Bad input, before any folder is written.
+        JobWriteError
+            The folders could not be written (disk full); the partial run folder is removed.
+        SubmissionError
+            A batch could not be submitted; the run's other jobs are cancelled or marked
+            ``not submitted`` (none left pending); ``calc_ids`` names every folder.
         """
-        from atomscore.jobs.folder import prepare_score_jobs
+        from atomscore.jobs import make_workflow
 
         jobs = prepare_score_jobs(self, path_type, configs, compute_args, batch_size)
-        from atomscore.jobs.workflow import make_workflow
-
         workflow = make_workflow(workflow)
         workflow.check_job_details(job_details)
         folders = jobs.write(workflow.root)
@@ -279,7 +291,7 @@ class ScoreBase:
         if verbose:
             for folder in folders:
                 print(f"atomscore: wrote job {folder}")
-        return [workflow.submit(folder, job_details) for folder in folders]
+        return workflow.submit_run(folders, job_details)
 
     def write_input(self, folder, configs):
         """Write the configurations of one job to ``folder`` (``input.xyz`` or ``input.json``)."""
@@ -287,34 +299,44 @@ class ScoreBase:
 
         return write_inputs(folder, self.kind, configs)
 
-    def data_from_calc_ids(self, calc_ids, workflow=None, cleanup=True):
+    @_class_or_instance_method
+    def data_from_calc_ids(self_or_cls, calc_ids, workflow=None, cleanup=True):
         """Gather the results of finished jobs, in the order of ``calc_ids``.
 
-        Returns a list of Atoms (atom-centred and configuration scores) or a list of
-        result dicts, one per job (dataset and model scores). Failed or unfinished jobs
-        raise :class:`~atomscore.errors.JobFailedError`. With ``cleanup`` the jobs'
-        temporary argument files are removed (results and logs stay).
+        Works from the class as from an instance (``LTAUForcesUQScore.data_from_calc_ids(ids)``):
+        the folders hold everything. Returns a list of Atoms (atom-centred and configuration
+        scores) or a list of result dicts, one per job (dataset and model scores). Failed or
+        unfinished jobs raise :class:`~atomscore.errors.JobFailedError`. ``cleanup`` removes
+        temporary files a killed writer may have left; the argument files stay, so that a
+        folder stays runnable (``atomscore jobs clean`` removes them).
         """
-        from atomscore.jobs.folder import job_folder, remove_args
+        from atomscore.errors import JobFailedError
+        from atomscore.jobs.folder import job_folder, remove_temporary_files
         from atomscore.jobs.workflow import check_finished
 
         folders = [job_folder(calc_id, workflow) for calc_id in calc_ids]
         check_finished(folders, calc_ids)
+        name = _results_filename(self_or_cls.kind)
         out = []
         for folder in folders:
-            data = self.read_data(folder / self.results_filename)
+            if not (folder / name).is_file():
+                raise JobFailedError(f"{folder}: done, but it holds no {name} (a {self_or_cls.kind} score's "
+                                     "results); was it written by another score class?")
+            data = self_or_cls.read_data(folder / name)
             out.extend(data) if isinstance(data, list) else out.append(data)
         if cleanup:
             for folder in folders:
-                remove_args(folder)
+                remove_temporary_files(folder)
         return out
 
     def cleanup(self):
-        """Remove the temporary argument files of this object's runs; nothing else."""
-        from atomscore.jobs.folder import remove_args
+        """Clean the job folders of this object's runs: argument files removed, folders marked
+        so that they refuse to run again; results, logs and status stay."""
+        from atomscore.jobs.folder import clean_folder
 
         for folder in self._run_folders:
-            remove_args(folder)
+            if folder.is_dir():
+                clean_folder(folder)
         self._run_folders = []
 
     def run_batch(self, configs, score_quantity, compute_args):
@@ -433,3 +455,123 @@ class ModelScore(_WholeScore):
     """
 
     kind = "model"
+
+
+# --------------------------------------------------------------------------- the run plan
+@dataclass
+class PreparedJob:
+    """One validated, serialised job: its input file and its (batch-specific) compute args."""
+
+    input_name: str
+    input_text: str
+    compute_args: dict
+    compute_arrays: dict
+
+
+@dataclass
+class PreparedJobs:
+    """Validated, serialised jobs of one run, ready to be written (see :func:`prepare_score_jobs`)."""
+
+    score_name: str
+    path_type: str
+    header: dict
+    init_arrays: dict
+    jobs: list = field(default_factory=list)
+
+    def write(self, root) -> list[Path]:
+        """Write the run folder and every job folder under ``root``; return the job folders.
+
+        Raises
+        ------
+        JobWriteError
+            When the disk refuses (full, read-only): the partial run folder is removed.
+        """
+        from atomscore.io import write_json_atomic, write_text_atomic
+        from atomscore.jobs.folder import (FILES, ARGS_DIR, abandon_run, finish_job_folder, new_numbered_folder,
+                                           new_run_folder, now, save_arrays)
+
+        run = new_run_folder(Path(root) / self.score_name / self.path_type)
+        folders = []
+        first_paths: dict[str, Path] = {}
+        try:
+            for job in self.jobs:
+                folder = new_numbered_folder(run)
+                save_arrays(folder / ARGS_DIR, self.init_arrays, first_paths)
+                save_arrays(folder / ARGS_DIR, job.compute_arrays)  # per batch: never linked
+                write_text_atomic(folder / job.input_name, job.input_text)
+                finish_job_folder(folder, {**self.header, "run": run.name, "compute_args": job.compute_args,
+                                           "input": job.input_name})
+                folders.append(folder)
+            write_json_atomic(run / FILES.run, {"run": run.name, "score": self.header["score"],
+                                                "path_type": self.path_type, "created": now(),
+                                                "jobs": [f.name for f in folders]})
+        except OSError as exc:
+            abandon_run(run, exc)
+        return folders
+
+
+def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> PreparedJobs:
+    """Validate a run and serialise its jobs in memory; nothing is written here.
+
+    Raises
+    ------
+    InputError
+        For empty or malformed configurations, ``batch_size < 1``, a bad ``path_type``,
+        an unknown or unsupported quantity, arguments a job file cannot hold, or a score
+        class that another process cannot import.
+    """
+    import socket
+    import sys
+
+    from atomscore.jobs.folder import FORMAT_VERSION, check_path_type, class_reference, encode_args, serialize_inputs
+
+    name = type(score).__name__
+    check_path_type(path_type)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    if score.kind == "model":
+        if not isinstance(configs, (list, tuple)) or not configs:
+            raise InputError(f"{name}.run: configs: expected a non-empty list of items, got {configs!r:.80}")
+        configs = list(configs)
+    else:
+        configs = check_configs(configs, f"{name}.run: configs")
+    if not isinstance(compute_args, dict):
+        raise InputError(f"{name}.run: compute_args: expected a dict, got {type(compute_args).__name__}")
+    args = dict(compute_args)
+    quantity = args.pop("score_quantity", None)
+    if quantity is None:
+        if len(score.supported_score_quantities) != 1:
+            raise InputError(f"{name}.run: compute_args needs 'score_quantity'; expected one of: "
+                             + ", ".join(q.name for q in score.supported_score_quantities))
+        quantity = score.supported_score_quantities[0]
+    quantity = score.parse_quantity(quantity)
+    args = score.prepare_compute_args(args)
+    score.check_compute_args(configs, quantity, args)
+
+    reference = class_reference(type(score))
+    init_data, init_arrays = encode_args(score._init_args, "init", f"{name} init args")
+    if score.single_job:
+        if 1 < batch_size < len(configs) and score.kind != "dataset":
+            import warnings
+
+            warnings.warn(f"{name}.run: batch_size={batch_size} ignored; {name} needs all {len(configs)} "
+                          "configurations in one job", stacklevel=3)
+        bounds = [(0, len(configs))]
+    else:
+        bounds = [(i, min(i + batch_size, len(configs))) for i in range(0, len(configs), batch_size)]
+    jobs = []
+    for start, stop in bounds:
+        batch_args = args if len(bounds) == 1 else score.slice_compute_args(args, start, stop)
+        compute_data, compute_arrays = encode_args(batch_args, "compute", f"{name}.run compute_args")
+        jobs.append(PreparedJob(*serialize_inputs(score.kind, configs[start:stop]), compute_data, compute_arrays))
+    header = {
+        "format_version": FORMAT_VERSION,
+        "kind": "score",
+        "score": reference,
+        "score_kind": score.kind,
+        "init_args": init_data,
+        "score_quantity": ScoreQuantity(quantity).name,
+        "cwd": os.getcwd(),
+        "submitted_from": socket.gethostname(),
+        "python": sys.executable,
+    }
+    return PreparedJobs(name, path_type, header, init_arrays, jobs)

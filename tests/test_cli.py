@@ -51,11 +51,12 @@ def test_run_a_users_own_score_from_a_spec(spec_dir):
     out = read_extxyz(folder / "out.xyz")
     for atoms, ref in zip(out, expected):
         np.testing.assert_array_equal(atoms.arrays["toy_distance_score"], ref)
-    assert len(list((folder / "jobs" / "WeightedDistanceScore" / "cli_run").glob("0000*"))) == 3
+    [run] = (folder / "jobs" / "WeightedDistanceScore" / "cli_run").iterdir()  # one run folder per run
+    assert len(list(run.glob("0000*"))) == 3
 
     table = atomscore("jobs", "status", "jobs", cwd=folder)
     assert table.returncode == 0
-    assert "WeightedDistanceScore/cli_run/00002" in table.stdout and "3 done" in table.stdout
+    assert f"run WeightedDistanceScore/cli_run/{run.name}: 3 done" in table.stdout and "00002" in table.stdout
 
 
 def test_jobs_status_exits_1_when_a_job_failed(spec_dir):

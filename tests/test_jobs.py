@@ -127,7 +127,8 @@ def test_job_folder_is_self_contained_and_readable(tmp_path, workflow):
     [calc_id] = score.run("folder", configs, {"score_quantity": 2, "centre": np.zeros(3)},
                           workflow=workflow, batch_size=5)
     folder = Path(calc_id)
-    assert folder.parent == workflow.root / "WeightedDistanceScore" / "folder"
+    assert folder.parent.parent == workflow.root / "WeightedDistanceScore" / "folder"  # <run>/<NNNNN>
+    assert folder.name == "00000" and json.loads((folder.parent / "run.json").read_text())["jobs"] == ["00000"]
     job = json.loads((folder / "job.json").read_text())
     assert job["score"]["target"] == "toy_scores:WeightedDistanceScore"
     assert job["score_quantity"] == "UNCERTAINTY"

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 
 from atomscore.errors import InputError
+from atomscore.jobs.calls import job_call
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ModelScore, to_jsonable
 from atomscore.validation import check_keys, load_array
@@ -37,6 +38,7 @@ _CALC_ARGS = ("workflow",)
 
 
 # ---------------------------------------------------------------------- one evaluation
+@job_call
 def evaluate_target_property(target_property, potential, parameters):
     """Property vectors of one target property at several parameter sets (run inside a job).
 
@@ -69,12 +71,32 @@ def evaluate_target_property(target_property, potential, parameters):
     return out
 
 
-def _map(func, list_of_kwargs, workflow):
-    """Evaluate ``func(**kw)`` for each kw through ``workflow`` (job folders, in parallel)."""
-    from atomscore.jobs.calls import map_calls
+def _map(func, list_of_kwargs, workflow, spec=None):
+    """Evaluate ``func(**kw)`` for each kw through ``workflow`` (job folders, in parallel).
 
-    return map_calls(func, list_of_kwargs, workflow=workflow, path_type="fim_property",
-                     progress=None)
+    A workflow given without a ``root_directory`` (or none at all) puts its calls under the
+    root of the job this runs in, or, called directly, into a temporary folder removed
+    afterwards: never into the current directory.
+    """
+    import tempfile
+
+    from atomscore.jobs import make_workflow
+    from atomscore.jobs.calls import map_calls
+    from atomscore.jobs.folder import ROOT_ENV
+
+    spec = {"workflow_type": "LOCAL"} if spec is None else spec
+    if not isinstance(spec, dict) or (spec.get("workflow_args") or {}).get("root_directory"):
+        return map_calls(func, list_of_kwargs, workflow=workflow, path_type="fim_property", progress=None)
+
+    def under(root):
+        placed = {**spec, "workflow_args": {**(spec.get("workflow_args") or {}), "root_directory": root}}
+        return map_calls(func, list_of_kwargs, workflow=make_workflow(placed), path_type="fim_property",
+                         progress=None)
+
+    if os.environ.get(ROOT_ENV):
+        return under(os.environ[ROOT_ENV])
+    with tempfile.TemporaryDirectory(prefix="atomscore-fim-property-") as root:
+        return under(root)
 
 
 def _n_jobs(workflow, n_points):
@@ -119,9 +141,9 @@ def _target_properties(list_of_target_property):
         if not isinstance(calc, dict):
             raise InputError(f"{where}['calculate_property_args']: expected a dict, got {calc!r}")
         check_keys(calc, _CALC_ARGS, f"{where}['calculate_property_args']")
-        from atomscore.jobs.workflow import make_workflow
+        from atomscore.jobs import make_workflow
 
-        try:
+        try:  # its root is chosen when the calls run, unless given (see _map)
             workflow = make_workflow(calc.get("workflow"))
         except InputError as exc:
             raise InputError(f"{where}['calculate_property_args']: {exc}") from None
@@ -339,11 +361,11 @@ class FIMPropertyScore(ModelScore):
             calls.append({name: v.tolist() for name, v in values.items()})
         spec = pot.to_spec()
         jacobians = []
-        for prop, workflow, _ in props:
+        for prop, workflow, workflow_spec in props:
             chunks = np.array_split(np.arange(len(calls)), _n_jobs(workflow, len(calls)))
             kwargs = [{"target_property": prop.to_spec(), "potential": spec,
                        "parameters": [calls[i] for i in chunk]} for chunk in chunks]
-            results = [vec for part in _map(evaluate_target_property, kwargs, workflow) for vec in part]
+            results = [vec for part in _map(evaluate_target_property, kwargs, workflow, workflow_spec) for vec in part]
             preds = {key: np.asarray(r, dtype=float) for key, r in zip(keys, results)}
             if not need_center:
                 preds["original"] = np.zeros_like(next(iter(preds.values())))

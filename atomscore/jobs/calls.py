@@ -1,21 +1,27 @@
-"""Run module-level functions as job folders through a workflow.
+"""Run registered module-level functions as job folders through a workflow.
 
 Used where a score needs many independent evaluations (e.g. a target property at every
-perturbed parameter set): each call becomes a folder ``root/calls/<path_type>/<NNNNN>``
+perturbed parameter set): each call becomes a folder ``root/calls/<path_type>/<run>/<NNNNN>``
 with ``job.json`` (the function as ``module:QualName`` and its keyword arguments, arrays as
-``.npy``), is run by ``python -m atomscore.job``, and leaves ``result.json``.
+``.npy``), is run by ``python -m atomscore.job``, and leaves ``result.json``. Only functions
+decorated with :func:`job_call` may be run this way: a job folder never makes the runner
+call an arbitrary function.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from atomscore.errors import InputError
-from atomscore.jobs.folder import (ARGS_DIR, FORMAT_VERSION, check_path_type, class_reference, decode_args,
-                                   encode_args, finish_job_folder, new_numbered_folder, remove_args, save_arrays)
-from atomscore.jobs.runner import RESULT_FILE
-from atomscore.jobs.workflow import make_workflow
+from atomscore.jobs.folder import (FILES, abandon_run, FORMAT_VERSION, check_path_type, class_reference, clean_folder,
+                                   decode_args, encode_args, finish_job_folder, is_job_call, new_numbered_folder,
+                                   new_run_folder, read_json, save_arrays)
+
+
+def job_call(func):
+    """Register ``func`` (a module-level function) as one the job runner may call."""
+    func.__atomscore_job_call__ = True
+    return func
 
 
 def map_calls(func, list_of_kwargs, workflow=None, path_type="calls", job_details=None, progress=False,
@@ -25,7 +31,7 @@ def map_calls(func, list_of_kwargs, workflow=None, path_type="calls", job_detail
     Parameters
     ----------
     func : callable
-        A function defined at module level (a job imports it by name).
+        A function defined at module level and decorated with :func:`job_call`.
     list_of_kwargs : list of dict
         Keyword arguments of each call: JSON data and numpy arrays.
     workflow : Workflow or dict, optional
@@ -37,7 +43,8 @@ def map_calls(func, list_of_kwargs, workflow=None, path_type="calls", job_detail
     progress : bool
         Show a progress bar while waiting.
     cleanup : bool
-        Remove the calls' argument files once their results are read.
+        Clean the calls' folders (argument files removed, folder marked so that it is not
+        run again) once their results are read.
 
     Returns
     -------
@@ -49,27 +56,35 @@ def map_calls(func, list_of_kwargs, workflow=None, path_type="calls", job_detail
     JobFailedError
         If any call failed; the message names each with the tail of its stderr.
     """
+    from atomscore.jobs import make_workflow
+
     check_path_type(path_type)
     if not isinstance(list_of_kwargs, (list, tuple)) or not all(isinstance(k, dict) for k in list_of_kwargs):
         raise InputError("map_calls: list_of_kwargs: expected a list of dicts")
+    if not is_job_call(func):
+        raise InputError(f"map_calls: {getattr(func, '__qualname__', func)!r} is not registered as a job call; "
+                         "decorate it with atomscore.jobs.calls.job_call")
     reference = class_reference(func)
     encoded = [encode_args(kwargs, "kwargs", f"arguments of call {i} to {reference['target']}")
                for i, kwargs in enumerate(list_of_kwargs)]
     workflow = make_workflow(workflow)
     workflow.check_job_details(job_details)
-    base = workflow.root / "calls" / path_type
+    run = new_run_folder(workflow.root / "calls" / path_type)
     folders = []
-    for data, arrays in encoded:
-        folder = new_numbered_folder(base)
-        save_arrays(folder / ARGS_DIR, arrays)
-        finish_job_folder(folder, {"format_version": FORMAT_VERSION, "kind": "call", "function": reference,
-                                   "kwargs": data, "cwd": str(Path.cwd())})
-        folders.append(folder)
-    calc_ids = [workflow.submit(folder, job_details) for folder in folders]
+    try:
+        for data, arrays in encoded:
+            folder = new_numbered_folder(run)
+            save_arrays(folder / FILES.args, arrays)
+            finish_job_folder(folder, {"format_version": FORMAT_VERSION, "kind": "call", "function": reference,
+                                       "kwargs": data, "cwd": str(Path.cwd())})
+            folders.append(folder)
+    except OSError as exc:
+        abandon_run(run, exc)
+    calc_ids = workflow.submit_run(folders, job_details)
     workflow.block_until_completed(calc_ids, progress=progress)
     results = []
     for folder in folders:
-        results.append(decode_args(json.loads((folder / RESULT_FILE).read_text()), folder)["result"])
+        results.append(decode_args(read_json(folder / FILES.call_result), folder)["result"])
         if cleanup:
-            remove_args(folder)
+            clean_folder(folder)
     return results

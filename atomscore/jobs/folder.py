@@ -1,107 +1,273 @@
-"""Job folders: what a job is on disk.
+"""Job folders: what a job is on disk, and nothing else.
 
 A job is a folder a person can read by hand::
 
-    root/<ScoreClass>/<path_type>/<NNNNN>/
-        job.json        score class (module:QualName), init args, compute args, quantity, format
+    root/<ScoreClass>/<path_type>/<run>/<NNNNN>/
+        job.json        score class (module:QualName), init args, compute args, quantity, job id
         args/*.npy      every array argument (loaded back with allow_pickle=False)
         input.xyz       the configurations (input.json for model scores)
-        status.json     state, exit code, error, start/end times (written by the runner)
+        status.json     state, exit code, error, start/end times, attempt
         stdout.log  stderr.log
         score_results.xyz | score_results.json
 
-Everything here is validated before the first folder is written (:func:`prepare_score_jobs`),
-so bad input never leaves a half-made folder behind. No Python source is generated.
+Every ``run()`` writes its own ``<run>`` folder (with ``run.json``), so two runs never mix.
+The file names are those of :data:`FILES`; the states those of :class:`JobState`; a status
+is read by :func:`read_status` only. The run plan (what goes into the folders) lives with
+the scores (``atomscore.score``); this module imports nothing above it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import io
 import json
 import os
 import re
 import shutil
-import socket
 import sys
 import time
-from dataclasses import dataclass, field
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-from atomscore.errors import InputError
-from atomscore.validation import check_configs, check_int, check_jsonable
+from atomscore.errors import AtomscoreError, InputError
+from atomscore.io import read_json, to_jsonable, write_json_atomic, write_text_atomic
+from atomscore.validation import check_jsonable
 
 FORMAT_VERSION = 1
-JOB_FILE = "job.json"
-STATUS_FILE = "status.json"
-ARGS_DIR = "args"
+
+#: the one table of the names of the files of a job folder (and of a run folder)
+FILES = SimpleNamespace(
+    job="job.json", status="status.json", args="args", input_xyz="input.xyz", input_json="input.json",
+    results_xyz="score_results.xyz", results_json="score_results.json", call_result="result.json",
+    call_result_arrays="result", stdout="stdout.log", stderr="stderr.log", scheduler="scheduler.json",
+    cleaned="CLEANED", lock=".status.lock", run="run.json",
+)
+JOB_FILE, STATUS_FILE, ARGS_DIR = FILES.job, FILES.status, FILES.args
 ARRAY_TAG = "__ndarray__"
+#: environment variable through which a workflow tells the runner which attempt it runs
+ATTEMPT_ENV = "ATOMSCORE_JOB_ATTEMPT"
+#: environment variable holding the workflow root of the job being run (for nested jobs)
+ROOT_ENV = "ATOMSCORE_JOB_ROOT"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
 
 
-# --------------------------------------------------------------------------- files
-def write_text_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary name and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class JobState(str, enum.Enum):
+    """The states of a job; ``DONE``, ``FAILED`` and ``CANCELLED`` are final."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
-def write_json_atomic(path, data):
-    write_text_atomic(path, json.dumps(data, indent=2))
-
-
-def read_status(folder) -> dict:
-    """The job's ``status.json`` as a dict (``{}`` if there is none yet)."""
-    try:
-        return json.loads((Path(folder) / STATUS_FILE).read_text())
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError:  # only possible if written by something else than us
-        return {"state": "failed", "error": "status.json is not valid JSON"}
-
-
-def update_status(folder, **fields) -> dict:
-    """Merge ``fields`` into the job's ``status.json`` (atomic replace) and return it."""
-    status = read_status(folder)
-    status.update(fields)
-    write_json_atomic(Path(folder) / STATUS_FILE, status)
-    return status
+class JobWriteError(AtomscoreError, OSError):
+    """A job folder or its status could not be written (disk full, read-only, ...)."""
 
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def remove_args(folder):
-    """Remove a job's temporary argument files (``args/``); results and logs stay."""
-    shutil.rmtree(Path(folder) / ARGS_DIR, ignore_errors=True)
+# --------------------------------------------------------------------------- status
+def _read_status_file(folder) -> dict:
+    try:
+        data = json.loads((Path(folder) / FILES.status).read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError):  # only possible if written by something else than us
+        return {"state": JobState.FAILED.value, "error": "status.json is not valid JSON"}
+    return data if isinstance(data, dict) else {"state": JobState.FAILED.value,
+                                                "error": "status.json does not hold an object"}
+
+
+def read_status(folder) -> dict:
+    """The job's ``status.json`` as a dict, the one place a status is read.
+
+    ``{}`` when the folder has no status yet; a ``failed`` status with reason ``folder
+    vanished`` when the folder (or its ``job.json``) is gone.
+    """
+    folder = Path(folder)
+    if not (folder / FILES.job).is_file():
+        return {"state": JobState.FAILED.value, "reason": "folder vanished", "exit_code": None,
+                "error": f"folder vanished: the job folder {str(folder)!r} (or its {FILES.job}) was deleted"}
+    return _read_status_file(folder)
+
+
+def job_state(folder) -> JobState:
+    """The job's :class:`JobState` (``PENDING`` before anything was recorded)."""
+    return state_of(read_status(folder))
+
+
+def state_of(status: dict) -> JobState:
+    """The :class:`JobState` of a status dict."""
+    try:
+        return JobState(status.get("state", JobState.PENDING.value))
+    except ValueError:
+        return JobState.FAILED
+
+
+@contextlib.contextmanager
+def _status_lock(folder: Path):
+    import fcntl
+
+    fd = os.open(folder / FILES.lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def update_status(folder, expect=None, only_if=None, **fields):
+    """Merge ``fields`` into the job's ``status.json`` (locked, atomic replace).
+
+    Parameters
+    ----------
+    expect : dict, optional
+        Write only if the current status holds these values (e.g. ``{'attempt': a}``: a
+        bookkeeping thread never writes into a newer job at the same path).
+    only_if : callable, optional
+        Write only if ``only_if(current_status)`` is true.
+
+    Returns
+    -------
+    dict or None
+        The new status, or None when nothing was written (expectation not met, or the
+        folder is gone: a vanished folder is never re-created).
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written (disk full); no temporary file is left.
+    """
+    folder = Path(folder)
+    fields = {k: (v.value if isinstance(v, JobState) else v) for k, v in fields.items()}
+    try:
+        lock = _status_lock(folder)
+        lock.__enter__()
+    except FileNotFoundError:
+        return None
+    try:
+        status = _read_status_file(folder)
+        if expect and any(status.get(k) != v for k, v in expect.items()):
+            return None
+        if only_if is not None and not only_if(status):
+            return None
+        status.update(fields)
+        write_json_atomic(folder / FILES.status, status)
+        return status
+    finally:
+        lock.__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------- files
+def tail_text(path, lines=20, max_bytes=65536) -> str:
+    """The last ``lines`` lines of a text file, reading at most its last ``max_bytes``
+    (a 300 MB stderr costs 64 kB); '' if there is no such file."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode(errors="replace")
+    if size > max_bytes:
+        text = text.split("\n", 1)[-1]  # drop the partial first line
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def open_log(path):
+    """Open a log file for appending without following a symlink planted at its name."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise InputError(f"{path}: is a symbolic link; a job's log is never written through one") from None
+        raise
+    return os.fdopen(fd, "ab")
+
+
+def is_cleaned(folder) -> bool:
+    return (Path(folder) / FILES.cleaned).exists()
+
+
+def clean_folder(folder):
+    """Remove a job's argument files (``args/``) and mark the folder cleaned.
+
+    Results, logs and the status stay; a cleaned folder refuses to be run again.
+    """
+    folder = Path(folder)
+    write_text_atomic(folder / FILES.cleaned, f"argument files removed at {now()}; this job cannot be run "
+                      "again from this folder (run the score again to recompute)\n")
+    shutil.rmtree(folder / FILES.args, ignore_errors=True)
+
+
+def remove_temporary_files(folder):
+    """Remove temporary files a killed writer may have left (``.<name>.<pid>.<id>.tmp``)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def check_submittable(folder) -> Path:
+    """Refuse (InputError) to start a folder that is not a job, was cleaned, or holds results."""
+    folder = Path(folder).resolve()
+    if not (folder / FILES.job).is_file():
+        raise InputError(f"submit: {folder} is not a job folder (no {FILES.job})")
+    if is_cleaned(folder):
+        raise InputError(f"submit: {folder} was cleaned (argument files removed by 'atomscore jobs clean'); it "
+                         "cannot be run again, run the score again instead. Its status is left as it was.")
+    existing = [n for n in (FILES.results_xyz, FILES.results_json, FILES.call_result) if (folder / n).exists()]
+    if existing:
+        raise InputError(f"submit: {folder} already holds results ({', '.join(existing)}), which are never "
+                         "overwritten; run the score again (a new run folder) instead")
+    return folder
 
 
 def job_folder(calc_id, workflow=None) -> Path:
     """The folder of ``calc_id`` (an absolute path, or relative to the workflow's root)."""
     path = Path(str(calc_id))
-    if not path.is_absolute() and workflow is not None and not (path / JOB_FILE).is_file():
+    if not path.is_absolute() and workflow is not None and not (path / FILES.job).is_file():
         path = Path(workflow.root) / path  # relative to the root, unless it names a folder from here
-    if not (path / JOB_FILE).is_file():
+    if not (path / FILES.job).is_file():
         raise InputError(f"calc id {calc_id!r}: no job folder at {str(path)!r}")
     return path
+
+
+def read_job(folder) -> dict:
+    """The job's ``job.json``."""
+    return read_json(Path(folder) / FILES.job)
+
+
+def job_folders_under(path) -> list[Path]:
+    """Every job folder at or below ``path``, sorted."""
+    path = Path(path)
+    if (path / FILES.job).is_file():
+        return [path]
+    return sorted(p.parent for p in path.rglob(FILES.job))
 
 
 # --------------------------------------------------------------------------- arguments
 class _ArgEncoder:
     """Turns arguments into JSON, collecting arrays to be saved as ``args/<name>.npy``."""
 
-    def __init__(self, prefix, subdir=ARGS_DIR):
+    def __init__(self, prefix, subdir=FILES.args):
         self.prefix = prefix
         self.subdir = subdir
         self.arrays: dict[str, np.ndarray] = {}
 
     def encode(self, value, path):
-        from atomscore.quantity import ScoreQuantity
-
         if isinstance(value, np.ndarray):
             if value.dtype == object:
                 raise InputError(f"{path}: a job file cannot hold an object array; pass a numeric array")
@@ -112,8 +278,8 @@ class _ArgEncoder:
             return {ARRAY_TAG: f"{self.subdir}/{name}.npy"}
         if isinstance(value, np.generic):
             return value.item()
-        if isinstance(value, ScoreQuantity):
-            return value.name
+        if isinstance(value, enum.Enum):
+            return to_jsonable(value)
         if isinstance(value, os.PathLike):
             return os.fspath(value)
         if isinstance(value, dict):
@@ -125,7 +291,7 @@ class _ArgEncoder:
         return value
 
 
-def encode_args(args, prefix: str, name: str, subdir: str = ARGS_DIR):
+def encode_args(args, prefix: str, name: str, subdir: str = FILES.args):
     """Return ``(json_data, arrays)`` for ``args``; JSON-ability is checked here.
 
     ``arrays`` maps file names to the arrays to save in ``subdir`` of the job folder.
@@ -137,14 +303,28 @@ def encode_args(args, prefix: str, name: str, subdir: str = ARGS_DIR):
 
 
 def decode_args(data, folder):
-    """Inverse of :func:`encode_args`: arrays are read back from ``folder``."""
+    """Inverse of :func:`encode_args`: arrays are read back from ``folder``.
+
+    An ``{"__ndarray__": path}`` reference must name a file inside ``folder`` (no absolute
+    path, no ``..``, no symlink leading out); anything else is refused.
+    """
     if isinstance(data, dict):
         if set(data) == {ARRAY_TAG}:
-            return np.load(Path(folder) / data[ARRAY_TAG], allow_pickle=False)
+            return np.load(_inside(folder, data[ARRAY_TAG]), allow_pickle=False)
         return {k: decode_args(v, folder) for k, v in data.items()}
     if isinstance(data, list):
         return [decode_args(v, folder) for v in data]
     return data
+
+
+def _inside(folder, relative) -> Path:
+    base = Path(folder).resolve()
+    if not isinstance(relative, str) or os.path.isabs(relative):
+        raise InputError(f"{ARRAY_TAG} reference {relative!r}: expected a path relative to the job folder")
+    path = (base / relative).resolve()
+    if path != base and base not in path.parents:
+        raise InputError(f"{ARRAY_TAG} reference {relative!r} leads outside the job folder {str(base)!r}; refused")
+    return path
 
 
 # --------------------------------------------------------------------------- classes
@@ -174,12 +354,44 @@ def class_reference(obj) -> dict:
             "module_file": str(Path(module_file).resolve()) if module_file else None}
 
 
-def resolve_reference(ref: dict):
-    """Import what :func:`class_reference` described."""
+def is_score_class(obj) -> bool:
+    """True for a subclass of ``atomscore.score.ScoreBase`` (found by walking the MRO, so
+    that this module needs no import of the scores)."""
+    return isinstance(obj, type) and any(c.__name__ == "ScoreBase" and c.__module__ == "atomscore.score"
+                                         for c in obj.__mro__)
+
+
+def is_job_call(obj) -> bool:
+    """True for a function registered as a job call (see :func:`atomscore.jobs.calls.job_call`)."""
+    import inspect
+
+    return inspect.isfunction(obj) and getattr(obj, "__atomscore_job_call__", False) is True
+
+
+def resolve_reference(ref, what="score"):
+    """Import what :func:`class_reference` described, and check it may be run.
+
+    Parameters
+    ----------
+    ref : dict
+        ``{'target': 'module:QualName', 'import_path': ..., 'module_file': ...}``.
+    what : {'score', 'call'}
+        A score job runs ``ScoreBase`` subclasses only; a call job functions registered as
+        job calls only.
+
+    Raises
+    ------
+    InputError
+        A malformed target, or an object that is not a score class / registered job call.
+        Nothing of the object is called before this check.
+    """
     import importlib
     import importlib.util
 
-    module_name, qualname = ref["target"].split(":")
+    target = ref.get("target") if isinstance(ref, dict) else None
+    if not isinstance(target, str) or not _TARGET.match(target):
+        raise InputError(f"job.json: expected a target 'module:QualName', got {target!r}")
+    module_name, qualname = target.split(":")
     if ref.get("import_path") and ref["import_path"] not in sys.path:
         sys.path.insert(0, ref["import_path"])
     if module_name == "__main__":
@@ -193,6 +405,12 @@ def resolve_reference(ref: dict):
     obj = module
     for part in qualname.split("."):
         obj = getattr(obj, part)
+    if what == "score" and not is_score_class(obj):
+        raise InputError(f"job.json names {target!r}, which is not a ScoreBase subclass; the job runner "
+                         "runs scores and registered job calls only (see docs/jobs.md)")
+    if what == "call" and not is_job_call(obj):
+        raise InputError(f"job.json names {target!r}, which is not a registered job call; the job runner "
+                         "runs scores and functions decorated with atomscore.jobs.calls.job_call only")
     return obj
 
 
@@ -200,11 +418,9 @@ def resolve_reference(ref: dict):
 def serialize_inputs(kind, configs) -> tuple[str, str]:
     """``(filename, text)`` of a job's configurations: extxyz, or JSON for model scores."""
     if kind == "model":
-        from atomscore.score import to_jsonable
-
         data = to_jsonable(list(configs))
         check_jsonable(data, "configs")
-        return "input.json", json.dumps(data, indent=2)
+        return FILES.input_json, json.dumps(data, indent=2)
     from atomscore.io import write_extxyz
 
     buffer = io.StringIO()
@@ -212,7 +428,7 @@ def serialize_inputs(kind, configs) -> tuple[str, str]:
         write_extxyz(buffer, configs)
     except Exception as exc:
         raise InputError(f"configs: cannot be written as extxyz: {type(exc).__name__}: {exc}") from None
-    return "input.xyz", buffer.getvalue()
+    return FILES.input_xyz, buffer.getvalue()
 
 
 def write_inputs(folder, kind, configs):
@@ -223,11 +439,11 @@ def write_inputs(folder, kind, configs):
 
 def read_inputs(folder):
     folder = Path(folder)
-    if (folder / "input.json").is_file():
-        return json.loads((folder / "input.json").read_text())
+    if (folder / FILES.input_json).is_file():
+        return read_json(folder / FILES.input_json)
     from atomscore.io import read_extxyz
 
-    return read_extxyz(folder / "input.xyz")
+    return read_extxyz(folder / FILES.input_xyz)
 
 
 def new_numbered_folder(base: Path) -> Path:
@@ -244,40 +460,17 @@ def new_numbered_folder(base: Path) -> Path:
             number += 1
 
 
-# --------------------------------------------------------------------------- jobs
-@dataclass
-class PreparedJob:
-    """One validated, serialised job: its input file and its (batch-specific) compute args."""
-
-    input_name: str
-    input_text: str
-    compute_args: dict
-    compute_arrays: dict
-
-
-@dataclass
-class PreparedJobs:
-    """Validated, serialised jobs, ready to be written (see :func:`prepare_score_jobs`)."""
-
-    score_name: str
-    path_type: str
-    header: dict
-    init_arrays: dict
-    jobs: list = field(default_factory=list)
-
-    def write(self, root) -> list[Path]:
-        """Write every job folder under ``root``; return their paths."""
-        base = Path(root) / self.score_name / self.path_type
-        folders = []
-        first_paths: dict[str, Path] = {}
-        for job in self.jobs:
-            folder = new_numbered_folder(base)
-            save_arrays(folder / ARGS_DIR, self.init_arrays, first_paths)
-            save_arrays(folder / ARGS_DIR, job.compute_arrays)  # per batch: never linked
-            write_text_atomic(folder / job.input_name, job.input_text)
-            finish_job_folder(folder, {**self.header, "compute_args": job.compute_args, "input": job.input_name})
-            folders.append(folder)
-        return folders
+def new_run_folder(base: Path) -> Path:
+    """Create ``base/<run>`` for one ``run()``: ``YYYYMMDD-HHMMSS-<6 hex>`` (sorts by time,
+    unique across processes and hosts)."""
+    base.mkdir(parents=True, exist_ok=True)
+    while True:
+        folder = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:  # pragma: no cover - 1 in 16 million
+            continue
 
 
 def save_arrays(directory: Path, arrays: dict, first_paths: dict | None = None):
@@ -298,82 +491,36 @@ def save_arrays(directory: Path, arrays: dict, first_paths: dict | None = None):
                 continue
             except OSError:
                 pass  # another file system: fall back to a copy
-        np.save(path, array, allow_pickle=False)
+        tmp = path.with_name(f".{name}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         if first_paths is not None:
             first_paths.setdefault(name, path)
 
 
-def finish_job_folder(folder: Path, job: dict):
-    """Mark a written job folder pending and write its ``job.json`` last (what the runner reads)."""
-    update_status(folder, state="pending", created=now())
-    write_json_atomic(folder / JOB_FILE, job)
+def abandon_run(run: Path, exc: OSError):
+    """After a failed write of a run's folders (disk full, ...): remove the run folder, so
+    that no half-written or pending-but-unsubmitted job is left, and raise JobWriteError."""
+    shutil.rmtree(run, ignore_errors=True)
+    raise JobWriteError(f"cannot write the job folders of this run under {str(run.parent)!r}: "
+                        f"{exc.strerror or exc} ({type(exc).__name__}); nothing was submitted and the partial "
+                        f"run folder was removed") from exc
+
+
+def finish_job_folder(folder: Path, job: dict) -> dict:
+    """Give a written job folder its identity (a new ``job_id``), mark it pending and write
+    its ``job.json`` last (what the runner reads). Returns the job dict written."""
+    job = {**job, "job_id": uuid.uuid4().hex}
+    update_status(folder, state=JobState.PENDING, created=now(), job_id=job["job_id"])
+    write_json_atomic(folder / FILES.job, job)
+    return job
 
 
 def check_path_type(path_type):
     if not isinstance(path_type, str) or not _SAFE_NAME.match(path_type) or path_type in (".", ".."):
         raise InputError(f"path_type: expected a folder name of letters, digits, '_', '-', '.', got {path_type!r}")
     return path_type
-
-
-def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> PreparedJobs:
-    """Validate a run and serialise its jobs in memory; nothing is written here.
-
-    Raises
-    ------
-    InputError
-        For empty or malformed configurations, ``batch_size < 1``, a bad ``path_type``,
-        an unknown or unsupported quantity, arguments a job file cannot hold, or a score
-        class that another process cannot import.
-    """
-    from atomscore.quantity import ScoreQuantity
-
-    name = type(score).__name__
-    check_path_type(path_type)
-    batch_size = check_int(batch_size, "batch_size", minimum=1)
-    if score.kind == "model":
-        if not isinstance(configs, (list, tuple)) or not configs:
-            raise InputError(f"{name}.run: configs: expected a non-empty list of items, got {configs!r:.80}")
-        configs = list(configs)
-    else:
-        configs = check_configs(configs, f"{name}.run: configs")
-    if not isinstance(compute_args, dict):
-        raise InputError(f"{name}.run: compute_args: expected a dict, got {type(compute_args).__name__}")
-    args = dict(compute_args)
-    quantity = args.pop("score_quantity", None)
-    if quantity is None:
-        if len(score.supported_score_quantities) != 1:
-            raise InputError(f"{name}.run: compute_args needs 'score_quantity'; expected one of: "
-                             + ", ".join(q.name for q in score.supported_score_quantities))
-        quantity = score.supported_score_quantities[0]
-    quantity = score.parse_quantity(quantity)
-    args = score.prepare_compute_args(args)
-    score.check_compute_args(configs, quantity, args)
-
-    reference = class_reference(type(score))
-    init_data, init_arrays = encode_args(score._init_args, "init", f"{name} init args")
-    if score.single_job:
-        if 1 < batch_size < len(configs) and score.kind != "dataset":
-            import warnings
-
-            warnings.warn(f"{name}.run: batch_size={batch_size} ignored; {name} needs all {len(configs)} "
-                          "configurations in one job", stacklevel=3)
-        bounds = [(0, len(configs))]
-    else:
-        bounds = [(i, min(i + batch_size, len(configs))) for i in range(0, len(configs), batch_size)]
-    jobs = []
-    for start, stop in bounds:
-        batch_args = args if len(bounds) == 1 else score.slice_compute_args(args, start, stop)
-        compute_data, compute_arrays = encode_args(batch_args, "compute", f"{name}.run compute_args")
-        jobs.append(PreparedJob(*serialize_inputs(score.kind, configs[start:stop]), compute_data, compute_arrays))
-    header = {
-        "format_version": FORMAT_VERSION,
-        "kind": "score",
-        "score": reference,
-        "score_kind": score.kind,
-        "init_args": init_data,
-        "score_quantity": ScoreQuantity(quantity).name,
-        "cwd": os.getcwd(),
-        "submitted_from": socket.gethostname(),
-        "python": sys.executable,
-    }
-    return PreparedJobs(name, path_type, header, init_arrays, jobs)

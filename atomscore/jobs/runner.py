@@ -4,11 +4,16 @@ Re-creates the score (or function) from the folder alone, runs it, and writes th
 and ``status.json`` atomically. A failure is recorded as ``failed`` with the exit code and
 the error message, the traceback goes to stderr (``stderr.log`` under a workflow), and the
 process exits non-zero, so no workflow can mistake it for success.
+
+What a folder can make the runner do is bounded (docs/jobs.md): import the module its
+``job.json`` names, then construct and run a ``ScoreBase`` subclass, or call a function
+registered with :func:`~atomscore.jobs.calls.job_call`; anything else is refused before it
+is called. Arrays are read from inside the folder only, without pickle. Results are never
+written over existing ones, and a cleaned folder is never run again.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -16,29 +21,46 @@ import time
 import traceback
 from pathlib import Path
 
-from atomscore.jobs.folder import (JOB_FILE, decode_args, encode_args, now, read_inputs, resolve_reference,
-                                   save_arrays, update_status, write_json_atomic)
+from atomscore.errors import InputError
+from atomscore.io import write_json_atomic
+from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, ROOT_ENV, JobState, decode_args, encode_args, is_cleaned,
+                                   now, read_inputs, read_job, resolve_reference, save_arrays, update_status)
 
-RESULT_FILE = "result.json"
-RESULT_ARRAYS_DIR = "result"
+#: exit code of a refused job (the folder is not run, its status not changed)
+REFUSED = 2
+RESULT_FILE = FILES.call_result
+RESULT_ARRAYS_DIR = FILES.call_result_arrays
+
+
+def _results_exist(folder: Path) -> list[str]:
+    names = (FILES.results_xyz, FILES.results_json, FILES.call_result)
+    return [n for n in names if (folder / n).exists()]
 
 
 def run_score_job(folder: Path, spec: dict):
-    cls = resolve_reference(spec["score"])
+    cls = resolve_reference(spec["score"], "score")
     score = cls(**decode_args(spec["init_args"], folder))
     configs = read_inputs(folder)
     compute_args = decode_args(spec["compute_args"], folder)
     results = score.run_batch(configs, spec["score_quantity"], compute_args)
-    score.save_results(results, save_dir=folder, list_of_configs=configs if score.kind in ("atom", "configuration") else None)
+    if not (folder / FILES.job).is_file():
+        raise RuntimeError(f"folder vanished: {folder} was deleted while the job ran; results not written")
+    score.save_results(results, save_dir=folder,
+                       list_of_configs=configs if score.kind in ("atom", "configuration") else None)
 
 
 def run_call_job(folder: Path, spec: dict):
-    func = resolve_reference(spec["function"])
+    func = resolve_reference(spec["function"], "call")
     result = func(**decode_args(spec["kwargs"], folder))
     data, arrays = encode_args({"result": result}, "result", f"result of {spec['function']['target']}",
                                subdir=RESULT_ARRAYS_DIR)
     save_arrays(folder / RESULT_ARRAYS_DIR, arrays)
     write_json_atomic(folder / RESULT_FILE, data)
+
+
+def _refuse(message) -> int:
+    print(f"atomscore.job: {message}", file=sys.stderr)
+    return REFUSED
 
 
 def main(argv=None) -> int:
@@ -47,14 +69,35 @@ def main(argv=None) -> int:
         print("usage: python -m atomscore.job FOLDER\n\nRun the job described by FOLDER/job.json.")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     folder = Path(argv[0]).resolve()
-    if not (folder / JOB_FILE).is_file():
-        print(f"atomscore.job: no {JOB_FILE} in {folder}", file=sys.stderr)
-        return 2
+    if not (folder / FILES.job).is_file():
+        return _refuse(f"no {FILES.job} in {folder}")
+    if is_cleaned(folder):
+        return _refuse(f"{folder} was cleaned (its argument files were removed by 'atomscore jobs clean'); "
+                       "it cannot be run again: run the score again to recompute. Its status is unchanged.")
+    existing = _results_exist(folder)
+    if existing:
+        return _refuse(f"{folder} already holds results ({', '.join(existing)}); they are never overwritten. "
+                       "Run the score again (a new run folder), or remove the results file by hand to re-run.")
+    attempt = os.environ.get(ATTEMPT_ENV)
+    expect = {"attempt": attempt} if attempt else None
+
+    def not_cancelled(status):
+        return status.get("state") != JobState.CANCELLED
+
     start = time.time()
-    update_status(folder, state="running", pid=os.getpid(), host=socket.gethostname(), start_time=now(),
-                  exit_code=None, error=None)
     try:
-        spec = json.loads((folder / JOB_FILE).read_text())
+        written = update_status(folder, expect=expect, only_if=not_cancelled, state=JobState.RUNNING,
+                                pid=os.getpid(), host=socket.gethostname(), start_time=now(),
+                                exit_code=None, error=None)
+    except OSError as exc:
+        print(f"atomscore.job: cannot write {folder / FILES.status}: {exc}", file=sys.stderr)
+        return 1
+    if written is None:
+        return _refuse(f"{folder}: this attempt is no longer the folder's current one (cancelled, replaced "
+                       "by a newer job or re-submitted); not run")
+    os.environ[ROOT_ENV] = str(folder.parents[3]) if len(folder.parents) > 3 else str(folder.parent)
+    try:
+        spec = read_job(folder)
         if spec.get("cwd") and os.path.isdir(spec["cwd"]):
             os.chdir(spec["cwd"])  # relative paths in arguments mean what they meant to the caller
         if spec.get("kind") == "call":
@@ -65,8 +108,18 @@ def main(argv=None) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code else 1
-        update_status(folder, state="failed", exit_code=code, error=f"{type(exc).__name__}: {exc}",
-                      end_time=now(), seconds=round(time.time() - start, 3))
+        if isinstance(exc, InputError) and "runs scores and" in str(exc):
+            code = REFUSED
+        try:
+            update_status(folder, expect=expect, only_if=not_cancelled, state=JobState.FAILED, exit_code=code,
+                          error=f"{type(exc).__name__}: {exc}", end_time=now(), seconds=round(time.time() - start, 3))
+        except OSError as write_error:
+            print(f"atomscore.job: cannot record the failure in {FILES.status}: {write_error}", file=sys.stderr)
         return code
-    update_status(folder, state="done", exit_code=0, end_time=now(), seconds=round(time.time() - start, 3))
+    try:
+        update_status(folder, expect=expect, only_if=not_cancelled, state=JobState.DONE, exit_code=0,
+                      end_time=now(), seconds=round(time.time() - start, 3))
+    except OSError as exc:
+        print(f"atomscore.job: results written but {FILES.status} could not be: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -28,15 +28,17 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from atomscore.errors import InputError, SchedulerError, missing_extra
-from atomscore.jobs.folder import (JOB_FILE, now, read_status, update_status,
-                                   write_json_atomic)
-from atomscore.jobs.workflow import DEFAULT_ROOT, JobState, Workflow, job_command
+from atomscore.io import write_json_atomic
+from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, JobState, check_submittable, now, read_status, state_of, tail_text,
+                                   update_status)
+from atomscore.jobs.workflow import DEFAULT_ROOT, Workflow, check_env, job_command
 from atomscore.validation import check_choice, check_int, check_keys, check_positive
 
-SCHEDULER_FILE = "scheduler.json"
+SCHEDULER_FILE = FILES.scheduler
 EXECUTORS = ("slurm", "lsf", "pbs", "flux")
 #: keys accepted in ``job_details`` (per run) besides the constructor's
 JOB_DETAIL_KEYS = ("queue", "account", "walltime", "nodes", "tasks_per_node", "custom_attributes",
@@ -118,11 +120,7 @@ def _read_record(folder):
 
 
 def _tail(path, lines=20):
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    return tail_text(path, lines)
 
 
 def _call_with_timeout(func, timeout, what):
@@ -289,10 +287,10 @@ class PSIJWorkflow(Workflow):
                                                        "job_details['custom_attributes']")},
             "name": _check_optional_str(details.get("name"), "job_details['name']"),
         }
-        env = details.get("env") or {}
-        if not isinstance(env, dict) or not all(isinstance(k, str) and k.isidentifier() for k in env):
-            raise InputError(f"job_details['env']: expected a dict of variable names to values, got {env!r:.80}")
-        out["env"] = {k: str(v) for k, v in env.items()}
+        env = check_env(details.get("env"))
+        if not all(k.isidentifier() for k in env):
+            raise InputError(f"job_details['env']: a batch job's variable names are identifiers, got {list(env)!r:.80}")
+        out["env"] = env
         deps = details.get("dependencies") or []
         if isinstance(deps, (str, os.PathLike)):
             deps = [deps]
@@ -317,7 +315,7 @@ class PSIJWorkflow(Workflow):
         out["dependency_folders"] = dep_folders
         return out
 
-    def _job_spec(self, folder, details):
+    def _job_spec(self, folder, details, attempt):
         import psij
 
         command = job_command(folder)
@@ -332,11 +330,14 @@ class PSIJWorkflow(Workflow):
         attributes.duration = details["walltime"]  # None: no --time, the partition's default
         resources = psij.ResourceSpecV1(node_count=details["nodes"],
                                         processes_per_node=details["tasks_per_node"])
-        name = details["name"] or "atomscore-" + "-".join(folder.parts[-3:])
+        # Unique per job (its job id), so that a submission whose answer was lost can be
+        # found again by name (see _reconcile).
+        job_id = (read_status(folder).get("job_id") or uuid.uuid4().hex)[:8]
+        name = f"{details['name'] or 'atomscore-' + '-'.join(folder.parts[-3:])}-{job_id}"
         return psij.JobSpec(executable=command[0], arguments=command[1:], directory=folder,
                             name=re.sub(r"[^A-Za-z0-9_.\-]", "_", name),
-                            environment=details["env"] or None, inherit_environment=True,
-                            stdout_path=folder / "stdout.log", stderr_path=folder / "stderr.log",
+                            environment={**details["env"], ATTEMPT_ENV: attempt}, inherit_environment=True,
+                            stdout_path=folder / FILES.stdout, stderr_path=folder / FILES.stderr,
                             attributes=attributes, resources=resources)
 
     def submit(self, folder, job_details=None) -> str:
@@ -352,29 +353,35 @@ class PSIJWorkflow(Workflow):
         """
         import psij
 
-        folder = Path(folder).resolve()
-        if not (folder / JOB_FILE).is_file():
-            raise InputError(f"submit: {folder} is not a job folder (no {JOB_FILE})")
+        folder = check_submittable(folder)
         details = self._details(job_details)
         self._check_commands()
         executor = self.psij_executor
-        job = psij.Job(self._job_spec(folder, details))
+        attempt = uuid.uuid4().hex
+        job = psij.Job(self._job_spec(folder, details, attempt))
         # Written before the job can start, so the runner's later writes are never overwritten.
-        update_status(folder, state="pending", submitted=now(), workflow=self.executor_name)
+        update_status(folder, state=JobState.PENDING, submitted=now(), workflow=self.executor_name,
+                      exit_code=None, error=None, reason=None, attempt=attempt)
+        native_id, reconciled = None, False
         try:
             _call_with_timeout(lambda: executor.submit(job), self.scheduler_timeout,
                                f"submitting {folder} to {self.executor_name}")
+            native_id = job.native_id
         except Exception as exc:
             message = f"{self.executor_name} refused the job: {type(exc).__name__}: {exc}".strip()
             if isinstance(exc, SchedulerError):
                 message = str(exc)
-            update_status(folder, state="failed", reason="not submitted", exit_code=None,
-                          error=message, end_time=now())
-            raise SchedulerError(f"{folder}: {message}") from None
+                native_id = self._reconcile(job)  # timed out: it may have been submitted all the same
+                reconciled = native_id is not None
+            if native_id is None:
+                update_status(folder, state=JobState.FAILED, reason="not submitted", exit_code=None,
+                              error=message, end_time=now())
+                raise SchedulerError(f"{folder}: {message}") from None
         record = {
             "executor": self.executor_name,
             "psij_id": job.id,
-            "native_id": str(job.native_id),
+            "native_id": str(native_id),
+            "reconciled": reconciled,  # the submission timed out; found again in the queue
             "submitted": now(),
             "submit_script": str(executor.work_directory / f"{job.id}.job")
             if hasattr(executor, "work_directory") else None,
@@ -390,6 +397,30 @@ class PSIJWorkflow(Workflow):
         if self.executor_name == "flux":
             self._attached[record["native_id"]] = job
         return str(folder)
+
+    #: seconds a submission that timed out is looked for in the scheduler's queue (by name)
+    RECONCILE_S = 15.0
+
+    def _reconcile(self, job):
+        """After a submission timed out: the scheduler's id of the job if it was submitted all
+        the same (PSI/J's late answer, or the queue listing the job's unique name), else None."""
+        if self.executor_name != "slurm":
+            return job.native_id
+        end = time.monotonic() + self.RECONCILE_S
+        while True:
+            if job.native_id is not None:
+                return job.native_id
+            try:
+                found = subprocess.run(["squeue", "-h", "-o", "%i", "-n", job.spec.name], stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, text=True, timeout=10,
+                                       stdin=subprocess.DEVNULL).stdout.split()
+            except (OSError, subprocess.TimeoutExpired):
+                found = []
+            if len(found) == 1:
+                return found[0]
+            if time.monotonic() > end:
+                return None
+            time.sleep(0.5)
 
     # ------------------------------------------------------------------ state
     def native_id(self, calc_id) -> str:
@@ -422,7 +453,7 @@ class PSIJWorkflow(Workflow):
         for folder in folders:
             folder = Path(folder)
             status = read_status(folder)
-            if JobState(status.get("state", "pending")).final:
+            if state_of(status).final:
                 continue
             record = _read_record(folder)
             if record is None:
@@ -534,7 +565,7 @@ class PSIJWorkflow(Workflow):
             write_json_atomic(folder / SCHEDULER_FILE, record)
         if state in ("NEW", "QUEUED", "ACTIVE"):
             return
-        if state == "COMPLETED" and not JobState(read_status(folder).get("state", "pending")).final:
+        if state == "COMPLETED" and not state_of(read_status(folder)).final:
             # Gone without a final status.json. On a shared file system the runner's last write
             # may not be visible here yet (NFS attribute caching): allow RESULT_GRACE_S for it.
             first = record.get("ended_without_result_since")
@@ -547,7 +578,7 @@ class PSIJWorkflow(Workflow):
         # The scheduler says the job ended; the runner's status.json is written before the
         # runner exits, so a job still open here did not finish normally.
         status_now = read_status(folder)
-        if JobState(status_now.get("state", "pending")).final:
+        if state_of(status_now).final:
             return
         end_state = record.get("scheduler_end_state", state)
         end_message = message or record.get("scheduler_message")
@@ -566,8 +597,9 @@ class PSIJWorkflow(Workflow):
             reason = "ended without a result"
             error = (f"{self.executor_name} job {record['native_id']} left the queue but the runner "
                      "recorded no result (killed, out of memory, or past its walltime)")
-        tail = _tail(folder / "stderr.log") or _tail(record.get("scheduler_output") or "")
-        update_status(folder, state="failed", reason=reason, error=error, end_time=now(),
+        tail = _tail(folder / FILES.stderr) or _tail(record.get("scheduler_output") or "")
+        update_status(folder, state=JobState.CANCELLED if reason == "cancelled" else JobState.FAILED,
+                      reason=reason, error=error, end_time=now(),
                       exit_code=status_now.get("exit_code"),
                       scheduler_state=end_state, **({"scheduler_output_tail": tail} if tail else {}))
 
@@ -581,34 +613,51 @@ class PSIJWorkflow(Workflow):
                 age = float("inf")
             if age < self.scheduler_timeout:
                 return  # being submitted right now, by another process
-        update_status(folder, state="failed", reason="not submitted", end_time=now(),
+        update_status(folder, state=JobState.FAILED, reason="not submitted", end_time=now(),
                       error=f"no {SCHEDULER_FILE}: this job was never submitted to {self.executor_name} "
                             "(submission interrupted, or the folder belongs to another workflow)")
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, calc_ids):
-        """Cancel the given jobs in the scheduler (``scancel``/``bkill``/``qdel``).
-
-        A following wait reports them as failed with reason ``cancelled``.
-        """
+        """Cancel the given jobs in the scheduler (``scancel``/``bkill``/``qdel``) and mark the
+        open ones cancelled; folders never submitted are marked cancelled too."""
+        problems = []
         for calc_id in calc_ids:
-            native_id = self.native_id(calc_id)
-            executor = self.psij_executor
-            if self.executor_name == "flux":
-                job = self._attached.get(native_id)
-                if job is None:
-                    import psij
-
-                    job = psij.Job()
-                    executor.attach(job, native_id)
-                _call_with_timeout(lambda: executor.cancel(job), self.scheduler_timeout, f"cancelling {native_id}")
+            folder = self.folder(calc_id)
+            if state_of(read_status(folder)).final:
                 continue
-            command = executor.get_cancel_command(native_id)
-            try:
-                subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               timeout=self.scheduler_timeout, stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                raise SchedulerError(f"{' '.join(command)} did not return within {self.scheduler_timeout:g} s") from None
+            record = _read_record(folder)
+            if record and record.get("native_id"):
+                try:
+                    self._cancel_native(record["native_id"])
+                except SchedulerError as exc:
+                    problems.append(str(exc))
+                    continue
+            update_status(folder, only_if=lambda s: not state_of(s).final, state=JobState.CANCELLED,
+                          reason="cancelled", end_time=now(),
+                          **({"scheduler_state": "CANCELED"} if record else {}),
+                          error=(f"{self.executor_name} job {record['native_id']} was cancelled" if record
+                                 else "cancelled before it was submitted"))
+        if problems:
+            raise SchedulerError("; ".join(problems))
+
+    def _cancel_native(self, native_id):
+        executor = self.psij_executor
+        if self.executor_name == "flux":
+            job = self._attached.get(native_id)
+            if job is None:
+                import psij
+
+                job = psij.Job()
+                executor.attach(job, native_id)
+            _call_with_timeout(lambda: executor.cancel(job), self.scheduler_timeout, f"cancelling {native_id}")
+            return
+        command = executor.get_cancel_command(native_id)
+        try:
+            subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=self.scheduler_timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise SchedulerError(f"{' '.join(command)} did not return within {self.scheduler_timeout:g} s") from None
 
     def __repr__(self):
         return (f"{type(self).__name__}(executor={self.executor_name!r}, root_directory={str(self.root)!r}, "
@@ -673,11 +722,11 @@ def _main(argv=None) -> int:
     deps, folder = argv[1:-2], Path(argv[-1])
     for dep in deps:
         state = read_status(dep).get("state", "missing")
-        if state != JobState.DONE:
+        if state != JobState.DONE.value:
             message = f"dependency {dep} is {state!r}, not 'done'; this job was not run"
             print(f"atomscore: {message}", file=sys.stderr)
-            update_status(folder, state="failed", reason="dependency failed", exit_code=None, error=message,
-                          end_time=now())
+            update_status(folder, state=JobState.FAILED, reason="dependency failed", exit_code=None,
+                          error=message, end_time=now())
             return 1
     sys.stdout.flush()
     command = job_command(folder)

@@ -1,42 +1,46 @@
 """Workflows: where job folders run.
 
-A workflow only knows how to start a job folder and how to ask where it is. The runner
-(``python -m atomscore.job FOLDER``) writes ``status.json``, which stays the record of
-``done`` and ``failed``; a workflow adds what only it can see (pending in a queue,
-killed, cancelled, past its walltime). Subclasses implement :meth:`Workflow.submit` and,
-for a scheduler, :meth:`Workflow.poll`; scores never need to know which workflow runs them.
+A workflow only knows how to start a job folder, how to ask where it is, and how to stop
+it. The runner (``python -m atomscore.job FOLDER``) writes ``status.json``, which stays the
+record of ``done`` and ``failed``; a workflow adds what only it can see (pending in a
+queue, killed, cancelled, past its walltime). Subclasses implement :meth:`Workflow.submit`,
+:meth:`Workflow.cancel` and, for a scheduler, :meth:`Workflow.poll`; scores never need to
+know which workflow runs them. The factory (``make_workflow``) lives in
+:mod:`atomscore.jobs`, above this module and the scheduler workflows.
 """
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from atomscore.errors import InputError, JobFailedError
-from atomscore.jobs.folder import JOB_FILE, job_folder, now, read_status, update_status
+from atomscore.errors import InputError, JobFailedError, SchedulerError
+from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, JOB_FILE, JobState, check_submittable, job_folder,  # noqa: F401
+                                   now, open_log, read_status, state_of, tail_text, update_status)
 from atomscore.validation import check_keys
 
 DEFAULT_ROOT = "./atomscore_jobs"
+#: seconds a cancelled job's process group gets between SIGTERM and SIGKILL
+CANCEL_GRACE_S = 3.0
 
 
-class JobState(str, enum.Enum):
-    """The states of a job; ``DONE`` and ``FAILED`` are final."""
+def __getattr__(name):
+    # make_workflow and WORKFLOW_TYPES moved to atomscore.jobs (above this module and the
+    # scheduler workflows); still importable from here.
+    if name in ("make_workflow", "WORKFLOW_TYPES"):
+        import atomscore.jobs
 
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-    @property
-    def final(self) -> bool:
-        return self in (JobState.DONE, JobState.FAILED)
+        return getattr(atomscore.jobs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def job_command(folder) -> list[str]:
@@ -45,21 +49,40 @@ def job_command(folder) -> list[str]:
 
 
 def stderr_tail(folder, lines=20) -> str:
-    """The last ``lines`` lines of a job's ``stderr.log`` ('' if none)."""
-    try:
-        text = (Path(folder) / "stderr.log").read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    """The last ``lines`` lines of a job's ``stderr.log`` ('' if none), read from the end."""
+    return tail_text(Path(folder) / FILES.stderr, lines)
 
 
-def failure_report(folders, calc_ids) -> list[dict]:
-    """One dict per failed job among ``folders``: id, folder, state, exit code, error, stderr tail."""
+def check_env(env, name="job_details['env']") -> dict:
+    """Environment variables as a new ``{str: str}`` dict, or InputError.
+
+    Names are non-empty strings without ``=`` or NUL; values strings or numbers without NUL.
+    """
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise InputError(f"{name}: expected a dict of environment variables, got {env!r:.80}")
+    out = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise InputError(f"{name}: variable names are non-empty strings without '=' or NUL, got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise InputError(f"{name}[{key!r}]: expected a string or a number, got {value!r:.80}")
+        if "\0" in str(value):
+            raise InputError(f"{name}[{key!r}]: a value cannot hold a NUL character")
+        out[key] = str(value)
+    return out
+
+
+def failure_report(folders, calc_ids, statuses=None) -> list[dict]:
+    """One dict per failed or cancelled job among ``folders``: id, folder, state, exit code,
+    error, stderr tail."""
     failures = []
-    for calc_id, folder in zip(calc_ids, folders):
-        status = read_status(folder)
-        if status.get("state") == JobState.FAILED:
-            failures.append({"calc_id": str(calc_id), "folder": str(folder), "state": status.get("state"),
+    for i, (calc_id, folder) in enumerate(zip(calc_ids, folders)):
+        status = read_status(folder) if statuses is None else statuses[i]
+        state = state_of(status)
+        if state in (JobState.FAILED, JobState.CANCELLED):
+            failures.append({"calc_id": str(calc_id), "folder": str(folder), "state": state.value,
                              "reason": status.get("reason"), "exit_code": status.get("exit_code"),
                              "error": status.get("error"), "stderr_tail": stderr_tail(folder)})
     return failures
@@ -70,7 +93,12 @@ def raise_failures(failures):
         return
     parts = [f"{len(failures)} job(s) failed:"]
     for f in failures:
-        parts.append(f"- {f['folder']}: {f.get('reason') or 'failed'}, exit code {f['exit_code']}: {f['error']}")
+        reason = f.get("reason") or f.get("state") or JobState.FAILED.value
+        error = f.get("error")
+        text = f"- {f['folder']}: {reason}, exit code {f['exit_code']}"
+        if error and error != reason:
+            text += f": {error}"
+        parts.append(text)
         if f["stderr_tail"]:
             parts.append("  stderr (last lines):\n    " + f["stderr_tail"].replace("\n", "\n    "))
     raise JobFailedError("\n".join(parts), failures)
@@ -85,13 +113,61 @@ def check_finished(folders, calc_ids):
                              + ", ".join(unfinished))
 
 
+class SubmissionError(SchedulerError):
+    """A run's submission stopped at one batch (refused, or not answered); nothing of the
+    run was left pending.
+
+    Attributes
+    ----------
+    calc_ids : list of str
+        Every folder of the run (the submitted ones were cancelled, the rest marked
+        ``not submitted``).
+    """
+
+    def __init__(self, message, calc_ids=()):
+        super().__init__(message)
+        self.calc_ids = list(calc_ids)
+
+
+@contextlib.contextmanager
+def interrupts_raise():
+    """While inside, SIGTERM raises KeyboardInterrupt like SIGINT (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """While inside (cleaning up after an interrupt), SIGINT/SIGTERM are noted, not raised,
+    so a second Ctrl-C cannot stop the clean-up half way and leave processes behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, lambda signum, frame: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 class Workflow:
     """Base of every workflow.
 
     Parameters
     ----------
     root_directory : str or Path
-        Where job folders are written (``root/<ScoreClass>/<path_type>/<NNNNN>``).
+        Where job folders are written (``root/<ScoreClass>/<path_type>/<run>/<NNNNN>``).
     poll_interval : float
         Seconds between looks at job states while waiting.
     """
@@ -108,6 +184,13 @@ class Workflow:
     def poll(self, folders):
         """Update ``status.json`` of ``folders`` with what only the workflow knows (override)."""
 
+    def cancel(self, calc_ids):
+        """Stop the given jobs and mark the open ones cancelled (override)."""
+        for calc_id in calc_ids:
+            folder = Path(str(calc_id))
+            update_status(folder, only_if=lambda s: not state_of(s).final, state=JobState.CANCELLED,
+                          reason="cancelled", error="cancelled before it ran", end_time=now())
+
     def check_job_details(self, job_details):
         """Validate ``job_details`` before any folder is written; return them as a dict.
 
@@ -121,17 +204,69 @@ class Workflow:
         return dict(job_details or {})
 
     # -- shared
+    def submit_run(self, folders, job_details=None) -> list[str]:
+        """Submit every folder of one run, all or nothing.
+
+        If the submission of one folder fails (a refused batch, an interrupt), the folders
+        already submitted are cancelled and the others marked failed with reason ``not
+        submitted``; none is left pending.
+
+        Raises
+        ------
+        SubmissionError
+            Naming the batch that failed and why; ``calc_ids`` holds every folder's id.
+        """
+        folders = [Path(f).resolve() for f in folders]
+        ids = []
+        for k, folder in enumerate(folders):
+            try:
+                ids.append(self.submit(folder, job_details))
+            except BaseException as exc:  # noqa: BLE001 - nothing may be left pending
+                all_ids = [str(f) for f in folders]
+                with interrupts_deferred():
+                    self._abandon(ids, folders[k:], f"batch {k} of this run could not be submitted: "
+                                                     f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                raise SubmissionError(f"submission of batch {k} of {len(folders)} failed ({type(exc).__name__}: "
+                                      f"{exc}); the {k} submitted before were cancelled and the rest marked "
+                                      f"'not submitted'. Job folders: {', '.join(all_ids)}", all_ids) from exc
+        return ids
+
+    def _abandon(self, submitted, rest, why):
+        import shutil
+
+        try:
+            if submitted:
+                self.cancel(submitted)
+        except Exception:  # noqa: BLE001 - best effort; the rest must still be marked
+            pass
+        for folder in rest:
+            try:
+                update_status(folder, only_if=lambda s: not state_of(s).final, state=JobState.FAILED,
+                              reason="not submitted", exit_code=None, error=why, end_time=now())
+            except OSError:
+                shutil.rmtree(folder, ignore_errors=True)  # cannot even mark it (disk full): no orphan
+
     def folder(self, calc_id) -> Path:
         return job_folder(calc_id, self)
+
+    def status_of(self, folder) -> dict:
+        """The status of one job as this workflow knows it (disk, plus what only it knows)."""
+        return read_status(folder)
 
     def state(self, calc_id) -> JobState:
         """The job's current state."""
         folder = self.folder(calc_id)
         self.poll([folder])
-        return JobState(read_status(folder).get("state", "pending"))
+        return state_of(self.status_of(folder))
 
     def block_until_completed(self, calc_ids, timeout=None, raise_on_failure=True, progress=False):
-        """Wait until every job is done or failed.
+        """Wait until every job is done, failed or cancelled.
+
+        Ctrl-C (SIGINT) or SIGTERM while waiting cancels the open jobs (queued ones never
+        start, running ones are terminated), marks them cancelled and raises
+        KeyboardInterrupt.
 
         Parameters
         ----------
@@ -150,7 +285,8 @@ class Workflow:
             calc id -> final :class:`JobState`.
         """
         calc_ids = list(calc_ids)
-        folders = [self.folder(c) for c in calc_ids]
+        # An absolute id whose folder is gone is waited on as 'failed: folder vanished'.
+        folders = [Path(str(c)) if os.path.isabs(str(c)) else self.folder(c).resolve() for c in calc_ids]
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
         if progress:
@@ -160,29 +296,47 @@ class Workflow:
         open_folders = list(folders)
         delay = min(0.05, self.poll_interval)
         try:
-            while True:
-                self.poll(open_folders)
-                still = [f for f in open_folders if not JobState(read_status(f).get("state", "pending")).final]
-                if bar is not None:
-                    bar.update(len(open_folders) - len(still))
-                open_folders = still
-                if not open_folders:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise JobFailedError(f"timed out after {timeout} s waiting for {len(open_folders)} job(s): "
-                                         + ", ".join(map(str, open_folders)))
-                time.sleep(delay)
-                delay = min(delay * 1.5, self.poll_interval)
+            with interrupts_raise():
+                try:
+                    while True:
+                        self.poll(open_folders)
+                        still = [f for f in open_folders if not state_of(self.status_of(f)).final]
+                        if bar is not None:
+                            bar.update(len(open_folders) - len(still))
+                        open_folders = still
+                        if not open_folders:
+                            break
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise JobFailedError(f"timed out after {timeout} s waiting for {len(open_folders)} "
+                                                 "job(s): " + ", ".join(map(str, open_folders)))
+                        time.sleep(delay)
+                        delay = min(delay * 1.5, self.poll_interval)
+                except KeyboardInterrupt:
+                    with interrupts_deferred():
+                        self.cancel([str(f) for f in open_folders])
+                    raise
         finally:
             if bar is not None:
                 bar.close()
-        states = {c: JobState(read_status(f)["state"]) for c, f in zip(calc_ids, folders)}
+        statuses = [self.status_of(f) for f in folders]
+        states = {c: state_of(s) for c, s in zip(calc_ids, statuses)}
         if raise_on_failure:
-            raise_failures(failure_report(folders, calc_ids))
+            raise_failures(failure_report(folders, calc_ids, statuses))
         return states
 
     def __repr__(self):
         return f"{type(self).__name__}(root_directory={str(self.root)!r})"
+
+
+@dataclass
+class _LocalJob:
+    """What a LocalWorkflow knows of one job it started (this attempt only)."""
+
+    attempt: str
+    future: object = None
+    proc: subprocess.Popen = None
+    cancelled: bool = False
+    outcome: dict = field(default_factory=dict)  # final status when status.json could not be written
 
 
 class LocalWorkflow(Workflow):
@@ -191,6 +345,8 @@ class LocalWorkflow(Workflow):
     Each job's stdout and stderr go to ``stdout.log``/``stderr.log`` in its folder; its
     state and exit code are kept in ``status.json``, so a new ``LocalWorkflow`` on the same
     root sees earlier jobs — and takes over jobs left pending by a process that is gone.
+    Each job runs in a process group of its own, which :meth:`cancel` (and Ctrl-C during a
+    wait) terminates.
 
     Parameters
     ----------
@@ -215,18 +371,18 @@ class LocalWorkflow(Workflow):
             raise InputError(f"LocalWorkflow nprocs: expected an integer >= 1, got {nprocs!r}")
         self.nprocs = nprocs
         self._pool = ThreadPoolExecutor(max_workers=nprocs, thread_name_prefix="atomscore-job")
-        self._mine: set[Path] = set()
+        self._jobs: dict[Path, _LocalJob] = {}
         self._lock = threading.Lock()
 
     def submit(self, folder, job_details=None) -> str:
-        folder = Path(folder).resolve()
-        if not (folder / JOB_FILE).is_file():
-            raise InputError(f"submit: {folder} is not a job folder (no {JOB_FILE})")
+        folder = check_submittable(folder)
         details = self.check_job_details(job_details)
+        job = _LocalJob(attempt=uuid.uuid4().hex)
+        update_status(folder, state=JobState.PENDING, owner_pid=os.getpid(), submitted=now(), attempt=job.attempt,
+                      exit_code=None, error=None, reason=None, pid=None)
         with self._lock:
-            self._mine.add(folder)
-        update_status(folder, state="pending", owner_pid=os.getpid(), submitted=now())
-        self._pool.submit(self._execute, folder, details)
+            self._jobs[folder] = job
+            job.future = self._pool.submit(self._execute, folder, details, job)
         return str(folder)
 
     def check_job_details(self, job_details):
@@ -237,55 +393,183 @@ class LocalWorkflow(Workflow):
             from atomscore.validation import check_positive
 
             details["walltime"] = check_positive(details["walltime"], "job_details['walltime']", allow_array=False)
-        if not isinstance(details.get("env", {}), dict):
-            raise InputError(f"job_details['env']: expected a dict of environment variables, got {details['env']!r}")
+        details["env"] = check_env(details.get("env"))
         return details
 
-    def _execute(self, folder: Path, details: dict):
+    # ------------------------------------------------------------------ one job
+    def _finish(self, folder, job, **fields):
+        """Record a final state for this attempt; kept in memory when the disk refuses it."""
+        fields.setdefault("end_time", now())
+        try:
+            update_status(folder, expect={"attempt": job.attempt}, **fields)
+        except OSError as exc:
+            job.outcome = {**{k: (v.value if isinstance(v, JobState) else v) for k, v in fields.items()},
+                           "error": f"{fields.get('error')}; {FILES.status} could not be written: {exc}"}
+
+    def _execute(self, folder: Path, details: dict, job: _LocalJob):
+        try:
+            self._run(folder, details, job)
+        except BaseException as exc:  # noqa: BLE001 - every start failure ends the job
+            self._finish(folder, job, state=JobState.FAILED, exit_code=None, reason="could not start",
+                         error=f"could not start: {type(exc).__name__}: {exc}")
+
+    def _run(self, folder: Path, details: dict, job: _LocalJob):
+        status = read_status(folder)
+        if job.cancelled or state_of(status) is JobState.CANCELLED or status.get("attempt") != job.attempt:
+            if status.get("attempt") == job.attempt and not state_of(status).final:
+                self._finish(folder, job, state=JobState.CANCELLED, reason="cancelled", exit_code=None,
+                             error="cancelled before it started")
+            return
         walltime = details.get("walltime")
-        env = {**os.environ, **{k: str(v) for k, v in (details.get("env") or {}).items()}}
-        with open(folder / "stdout.log", "ab") as out, open(folder / "stderr.log", "ab") as err:
-            try:
-                proc = subprocess.Popen(job_command(folder), stdout=out, stderr=err, env=env,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-            except OSError as exc:
-                update_status(folder, state="failed", exit_code=None, error=f"could not start: {exc}", end_time=now())
+        env = {**os.environ, **details.get("env", {}), ATTEMPT_ENV: job.attempt}
+        with open_log(folder / FILES.stdout) as out, open_log(folder / FILES.stderr) as err:
+            with self._lock:
+                if job.cancelled:
+                    proc = None
+                else:
+                    proc = subprocess.Popen(job_command(folder), stdout=out, stderr=err, env=env,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                    job.proc = proc
+            if proc is None:
+                self._finish(folder, job, state=JobState.CANCELLED, reason="cancelled", exit_code=None,
+                             error="cancelled before it started")
                 return
             reason = None
             try:
                 code = proc.wait(timeout=walltime)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _kill_group(proc.pid, signal.SIGKILL)
                 code = proc.wait()
                 reason = f"timed out after walltime {walltime:g} s"
         status = read_status(folder)
-        if code == 0 and status.get("state") == JobState.DONE:
+        if status.get("attempt") != job.attempt:
+            return  # a newer job (or attempt) owns this path now, or the folder vanished
+        if state_of(status) is JobState.CANCELLED:
+            return
+        if job.cancelled:
+            self._finish(folder, job, state=JobState.CANCELLED, reason="cancelled", exit_code=code,
+                         error="cancelled: its process group was terminated")
+            return
+        if code == 0 and state_of(status) is JobState.DONE:
             return
         if code < 0:
             reason = reason or f"killed by signal {signal.Signals(-code).name}"
-        if status.get("state") != JobState.FAILED or reason:
-            update_status(folder, state="failed", exit_code=code, reason=reason,
-                          error=status.get("error") or reason or "the runner exited without recording a result",
-                          end_time=now())
+        if state_of(status) is not JobState.FAILED or reason:
+            self._finish(folder, job, state=JobState.FAILED, exit_code=code, reason=reason,
+                         error=status.get("error") or reason or
+                         f"the runner exited with code {code} without recording a result")
+
+    # ------------------------------------------------------------------ state, cancel
+    def status_of(self, folder) -> dict:
+        folder = Path(folder)
+        status = read_status(folder)
+        job = self._jobs.get(folder)
+        if job is None:
+            return status
+        if status.get("reason") == "folder vanished":
+            self._stop(job)  # nothing to record into; its process must not go on
+            return status
+        if state_of(status).final or status.get("attempt") != job.attempt:
+            return status
+        if job.future is not None and job.future.done():
+            # Its bookkeeping ended but the disk says it is open: status.json could not be written.
+            return {**status, "state": JobState.FAILED.value, "reason": "could not record",
+                    **(job.outcome or {"error": "the job ended but its final state could not be recorded"})}
+        return status
+
+    def _stop(self, job: _LocalJob):
+        job.cancelled = True
+        if job.future is not None:
+            job.future.cancel()
+        if job.proc is not None and job.proc.poll() is None:
+            _kill_group(job.proc.pid, signal.SIGKILL)
+
+    def cancel(self, calc_ids):
+        """Cancel jobs: queued ones never start, running ones get SIGTERM to their process
+        group (SIGKILL after ``CANCEL_GRACE_S``); open ones are marked cancelled.
+
+        Works on jobs of this object and, through ``status.json`` (their runner's pid), on
+        jobs started by another process.
+        """
+        folders = [Path(str(c)).resolve() for c in calc_ids]
+        pids = []
+        for folder in folders:
+            job = self._jobs.get(folder)
+            proc = None
+            if job is not None:
+                with self._lock:  # the job's thread starts its process under this lock
+                    job.cancelled = True
+                    if job.future is not None:
+                        job.future.cancel()
+                    proc = job.proc
+            try:
+                # Under the status lock: either the runner recorded its pid first (and is killed
+                # below) or it sees 'cancelled' and does not run.
+                status = update_status(folder, only_if=lambda s: not state_of(s).final, state=JobState.CANCELLED,
+                                       reason="cancelled", exit_code=None, end_time=now(),
+                                       error="cancelled (Ctrl-C, SIGTERM or cancel())")
+            except OSError:
+                status = None  # disk full: the wait still sees it cancelled through this object
+            pid = proc.pid if proc is not None else (status or {}).get("pid")
+            if pid and _group_alive(pid):
+                pids.append(int(pid))
+        for pid in pids:
+            _kill_group(pid, signal.SIGTERM)
+        end = time.monotonic() + CANCEL_GRACE_S
+        while pids and time.monotonic() < end:
+            pids = [p for p in pids if _group_alive(p)]
+            time.sleep(0.05)
+        for pid in pids:
+            _kill_group(pid, signal.SIGKILL)
+        for folder in folders:
+            job = self._jobs.get(folder)
+            if job is not None and job.proc is not None:
+                try:
+                    job.proc.wait(timeout=CANCEL_GRACE_S)
+                except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent
+                    pass
 
     def poll(self, folders):
         """Take over jobs whose owner process is gone; fail jobs whose runner vanished."""
         for folder in folders:
-            status = read_status(folder)
-            state = status.get("state", "pending")
-            if folder in self._mine:
+            folder = Path(folder)
+            if folder in self._jobs:
                 continue
-            if state == JobState.PENDING and not _alive(status.get("owner_pid")):
-                self.submit(folder)
-            elif state == JobState.RUNNING and not _alive(status.get("pid")) \
+            status = read_status(folder)
+            state = state_of(status)
+            if state is JobState.PENDING and not _alive(status.get("owner_pid")):
+                try:
+                    self.submit(folder)
+                except InputError as exc:
+                    update_status(folder, state=JobState.FAILED, reason="not runnable", error=str(exc),
+                                  end_time=now())
+            elif state is JobState.RUNNING and not _alive(status.get("pid")) \
                     and not _alive(status.get("owner_pid")):
-                update_status(folder, state="failed", reason="runner process disappeared",
-                              error="the runner process ended without recording a result", end_time=now())
+                update_status(folder, expect={"attempt": status.get("attempt")}, state=JobState.FAILED,
+                              reason="runner process disappeared", end_time=now(),
+                              error="the runner process ended without recording a result")
 
     def __del__(self):
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False)
+
+
+def _kill_group(pid, sig):
+    try:
+        os.killpg(int(pid), sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid) -> bool:
+    try:
+        os.killpg(int(pgid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _alive(pid) -> bool:
@@ -298,37 +582,3 @@ def _alive(pid) -> bool:
     except PermissionError:
         return True
     return True
-
-
-#: workflow_type -> how to build it from workflow_args
-WORKFLOW_TYPES = ("LOCAL", "SLURM", "LSF", "PBS", "FLUX")
-
-
-def make_workflow(spec=None) -> Workflow:
-    """A workflow from ``None`` (LocalWorkflow), a Workflow, or the seed's dict form.
-
-    Parameters
-    ----------
-    spec : None, Workflow or dict
-        ``{'workflow_type': 'LOCAL'|'SLURM'|'LSF'|'PBS'|'FLUX', 'workflow_args': {...}}``.
-    """
-    if spec is None:
-        return LocalWorkflow()
-    if isinstance(spec, Workflow):
-        return spec
-    if not isinstance(spec, dict) or "workflow_type" not in spec:
-        raise InputError(f"workflow: expected a Workflow or a dict with 'workflow_type' and 'workflow_args', got {spec!r:.100}")
-    kind = str(spec["workflow_type"]).upper()
-    args = dict(spec.get("workflow_args") or {})
-    if kind not in WORKFLOW_TYPES:
-        raise InputError(f"workflow_type: unknown {spec['workflow_type']!r}; expected one of: {', '.join(WORKFLOW_TYPES)}")
-    try:
-        if kind == "LOCAL":
-            return LocalWorkflow(**args)
-        from atomscore.jobs import scheduler
-
-        if kind == "SLURM":
-            return scheduler.SlurmWorkflow(**args)
-        return scheduler.PSIJWorkflow(executor=kind.lower(), **args)
-    except TypeError as exc:
-        raise InputError(f"workflow_args for {kind}: {exc}") from None
