@@ -545,20 +545,17 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     def plan_jobs(self, configs, compute_args, batch_size):
         """Batches of ``batch_size`` configurations; with ``reference_block_size`` each batch
         once per block of that many reference rows (the folder holds only its block)."""
-        rows = [(a, min(a + batch_size, len(configs))) for a in range(0, len(configs), batch_size)]
+        batches = super().plan_jobs(configs, compute_args, batch_size)
         size = compute_args.get("reference_block_size")
         ref = None if size is None else load_array(compute_args["reference_set"], "reference_set", ndim=2)
         if ref is None or size >= len(ref):
-            return [(configs[a:b], self.slice_compute_args(compute_args, a, b) if len(rows) > 1 else dict(compute_args))
-                    for a, b in rows]
+            return batches
         columns = [(c, min(c + size, len(ref))) for c in range(0, len(ref), size)]
-        jobs = []
-        for k, (a, b) in enumerate(rows):
-            for j, (c0, c1) in enumerate(columns):
-                block = {"row_batch": k, "index": j, "count": len(columns), "rows": [c0, c1], "n_reference": len(ref)}
-                jobs.append((configs[a:b], {**self.slice_compute_args(compute_args, a, b), "reference_set": ref[c0:c1],
-                                            "reference_block_size": None, self._COLUMN_ARG: block}))
-        return jobs
+        slices = [ref[c0:c1] for c0, c1 in columns]  # one object per block: linked across batches
+        return [(batch, {**args, "reference_set": slices[j], "reference_block_size": None,
+                         self._COLUMN_ARG: {"row_batch": k, "index": j, "count": len(columns), "rows": [c0, c1],
+                                            "n_reference": len(ref)}})
+                for k, (batch, args) in enumerate(batches) for j, (c0, c1) in enumerate(columns)]
 
     def run_batch(self, configs, score_quantity, compute_args):
         """A job's work; a column-block job records its block in the metadata."""
