@@ -218,7 +218,6 @@ class _QUESTSDatasetScore(DatasetScore):
         return {self.result_key: data[self.result_key], f"{self.OUTPUT_KEY}_standard_error": error,
                 "_metadata": data["_metadata"]}
 
-
     # -- row-block jobs: run(..., batch_size=B) with 1 < B < number of configurations
     def plan_jobs(self, configs, compute_args, batch_size):
         """Row blocks of ``batch_size`` configurations, each job summing its rows against all.
