@@ -59,3 +59,26 @@ def missing_extra(what, extra, debian=(), cause=None):
     if cause is not None:
         msg += f" ({type(cause).__name__}: {cause})"
     return MissingExtraError(msg)
+
+
+class UncertaintyExceeded(AtomscoreError, RuntimeError):
+    """A molecular-dynamics step left the training set's neighbourhood (see
+    :class:`atomscore.md.UncertaintyCalculator`).
+
+    Attributes
+    ----------
+    frame : ase.Atoms
+        A copy of the configuration, with ``arrays['uncertainty']`` (eV/Å),
+        ``arrays['descriptor_distance']``, ``info['step']`` and the forces and energy.
+    step : int
+        Index of the step (the calculator's evaluation count, 0 for the first frame).
+    uncertainty, descriptor_distance : numpy.ndarray, (n_atoms,)
+        The scores of the step.
+    """
+
+    def __init__(self, message, frame=None, step=None, uncertainty=None, descriptor_distance=None):
+        super().__init__(message)
+        self.frame = frame
+        self.step = step
+        self.uncertainty = uncertainty
+        self.descriptor_distance = descriptor_distance

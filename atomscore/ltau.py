@@ -12,10 +12,13 @@ setting -- the scores equal the reference's.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from atomscore.errors import InputError
-from atomscore.kernels.ltau import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator
+from atomscore.kernels.ltau import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator, read_index
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore
 from atomscore.validation import check_choice, check_configs, check_int, check_keys, load_array, per_atom_array
@@ -26,8 +29,9 @@ class LTAUForcesUQScore(AtomCenteredScore):
 
     Parameters
     ----------
-    train_descriptors : array_like or str, (N, dim)
-        Descriptors of the N training atoms, or a ``.npy``/``.txt`` path.
+    train_descriptors : array_like, str or None, (N, dim)
+        Descriptors of the N training atoms, or a ``.npy``/``.txt`` path. May be ``None``
+        with ``index_path`` (the index holds them).
     error_pdfs : array_like, str or list
         With ``from_error_logs=False``: ``(N, nbins)`` error densities over ``bins``
         (``sum(pdf * widths) == 1`` per row; unit 1/(eV/Angstrom)).
@@ -57,6 +61,11 @@ class LTAUForcesUQScore(AtomCenteredScore):
         ``efSearch`` (16); ``HNSW+IVFPQ``: ``nlist``, ``M``, ``nbits``, ``hnsw_m`` (32),
         ``efConstruction`` (40), ``efSearch`` (16), ``nprobe`` -- defaults chosen from the
         data as documented in :func:`atomscore.kernels.ltau.index_defaults`.
+    index_path : str or os.PathLike, optional
+        A saved faiss index (a file from :meth:`save_index`, or the folder written by
+        ``LTAUEstimator.save``), loaded instead of building one -- for jobs and MD. It must
+        be of ``index_type``, hold N vectors of dimension ``dim`` and, for flat/HNSW
+        indexes with ``train_descriptors`` given, those very descriptors.
 
     Examples
     --------
@@ -71,11 +80,11 @@ class LTAUForcesUQScore(AtomCenteredScore):
 
     def __init__(self, train_descriptors, error_pdfs, bins=None, from_error_logs=False,
                  error_logs_norm=False, nbins=None, range_limits=None, bin_spacing="log",
-                 index_type="IndexFlatL2", index_args=None):
+                 index_type="IndexFlatL2", index_args=None, index_path=None):
         super().__init__(train_descriptors=train_descriptors, error_pdfs=error_pdfs, bins=bins,
                          from_error_logs=from_error_logs, error_logs_norm=error_logs_norm, nbins=nbins,
                          range_limits=range_limits, bin_spacing=bin_spacing, index_type=index_type,
-                         index_args=index_args)
+                         index_args=index_args, index_path=index_path)
         check_choice(index_type, "index_type", INDEX_TYPES)
         check_choice(bin_spacing, "bin_spacing", BIN_SPACINGS)
         for flag, value in (("from_error_logs", from_error_logs), ("error_logs_norm", error_logs_norm)):
@@ -83,12 +92,20 @@ class LTAUForcesUQScore(AtomCenteredScore):
                 raise InputError(f"{flag}: expected True or False, got {value!r}")
         if index_args is not None and not isinstance(index_args, dict):
             raise InputError(f"index_args: expected a dict or None, got {type(index_args).__name__}")
+        index = None
+        if index_path is not None:
+            if not isinstance(index_path, (str, os.PathLike)):
+                raise InputError(f"index_path: expected a path, got {type(index_path).__name__}")
+            index = read_index(index_path)
+        elif train_descriptors is None:
+            raise InputError("train_descriptors: expected the (N, dim) training descriptors (or index_path, a "
+                             "saved index), got None")
         if from_error_logs:
             self.estimator = LTAUEstimator.from_error_logs(
                 train_descriptors, error_pdfs, nbins=nbins,
                 bins=None if bins is None else load_array(bins, "bins", ndim=1),
                 range_limits=range_limits, bin_spacing=bin_spacing, error_logs_norm=bool(error_logs_norm),
-                index_type=index_type, index_args=index_args)
+                index_type=index_type, index_args=index_args, index=index)
         else:
             if bins is None:
                 raise InputError("bins: expected the (nbins + 1,) bin edges of error_pdfs when from_error_logs=False, "
@@ -105,7 +122,17 @@ class LTAUForcesUQScore(AtomCenteredScore):
             if nbins is not None and check_int(nbins, "nbins", minimum=1) != bins_arr.size - 1:
                 raise InputError(f"nbins: expected {bins_arr.size - 1} to match the {bins_arr.size} edges of bins, got {nbins}")
             self.estimator = LTAUEstimator(train_descriptors, load_array(error_pdfs, "error_pdfs", ndim=2),
-                                           bins_arr, bin_spacing, index_type, index_args)
+                                           bins_arr, bin_spacing, index_type, index_args, index=index)
+
+    def save_index(self, path):
+        """Write the faiss index to a new file ``path`` (for ``index_path=``); never overwrites."""
+        path = Path(path)
+        if path.exists():
+            raise InputError(f"save_index: {str(path)!r} exists; give a new file name")
+        if not path.parent.is_dir():
+            raise InputError(f"save_index: folder {str(path.parent)!r} not found")
+        self.estimator.save_index(path)
+        return path
 
     # ------------------------------------------------------------------ inputs
     def _descriptors(self, configs, descriptors_key, num_nearest_neighbors):

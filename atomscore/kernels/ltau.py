@@ -358,6 +358,45 @@ def set_search_args(index, index_type, args):
         faiss.downcast_index(ivf.quantizer).hnsw.efSearch = args["efSearch"]
 
 
+def read_index(path):
+    """Read a faiss index: a file written by :meth:`LTAUEstimator.save_index` (or
+    ``faiss.write_index``), or the directory written by :meth:`LTAUEstimator.save`.
+
+    Raises
+    ------
+    InputError
+        The path does not exist or does not hold a faiss index.
+    """
+    import faiss
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "index.faiss"
+    if not path.is_file():
+        raise InputError(f"index_path: expected a faiss index file (or a folder holding index.faiss, as "
+                         f"LTAUEstimator.save writes it), got {str(path)!r}: not found")
+    try:
+        return faiss.read_index(os.fspath(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"index_path: {str(path)!r} is not a faiss index ({first})") from None
+
+
+def check_index_vectors(index, train_descriptors):
+    """Refuse a flat/HNSW ``index`` whose stored vectors are not ``train_descriptors``
+    (as float32, in order): an index saved from another training set gives wrong neighbours."""
+    n, bad, first = index.ntotal, 0, None
+    for start in range(0, n, 65536):  # blocks: memory bounded, not a second copy of the index
+        stop = min(start + 65536, n)
+        same = np.all(index.reconstruct_n(start, stop - start) == _as_f32(train_descriptors[start:stop]), axis=1)
+        if not same.all():
+            bad += int(np.sum(~same))
+            first = start + int(np.argmin(same)) if first is None else first
+    if bad:
+        raise InputError(f"index: its vectors are not the training descriptors ({bad} of {n} rows differ, "
+                         f"first row {first}); was it saved from another training set?")
+
+
 # --------------------------------------------------------------------------- estimator
 
 @dataclass
@@ -404,8 +443,11 @@ class LTAUEstimator:
     index_args : dict, optional
         Tuning keys of the index.
     index : faiss.Index, optional
-        A ready index over the same training descriptors (e.g. from :meth:`load`); it
-        must hold ``N`` vectors of dimension ``dim``.
+        A ready index over the same training descriptors (e.g. from :meth:`load` or
+        :func:`read_index`); it must hold ``N`` vectors of dimension ``dim``, and the
+        training descriptors themselves when they are given with a flat or HNSW index.
+        With an index, ``train_descriptors`` may be ``None`` (``N`` from the PDFs,
+        ``dim`` from the index).
 
     Notes
     -----
@@ -421,7 +463,11 @@ class LTAUEstimator:
         self.bin_spacing = check_choice(bin_spacing, "bin_spacing", BIN_SPACINGS)
         self.bins = check_bins(bins, bin_spacing)
         self.pdfs = check_pdfs(pdfs, self.bins)
-        x = load_array(train_descriptors, "train_descriptors", ndim=2)
+        given = train_descriptors is not None or index is None
+        if given:
+            x = load_array(train_descriptors, "train_descriptors", ndim=2)
+        else:  # shape only: the index holds the descriptors
+            x = np.broadcast_to(np.zeros(1), (self.pdfs.shape[0], index.d))
         if x.shape[0] != self.pdfs.shape[0]:
             raise InputError(f"train_descriptors: expected one row per training point of the PDFs/error logs "
                              f"({self.pdfs.shape[0]}), got {x.shape[0]} rows")
@@ -437,18 +483,19 @@ class LTAUEstimator:
             self.index, self.index_args = build_index(x, index_type, index_args)
         else:
             self.index_args = index_defaults(index_type, self.n_train, self.dim, index_args)
-            self._adopt_index(index)
+            self._adopt_index(index, x if given else None)
 
     # -- construction helpers
     @classmethod
     def from_error_logs(cls, train_descriptors, error_logs, nbins=None, bins=None, range_limits=None,
-                        bin_spacing="log", error_logs_norm=False, index_type="IndexFlatL2", index_args=None):
+                        bin_spacing="log", error_logs_norm=False, index_type="IndexFlatL2", index_args=None,
+                        index=None):
         """Build the estimator from error logs; see :func:`pdfs_from_error_logs`."""
         pdfs, bins = pdfs_from_error_logs(error_logs, nbins=nbins, bins=bins, range_limits=range_limits,
                                           spacing=bin_spacing, norm=error_logs_norm)
-        return cls(train_descriptors, pdfs, bins, bin_spacing, index_type, index_args)
+        return cls(train_descriptors, pdfs, bins, bin_spacing, index_type, index_args, index=index)
 
-    def _adopt_index(self, index):
+    def _adopt_index(self, index, train_descriptors=None):
         import faiss
 
         kind = type(faiss.downcast_index(index)).__name__
@@ -460,6 +507,8 @@ class LTAUEstimator:
         if index.ntotal != self.n_train or index.d != self.dim:
             raise InputError(f"index: expected {self.n_train} vectors of dimension {self.dim} "
                              f"(the training descriptors), got {index.ntotal} of dimension {index.d}")
+        if train_descriptors is not None and self.index_type != "HNSW+IVFPQ":
+            check_index_vectors(index, train_descriptors)
         set_search_args(index, self.index_type, self.index_args)
         self.index = index
 
@@ -509,9 +558,9 @@ class LTAUEstimator:
             args = {str(k): int(v) for k, v in zip(data["index_args_keys"], data["index_args_values"])}
             dim = int(data["dim"])
         index = faiss.read_index(os.fspath(directory / "index.faiss"))
-        # descriptors only serve the shape check here; the index already holds them
-        placeholder = np.broadcast_to(np.zeros(1), (pdfs.shape[0], dim))
-        return cls(placeholder, pdfs, bins, spacing, index_type, args, index=index)
+        if index.d != dim:
+            raise InputError(f"LTAUEstimator.load: index.faiss has dimension {index.d}, ltau.npz says {dim}")
+        return cls(None, pdfs, bins, spacing, index_type, args, index=index)  # the index holds the descriptors
 
     # -- queries
     def _check_queries(self, x, k, name="descriptors"):

@@ -243,7 +243,9 @@ def test_conformance(name, tmp_path):
     if case.status == "unavailable":
         pytest.skip(f"cannot run here: {case.reason}")
     root = run_case(name, tmp_path)
-    ours_dir = root / case.score / name
+    runs = sorted((root / case.score / name).iterdir())
+    assert len(runs) == 1, f"expected one run folder (root/<Score>/<path_type>/<run>/), got {runs}"
+    ours_dir = runs[0]
     ref_dir = Path(CONFORMANCE_DIR) / "orchestrator-score" / "reference_output" / "score" / case.score / name
     ours_jobs = sorted(p for p in ours_dir.iterdir() if p.name.isdigit())
     ref_jobs = sorted(p for p in ref_dir.iterdir() if p.name.isdigit())
