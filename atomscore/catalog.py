@@ -25,6 +25,8 @@ PUBLIC_NAMES: dict[str, str] = {
     "ConfigurationScore": "atomscore.score",
     "DatasetScore": "atomscore.score",
     "ModelScore": "atomscore.score",
+    "ScoreResults": "atomscore.score",
+    "records_metadata": "atomscore.score",
     "Workflow": "atomscore.jobs.workflow",
     "LocalWorkflow": "atomscore.jobs.workflow",
     "make_workflow": "atomscore.jobs",

@@ -20,8 +20,9 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.kernels.ltau import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator, read_index
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import AtomCenteredScore
-from atomscore.validation import check_choice, check_configs, check_int, check_keys, load_array, per_atom_array
+from atomscore.score import AtomCenteredScore, records_metadata
+from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys,
+                                  check_same_descriptor_settings, descriptor_settings, load_array, per_atom_array)
 
 
 class LTAUForcesUQScore(AtomCenteredScore):
@@ -61,6 +62,9 @@ class LTAUForcesUQScore(AtomCenteredScore):
         ``efSearch`` (16); ``HNSW+IVFPQ``: ``nlist``, ``M``, ``nbits``, ``hnsw_m`` (32),
         ``efConstruction`` (40), ``efSearch`` (16), ``nprobe`` -- defaults chosen from the
         data as documented in :func:`atomscore.kernels.ltau.index_defaults`.
+    train_settings : dict, optional
+        Descriptor settings of ``train_descriptors`` (e.g. ``QUESTSDescriptor.settings``):
+        recorded in the metadata and compared with the settings the queries record.
     index_path : str or os.PathLike, optional
         A saved faiss index (a file from :meth:`save_index`, or the folder written by
         ``LTAUEstimator.save``), loaded instead of building one -- for jobs and MD. It must
@@ -80,11 +84,15 @@ class LTAUForcesUQScore(AtomCenteredScore):
 
     def __init__(self, train_descriptors, error_pdfs, bins=None, from_error_logs=False,
                  error_logs_norm=False, nbins=None, range_limits=None, bin_spacing="log",
-                 index_type="IndexFlatL2", index_args=None, index_path=None):
+                 index_type="IndexFlatL2", index_args=None, index_path=None, train_settings=None):
         super().__init__(train_descriptors=train_descriptors, error_pdfs=error_pdfs, bins=bins,
                          from_error_logs=from_error_logs, error_logs_norm=error_logs_norm, nbins=nbins,
                          range_limits=range_limits, bin_spacing=bin_spacing, index_type=index_type,
-                         index_args=index_args, index_path=index_path)
+                         index_args=index_args, index_path=index_path, train_settings=train_settings)
+        if train_settings is not None and not isinstance(train_settings, dict):
+            raise InputError(f"train_settings: expected a dict of descriptor settings (as QUESTSDescriptor.settings) "
+                             f"or None, got {type(train_settings).__name__}")
+        self._train_settings = train_settings
         check_choice(index_type, "index_type", INDEX_TYPES)
         check_choice(bin_spacing, "bin_spacing", BIN_SPACINGS)
         for flag, value in (("from_error_logs", from_error_logs), ("error_logs_norm", error_logs_norm)):
@@ -100,9 +108,19 @@ class LTAUForcesUQScore(AtomCenteredScore):
         elif train_descriptors is None:
             raise InputError("train_descriptors: expected the (N, dim) training descriptors (or index_path, a "
                              "saved index), got None")
+        # loaded once here: the estimator gets the array, the metadata its digest
+        train = None if train_descriptors is None else load_array(train_descriptors, "train_descriptors", ndim=2)
+        if train is not None:
+            self._train_provenance = array_digest(train)
+            if isinstance(train_descriptors, (str, os.PathLike)):
+                self._train_provenance["path"] = str(train_descriptors)
+        else:  # the saved index holds them
+            self._train_provenance = {"shape": [int(index.ntotal), int(index.d)], "index_path": str(index_path)}
+        if train_settings is not None:
+            self._train_provenance["settings"] = dict(train_settings)
         if from_error_logs:
             self.estimator = LTAUEstimator.from_error_logs(
-                train_descriptors, error_pdfs, nbins=nbins,
+                train, error_pdfs, nbins=nbins,
                 bins=None if bins is None else load_array(bins, "bins", ndim=1),
                 range_limits=range_limits, bin_spacing=bin_spacing, error_logs_norm=bool(error_logs_norm),
                 index_type=index_type, index_args=index_args, index=index)
@@ -121,7 +139,7 @@ class LTAUForcesUQScore(AtomCenteredScore):
             bins_arr = load_array(bins, "bins", ndim=1)
             if nbins is not None and check_int(nbins, "nbins", minimum=1) != bins_arr.size - 1:
                 raise InputError(f"nbins: expected {bins_arr.size - 1} to match the {bins_arr.size} edges of bins, got {nbins}")
-            self.estimator = LTAUEstimator(train_descriptors, load_array(error_pdfs, "error_pdfs", ndim=2),
+            self.estimator = LTAUEstimator(train, load_array(error_pdfs, "error_pdfs", ndim=2),
                                            bins_arr, bin_spacing, index_type, index_args, index=index)
 
     def save_index(self, path):
@@ -155,6 +173,10 @@ class LTAUForcesUQScore(AtomCenteredScore):
                 raise InputError(f"arrays[{descriptors_key!r}] (configuration {i}): expected descriptors of "
                                  f"dimension {dim} (as train_descriptors), got {x.shape[1]}")
             out.append(x)
+        query_settings = descriptor_settings(configs, descriptors_key, "configurations")
+        check_same_descriptor_settings(query_settings, f"the query descriptors (arrays[{descriptors_key!r}])",
+                                       self._train_settings, "train_descriptors (train_settings)")
+        self.note_metadata(descriptor_settings=query_settings)
         return out, k
 
     def check_compute_args(self, configs, score_quantity, compute_args):
@@ -166,6 +188,7 @@ class LTAUForcesUQScore(AtomCenteredScore):
                           compute_args.get("num_nearest_neighbors", 1))
 
     # ------------------------------------------------------------------ compute
+    @records_metadata
     def compute(self, atoms, score_quantity=ScoreQuantity.UNCERTAINTY, descriptors_key="descriptors",
                 num_nearest_neighbors=1):
         """Expected force-error magnitude of every atom of one configuration.
@@ -189,6 +212,7 @@ class LTAUForcesUQScore(AtomCenteredScore):
         configs = check_configs([atoms], "atoms")
         return self._predict(configs, descriptors_key, num_nearest_neighbors)[0]
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.UNCERTAINTY,
                       descriptors_key="descriptors", num_nearest_neighbors=1):
         """:meth:`compute` for every configuration, with one faiss search for all atoms.
@@ -225,4 +249,5 @@ class LTAUForcesUQScore(AtomCenteredScore):
             "index_type": est.index_type,
             "index_args": resolved,
             "num_nearest_neighbors": int(compute_args.get("num_nearest_neighbors", 1)),
+            "train_descriptors": dict(self._train_provenance),
         }

@@ -26,15 +26,20 @@ Selection mask: with ``apply_mask=True`` only atoms whose boolean
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from atomscore.errors import InputError
+from atomscore.io import to_jsonable
 from atomscore.kernels import gaussian
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import AtomCenteredScore, DatasetScore
-from atomscore.validation import check_choice, check_configs, check_int, check_keys, check_positive, load_array, per_atom_array
+from atomscore.score import AtomCenteredScore, DatasetScore, records_metadata
+from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys, check_positive,
+                                  check_same_descriptor_settings, descriptor_settings, is_array_file, load_array,
+                                  per_atom_array)
 
 __all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore", "SELECTION_MASK_KEY"]
 
@@ -99,6 +104,59 @@ def _precision(precision):
 def _metadata_value(value):
     arr = np.asarray(value)
     return arr.tolist() if arr.ndim else float(arr)
+
+
+def _is_configurations(value):
+    from ase import Atoms
+
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(a, Atoms) for a in value)
+
+
+def _reference(reference_set, descriptors_key, reference_settings=None):
+    """The reference descriptors ``(n, dim)`` and their recorded settings (or None).
+
+    ``reference_set`` is an array or ``.npy``/``.txt`` path, a list of Atoms carrying
+    ``arrays[descriptors_key]``, or a path ASE reads holding such configurations.
+    """
+    if reference_set is None:
+        raise InputError("reference_set: expected the (n_reference, n_features) reference descriptors "
+                         "(array or .npy path), or configurations carrying them, got None")
+    if isinstance(reference_set, (str, os.PathLike)) and not is_array_file(reference_set):
+        path = Path(reference_set)
+        if not path.is_file():
+            raise InputError(f"reference_set: file not found: {str(path)!r}")
+        import ase.io
+
+        try:
+            reference_set = ase.io.read(path, index=":")
+        except Exception as exc:  # unreadable file: one clear message
+            raise InputError(f"reference_set: cannot read {str(path)!r} as configurations (ASE): {exc}") from None
+        if not reference_set:
+            raise InputError(f"reference_set: {str(path)!r} holds no configurations")
+    if _is_configurations(reference_set):
+        blocks = [per_atom_array(a, descriptors_key, index=i, name="reference_set descriptors_key")
+                  for i, a in enumerate(reference_set)]
+        dims = {b.shape[1] for b in blocks}
+        if len(dims) > 1:
+            raise InputError(f"reference_set: configurations carry descriptors of different dimensions {sorted(dims)}")
+        settings = descriptor_settings(reference_set, descriptors_key, "reference_set")
+        if settings is not None and reference_settings is not None:
+            check_same_descriptor_settings(settings, "reference_set's configurations",
+                                           reference_settings, "reference_settings")
+        return np.concatenate(blocks, axis=0), settings if settings is not None else reference_settings
+    if reference_settings is not None and not isinstance(reference_settings, dict):
+        raise InputError(f"reference_settings: expected a dict of descriptor settings, got {reference_settings!r}")
+    return load_array(reference_set, "reference_set", ndim=2), reference_settings
+
+
+def _provenance(ref, settings, given):
+    """Metadata of a reference set: shape, digest, settings when known, and its file if any."""
+    out = array_digest(ref)
+    if settings is not None:
+        out["settings"] = settings
+    if isinstance(given, (str, os.PathLike)):
+        out["path"] = str(given)
+    return out
 
 
 def _kernel_options(compute_args):
@@ -170,6 +228,7 @@ class _QUESTSDatasetScore(DatasetScore):
 
     def _rows(self, dataset, descriptors_key, bandwidth, apply_mask, precision):
         rows, _ = _gather(dataset, descriptors_key, apply_mask)
+        self.note_metadata(descriptor_settings=descriptor_settings(dataset, descriptors_key, "dataset"))
         h = _bandwidth(bandwidth)
         _precision(precision)
         if len(rows) < self._MIN_ENVIRONMENTS:
@@ -194,14 +253,17 @@ class _QUESTSDatasetScore(DatasetScore):
 
     def _value(self, dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
                seed, backend, device):
-        """The exact measure, or with ``sample_size`` the sampled :class:`~atomscore.kernels.gaussian.Estimate`."""
+        """The exact measure, or with ``sample_size`` the sampled :class:`~atomscore.kernels.gaussian.Estimate`
+        (its standard error also noted in the metadata)."""
         self.parse_quantity(score_quantity)
         rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
         options = _kernel_options({"backend": backend, "device": device, "sample_size": sample_size, "seed": seed})
         kernel = dict(precision=precision, backend=backend, device=device)
         if sample_size is None:
             return self._MEASURE(rows, h, **kernel)
-        return self._ESTIMATE(rows, h, options["sample_size"], options["seed"], **kernel)
+        estimate = self._ESTIMATE(rows, h, options["sample_size"], options["seed"], **kernel)
+        self.note_metadata(standard_error=_metadata_value(estimate.standard_error))
+        return estimate
 
     def parse_for_storage(self, compute_results, list_of_configs=None, metadata=None):
         """``{KEY_score: value, '_metadata': ...}``; a sampled estimate adds ``KEY_standard_error``
@@ -209,14 +271,15 @@ class _QUESTSDatasetScore(DatasetScore):
         ``KEY_row_block`` (its rows' log kernel sums) instead of a value."""
         if isinstance(compute_results, _RowBlock):
             return {f"{self.OUTPUT_KEY}_row_block": compute_results.as_dict(),
-                    "_metadata": super().parse_for_storage(0.0, metadata=metadata)["_metadata"]}
+                    "_metadata": to_jsonable(self._metadata_or(metadata, compute_results))}
         if not isinstance(compute_results, gaussian.Estimate):
             return super().parse_for_storage(compute_results, list_of_configs, metadata)
-        data = super().parse_for_storage(compute_results.value, list_of_configs, metadata)
+        meta = self._metadata_or(metadata, compute_results)
         error = _metadata_value(compute_results.standard_error)
-        data["_metadata"]["standard_error"] = error
-        return {self.result_key: data[self.result_key], f"{self.OUTPUT_KEY}_standard_error": error,
-                "_metadata": data["_metadata"]}
+        meta.setdefault("standard_error", error)
+        return {self.result_key: to_jsonable(compute_results.value), f"{self.OUTPUT_KEY}_standard_error": error,
+                "_metadata": to_jsonable(meta)}
+
 
     # -- row-block jobs: run(..., batch_size=B) with 1 < B < number of configurations
     def plan_jobs(self, configs, compute_args, batch_size):
@@ -243,18 +306,24 @@ class _QUESTSDatasetScore(DatasetScore):
         """A job's work: the dataset's value, or for a row block its rows' log kernel sums."""
         if _ROWS_ARG not in compute_args:
             return super().run_batch(configs, score_quantity, compute_args)
+        return self._row_block(configs, score_quantity, **compute_args)
+
+    @records_metadata
+    def _row_block(self, configs, score_quantity, **compute_args):
+        """One row block: ``log p_i`` of its rows against all the dataset's rows."""
         args = dict(compute_args)
         rows = load_array(args.pop(_ROWS_ARG), _ROWS_ARG, ndim=2)
         block = args.pop(_BLOCK_ARG)
-        quantity = self.parse_quantity(score_quantity)
+        self.parse_quantity(score_quantity)
         check_keys(args, self._ARGS, f"{type(self).__name__} compute_args")
+        self.note_metadata(descriptor_settings=descriptor_settings(
+            configs, args.get("descriptors_key", "descriptors"), "dataset"))
         h = _bandwidth(args.get("bandwidth", DEFAULT_BANDWIDTH))
         precision = _precision(args.get("precision", "float64"))
         options = _kernel_options(args)
         start, stop = block["rows"]
         logp = gaussian.log_kernel_sums(rows[start:stop], rows, np.atleast_1d(h), precision=precision,
                                         backend=options["backend"], device=options["device"])
-        self._last_metadata = self.get_metadata(quantity, **args)
         return _RowBlock(block["index"], block["count"], start, stop, len(rows), np.ndim(h) == 0, logp)
 
     @classmethod
@@ -304,6 +373,7 @@ class QUESTSEfficiencyScore(_QUESTSDatasetScore):
     _MEASURE, _ESTIMATE = staticmethod(gaussian.efficiency), staticmethod(gaussian.estimate_efficiency)
     _from_information = staticmethod(lambda info: info.efficiency)
 
+    @records_metadata
     def compute(self, dataset, score_quantity=ScoreQuantity.EFFICIENCY, descriptors_key="descriptors",
                 bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
                 backend="numpy", device=None):
@@ -356,6 +426,7 @@ class QUESTSDiversityScore(_QUESTSDatasetScore):
     _MEASURE, _ESTIMATE = staticmethod(gaussian.diversity), staticmethod(gaussian.estimate_diversity)
     _from_information = staticmethod(lambda info: info.diversity)
 
+    @records_metadata
     def compute(self, dataset, score_quantity=ScoreQuantity.DIVERSITY, descriptors_key="descriptors",
                 bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
                 backend="numpy", device=None):
@@ -402,7 +473,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     OUTPUT_KEY = "quests_delta_entropy"
     supported_score_quantities = (ScoreQuantity.DELTA_ENTROPY,)
     _ARGS = ("reference_set", "descriptors_key", "bandwidth", "apply_mask", "approx", "num_nearest_neighbors",
-             "graph_neighbors", "precision", "backend", "device", "reference_block_size")
+             "graph_neighbors", "precision", "reference_settings", "backend", "device", "reference_block_size")
     #: compute argument a column-block job gets besides the user's
     _COLUMN_ARG = "_reference_block"
 
@@ -410,15 +481,17 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         super().__init__()
 
     def _checked(self, configs, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                 num_nearest_neighbors, graph_neighbors, precision, name, backend="numpy", device=None,
-                 reference_block_size=None):
-        if reference_set is None:
-            raise InputError("reference_set: expected the (n_reference, n_features) reference descriptors "
-                             "(array or .npy path), got None")
-        ref = load_array(reference_set, "reference_set", ndim=2)
+                 num_nearest_neighbors, graph_neighbors, precision, name, reference_settings=None, backend="numpy",
+                 device=None, reference_block_size=None):
+        ref, ref_settings = _reference(reference_set, descriptors_key, reference_settings)
         if ref.shape[0] == 0:
             raise InputError(f"reference_set: expected at least one reference descriptor, got shape {ref.shape}")
         rows, masks = _gather(configs, descriptors_key, apply_mask, dim=ref.shape[1], name=name)
+        query_settings = descriptor_settings(configs, descriptors_key, name)
+        check_same_descriptor_settings(query_settings, f"the {name} descriptors (arrays[{descriptors_key!r}])",
+                                       ref_settings, "the reference_set descriptors")
+        self.note_metadata(reference_set=_provenance(ref, ref_settings, reference_set),
+                           descriptor_settings=query_settings)
         h = _bandwidth(bandwidth)
         approx = _check_bool(approx, "approx")
         k = check_int(num_nearest_neighbors, "num_nearest_neighbors", minimum=1)
@@ -443,14 +516,31 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         check_keys(compute_args, self._ARGS, f"{type(self).__name__} compute_args", ignore=("score_quantity",))
         args = {"reference_set": None, "descriptors_key": "descriptors", "bandwidth": DEFAULT_BANDWIDTH,
                 "apply_mask": False, "approx": False, "num_nearest_neighbors": 3, "graph_neighbors": 10,
-                "precision": "float64", "backend": "numpy", "device": None, "reference_block_size": None}
+                "precision": "float64", "reference_settings": None, "backend": "numpy", "device": None,
+                "reference_block_size": None}
         args.update({k: v for k, v in compute_args.items() if k != "score_quantity"})
         self._checked(configs, name="configs", **args)
 
+    def prepare_compute_args(self, compute_args):
+        """A new dict a job file can hold: a reference given as configurations becomes its
+        descriptor array plus ``reference_settings``; a file path is made absolute."""
+        args = dict(compute_args)
+        ref = args.get("reference_set")
+        key = args.get("descriptors_key", "descriptors")
+        if _is_configurations(ref) or (isinstance(ref, (str, os.PathLike)) and not is_array_file(ref)):
+            arr, settings = _reference(ref, key, args.get("reference_settings"))
+            args["reference_set"] = arr
+            if settings is not None:
+                args["reference_settings"] = settings
+        elif isinstance(ref, (str, os.PathLike)):
+            args["reference_set"] = str(Path(ref).resolve())
+        return args
+
+    @records_metadata
     def compute(self, atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                 descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
-                num_nearest_neighbors=3, graph_neighbors=10, precision="float64", backend="numpy", device=None,
-                reference_block_size=None):
+                num_nearest_neighbors=3, graph_neighbors=10, precision="float64", reference_settings=None,
+                backend="numpy", device=None, reference_block_size=None):
         """Delta entropy of every atom of one configuration against ``reference_set``.
 
         Parameters
@@ -459,8 +549,11 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             Per-atom descriptors in ``arrays[descriptors_key]``; never modified.
         score_quantity : ScoreQuantity or str
             ``DELTA_ENTROPY``.
-        reference_set : array_like or str, shape (n_reference, n_features)
-            Reference descriptors, or a ``.npy``/``.txt`` path.
+        reference_set : array_like, str, or list of ase.Atoms
+            Reference descriptors ``(n_reference, n_features)`` or a ``.npy``/``.txt`` path;
+            or configurations carrying them in ``arrays[descriptors_key]`` (a list of Atoms,
+            or a file ASE reads, e.g. ``.xyz``), whose recorded descriptor settings are
+            compared with the queries'.
         descriptors_key : str
         bandwidth : float or array_like of float
             Kernel bandwidth ``h`` (descriptor units); an array gives one column per bandwidth.
@@ -476,6 +569,9 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             our neighbour search is exact.
         precision : {'float64', 'float32'}
             Kernel arithmetic of the exact sum (underflowed rows are repaired in float64).
+        reference_settings : dict, optional
+            Descriptor settings of an array ``reference_set`` (as ``QUESTSDescriptor.settings``),
+            compared with those the queries record.
         backend : {'numpy', 'torch'}
             Backend of the exact sum (``'torch'`` needs ``atomscore[gpu]``).
         device : str, optional
@@ -491,13 +587,14 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         """
         self.parse_quantity(score_quantity)
         return self._delta_entropy([atoms], "atoms", reference_set, descriptors_key, bandwidth, apply_mask,
-                                   approx, num_nearest_neighbors, graph_neighbors, precision, backend, device,
-                                   reference_block_size)[0]
+                                   approx, num_nearest_neighbors, graph_neighbors, precision, reference_settings,
+                                   backend, device, reference_block_size)[0]
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                       descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
-                      num_nearest_neighbors=3, graph_neighbors=10, precision="float64", backend="numpy", device=None,
-                      reference_block_size=None):
+                      num_nearest_neighbors=3, graph_neighbors=10, precision="float64", reference_settings=None,
+                      backend="numpy", device=None, reference_block_size=None):
         """:meth:`compute` for every configuration, in one kernel pass over all their atoms.
 
         Returns
@@ -507,12 +604,12 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         """
         self.parse_quantity(score_quantity)
         return self._delta_entropy(list_of_atoms, "list_of_atoms", reference_set, descriptors_key, bandwidth,
-                                   apply_mask, approx, num_nearest_neighbors, graph_neighbors, precision, backend,
-                                   device, reference_block_size)
+                                   apply_mask, approx, num_nearest_neighbors, graph_neighbors, precision,
+                                   reference_settings, backend, device, reference_block_size)
 
     def _delta_entropy(self, configs, name, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                       num_nearest_neighbors, graph_neighbors, precision, backend="numpy", device=None,
-                       reference_block_size=None):
+                       num_nearest_neighbors, graph_neighbors, precision, reference_settings=None, backend="numpy",
+                       device=None, reference_block_size=None):
         if name == "atoms":
             from ase import Atoms
 
@@ -520,7 +617,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 raise InputError(f"atoms: expected ase.Atoms, got {type(configs[0]).__name__}")
         ref, rows, masks, h, approx, k = self._checked(
             configs, reference_set, descriptors_key, bandwidth, apply_mask, approx, num_nearest_neighbors,
-            graph_neighbors, precision, name, backend, device, reference_block_size)
+            graph_neighbors, precision, name, reference_settings, backend, device, reference_block_size)
         n_h = np.size(h) if np.ndim(h) else None
         if len(rows) == 0:
             values = np.zeros((0,) if n_h is None else (0, n_h))
@@ -549,11 +646,12 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         ref = None if size is None else load_array(compute_args["reference_set"], "reference_set", ndim=2)
         if ref is None or size >= len(ref):
             return batches
+        whole = _provenance(ref, compute_args.get("reference_settings"), compute_args["reference_set"])
         columns = [(c, min(c + size, len(ref))) for c in range(0, len(ref), size)]
         slices = [ref[c0:c1] for c0, c1 in columns]  # one object per block: linked across batches
         return [(batch, {**args, "reference_set": slices[j], "reference_block_size": None,
                          self._COLUMN_ARG: {"row_batch": k, "index": j, "count": len(columns), "rows": [c0, c1],
-                                            "n_reference": len(ref)}})
+                                            "reference_set": whole}})
                 for k, (batch, args) in enumerate(batches) for j, (c0, c1) in enumerate(columns)]
 
     def run_batch(self, configs, score_quantity, compute_args):
@@ -562,13 +660,13 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         block = args.pop(self._COLUMN_ARG, None)
         results = super().run_batch(configs, score_quantity, args)
         if block is not None:
-            self._last_metadata = {**self._last_metadata, "reference_block": block}
+            results.metadata["reference_block"] = block
         return results
 
     @classmethod
     def reduce_job_results(cls, results):
-        """Combine the column blocks of each batch by log-sum-exp: ``dH = -log sum_b exp(-dH_b)``,
-        the value :meth:`compute_batch` gives over the whole reference set."""
+        """Combine the column blocks of each batch by log-sum-exp, ``dH = -log sum_b exp(-dH_b)``:
+        the values and metadata of one run over the whole reference set."""
         def block_of(atoms):
             meta = atoms.info.get("_metadata", {})
             return meta.get(cls.OUTPUT_KEY, {}).get("reference_block") if isinstance(meta, dict) else None
@@ -581,21 +679,27 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         groups: dict = {}
         for atoms, block in zip(results, blocks):
             groups.setdefault(block["row_batch"], {}).setdefault(block["index"], []).append(atoms)
-        key, out = f"{cls.OUTPUT_KEY}_score", []
+        key, count, out = f"{cls.OUTPUT_KEY}_score", blocks[0]["count"], []
         for batch in sorted(groups):
             columns = groups[batch]
-            count = blocks[0]["count"]
             if sorted(columns) != list(range(count)) or len({len(v) for v in columns.values()}) != 1:
                 raise InputError(f"{cls.__name__}.data_from_calc_ids: batch {batch} has reference blocks "
                                  f"{sorted(columns)} of {count}; pass every calc id run() returned")
-            for i, first in enumerate(columns[0]):
-                new = first.copy()
-                new.arrays[key] = _combine_columns([np.asarray(columns[j][i].arrays[key]) for j in range(count)])
-                meta = dict(new.info["_metadata"])
-                meta[cls.OUTPUT_KEY] = {k: v for k, v in meta[cls.OUTPUT_KEY].items() if k != "reference_block"}
-                new.info["_metadata"] = meta
-                new.info.pop(f"{cls.OUTPUT_KEY}_reference_block", None)
-                out.append(new)
+            values = [_combine_columns([np.asarray(columns[j][i].arrays[key]) for j in range(count)])
+                      for i in range(len(columns[0]))]
+            meta = {k: v for k, v in columns[0][0].info["_metadata"][cls.OUTPUT_KEY].items() if k != "reference_block"}
+            meta["reference_set"] = blocks[0]["reference_set"]
+            configs = []
+            for atoms in columns[0]:
+                new = atoms.copy()
+                for name in [n for n in new.info if n.startswith(f"{cls.OUTPUT_KEY}_")]:
+                    del new.info[name]
+                new.info["_metadata"] = {k: v for k, v in new.info["_metadata"].items() if k != cls.OUTPUT_KEY}
+                if not new.info["_metadata"]:
+                    del new.info["_metadata"]
+                del new.arrays[key]
+                configs.append(new)
+            out.extend(cls().parse_for_storage(values, configs, metadata=meta))
         return out
 
     def get_metadata(self, score_quantity, **compute_args):

@@ -34,7 +34,7 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.io import to_jsonable  # noqa: F401 - also importable from here, as before
 from atomscore.quantity import ScoreQuantity
-from atomscore.validation import check_configs, check_int
+from atomscore.validation import check_configs, check_finite_configs, check_int
 
 RESULTS_XYZ = "score_results.xyz"
 RESULTS_JSON = "score_results.json"
@@ -58,18 +58,45 @@ class _class_or_instance_method:
         return types.MethodType(self.func, obj if obj is not None else cls)
 
 
-def _record_metadata(method):
-    """Wrap ``compute``/``compute_batch`` so that a successful call remembers its metadata.
+#: how many recent single results (a dataset value, a FIM array) a score can still attribute
+SINGLE_RESULTS_KEPT = 8
 
-    ``save_results`` is called after ``compute_batch`` in the user's code (as in the
-    spec's examples), so the score must remember which arguments defined the numbers.
+
+class ScoreResults(list):
+    """The results of one ``compute_batch`` call, carrying the metadata that defines them.
+
+    A plain list in every other respect; ``save_results`` stores ``.metadata`` with it, so
+    saving an earlier result never stores a later call's settings. A slice or a copy is a
+    plain list again (it may no longer be the whole call's result).
+    """
+
+    def __init__(self, results=(), metadata=None):
+        super().__init__(results)
+        self.metadata = copy.deepcopy(metadata) if metadata is not None else {}
+
+
+def records_metadata(method):
+    """Decorate a score's ``compute``/``compute_batch`` so that its result carries its metadata.
+
+    After the call, ``score.get_metadata(score_quantity, **arguments)`` plus the fields the
+    call noted with :meth:`ScoreBase.note_metadata` form the call's metadata, recorded once
+    per call (a ``compute_batch`` that calls ``compute`` per configuration records once).
+    A list result comes back as :class:`ScoreResults` with ``.metadata``; a single value
+    (a dataset's number, a FIM array) is attributed by identity (see ``metadata_of``).
     """
     signature = inspect.signature(method)
     params = list(signature.parameters)
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        result = method(self, *args, **kwargs)
+        if getattr(self, "_metadata_call", None) is not None:
+            return method(self, *args, **kwargs)  # inside a call that records: nothing to do
+        noted = {}
+        self._metadata_call = noted
+        try:
+            result = method(self, *args, **kwargs)
+        finally:
+            self._metadata_call = None
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
@@ -86,12 +113,28 @@ def _record_metadata(method):
         quantity = arguments.pop("score_quantity", None)
         if quantity is None and len(self.supported_score_quantities) == 1:
             quantity = self.supported_score_quantities[0]
-        quantity = self.parse_quantity(quantity)
-        self._last_metadata = self.get_metadata(quantity, **arguments)
-        return result
+        meta = dict(self.get_metadata(self.parse_quantity(quantity), **arguments))
+        meta.update(noted)
+        return self._with_metadata(result, to_jsonable(meta))
 
     wrapper._records_metadata = True
     return wrapper
+
+
+def _recorded(method):
+    """``method`` if it records its metadata, else ``method`` decorated here: a job of a score
+    whose own ``compute``/``compute_batch`` lacks :func:`records_metadata` still saves its
+    results with the metadata of the call that made them."""
+    return method if getattr(method, "_records_metadata", False) else records_metadata(method)
+
+
+def _same_result(value, recorded):
+    """True if ``value`` is ``recorded`` or a numpy view of it (``reshape``, ``np.asarray``)."""
+    while value is not None:
+        if value is recorded:
+            return True
+        value = value.base if isinstance(value, np.ndarray) else None
+    return False
 
 
 class ScoreBase:
@@ -120,16 +163,12 @@ class ScoreBase:
     #: them together: a dataset value, weights over every candidate)
     single_job: bool = False
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        for name in ("compute", "compute_batch"):
-            method = cls.__dict__.get(name)
-            if method is not None and not getattr(method, "_records_metadata", False):
-                setattr(cls, name, _record_metadata(method))
-
     def __init__(self, **init_args):
         self._init_args = dict(init_args)
+        #: metadata of the last recorded call, for reading only (results carry their own)
         self._last_metadata = {}
+        self._recent_results = []  # (single result, its metadata), newest last
+        self._metadata_call = None
         self._run_folders: list[Path] = []
 
     # ------------------------------------------------------------------ contract
@@ -144,12 +183,56 @@ class ScoreBase:
                                    where=f"{type(self).__name__} score_quantity")
 
     def compute(self, atoms, score_quantity, **compute_args):
-        """Compute the score of one item (configuration, dataset or property list)."""
+        """Compute the score of one item (configuration, dataset or property list).
+
+        Implementations are decorated with :func:`records_metadata`.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement compute")
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity, **compute_args):
-        """Compute the score of every configuration; a list with one result each."""
+        """Compute the score of every configuration; a :class:`ScoreResults` with one result each."""
         return [self.compute(atoms, score_quantity, **compute_args) for atoms in list_of_atoms]
+
+    # ------------------------------------------------------------------ metadata
+    def note_metadata(self, **fields):
+        """Add ``fields`` to the metadata of the call in progress (called from inside ``compute``).
+
+        For what only the computation knows (the parameter map, the solver's status);
+        outside a recorded call it does nothing.
+        """
+        call = getattr(self, "_metadata_call", None)
+        if call is not None:
+            call.update(copy.deepcopy(fields))
+
+    def _with_metadata(self, result, metadata):
+        self._last_metadata = metadata
+        if isinstance(result, list):
+            return ScoreResults(result, metadata)
+        recent = [(r, m) for r, m in getattr(self, "_recent_results", []) if r is not result]
+        self._recent_results = (recent + [(result, metadata)])[-SINGLE_RESULTS_KEPT:]
+        return result
+
+    def metadata_of(self, compute_results):
+        """The metadata of a result returned by this score's ``compute``/``compute_batch``.
+
+        Raises
+        ------
+        InputError
+            If the result cannot be attributed to a call (a list built by hand, a slice, a
+            copied number, or a single result older than the last few calls).
+        """
+        if isinstance(compute_results, ScoreResults):
+            return copy.deepcopy(compute_results.metadata)
+        for result, metadata in reversed(getattr(self, "_recent_results", [])):
+            if _same_result(compute_results, result):
+                return copy.deepcopy(metadata)
+        raise InputError(
+            f"{type(self).__name__}.save_results: cannot tell which call computed these results "
+            f"(got a {type(compute_results).__name__} that this score did not just return, e.g. a list "
+            "built by hand, a slice or a copy); pass the object compute/compute_batch returned, or "
+            "give metadata=... explicitly (e.g. metadata=score.metadata_of(original_result)); a score's "
+            "own compute/compute_batch records its metadata when decorated with @records_metadata")
 
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Check compute arguments before :meth:`run` writes anything (override to add checks).
@@ -193,7 +276,8 @@ class ScoreBase:
         list_of_configs : list of ase.Atoms, optional
             Required for atom-centred and configuration scores; never modified.
         metadata : dict, optional
-            Defaults to the metadata of the last ``compute``/``compute_batch`` call.
+            Defaults to the metadata of the call that returned ``compute_results``
+            (:meth:`metadata_of`).
 
         Returns
         -------
@@ -201,13 +285,15 @@ class ScoreBase:
         """
         raise NotImplementedError
 
-    def save_results(self, compute_results, save_dir=".", list_of_configs=None):
+    def save_results(self, compute_results, save_dir=".", list_of_configs=None, metadata=None):
         """Write results to ``save_dir`` (``score_results.xyz`` or ``score_results.json``).
 
-        The file is written under a temporary name and renamed, so an interrupted save
-        never leaves half a file. Returns the path written.
+        The metadata stored is the one of the call that returned ``compute_results`` (or
+        ``metadata`` when given); a result no call can be found for is refused. The file is
+        written under a temporary name and renamed, so an interrupted save never leaves
+        half a file. Returns the path written.
         """
-        data = self.parse_for_storage(compute_results, list_of_configs)
+        data = self.parse_for_storage(compute_results, list_of_configs, metadata=metadata)
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         return self.write_data(save_dir / self.results_filename, data)
@@ -283,6 +369,8 @@ class ScoreBase:
         """
         from atomscore.jobs import make_workflow
 
+        if self.kind != "model":  # NaN/inf or empty configurations never reach a job
+            check_finite_configs(configs, "configs")
         jobs = prepare_score_jobs(self, path_type, configs, compute_args, batch_size)
         workflow = make_workflow(workflow)
         workflow.check_job_details(job_details)
@@ -371,11 +459,15 @@ class ScoreBase:
 
     def run_batch(self, configs, score_quantity, compute_args):
         """What a job does with its configurations (used by the job runner)."""
-        return self.compute_batch(configs, score_quantity=score_quantity, **compute_args)
+        return _recorded(type(self).compute_batch)(self, configs, score_quantity=score_quantity, **compute_args)
 
     # ------------------------------------------------------------------ helpers
-    def _metadata_or(self, metadata):
-        return copy.deepcopy(self._last_metadata if metadata is None else metadata)
+    def _metadata_or(self, metadata, compute_results):
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise InputError(f"metadata: expected a dict, got {type(metadata).__name__}")
+            return copy.deepcopy(metadata)
+        return self.metadata_of(compute_results)
 
     def __repr__(self):
         args = ", ".join(f"{k}={_short(v)}" for k, v in self._init_args.items())
@@ -413,7 +505,7 @@ class _ConfigsScore(ScoreBase):
         if len(results) != len(configs):
             raise InputError(f"{type(self).__name__}.save_results: {len(results)} results for "
                              f"{len(configs)} configurations")
-        meta = self._metadata_or(metadata)
+        meta = self._metadata_or(metadata, compute_results)
         out = []
         for i, (atoms, result) in enumerate(zip(configs, results)):
             new = atoms.copy()
@@ -456,11 +548,11 @@ class _WholeScore(ScoreBase):
 
     def parse_for_storage(self, compute_results, list_of_configs=None, metadata=None):
         return {self.result_key: to_jsonable(compute_results),
-                "_metadata": to_jsonable(self._metadata_or(metadata))}
+                "_metadata": to_jsonable(self._metadata_or(metadata, compute_results))}
 
     def run_batch(self, configs, score_quantity, compute_args):
         """A job computes the one value of all its items (the dataset, the properties)."""
-        return self.compute(configs, score_quantity=score_quantity, **compute_args)
+        return _recorded(type(self).compute)(self, configs, score_quantity=score_quantity, **compute_args)
 
 
 class DatasetScore(_WholeScore):
@@ -473,6 +565,7 @@ class DatasetScore(_WholeScore):
     kind = "dataset"
     single_job = True
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity, **compute_args):
         """The dataset's value, as a one-element list."""
         return [self.compute(list_of_atoms, score_quantity, **compute_args)]

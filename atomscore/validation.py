@@ -7,6 +7,7 @@ them modifies what it is given.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -119,6 +120,32 @@ def check_configs(configs, name="configs", allow_empty=False):
     return list(configs)
 
 
+def check_finite_positions(atoms, where="configuration", allow_empty=False):
+    """Refuse an empty configuration, or NaN/infinite positions or cell; return ``atoms``.
+
+    ``where`` names the configuration in the message (e.g. ``"list_of_atoms: configuration 3"``).
+    Positions and cell are in Å; nothing is modified.
+    """
+    if len(atoms) == 0 and not allow_empty:
+        raise InputError(f"{where}: expected at least one atom, got an empty configuration")
+    pos = np.asarray(atoms.positions)
+    if not np.all(np.isfinite(pos)):
+        bad = int(np.argwhere(~np.isfinite(pos))[0][0])
+        raise InputError(f"{where}: expected finite positions, got {pos[bad].tolist()} for atom {bad}")
+    cell = np.asarray(atoms.cell.array)
+    if not np.all(np.isfinite(cell)):
+        raise InputError(f"{where}: expected a finite cell, got {cell.tolist()}")
+    return atoms
+
+
+def check_finite_configs(configs, name="configs", allow_empty_atoms=False):
+    """:func:`check_configs`, then :func:`check_finite_positions` on each (its index named)."""
+    configs = check_configs(configs, name)
+    for i, atoms in enumerate(configs):
+        check_finite_positions(atoms, f"{name}: configuration {i}", allow_empty=allow_empty_atoms)
+    return configs
+
+
 def per_atom_array(atoms, key, index=None, ncols=None, name=None):
     """Return ``atoms.arrays[key]`` as a float64 (n_atoms, ncols) array, checked.
 
@@ -209,3 +236,60 @@ def check_jsonable(value, name):
     walk(value, name)
     json.dumps(value)
     return value
+
+
+# ---------------------------------------------------------------------- descriptor provenance
+#: ``atoms.info[<descriptors key> + DESCRIPTOR_SETTINGS_SUFFIX]`` holds the settings of the
+#: descriptors in ``atoms.arrays[<descriptors key>]`` (name, cutoff, k, package version)
+DESCRIPTOR_SETTINGS_SUFFIX = "_settings"
+
+
+def array_digest(arr) -> dict:
+    """``{'shape', 'sha256'}`` of an array's float64 values in C order: what identifies a set of
+    descriptors in metadata without storing it."""
+    a = np.ascontiguousarray(arr, dtype=np.float64)
+    return {"shape": list(a.shape), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+
+
+def _canonical(value):
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _settings_value(value):
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def descriptor_settings(configs, key, name="configs"):
+    """The descriptor settings the configurations record for ``arrays[key]`` (None if none does).
+
+    Raises
+    ------
+    InputError
+        Two configurations record different settings (naming both).
+    """
+    found, first = None, None
+    for i, atoms in enumerate(configs):
+        value = _settings_value(atoms.info.get(f"{key}{DESCRIPTOR_SETTINGS_SUFFIX}"))
+        if value is None:
+            continue
+        if found is None:
+            found, first = value, i
+        elif _canonical(value) != _canonical(found):
+            raise InputError(f"{name}: configuration {i} records descriptor settings {_canonical(value)} for "
+                             f"arrays[{key!r}], configuration {first} records {_canonical(found)}; "
+                             "descriptors computed with different settings cannot be compared")
+    return found
+
+
+def check_same_descriptor_settings(settings_a, label_a, settings_b, label_b):
+    """Refuse two descriptor sets whose recorded settings differ (unknown on either side: accepted)."""
+    if settings_a is None or settings_b is None:
+        return
+    if _canonical(settings_a) != _canonical(settings_b):
+        raise InputError(f"descriptor settings differ: {label_a} were computed with {_canonical(settings_a)}, "
+                         f"{label_b} with {_canonical(settings_b)}; compute both with the same descriptor")

@@ -115,7 +115,7 @@ def test_one_step_central_equals_numdifftools(configs):
     slow = score.compute(configs[0], "SENSITIVITY", potential=POT, parameters_optimize=OPT,
                          derivative_kwargs={"num_steps": 1})
     np.testing.assert_allclose(fast, slow, rtol=1e-12)
-    assert score._last_details["derivative_kwargs"]["num_steps"] == 1
+    assert score.metadata_of(slow)["derivative_kwargs"]["num_steps"] == 1
 
 
 def test_transform_and_fixed_zero(configs):
@@ -170,7 +170,7 @@ def test_masks_list_npy_txt(configs, tmp_path):
     ({"potential": {"potential_type": "LAMMPS", "potential_args": {}}}, r"only 'KIM' is supported"),
     ({"parameters_optimize": {"Aa": [[1.0]]}}, r"unknown parameter 'Aa'.*its parameters are: A, B"),
     ({"derivative_kwargs": {"method": "complex"}}, r"cannot be evaluated at complex"),
-    ({"derivative_kwargs": {"step": [0.1]}}, r"expected a positive number or 5 positive numbers"),
+    ({"derivative_kwargs": {"step": [0.1]}}, r"expected a non-zero finite number or 5 of them"),
     ({"nprocs": 0}, r"nprocs: expected an integer >= 1"),
 ])
 def test_bad_inputs(configs, kwargs, message):

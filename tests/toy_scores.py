@@ -8,7 +8,7 @@ import numpy as np
 
 from atomscore.errors import InputError
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import AtomCenteredScore, ConfigurationScore, DatasetScore
+from atomscore.score import AtomCenteredScore, ConfigurationScore, DatasetScore, records_metadata
 from atomscore.validation import load_array, per_atom_array
 
 
@@ -23,6 +23,7 @@ class WeightedDistanceScore(AtomCenteredScore):
         self.weights = load_array(weights, "weights", shape=(3,))
         self.offset = float(offset)
 
+    @records_metadata
     def compute(self, atoms, score_quantity, centre=(0.0, 0.0, 0.0), scale=None, action=None):
         self.parse_quantity(score_quantity)
         centre = load_array(centre, "centre", shape=(3,))
@@ -42,6 +43,7 @@ class CellVolumeScore(ConfigurationScore):
     OUTPUT_KEY = "toy_volume"
     supported_score_quantities = (ScoreQuantity.SENSITIVITY,)
 
+    @records_metadata
     def compute(self, atoms, score_quantity, factor=1.0, as_matrix=False):
         self.parse_quantity(score_quantity)
         value = factor * atoms.get_volume()
@@ -54,6 +56,7 @@ class MeanDescriptorScore(DatasetScore):
     OUTPUT_KEY = "toy_mean"
     supported_score_quantities = (ScoreQuantity.DIVERSITY,)
 
+    @records_metadata
     def compute(self, dataset, score_quantity, descriptors_key="descriptors"):
         self.parse_quantity(score_quantity)
         return float(np.mean(np.concatenate([per_atom_array(a, descriptors_key, i) for i, a in enumerate(dataset)])))
@@ -65,6 +68,7 @@ class PerConfigFactorScore(ConfigurationScore):
     OUTPUT_KEY = "toy_factor"
     supported_score_quantities = (ScoreQuantity.IMPORTANCE,)
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity, factors=None):
         self.parse_quantity(score_quantity)
         if len(factors) != len(list_of_atoms):

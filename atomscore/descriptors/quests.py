@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from atomscore.errors import InputError
-from atomscore.validation import check_configs, check_int, check_positive
+from atomscore.validation import DESCRIPTOR_SETTINGS_SUFFIX, check_configs, check_int, check_positive
 
 # Configurations are sent to quests in chunks of about this many atoms, so the progress
 # bar moves while each chunk still fills quests' parallel loop.
@@ -64,6 +64,21 @@ class QUESTSDescriptor:
         if not isinstance(key, str) or not key:
             raise InputError(f"key: expected a non-empty string, got {key!r}")
         self.key = key
+
+    @property
+    def settings(self) -> dict:
+        """What defines the numbers: ``{'name': 'QUESTS', 'cutoff' (Å), 'k', 'quests_version'}``.
+
+        :meth:`attach` writes it to ``atoms.info[key + '_settings']``; the scores compare it
+        between queries and references.
+        """
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            quests_version = version("quests")
+        except PackageNotFoundError:  # an unpackaged checkout of quests
+            quests_version = "unknown"
+        return {"name": "QUESTS", "cutoff": self.cutoff, "k": self.k, "quests_version": quests_version}
 
     @property
     def n_features(self) -> int:
@@ -140,10 +155,12 @@ class QUESTSDescriptor:
         -------
         list of ase.Atoms
             Copies (with their calculator results kept as a single-point calculator) whose
-            ``arrays[key]`` holds the ``(n_atoms, 2k - 1)`` descriptors.
+            ``arrays[key]`` holds the ``(n_atoms, 2k - 1)`` descriptors and
+            ``info[key + '_settings']`` their :attr:`settings`.
         """
         configs = check_configs(list_of_atoms, "list_of_atoms", allow_empty=True)
         descriptors = self.compute_batch(configs, progress=progress)
+        settings = self.settings
         out = []
         for atoms, x in zip(configs, descriptors):
             new = atoms.copy()
@@ -155,6 +172,7 @@ class QUESTSDescriptor:
             if self.key in new.arrays:
                 del new.arrays[self.key]  # replaced, possibly with another width
             new.new_array(self.key, x)
+            new.info[f"{self.key}{DESCRIPTOR_SETTINGS_SUFFIX}"] = dict(settings)
             out.append(new)
         return out
 

@@ -29,8 +29,8 @@ import numpy as np
 
 from atomscore.errors import InputError, SolverError
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import ConfigurationScore
-from atomscore.validation import check_choice, check_configs, load_array
+from atomscore.score import ConfigurationScore, records_metadata
+from atomscore.validation import check_choice, check_finite_configs, load_array
 
 #: where FIMTrainingSetScore (ours and the reference's) stores each configuration's FIM
 CANDIDATE_FIM_KEY = "fim_training_set_score"
@@ -134,7 +134,7 @@ def candidate_fims(list_of_atoms, fim_key=CANDIDATE_FIM_KEY):
         Naming the configuration index that lacks the key, or whose FIM is not a
         square symmetric matrix of the same size as the first one.
     """
-    configs = check_configs(list_of_atoms, "list_of_atoms")
+    configs = check_finite_configs(list_of_atoms, "list_of_atoms")
     fims = []
     for i, atoms in enumerate(configs):
         if fim_key not in atoms.info:
@@ -221,6 +221,101 @@ def target_fim(fim_property, name="fim_property"):
     return total
 
 
+#: metadata fields that say what the rows of a FIM are; FIMs differing in one are not comparable
+PROVENANCE_FIELDS = ("fim_index_to_parameter", "transform", "kim_id")
+#: the OUTPUT_KEY under which FIMTrainingSetScore stores its metadata on each configuration
+CANDIDATE_OUTPUT_KEY = "fim_training_set"
+
+
+def fim_provenance(metadata):
+    """The fields of a FIM's metadata (:data:`PROVENANCE_FIELDS`) that say which parameters its
+    rows are; ``None`` when none is recorded (a plain array)."""
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(metadata, dict):
+        return None
+    out = {}
+    for field in PROVENANCE_FIELDS:
+        value = metadata.get(field)
+        if field == "kim_id" and value is None and isinstance(metadata.get("potential"), dict):
+            pot = metadata["potential"]
+            value = pot.get("name") or (pot.get("potential_args") or {}).get("kim_id")
+        if isinstance(value, str) and field != "kim_id":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        if value is not None and value != "None":
+            out[field] = value
+    return out or None
+
+
+def candidate_provenance(atoms, fim_key=CANDIDATE_FIM_KEY):
+    """What a candidate's FIM rows are, from ``info['_metadata']['fim_training_set']`` or the
+    flat ``info['fim_training_set_<field>']`` keys; None when the FIM carries no metadata."""
+    if fim_key != CANDIDATE_FIM_KEY:
+        return None
+    meta = atoms.info.get("_metadata")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError:
+            meta = None
+    found = fim_provenance(meta.get(CANDIDATE_OUTPUT_KEY)) if isinstance(meta, dict) else None
+    if found:
+        return found
+    return fim_provenance({f: atoms.info[f"{CANDIDATE_OUTPUT_KEY}_{f}"] for f in PROVENANCE_FIELDS
+                           if f"{CANDIDATE_OUTPUT_KEY}_{f}" in atoms.info})
+
+
+def target_provenance(fim_property, name="fim_property"):
+    """``[(label, provenance)]`` of every target FIM given as a results dict or JSON file
+    that records its metadata (arrays record none)."""
+    out = []
+    if isinstance(fim_property, (str, os.PathLike)) and Path(fim_property).suffix == ".json":
+        try:
+            data = json.loads(Path(fim_property).read_text())
+        except (OSError, json.JSONDecodeError):
+            return out  # target_fim has already said what is wrong with the file
+        return target_provenance(data, f"{name} ({Path(fim_property).name})")
+    if isinstance(fim_property, dict):
+        found = fim_provenance(fim_property.get("_metadata"))
+        return [(name, found)] if found else []
+    if isinstance(fim_property, (list, tuple)) and all(isinstance(v, (dict, str, os.PathLike)) for v in fim_property):
+        for k, item in enumerate(fim_property):
+            out.extend(target_provenance(item, f"{name}[{k}]"))
+    return out
+
+
+def _canonical(value):
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def check_same_parameters(labelled):
+    """Refuse FIMs whose recorded provenance differs: ``labelled`` is ``[(label, provenance)]``.
+
+    Raises
+    ------
+    InputError
+        Naming both FIMs and showing both values of the first field that differs.
+    """
+    labelled = [(label, prov) for label, prov in labelled if prov]
+    if len(labelled) < 2:
+        return
+    ref_label, ref = labelled[0]
+    for label, prov in labelled[1:]:
+        for field in PROVENANCE_FIELDS:
+            if field in ref and field in prov and _canonical(ref[field]) != _canonical(prov[field]):
+                raise InputError(
+                    f"FIMMatchingScore: {label} and {ref_label} are FIMs of different parameters: their "
+                    f"{field} differ:\n  {label}: {_canonical(prov[field])}\n  {ref_label}: {_canonical(ref[field])}\n"
+                    "compute the training-set and property FIMs with the same potential, "
+                    "parameters_optimize and transform")
+
+
 def _check_weight_upper_bound(value, nconfigs):
     label = "convexopt_init_kwargs['weight_upper_bound']"
     if value is None or (isinstance(value, str) and value.strip().lower() == "inf"):
@@ -279,6 +374,32 @@ def _check_solver_kwargs(solver_kwargs):
                          f"installed: {', '.join(have)}")
     kwargs["solver"] = name
     return kwargs
+
+
+def _probe_solver(solver_kwargs):
+    """Let cvxpy and the solver judge ``solver_kwargs`` on a 1x1 semidefinite problem (a few
+    ms), so an unknown or ill-typed option fails before any job, with the solver's own message.
+    Returns ``solver_kwargs``. SDPA is not probed: it refuses no option."""
+    import cvxpy as cp
+
+    kwargs = dict(solver_kwargs)
+    verbose = kwargs.pop("verbose", False)
+    if not isinstance(verbose, (bool, np.bool_)):
+        raise InputError(f"solver_kwargs['verbose']: expected True or False, got {verbose!r}")
+    if kwargs.get("solver") == "SDPA":
+        return solver_kwargs  # sdpa-python takes any option (it warns and keeps its default)
+    x = cp.Variable((1, 1), symmetric=True)
+    problem = cp.Problem(cp.Minimize(cp.trace(x)), [x >> 0, x[0, 0] >= 1.0])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            problem.solve(**kwargs)
+    except cp.error.SolverError:
+        pass  # the options were taken; how a solve ends is judged on the real problem
+    except Exception as exc:  # TypeError, ValueError... exactly as cvxpy or the solver says it
+        raise InputError(f"solver_kwargs: {kwargs.get('solver')} refuses {solver_kwargs!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
+    return solver_kwargs
 
 
 def _check_convexopt_kwargs(convexopt_init_kwargs, nconfigs):
@@ -410,11 +531,15 @@ def match_information(candidates, target, *, weight_upper_bound=None, solver_kwa
             opt.solve(**solver_kwargs)
     except cp.error.SolverError as exc:
         raise SolverError(_solver_message(solver, "solver_error", str(exc), ub is not None)) from None
-    except (AttributeError, TypeError):
+    except (AttributeError, TypeError) as exc:
         # ConvexOpt.solve reads the weights before it looks at the status; when the
-        # solver found no solution they are None. The status says why.
+        # solver found no solution they are None. The status says why. No status at all:
+        # the solver never ran (it refused an option): its own message says why.
         if opt.problem.status == cp.OPTIMAL:
             raise
+        if opt.problem.status is None:
+            raise InputError(f"solver_kwargs: the {solver} solver refused {solver_kwargs!r}: "
+                             f"{type(exc).__name__}: {exc}") from None
     status = opt.problem.status
     if status != cp.OPTIMAL:
         raise SolverError(_solver_message(solver, status, None, ub is not None))
@@ -508,13 +633,14 @@ class FIMMatchingScore(ConfigurationScore):
 
     def __init__(self):
         super().__init__()
-        self._last_solution = {}
 
+    @records_metadata
     def compute(self, atoms, score_quantity=ScoreQuantity.IMPORTANCE, **compute_args):
         """Not meaningful for one configuration: use :meth:`compute_batch` on every candidate."""
         raise InputError("FIMMatchingScore.compute: the weights depend on every candidate together; "
                          "call compute_batch(list_of_atoms, fim_property, ...) with all candidates")
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, fim_property=None, score_quantity=ScoreQuantity.IMPORTANCE,
                       convexopt_init_kwargs=None, solver_kwargs=None, weight_tolerance=None,
                       precondition=True, fim_key=CANDIDATE_FIM_KEY):
@@ -572,7 +698,7 @@ class FIMMatchingScore(ConfigurationScore):
         problem = self._validated(list_of_atoms, fim_property, convexopt_init_kwargs, solver_kwargs,
                                   weight_tolerance, precondition, fim_key)
         weights, info = match_information(**problem)
-        self._last_solution = info
+        self.note_metadata(**info)
         return [float(w) for w in weights]
 
     def _validated(self, list_of_atoms, fim_property, convexopt_init_kwargs, solver_kwargs,
@@ -589,11 +715,15 @@ class FIMMatchingScore(ConfigurationScore):
                              f"{fims[0].shape[0]}x{fims[0].shape[1]}")
         if not np.any(target):
             raise InputError("fim_property: the target FIM is zero; there is nothing to match")
+        configs = list(list_of_atoms)
+        check_same_parameters(target_provenance(fim_property) + [
+            (f"list_of_atoms: configuration {i}: info[{fim_key!r}]", candidate_provenance(a, fim_key))
+            for i, a in enumerate(configs)])
         convexopt = _check_convexopt_kwargs(convexopt_init_kwargs, len(fims))
         tol = _check_tolerance(weight_tolerance)
         return dict(candidates=fims, target=target,
                     weight_upper_bound=convexopt.pop("weight_upper_bound"),
-                    solver_kwargs=_check_solver_kwargs(solver_kwargs),
+                    solver_kwargs=_probe_solver(_check_solver_kwargs(solver_kwargs)),
                     zero_tol=tol["zero_tol"], zero_tol_dual=tol["zero_tol_dual"],
                     precondition=_check_precondition(precondition), convexopt_kwargs=convexopt)
 
@@ -647,5 +777,4 @@ class FIMMatchingScore(ConfigurationScore):
             "solver_kwargs": {k: v for k, v in solver_kwargs.items()
                               if v is None or isinstance(v, (bool, int, float, str))},
         }
-        meta.update(self._last_solution)
-        return meta
+        return meta  # the solver's status, objective and margin are noted by compute_batch

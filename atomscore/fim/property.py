@@ -25,7 +25,7 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.jobs.calls import job_call
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import ModelScore, to_jsonable
+from atomscore.score import ModelScore, to_jsonable, records_metadata
 from atomscore.validation import check_keys, load_array
 
 #: default finite-difference settings (those of information_matching's FiniteDifference)
@@ -35,6 +35,9 @@ DEFAULT_DERIVATIVE_KWARGS = {"h": 0.1, "method": "FD"}
 TARGET_PROPERTY_TYPES = ("ElasticConstants",)
 
 _CALC_ARGS = ("workflow",)
+
+#: a covariance eigenvalue below -COV_PSD_RTOL * n * |largest| is not round-off: refused
+COV_PSD_RTOL = 1e-12
 
 
 # ---------------------------------------------------------------------- one evaluation
@@ -188,6 +191,12 @@ def _one_cov(value, n, where):
         i, j = np.unravel_index(np.argmax(np.abs(cov - cov.T)), cov.shape)
         raise InputError(f"{where}: expected a symmetric covariance matrix, got cov[{i}, {j}] = {cov[i, j]} "
                          f"but cov[{j}, {i}] = {cov[j, i]}")
+    eig = np.linalg.eigvalsh(0.5 * (cov + cov.T))
+    # round-off of a singular PSD matrix stays within a few n*eps of its largest eigenvalue
+    if eig[0] < -COV_PSD_RTOL * n * max(abs(eig[-1]), abs(eig[0])):
+        raise InputError(f"{where}: expected a positive semi-definite covariance matrix, got an eigenvalue "
+                         f"{eig[0]:.6g} (eigenvalues from {eig[0]:.6g} to {eig[-1]:.6g}); a covariance has no "
+                         "negative variance")
     return cov
 
 
@@ -258,7 +267,6 @@ class FIMPropertyScore(ModelScore):
         super().__init__()
         self.fim_index_to_parameter = {}
         self.jacobian = None
-        self._run_info = {}
 
     # ------------------------------------------------------------------ checks
     def _prepare(self, list_of_target_property, cov, potential, parameters_optimize, transform,
@@ -305,6 +313,7 @@ class FIMPropertyScore(ModelScore):
         return out
 
     # ------------------------------------------------------------------ compute
+    @records_metadata
     def compute(self, list_of_target_property, score_quantity, cov, potential, parameters_optimize,
                 transform=None, derivative_kwargs=None):
         """The FIM of the target properties.
@@ -375,21 +384,22 @@ class FIMPropertyScore(ModelScore):
         fim = 0.5 * (fim + fim.T)
         self.jacobian = jac
         self.fim_index_to_parameter = pmap.fim_index_to_parameter
-        self._run_info = {
+        self.note_metadata(**{
             "potential": {"type": "KIM", "name": pot.kim_id, "spec": spec},
+            "kim_id": pot.kim_id,
             **pmap.metadata(),
             "derivative_kwargs": {"h": dkw["h"].tolist(), "method": dkw["method"]},
             "target_property": [{"init_args": p.to_spec(),
                                  "calculate_property_args": {"workflow": w} if isinstance(w, dict) else {}}
                                 for p, _, w in props],
             "property_units": [p.units or "eV/A^3" for p, _, _ in props],
-        }
+        })
         return fim
 
     def get_metadata(self, score_quantity, **compute_args):
-        """Quantity, potential, parameters, transform, fim_index_to_parameter, steps, cov."""
+        """Quantity and cov; the computation notes potential, parameters, transform,
+        fim_index_to_parameter and steps."""
         meta = {"score_quantity": ScoreQuantity.parse(score_quantity).name}
-        meta.update(copy.deepcopy(self._run_info))
         cov = compute_args.get("cov")
         if isinstance(cov, (str, os.PathLike)):
             meta["cov"] = str(cov)

@@ -25,8 +25,8 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.fim.parameters import IdentityTransform, ParameterMap, transform_to_dict
 from atomscore.quantity import ScoreQuantity
-from atomscore.score import ConfigurationScore
-from atomscore.validation import check_configs, check_int, is_array_file, load_array
+from atomscore.score import ConfigurationScore, records_metadata
+from atomscore.validation import check_finite_configs, check_int, is_array_file, load_array
 
 EVALUATE_KEYS = ("compute_energy", "compute_forces", "compute_stress")
 _QUANTITY_OF_KEY = {"compute_energy": "energy", "compute_forces": "forces", "compute_stress": "stress"}
@@ -149,13 +149,29 @@ def _derivative_settings(derivative_kwargs, pmap):
         try:
             arr = np.asarray(step, dtype=float)
         except (TypeError, ValueError):
-            raise InputError(f"derivative_kwargs['step']: expected a positive number or one per parameter, got {step!r}") from None
+            raise InputError(f"derivative_kwargs['step']: expected a non-zero number or one per parameter, got {step!r}") from None
+        # a negative step is a step (numdifftools takes it as given); zero is no difference
         if arr.ndim > 1 or (arr.ndim == 1 and arr.size != pmap.n_params) or not np.all(np.isfinite(arr)) \
-                or np.any(arr <= 0):
-            raise InputError(f"derivative_kwargs['step']: expected a positive number or {pmap.n_params} positive "
-                             f"numbers (one per free parameter), got {step!r}")
+                or np.any(arr == 0):
+            raise InputError(f"derivative_kwargs['step']: expected a non-zero finite number or {pmap.n_params} "
+                             f"of them (one per free parameter), got {step!r}")
         settings["step"] = arr
+    if not _is_plain_central(settings):
+        _probe_numdifftools(settings, pmap.phi0, derivative_kwargs)
     return settings
+
+
+def _probe_numdifftools(settings, phi0, given):
+    """Let numdifftools judge the settings on a linear function of the parameters (microseconds),
+    so an unknown or ill-typed key fails here, with numdifftools' own message, not in a job."""
+    import numdifftools as nd
+
+    try:
+        jac = nd.Jacobian(lambda x: 2.0 * np.asarray(x, dtype=float), **settings)(np.array(phi0, dtype=float))
+        np.asarray(jac, dtype=float)
+    except Exception as exc:  # whatever numdifftools raises for these settings, said as it says it
+        raise InputError(f"derivative_kwargs: numdifftools.Jacobian refuses {given!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 def _is_plain_central(settings):
@@ -326,6 +342,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         self.fim_index_to_parameter = {}
 
     # -------------------------------------------------------------- compute
+    @records_metadata
     def compute(self, atoms, score_quantity="SENSITIVITY", potential=None, parameters_optimize=None,
                 transform=None, evaluate_kwargs=None, derivative_kwargs=None, mask=None, **kwargs):
         """FIM of one configuration (see :meth:`compute_batch`; ``mask`` is its mask).
@@ -347,6 +364,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         return self._compute_all([atoms], score_quantity, potential, parameters_optimize, transform,
                                  evaluate_kwargs, derivative_kwargs, [mask], nprocs)[0]
 
+    @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity="SENSITIVITY", potential=None,
                       parameters_optimize=None, transform=None, evaluate_kwargs=None,
                       derivative_kwargs=None, list_of_mask=None, nprocs=1):
@@ -391,7 +409,7 @@ class FIMTrainingSetScore(ConfigurationScore):
     def _compute_all(self, configs, score_quantity, potential, parameters_optimize, transform,
                      evaluate_kwargs, derivative_kwargs, list_of_mask, nprocs):
         self.parse_quantity(score_quantity)
-        configs = check_configs(configs, "list_of_atoms")
+        configs = check_finite_configs(configs, "list_of_atoms")
         nprocs = check_int(nprocs, "nprocs", minimum=1)
         if potential is None:
             raise InputError("potential: required, e.g. {'potential_type': 'KIM', 'potential_args': {'kim_id': ...}}")
@@ -412,7 +430,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         for i, (atoms, q) in enumerate(zip(configs, quantities)):
             if q == "stress" and not np.any(atoms.pbc):
                 raise InputError(f"evaluate_kwargs: configuration {i} asks for stress but is not periodic")
-        self._last_details = self._details(ev, quantities, list_of_mask)
+        self.note_metadata(**self._details(ev, quantities, list_of_mask))
         #: FIM row/column -> {'parameter': name, 'extent': e}, as the spec shows
         self.fim_index_to_parameter = ev.pmap.fim_index_to_parameter
 
@@ -460,8 +478,12 @@ class FIMTrainingSetScore(ConfigurationScore):
 
     # -------------------------------------------------------------- jobs and metadata
     def prepare_compute_args(self, compute_args):
-        """Turn a KIMPotential and a transform object into their JSON forms (a new dict)."""
+        """Turn a KIMPotential, a transform object and arrays of ``evaluate_kwargs`` flags into
+        their JSON forms (a new dict)."""
         args = dict(compute_args)
+        evk = args.get("evaluate_kwargs")
+        if isinstance(evk, dict):
+            args["evaluate_kwargs"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in evk.items()}
         if args.get("potential") is not None:
             args["potential"] = _potential_spec(args["potential"])  # live parameters included
         if args.get("transform") is not None and not isinstance(args["transform"], dict):
@@ -479,7 +501,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         unknown = sorted(set(args) - allowed)
         if unknown:
             raise InputError(f"FIMTrainingSetScore.run: unknown compute_args {unknown}; expected some of {sorted(allowed)}")
-        configs = check_configs(configs, "configs")
+        configs = check_finite_configs(configs, "configs")
         quantities = _flags(args.get("evaluate_kwargs"), len(configs))
         _masks(args.get("list_of_mask"), configs, quantities)
         check_int(args.get("nprocs", 1), "nprocs", minimum=1)
@@ -491,26 +513,9 @@ class FIMTrainingSetScore(ConfigurationScore):
                 raise InputError(f"evaluate_kwargs: configuration {i} asks for stress but is not periodic")
 
     def get_metadata(self, score_quantity, **compute_args):
-        """Potential id and spec, parameters, transform, derivative settings,
-        ``fim_index_to_parameter``, evaluated quantity and masks of the last computation."""
-        meta = {"score_quantity": ScoreQuantity.parse(score_quantity).name}
-        details = getattr(self, "_last_details", None)
-        if details is None:
-            args = {k: v for k, v in compute_args.items() if k != "nprocs"}
-            if "list_of_mask" not in args and "mask" in args:
-                args["list_of_mask"] = [args.pop("mask")]
-            ev = _FIMEvaluator(args["potential"], args["parameters_optimize"], args.get("transform"),
-                               args.get("derivative_kwargs"))
-            ev.restore()
-            n = None
-            evk = args.get("evaluate_kwargs")
-            if isinstance(evk, dict):
-                for v in evk.values():
-                    if isinstance(v, (list, tuple)):
-                        n = len(v)
-            details = self._details(ev, _flags(evk, n or 1), args.get("list_of_mask"))
-        meta.update(copy.deepcopy(details))
-        return meta
+        """The quantity; the computation notes the rest (potential id and spec, parameters,
+        transform, derivative settings, ``fim_index_to_parameter``, evaluated quantity, masks)."""
+        return {"score_quantity": ScoreQuantity.parse(score_quantity).name}
 
     def slice_compute_args(self, compute_args, start, stop):
         """The compute arguments of configurations ``start:stop`` (per-configuration lists cut).
@@ -524,6 +529,8 @@ class FIMTrainingSetScore(ConfigurationScore):
             args["list_of_mask"] = list(lom[start:stop])
         evk = args.get("evaluate_kwargs")
         if isinstance(evk, dict):
-            args["evaluate_kwargs"] = {k: (list(v[start:stop]) if isinstance(v, (list, tuple)) and len(v) > 1 else v)
-                                       for k, v in evk.items()}
+            args["evaluate_kwargs"] = {
+                k: (list(np.asarray(v).tolist()[start:stop]) if isinstance(v, (list, tuple, np.ndarray))
+                    and np.ndim(v) == 1 and len(v) > 1 else v)
+                for k, v in evk.items()}
         return args

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atomscore.errors import InputError, JobFailedError
+from atomscore.errors import InputError
 from atomscore.jobs.folder import (FILES, JobState, clean_folder, is_cleaned, job_folders_under, read_job,
                                    read_status, resolve_reference, state_of)
 
@@ -130,7 +130,7 @@ def _group_by_workflow(folders, root, nprocs):
 
 
 def cmd_rerun(args):
-    from atomscore.jobs.folder import FILES as F, update_status, now
+    from atomscore.jobs.folder import now, update_status
     from atomscore.jobs.workflow import interrupts_raise
 
     folders = _folders(args.path, "rerun")
@@ -144,7 +144,7 @@ def cmd_rerun(args):
         print(f"no failed or cancelled jobs under {args.path}")
         return 0
     for folder in again:
-        for name in (F.results_xyz, F.results_json, F.call_result):
+        for name in (FILES.results_xyz, FILES.results_json, FILES.call_result):
             if (folder / name).exists():
                 raise InputError(f"jobs rerun: {folder} holds {name} although it is "
                                  f"{read_status(folder).get('state')}; remove it by hand to re-run")

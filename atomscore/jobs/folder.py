@@ -153,21 +153,17 @@ def update_status(folder, expect=None, only_if=None, **fields):
     folder = Path(folder)
     fields = {k: (v.value if isinstance(v, JobState) else v) for k, v in fields.items()}
     try:
-        lock = _status_lock(folder)
-        lock.__enter__()
-    except FileNotFoundError:
+        with _status_lock(folder):
+            status = _read_status_file(folder)
+            if expect and any(status.get(k) != v for k, v in expect.items()):
+                return None
+            if only_if is not None and not only_if(status):
+                return None
+            status.update(fields)
+            write_json_atomic(folder / FILES.status, status)
+            return status
+    except FileNotFoundError:  # the folder is gone: never re-create it
         return None
-    try:
-        status = _read_status_file(folder)
-        if expect and any(status.get(k) != v for k, v in expect.items()):
-            return None
-        if only_if is not None and not only_if(status):
-            return None
-        status.update(fields)
-        write_json_atomic(folder / FILES.status, status)
-        return status
-    finally:
-        lock.__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------- files

@@ -25,9 +25,14 @@ from contextlib import contextmanager
 import numpy as np
 
 from atomscore.errors import InputError, PotentialError, missing_extra
+from atomscore.validation import check_finite_positions
 
 #: how many configurations keep their padding and neighbour list (least recently used dropped)
 NEIGHBOR_CACHE_SIZE = 8
+
+#: model families whose driver crashes (segfault) when asked for the energy with a null
+#: forces pointer (DUNN__MD_292677547454_000, KIM API 2.3): they always get a forces buffer
+FORCES_ALWAYS = ("DUNN_",)
 
 _DEFAULT_KIM_API = "kim-api-collections-management"
 _kimpy = None
@@ -409,7 +414,8 @@ class KIMPotential:
 
         ``raw`` is a new array: the energy ``(1,)``, the forces on the padded atoms
         ``(n_padded, 3)`` (fold with :meth:`_fold` and the returned setup) or the virial ``(6,)``
-        (divide by ``setup.volume`` for the stress). The setup is rebuilt only if a parameter
+        from the forces (divide by ``setup.volume`` for the stress; see :meth:`_virial`).
+        The setup is rebuilt only if a parameter
         change moved the model's cutoffs. Used by finite-difference loops, where the cost of
         everything but the model's compute matters.
         """
@@ -434,15 +440,15 @@ class KIMPotential:
                 return s, s.forces.copy()
             if want[0]:
                 return s, s.energy.copy()
-            return s, s.virial.copy()
+            return s, self._virial(s)
 
         return evaluate
 
     def _build(self, atoms):
         kimpy = _kimpy
         n = len(atoms)
-        if n == 0:
-            raise InputError("configuration has no atoms")
+        # NaN/inf coordinates crash some drivers (a segfault, not an error): refused here
+        check_finite_positions(atoms, f"configuration {atoms.get_chemical_formula() or '(empty)'}")
         codes = self._species_codes(atoms)
         pbc = np.array(atoms.pbc, dtype=bool)
         cell = np.array(atoms.cell.array, dtype=np.double)
@@ -514,11 +520,26 @@ class KIMPotential:
             s.fold = None
         return s
 
+    def _pointers(self, energy, forces, stress):
+        """The KIM outputs to point at for a request. The driver's ``partialVirial`` is never
+        asked for: the stress comes from the forces on every particle (see :meth:`_virial`).
+        Drivers in :data:`FORCES_ALWAYS` always get a forces buffer."""
+        always = self.kim_id.startswith(FORCES_ALWAYS)
+        return (bool(energy), bool(forces) or bool(stress) or always, False)
+
     @staticmethod
-    def _pointers(energy, forces, stress):
-        """The KIM outputs to point at for a request: the virial comes with a forces buffer,
-        since some drivers (EAM Dynamo) accumulate the virial only in their force pass."""
-        return (bool(energy), bool(forces) or bool(stress), bool(stress))
+    def _virial(s):
+        """Virial ``dE/dε`` (eV, Voigt xx, yy, zz, yz, xz, xy) from the forces on every particle.
+
+        The energy is a function of the coordinates of the atoms *and* of their padding
+        images; a homogeneous strain moves all of them, so ``dE/dε_ij = -Σ_a F_ai r_aj``
+        over all particles, exactly (translation invariance makes it origin-free). We do not
+        use the driver's ``partialVirial``: some drivers get it wrong (MEAM_LAMMPS: the
+        stress of Si off by 0.2 eV/Å³, C44 of Cu by 1 %), and this sum costs O(particles).
+        """
+        w = -(s.coords.T @ s.forces)  # (3, 3): w[i, j] = -Σ r_i F_j
+        w = 0.5 * (w + w.T)
+        return np.array([w[0, 0], w[1, 1], w[2, 2], w[1, 2], w[0, 2], w[0, 1]])
 
     def _point(self, s, energy, forces, stress):
         """Give KIM pointers for the requested outputs and null pointers for the others."""
@@ -580,7 +601,7 @@ class KIMPotential:
         if forces:
             out["forces"] = self._forces(s)
         if stress:
-            out["stress"] = s.virial / s.volume
+            out["stress"] = self._virial(s) / s.volume
         return out
 
     def get_calculator(self):

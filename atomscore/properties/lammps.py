@@ -243,22 +243,40 @@ def run_lammps(lmp, deck, workdir, timeout=None) -> str:
     return text
 
 
+#: one number as LAMMPS prints it with ``%.17g`` (sign, digits, exponent; nan/inf refused later)
+_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)\w*)"
+
+
+def _float(text, what):
+    """``text`` as a finite float, or a PotentialError naming ``what``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise PotentialError(f"LAMMPS printed {text!r} for {what}; expected a number") from None
+    if not math.isfinite(value):
+        raise PotentialError(f"LAMMPS printed {text!r} for {what}; expected a finite number")
+    return value
+
+
 def parse_log(text, deformation_mag):
     """Read the ``ATOMSCORE_*`` lines of a log; return (a0, energy_per_atom, e_atom, C in GPa)."""
-    eq = re.findall(r"^ATOMSCORE_EQ (\S+) (\S+) (\S+) (\S+)", text, re.M)
-    atom = re.findall(r"^ATOMSCORE_ATOM (\S+)", text, re.M)
-    strains = re.findall(r"^ATOMSCORE_STRAIN (\d) (-?1) " + " ".join([r"(\S+)"] * 6), text, re.M)
+    num = _NUMBER
+    eq = re.findall(rf"^ATOMSCORE_EQ {num} {num} {num} {num}\s*$", text, re.M | re.I)
+    atom = re.findall(rf"^ATOMSCORE_ATOM {num}\s*$", text, re.M | re.I)
+    strains = re.findall(rf"^ATOMSCORE_STRAIN (\d) (-?1) " + " ".join([num] * 6) + r"\s*$", text, re.M | re.I)
     if len(eq) != 1 or len(atom) != 1 or len(strains) != 12:
         tail = "\n".join(text.strip().splitlines()[-_LOG_TAIL_LINES:])
         raise PotentialError(f"LAMMPS log is missing results ({len(strains)} of 12 strains); log tail:\n{tail}")
-    a0 = float(eq[0][0])
-    e_per_atom = float(eq[0][1])
+    a0 = _float(eq[0][0], "the lattice constant")
+    e_per_atom = _float(eq[0][1], "the energy per atom")
     press = np.zeros((6, 2, 6))
     for j, sign, *vals in strains:
-        press[int(j), 0 if sign == "1" else 1] = [float(v) for v in vals]
+        press[int(j), 0 if sign == "1" else 1] = [_float(v, f"the pressure of strain {j}") for v in vals]
     # stress = -pressure; C[:, j] = d sigma / d strain_j (central difference), bar -> GPa
     c = -(press[:, 0, :] - press[:, 1, :]).T / (2.0 * deformation_mag) * BAR_TO_GPA
-    return a0, e_per_atom, float(atom[0][0]), c
+    # findall with one group gives strings: the whole number, not its first character
+    e_atom = _float(atom[0], "the isolated-atom energy")
+    return a0, e_per_atom, e_atom, c
 
 
 def lammps_elastic(lmp, kim_id, species, lattice_type, lattice_param, deformation_mag,
