@@ -7,6 +7,8 @@ processes through LocalWorkflow and through the real local SLURM (scripts/slurm-
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +84,7 @@ def test_one_job_by_default(tmp_path):
 
 def test_cancelled_block_reruns_alone(tmp_path):
     """One job at a time; the last block is cancelled while pending. Gathering refuses; the
-    block rerun alone completes the run: the finished blocks' results are the same files
+    block rerun alone (``atomscore jobs rerun FOLDER``) completes the run: the finished blocks' results are the same files
     (inode and mtime), and the reduction equals compute()."""
     configs = _dataset()
     score = QUESTSEfficiencyScore()
@@ -95,14 +97,15 @@ def test_cancelled_block_reruns_alone(tmp_path):
     with pytest.raises(JobFailedError):
         score.data_from_calc_ids(ids, workflow=wf)
     before = {i: os.stat(Path(i) / "score_results.json") for i in ids[:-1]}
-    rerun = LocalWorkflow(tmp_path, nprocs=1)
-    rerun.submit(ids[-1])
-    assert rerun.block_until_completed(ids[-1:], timeout=300)[ids[-1]] == "done"
+    rerun = subprocess.run([sys.executable, "-m", "atomscore.cli", "jobs", "rerun", ids[-1]], capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert read_status(ids[-1])["state"] == "done"
     for i in ids[:-1]:
         after = os.stat(Path(i) / "score_results.json")
         assert (after.st_ino, after.st_mtime_ns) == (before[i].st_ino, before[i].st_mtime_ns)
         assert read_status(i)["state"] == "done"
-    (result,) = score.data_from_calc_ids(ids, workflow=rerun)
+    (result,) = QUESTSEfficiencyScore.data_from_calc_ids(ids)  # from the class: the folders hold everything
     assert _rel(result[score.result_key], score.compute(configs, "EFFICIENCY", bandwidth=H)) < 1e-12
 
 
