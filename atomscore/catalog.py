@@ -37,6 +37,8 @@ PUBLIC_NAMES: dict[str, str] = {
     "QUESTSDiversityScore": "atomscore.quests",
     "QUESTSDeltaEntropyScore": "atomscore.quests",
     "LTAUForcesUQScore": "atomscore.ltau",
+    "select": "atomscore.selection",
+    "Selection": "atomscore.selection",
     "UncertaintyCalculator": "atomscore.md",
     "FlaggedFramesWriter": "atomscore.md",
     "KIMPotential": "atomscore.potentials.kim",

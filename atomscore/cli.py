@@ -3,6 +3,7 @@
 ``atomscore run SPEC.json``        run a score over configurations through a workflow
 ``atomscore jobs status ROOT``     a table of the jobs under ROOT and their states
 ``atomscore descriptors IN -o OUT`` attach QUESTS descriptors to configurations
+``atomscore select POOL -n N -o OUT`` choose configurations to label next (``curve``: its learning curve)
 ``atomscore demo``                 the main job: information-matching active learning on SW silicon
 """
 
@@ -170,8 +171,9 @@ def _optional_commands():
     from atomscore.demo import add_demo_command
     from atomscore.descriptors.cli import add_descriptors_command
     from atomscore.jobs.commands import add_jobs_command
+    from atomscore.selection_cli import add_curve_command, add_select_command
 
-    return [add_jobs_command, add_descriptors_command, add_demo_command]
+    return [add_jobs_command, add_descriptors_command, add_demo_command, add_select_command, add_curve_command]
 
 
 def main(argv=None) -> int:

@@ -34,7 +34,7 @@ import numpy as np
 
 from atomscore.errors import InputError
 from atomscore.io import to_jsonable
-from atomscore.kernels import gaussian
+from atomscore.kernels import gaussian, neighbors
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, DatasetScore, records_metadata
 from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys, check_positive,
@@ -473,7 +473,8 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     OUTPUT_KEY = "quests_delta_entropy"
     supported_score_quantities = (ScoreQuantity.DELTA_ENTROPY,)
     _ARGS = ("reference_set", "descriptors_key", "bandwidth", "apply_mask", "approx", "num_nearest_neighbors",
-             "graph_neighbors", "precision", "reference_settings", "backend", "device", "reference_block_size")
+             "graph_neighbors", "precision", "reference_settings", "approx_index", "backend", "device",
+             "reference_block_size")
     #: compute argument a column-block job gets besides the user's
     _COLUMN_ARG = "_reference_block"
 
@@ -481,8 +482,8 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         super().__init__()
 
     def _checked(self, configs, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                 num_nearest_neighbors, graph_neighbors, precision, name, reference_settings=None, backend="numpy",
-                 device=None, reference_block_size=None):
+                 num_nearest_neighbors, graph_neighbors, precision, name, reference_settings=None,
+                 approx_index="flat", backend="numpy", device=None, reference_block_size=None):
         ref, ref_settings = _reference(reference_set, descriptors_key, reference_settings)
         if ref.shape[0] == 0:
             raise InputError(f"reference_set: expected at least one reference descriptor, got shape {ref.shape}")
@@ -497,6 +498,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         k = check_int(num_nearest_neighbors, "num_nearest_neighbors", minimum=1)
         check_int(graph_neighbors, "graph_neighbors", minimum=1)
         _precision(precision)
+        check_choice(approx_index, "approx_index", neighbors.INDEXES)
         if approx and k > len(ref):
             raise InputError(f"num_nearest_neighbors: expected at most the {len(ref)} reference descriptors, got {k}")
         _kernel_options({"backend": backend, "device": device})
@@ -516,8 +518,8 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         check_keys(compute_args, self._ARGS, f"{type(self).__name__} compute_args", ignore=("score_quantity",))
         args = {"reference_set": None, "descriptors_key": "descriptors", "bandwidth": DEFAULT_BANDWIDTH,
                 "apply_mask": False, "approx": False, "num_nearest_neighbors": 3, "graph_neighbors": 10,
-                "precision": "float64", "reference_settings": None, "backend": "numpy", "device": None,
-                "reference_block_size": None}
+                "precision": "float64", "reference_settings": None, "approx_index": "flat", "backend": "numpy",
+                "device": None, "reference_block_size": None}
         args.update({k: v for k, v in compute_args.items() if k != "score_quantity"})
         self._checked(configs, name="configs", **args)
 
@@ -540,7 +542,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     def compute(self, atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                 descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
                 num_nearest_neighbors=3, graph_neighbors=10, precision="float64", reference_settings=None,
-                backend="numpy", device=None, reference_block_size=None):
+                approx_index="flat", backend="numpy", device=None, reference_block_size=None):
         """Delta entropy of every atom of one configuration against ``reference_set``.
 
         Parameters
@@ -572,6 +574,10 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         reference_settings : dict, optional
             Descriptor settings of an array ``reference_set`` (as ``QUESTSDescriptor.settings``),
             compared with those the queries record.
+        approx_index : {'flat', 'hnsw'}
+            Neighbour search of ``approx=True``: exact (``'flat'``) or an HNSW graph for
+            references of 10^6 - 10^7 points (faster searches, dH biased upwards where it
+            misses a neighbour; measured in docs/quests.md).
         backend : {'numpy', 'torch'}
             Backend of the exact sum (``'torch'`` needs ``atomscore[gpu]``).
         device : str, optional
@@ -588,13 +594,13 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         self.parse_quantity(score_quantity)
         return self._delta_entropy([atoms], "atoms", reference_set, descriptors_key, bandwidth, apply_mask,
                                    approx, num_nearest_neighbors, graph_neighbors, precision, reference_settings,
-                                   backend, device, reference_block_size)[0]
+                                   approx_index, backend, device, reference_block_size)[0]
 
     @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                       descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
                       num_nearest_neighbors=3, graph_neighbors=10, precision="float64", reference_settings=None,
-                      backend="numpy", device=None, reference_block_size=None):
+                      approx_index="flat", backend="numpy", device=None, reference_block_size=None):
         """:meth:`compute` for every configuration, in one kernel pass over all their atoms.
 
         Returns
@@ -605,11 +611,11 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         self.parse_quantity(score_quantity)
         return self._delta_entropy(list_of_atoms, "list_of_atoms", reference_set, descriptors_key, bandwidth,
                                    apply_mask, approx, num_nearest_neighbors, graph_neighbors, precision,
-                                   reference_settings, backend, device, reference_block_size)
+                                   reference_settings, approx_index, backend, device, reference_block_size)
 
     def _delta_entropy(self, configs, name, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                       num_nearest_neighbors, graph_neighbors, precision, reference_settings=None, backend="numpy",
-                       device=None, reference_block_size=None):
+                       num_nearest_neighbors, graph_neighbors, precision, reference_settings=None,
+                       approx_index="flat", backend="numpy", device=None, reference_block_size=None):
         if name == "atoms":
             from ase import Atoms
 
@@ -617,12 +623,13 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 raise InputError(f"atoms: expected ase.Atoms, got {type(configs[0]).__name__}")
         ref, rows, masks, h, approx, k = self._checked(
             configs, reference_set, descriptors_key, bandwidth, apply_mask, approx, num_nearest_neighbors,
-            graph_neighbors, precision, name, reference_settings, backend, device, reference_block_size)
+            graph_neighbors, precision, name, reference_settings, approx_index, backend, device,
+            reference_block_size)
         n_h = np.size(h) if np.ndim(h) else None
         if len(rows) == 0:
             values = np.zeros((0,) if n_h is None else (0, n_h))
         elif approx:
-            values = gaussian.approx_delta_entropy(rows, ref, h, k)
+            values = gaussian.approx_delta_entropy(rows, ref, h, k, approx_index=approx_index)
         else:
             step = len(ref) if reference_block_size is None else reference_block_size
             blocks = [-gaussian.log_kernel_sums(rows, ref[c:c + step], h, precision=precision, backend=backend,
@@ -708,4 +715,5 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 "approx": bool(compute_args.get("approx", False)),
                 "num_nearest_neighbors": int(compute_args.get("num_nearest_neighbors", 3)),
                 "graph_neighbors": int(compute_args.get("graph_neighbors", 10)),
-                "precision": compute_args.get("precision", "float64"), **_kernel_metadata(compute_args)}
+                "precision": compute_args.get("precision", "float64"),
+                "approx_index": compute_args.get("approx_index", "flat"), **_kernel_metadata(compute_args)}

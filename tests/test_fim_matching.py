@@ -151,17 +151,21 @@ def test_conformance_13_sdpa_and_clarabel_agree():
 
 
 @needs_conformance
-def test_unpreconditioned_sdpa_reports_status_not_attribute_error():
-    """Without preconditioning SDPA calls case 13 infeasible (the reference's flaw): a SolverError
-    naming the status and CLARABEL. CLARABEL solves the unscaled problem to the same weight."""
+def test_unpreconditioned_sdpa_falls_back_to_clarabel():
+    """Without preconditioning SDPA calls case 13 infeasible (the reference's flaw): the problem is
+    solved again by CLARABEL, the metadata says so, and the weights are CLARABEL's (issue 16).
+    CLARABEL solves the unscaled problem to the same weight as the scaled one."""
     configs, target_path = conformance_inputs()
     score = FIMMatchingScore()
-    if "SDPA" in SOLVERS:
-        with pytest.raises(SolverError, match=r"SDPA.*'infeasible'.*CLARABEL"):
-            score.compute_batch(configs, target_path, precondition=False, solver_kwargs={"solver": "SDPA"})
     plain = score.compute_batch(configs, target_path, precondition=False, solver_kwargs={"solver": "CLARABEL"})
     scaled = score.compute_batch(configs, target_path, solver_kwargs={"solver": "CLARABEL"})
     np.testing.assert_allclose(plain, scaled, rtol=1e-3, atol=0)
+    if "SDPA" in SOLVERS:
+        got = score.compute_batch(configs, target_path, precondition=False, solver_kwargs={"solver": "SDPA"})
+        meta = score.metadata_of(got)
+        assert meta["fallback"]["from_solver"] == "SDPA" and meta["fallback"]["from_status"] == "infeasible"
+        assert meta["solver"] == "CLARABEL"
+        np.testing.assert_allclose(got, plain, rtol=1e-3, atol=0)
 
 
 @pytest.mark.parametrize("solver", SOLVERS)

@@ -11,9 +11,11 @@ the smallest non-negative weights :math:`w_i` such that
 
 i.e. training on the weighted candidates constrains the parameters at least as well as
 the target precision needs. The convex problem (a semidefinite program) is formulated and
-solved by ``information_matching.ConvexOpt`` through cvxpy, with the SDPA solver
-(``sdpa-python``) by default or CLARABEL; this module validates the inputs, preconditions
-the FIMs, checks the solver's status and returns one weight per configuration.
+solved by ``information_matching.ConvexOpt`` through cvxpy, with CLARABEL by default or the
+SDPA solver (``sdpa-python``) on request; when SDPA ends infeasible or inaccurate the problem
+is solved again with CLARABEL and the solution info says so (``'fallback'``). This module
+validates the inputs, preconditions the FIMs, checks the solver's status and returns one
+weight per configuration.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ SDPA_DEFAULT_OPTIONS = {"epsilonStar": 1e-6, "epsilonDash": 1e-6}
 VERIFY_TOL = 1e-4
 #: the same check on the weights returned, after those below zero_tol are set to 0
 MATCH_TOL = 1e-3
-#: the solvers offered by default, in order of preference
-PREFERRED_SOLVERS = ("SDPA", "CLARABEL")
+#: the solvers offered by default, in order of preference. CLARABEL first: at M = 10,000
+#: candidates it takes about a second where SDPA takes minutes and a GB (SDPA scales as
+#: M^2.4), and SDPA calls some feasible problems infeasible (benchmarks/fim_matching.py)
+PREFERRED_SOLVERS = ("CLARABEL", "SDPA")
 #: weight_tolerance keys and their defaults (those of information_matching)
 DEFAULT_WEIGHT_TOLERANCE = {"zero_tol": 1e-4, "zero_tol_dual": 1e-4}
 #: relative tolerances of the input checks
@@ -74,7 +78,7 @@ def installed_solvers() -> list:
 
 
 def default_solver() -> str:
-    """SDPA when ``sdpa-python`` is installed (as in the reference), else CLARABEL."""
+    """CLARABEL when installed (it is a dependency of cvxpy), else SDPA."""
     have = installed_solvers()
     for name in PREFERRED_SOLVERS:
         if name in have:
@@ -470,21 +474,21 @@ def match_information(candidates, target, *, weight_upper_bound=None, solver_kwa
     weights : numpy.ndarray
         ``(n_candidates,)``, zero for the configurations not selected.
     info : dict
-        ``status``, ``solver``, ``objective`` (sum of the weights), ``match_margin``
-        (lowest eigenvalue of :math:`\\sum_i w_i \\mathcal{I}_i - \\mathcal{I}_{\\rm target}` over
-        the target's Frobenius norm, in parameter units where the target has a unit
-        diagonal: >= 0 up to solver accuracy when matched) and ``n_selected``.
+        ``status``, ``solver`` (the one whose weights are returned), ``objective`` (sum of
+        the weights), ``match_margin`` (lowest eigenvalue of
+        :math:`\\sum_i w_i \\mathcal{I}_i - \\mathcal{I}_{\\rm target}` over the target's
+        Frobenius norm, in parameter units where the target has a unit diagonal: >= 0 up
+        to solver accuracy when matched), ``n_selected``; and ``fallback``
+        (``{'from_solver', 'from_status', 'reason', 'to_solver'}``) when SDPA failed and
+        CLARABEL's weights are returned instead.
 
     Raises
     ------
     SolverError
         When the solver ends with any status but ``optimal`` (infeasible, unbounded,
-        inaccurate, solver error), or calls optimal weights that do not match the target:
-        the message names the status and the other solver.
+        inaccurate, solver error), or calls optimal weights that do not match the target
+        -- for SDPA, when CLARABEL then fails too: the message names both statuses.
     """
-    import cvxpy as cp
-    from information_matching import ConvexOpt
-
     solver_kwargs = dict(solver_kwargs or {})
     solver = solver_kwargs.get("solver") or default_solver()
     solver_kwargs["solver"] = solver
@@ -519,6 +523,57 @@ def match_information(candidates, target, *, weight_upper_bound=None, solver_kwa
         target_scale = 1.0 / float(np.linalg.norm(target))
         norms = np.array([np.linalg.norm(fim) for fim in fims])
         scales = 1.0 / (norms if precondition == "frobenius" else np.full(len(active), norms.max()))
+    problem = dict(fims=fims, target=target, target_scale=target_scale, scales=scales, ub=ub,
+                   unit_fims=unit_fims, unit_target=unit_target, zero_tol=zero_tol,
+                   zero_tol_dual=zero_tol_dual, convexopt_kwargs=convexopt_kwargs)
+    try:
+        selected, info = _solve_once(solver, solver_kwargs, **problem)
+    except _SolveFailed as first:
+        fallback = FALLBACK_SOLVERS.get(solver)
+        if fallback is None or fallback not in installed_solvers():
+            raise SolverError(_solver_message(solver, first.status, first.detail, first.bounded)) from None
+        # SDPA's false 'infeasible' / inaccurate answers: the other solver gets the same problem
+        # (with none of SDPA's own options), and the solution says it was needed
+        retry_kwargs = {"solver": fallback, **{k: v for k, v in solver_kwargs.items() if k in PORTABLE_SOLVE_KWARGS}}
+        try:
+            selected, info = _solve_once(fallback, retry_kwargs, **problem)
+        except _SolveFailed as second:
+            raise SolverError(_solver_message(solver, first.status, first.detail, first.bounded,
+                                              tried=(fallback, second.status, second.detail))) from None
+        info["fallback"] = {"from_solver": solver, "from_status": first.status, "reason": first.reason,
+                            "to_solver": fallback}
+    for k, w in selected.items():
+        weights[active[int(k)]] = float(w)
+    info["objective"] = float(weights.sum())
+    info["n_selected"] = int(np.count_nonzero(weights))
+    return weights, info
+
+
+#: solver -> the one to re-solve with when it ends with any status but 'optimal' (infeasible,
+#: inaccurate, solver error) or its weights fail the match check: SDPA's answers on badly
+#: conditioned problems are not to be trusted. CLARABEL has none: re-solving a truly
+#: infeasible problem with SDPA would cost minutes at M = 10,000 and say nothing new.
+FALLBACK_SOLVERS = {"SDPA": "CLARABEL"}
+#: cvxpy ``solve`` arguments that mean the same to every solver (kept for the fallback)
+PORTABLE_SOLVE_KWARGS = ("verbose",)
+
+
+class _SolveFailed(Exception):
+    """One solver's failure: its status (``'optimal'`` when only our match check failed), a
+    detail, whether the weights were bounded, and the reason recorded with a fallback."""
+
+    def __init__(self, status, detail, bounded, reason):
+        super().__init__(reason)
+        self.status, self.detail, self.bounded, self.reason = status, detail, bounded, reason
+
+
+def _solve_once(solver, solver_kwargs, *, fims, target, target_scale, scales, ub, unit_fims, unit_target,
+                zero_tol, zero_tol_dual, convexopt_kwargs):
+    """One solve with one solver: ``({index: weight}, info)`` or :class:`_SolveFailed`."""
+    import cvxpy as cp
+    from information_matching import ConvexOpt
+
+    bounded = ub is not None
     fim_qoi = {"fim": target, "fim_scale": target_scale}
     fim_configs = {k: {"fim": fim, "fim_scale": float(scales[k])} for k, fim in enumerate(fims)}
     extra = dict(convexopt_kwargs or {})
@@ -530,7 +585,7 @@ def match_information(candidates, target, *, weight_upper_bound=None, solver_kwa
             warnings.filterwarnings("ignore", message="k >= N - 1", category=RuntimeWarning)
             opt.solve(**solver_kwargs)
     except cp.error.SolverError as exc:
-        raise SolverError(_solver_message(solver, "solver_error", str(exc), ub is not None)) from None
+        raise _SolveFailed("solver_error", str(exc), bounded, "the solver raised an error") from None
     except (AttributeError, TypeError) as exc:
         # ConvexOpt.solve reads the weights before it looks at the status; when the
         # solver found no solution they are None. The status says why. No status at all:
@@ -542,33 +597,27 @@ def match_information(candidates, target, *, weight_upper_bound=None, solver_kwa
                              f"{type(exc).__name__}: {exc}") from None
     status = opt.problem.status
     if status != cp.OPTIMAL:
-        raise SolverError(_solver_message(solver, status, None, ub is not None))
+        raise _SolveFailed(status, None, bounded, f"status {status!r}")
     # The solver's own word is not enough (SDPA has called badly scaled problems optimal
     # with all weights 0): check that its raw weights satisfy the constraint.
     raw = np.clip(np.asarray(opt.result["wm"], dtype=float), 0.0, None) * scales / target_scale
     raw_margin = _margin(raw, unit_fims, unit_target)
     if raw_margin < -VERIFY_TOL:
-        raise SolverError(_solver_message(
-            solver, status, f"its weights do not match the target: the lowest eigenvalue of "
-            f"sum w_i I_i - I_target is {raw_margin:.3g} of |I_target|", ub is not None))
+        detail = (f"its weights do not match the target: the lowest eigenvalue of "
+                  f"sum w_i I_i - I_target is {raw_margin:.3g} of |I_target|")
+        raise _SolveFailed("optimal", detail, bounded, "optimal but its weights do not match the target")
     selected = opt.get_config_weights(zero_tol=zero_tol, zero_tol_dual=zero_tol_dual)
+    kept = np.zeros(len(fims))
     for k, w in selected.items():
-        weights[active[int(k)]] = float(w)
-    margin = _margin(weights[active], unit_fims, unit_target)
+        kept[int(k)] = float(w)
+    margin = _margin(kept, unit_fims, unit_target)
     if margin < -MATCH_TOL:
-        raise SolverError(_solver_message(
-            solver, status, f"the weights left after zero_tol={zero_tol:g} and zero_tol_dual={zero_tol_dual:g} "
-            f"no longer match the target (lowest eigenvalue of sum w_i I_i - I_target is {margin:.3g} of "
-            f"|I_target|); the solver's dual values are probably inaccurate: keep precondition=True, or "
-            f"raise zero_tol_dual", ub is not None))
-    info = {
-        "status": status,
-        "solver": solver,
-        "objective": float(weights.sum()),
-        "match_margin": margin,
-        "n_selected": int(np.count_nonzero(weights)),
-    }
-    return weights, info
+        detail = (f"the weights left after zero_tol={zero_tol:g} and zero_tol_dual={zero_tol_dual:g} "
+                  f"no longer match the target (lowest eigenvalue of sum w_i I_i - I_target is {margin:.3g} of "
+                  f"|I_target|); the solver's dual values are probably inaccurate: keep precondition=True, or "
+                  f"raise zero_tol_dual")
+        raise _SolveFailed("optimal", detail, bounded, "weights after the zero tolerances do not match the target")
+    return selected, {"status": status, "solver": solver, "match_margin": margin}
 
 
 def _parameter_units(target, fims):
@@ -583,11 +632,12 @@ def _parameter_units(target, fims):
 
 def _margin(weights, fims, target):
     """Lowest eigenvalue of sum_i w_i I_i - I_target over |I_target|_F (>= 0: matched)."""
-    matched = sum(w * fim for w, fim in zip(weights, fims)) - target
+    matched = np.tensordot(np.asarray(weights, dtype=float), np.asarray(fims), axes=1) - target
     return float(np.linalg.eigvalsh(matched)[0] / np.linalg.norm(target))
 
 
-def _solver_message(solver, status, detail, bounded):
+def _solver_message(solver, status, detail, bounded, tried=None):
+    """The SolverError text; ``tried``: ``(solver, status, detail)`` of the fallback solve."""
     other = other_solver(solver)
     if status == "optimal":
         msg = f"FIMMatchingScore: the {solver} solver ended with status 'optimal' but {detail}"
@@ -595,13 +645,19 @@ def _solver_message(solver, status, detail, bounded):
         msg = f"FIMMatchingScore: the {solver} solver ended with status {status!r}, not 'optimal'"
         if detail:
             msg += f" ({detail})"
-    msg += f"; no weights were returned. Try solver_kwargs={{'solver': '{other}'}}"
-    if status.startswith("infeasible"):
-        msg += (", and check that the candidates' FIMs can cover the target FIM (no candidate carries "
+    if tried is not None:
+        msg += f"; {tried[0]}, tried next, ended with status {tried[1]!r} too" + (f" ({tried[2]})" if tried[2] else "")
+        msg += "; no weights were returned. Check"
+        statuses = (status, tried[1])
+    else:
+        msg += f"; no weights were returned. Try solver_kwargs={{'solver': '{other}'}}, and check"
+        statuses = (status,)
+    if any(s.startswith("infeasible") for s in statuses):
+        msg += (" that the candidates' FIMs can cover the target FIM (no candidate carries "
                 "information in a direction the target needs"
                 + (", or weight_upper_bound is too small" if bounded else "") + ")")
-    elif "inaccurate" in status:
-        msg += ", or keep preconditioning on (precondition=True)"
+    else:
+        msg += " that preconditioning is on (precondition=True)"
     return msg + "."
 
 
@@ -663,7 +719,9 @@ class FIMMatchingScore(ConfigurationScore):
             configuration; same units as the weights).
         solver_kwargs : dict, optional
             Arguments of ``cvxpy.Problem.solve``, e.g. ``{'solver': 'CLARABEL',
-            'verbose': True}``. The solver defaults to SDPA when installed, else CLARABEL.
+            'verbose': True}``. The solver defaults to CLARABEL; with ``'SDPA'``, a status
+            infeasible or inaccurate (or weights that fail the match check) is followed by
+            a CLARABEL solve, recorded as ``'fallback'`` in the metadata.
         weight_tolerance : dict, optional
             ``{'zero_tol': 1e-4, 'zero_tol_dual': 1e-4}`` (the defaults): a weight is
             non-zero when it exceeds ``zero_tol`` and the dual value of its
@@ -692,7 +750,7 @@ class FIMMatchingScore(ConfigurationScore):
             installed), bad tolerances or bounds.
         SolverError
             The solver did not end with status 'optimal' (the status and the other
-            solver are named).
+            solver are named; after SDPA, CLARABEL failed too).
         """
         self.parse_quantity(score_quantity)
         problem = self._validated(list_of_atoms, fim_property, convexopt_init_kwargs, solver_kwargs,

@@ -4,8 +4,10 @@ The derivative of the property vector ``g(φ)`` (e.g. the 36 elastic constants) 
 to the free potential parameters φ (see :mod:`atomscore.fim.parameters`) is estimated by the
 finite-difference formulas of :mod:`information_matching.fim.finitediff` (FD, FD2, FD3, FD4,
 CD, CD4). Every perturbed parameter set is an independent property calculation, run as a job
-through the workflow of that target property (:func:`atomscore.jobs.calls.map_calls`;
-LOCAL, i.e. parallel subprocesses, by default). Then, with the target covariance ``cov``,
+through the workflow of that target property (:func:`atomscore.jobs.calls.map_calls`) when
+one is given; without one, the embedded backend computes them in this process (a job's
+start-up costs more than its calculation) and the LAMMPS backend as LOCAL jobs (parallel
+subprocesses). Then, with the target covariance ``cov``,
 
     FIM = Jᵀ cov⁻¹ J,   J = ∂g/∂φ  (N × P).
 
@@ -75,12 +77,15 @@ def evaluate_target_property(target_property, potential, parameters):
 
 
 def _map(func, list_of_kwargs, workflow, spec=None):
-    """Evaluate ``func(**kw)`` for each kw through ``workflow`` (job folders, in parallel).
+    """Evaluate ``func(**kw)`` for each kw through ``workflow`` (job folders, in parallel),
+    or in this process when ``workflow`` is None.
 
     A workflow given without a ``root_directory`` (or none at all) puts its calls under the
     root of the job this runs in, or, called directly, into a temporary folder removed
     afterwards: never into the current directory.
     """
+    if workflow is None:
+        return [func(**kw) for kw in list_of_kwargs]
     import tempfile
 
     from atomscore.jobs import make_workflow
@@ -100,6 +105,14 @@ def _map(func, list_of_kwargs, workflow, spec=None):
         return under(os.environ[ROOT_ENV])
     with tempfile.TemporaryDirectory(prefix="atomscore-fim-property-") as root:
         return under(root)
+
+
+def _in_process(prop, workflow_spec):
+    """True when a property's perturbations run in this process: the embedded backend and no
+    workflow asked for. A LOCAL job costs ~0.4 s of interpreter start-up and imports, about
+    ten embedded elastic-constant calculations; LAMMPS runs (seconds each) stay parallel
+    jobs, and an explicit workflow (LOCAL or a scheduler) is always used."""
+    return workflow_spec is None and prop.backend == "embedded"
 
 
 def _n_jobs(workflow, n_points):
@@ -323,7 +336,9 @@ class FIMPropertyScore(ModelScore):
         list_of_target_property : list of dict
             Each ``{'init_args': {'target_property_type': 'ElasticConstants',
             'target_property_args': {...}}, 'calculate_property_args': {'workflow': {...}}}``.
-            The workflow (default LOCAL) runs that property's perturbed calculations.
+            The workflow runs that property's perturbed calculations as jobs. Without
+            one, the embedded backend computes them in this process (one model, no job
+            start-up) and the LAMMPS backend in LOCAL jobs (parallel subprocesses).
         score_quantity : ScoreQuantity or str
             ``SENSITIVITY``.
         cov : array_like or str or list
@@ -370,8 +385,12 @@ class FIMPropertyScore(ModelScore):
             calls.append({name: v.tolist() for name, v in values.items()})
         spec = pot.to_spec()
         jacobians = []
+        evaluation = []
         for prop, workflow, workflow_spec in props:
-            chunks = np.array_split(np.arange(len(calls)), _n_jobs(workflow, len(calls)))
+            if _in_process(prop, workflow_spec):
+                workflow = None  # one model, its parameters changed in place between points
+            evaluation.append("in-process" if workflow is None else "jobs")
+            chunks = np.array_split(np.arange(len(calls)), 1 if workflow is None else _n_jobs(workflow, len(calls)))
             kwargs = [{"target_property": prop.to_spec(), "potential": spec,
                        "parameters": [calls[i] for i in chunk]} for chunk in chunks]
             results = [vec for part in _map(evaluate_target_property, kwargs, workflow, workflow_spec) for vec in part]
@@ -393,6 +412,7 @@ class FIMPropertyScore(ModelScore):
                                  "calculate_property_args": {"workflow": w} if isinstance(w, dict) else {}}
                                 for p, _, w in props],
             "property_units": [p.units or "eV/A^3" for p, _, _ in props],
+            "property_evaluation": evaluation,
         })
         return fim
 

@@ -414,14 +414,16 @@ def delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", til
                             backend=backend, device=device)
 
 
-def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbors=3):
+def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbors=3, approx_index="flat"):
     """``dH`` restricted to the ``k`` nearest reference points of each query.
 
     ``-log sum_{j in kNN(y_i)} K(y_i, x_j)``, an upper bound of :func:`delta_entropy`
     (tight when farther points contribute little). The neighbours are exact (faiss
     ``IndexFlatL2``, see :mod:`atomscore.kernels.neighbors`), not approximate as
     ``quests.entropy.approx_delta_entropy``'s pynndescent graph; the sum is a float64
-    log-sum-exp, so the result is finite for any query.
+    log-sum-exp, so the result is finite for any query. ``approx_index='hnsw'`` finds the
+    neighbours with an HNSW graph instead (for references of 10^6 - 10^7 points; a missed
+    neighbour can only raise dH, see docs/quests.md for the measured bias).
 
     Returns shape (M,), or (M, H) for an array of bandwidths.
     """
@@ -430,7 +432,7 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
     y = _descriptors(y, "queries")
     x = _descriptors(x, "reference")
     h, scalar = _bandwidths(bandwidth)
-    d2, _ = knn_squared_distances(y, x, num_nearest_neighbors)
+    d2, _ = knn_squared_distances(y, x, num_nearest_neighbors, index=approx_index)
     exponents = -d2[:, :, None] / (2.0 * h * h)  # (M, k, H)
     dh = -_logsumexp(exponents, axis=1)
     return dh[:, 0] if scalar else dh
@@ -569,3 +571,146 @@ def dataset_information(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", 
 def _logsumexp(a, axis):
     m = a.max(axis=axis, keepdims=True)
     return np.squeeze(m, axis=axis) + np.log(np.exp(a - m).sum(axis=axis))
+
+
+# ----------------------------------------------------------------------------- grouped sums (selection)
+
+class GroupedKernelSums:
+    """Kernel sums of query sets against one fixed reference cut into contiguous groups.
+
+    Used by :mod:`atomscore.selection`, where the reference rows are the environments of
+    a pool and a group is one configuration. The reference is centred and laid out once;
+    each call is one tiled pass (queries x reference), no N x N matrix.
+
+    Parameters
+    ----------
+    reference : array_like, shape (N, d)
+    group_starts : array_like of int, shape (G,)
+        First reference row of each group, increasing from 0; group ``g`` is rows
+        ``group_starts[g]:group_starts[g + 1]`` (the last runs to N).
+    bandwidth : float
+        ``h`` in descriptor units.
+    tile_size, n_threads
+        As :func:`log_kernel_sums` (a pass holds about ``tile_size**2`` numbers per thread).
+
+    Calling it with queries ``(M, d)`` returns ``(column_sums, group_sums)``:
+    ``column_sums[j] = sum_i K(y_i, x_j)`` (shape (N,)) and
+    ``group_sums[i, g] = sum_{j in g} K(y_i, x_j)`` (shape (M, G)). These are plain float64
+    sums, not logs: terms below ``exp(-745)`` are 0, which suits sums later added to 1 or
+    more (a self term) or compared with thresholds near 1.
+    """
+
+    def __init__(self, reference, group_starts, bandwidth=DEFAULT_BANDWIDTH, *, tile_size=DEFAULT_TILE,
+                 n_threads=None):
+        x = _descriptors(reference, "reference")
+        starts = np.asarray(group_starts, dtype=np.int64).ravel()
+        if starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= len(x):
+            raise InputError(f"group_starts: expected increasing row indices from 0 below {len(x)}, "
+                             f"got {starts[:8].tolist()}...")
+        h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
+        _, self.tile, self.threads = _options("float64", tile_size, n_threads)
+        self.gamma = 1.0 / (2.0 * h * h)
+        self.centre = x.mean(axis=0)
+        xc = x - self.centre
+        d = x.shape[1]
+        self.right = np.empty((len(x), d + 2))
+        self.right[:, :d] = xc
+        self.right[:, d] = 1.0
+        self.right[:, d + 1] = -self.gamma * np.einsum("ij,ij->i", xc, xc)
+        self.n_cols, self.n_groups, self.dim, self.starts = len(x), len(starts), d, starts
+        self.group_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(x))))
+
+    def __call__(self, queries, groups=None):
+        """``(column_sums, group_sums)`` of ``queries``; ``groups`` (bool, shape (G,)) limits the
+        pass to those groups' columns (the others are returned as 0)."""
+        y = _descriptors(queries, "queries")
+        if y.shape[1] != self.dim:
+            raise InputError(f"queries: expected descriptors of dimension {self.dim} (as the reference), "
+                             f"got dimension {y.shape[1]}")
+        yc = y - self.centre
+        d = self.dim
+        left = np.empty((len(y), d + 2))
+        left[:, :d] = (2.0 * self.gamma) * yc
+        left[:, d] = -self.gamma * np.einsum("ij,ij->i", yc, yc)
+        left[:, d + 1] = 1.0
+        n_rows, tile = len(y), self.tile
+        right, group_of, n_cols, n_groups = self.right, self.group_of, self.n_cols, self.n_groups
+        if groups is None:
+            runs = [(0, n_cols)]
+        else:
+            mask = np.asarray(groups, dtype=bool)
+            if mask.shape != (n_groups,):
+                raise InputError(f"groups: expected {n_groups} booleans, got shape {mask.shape}")
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+            bounds = np.append(self.starts, n_cols)
+            runs = [(int(bounds[g0]), int(bounds[g1])) for g0, g1 in zip(edges[::2], edges[1::2])]
+        n_active = sum(c1 - c0 for c0, c1 in runs)
+        if n_active == 0:
+            return np.zeros(n_cols), np.zeros((n_rows, n_groups))
+        index = None
+        if len(runs) > 1:  # scattered groups: one compact copy of their columns, then one pass
+            index = np.flatnonzero(mask[group_of])
+            right, group_of, n_cols, runs = right[index], group_of[index], n_active, [(0, n_active)]
+        rows = min(n_rows, tile)
+        width = max(tile, (tile * tile) // rows)  # few query rows: wide column blocks, same memory
+        threads = self.threads if n_rows * n_active >= (1 << 17) else 1  # small passes: no thread start-up
+        if n_rows <= rows and threads > 1:  # one row block: cut the columns so every thread has work
+            width = max(64, min(width, -(-n_active // threads)))
+        pairs = [(a, b, min(b + width, c1)) for a in range(0, n_rows, rows)
+                 for c0, c1 in runs for b in range(c0, c1, width)]
+
+        def work(chunk):
+            cols = np.zeros(n_cols)
+            groups_out = np.zeros((n_rows, n_groups))
+            buf = np.empty((rows, width))
+            ones = np.ones(max(rows, 1))
+            for a, b, b1 in chunk:
+                lt, rt = left[a:a + rows], right[b:b1]
+                e = buf[:len(lt), :len(rt)]
+                np.matmul(lt, rt.T, out=e)
+                np.minimum(e, 0.0, out=e)  # true exponents are <= 0; rounding may give +1e-13
+                np.exp(e, out=e)
+                cols[b:b1] += ones[:len(lt)] @ e
+                g = group_of[b:b1]
+                seg = np.concatenate(([0], np.flatnonzero(g[1:] != g[:-1]) + 1))
+                groups_out[a:a + len(lt), g[seg]] += np.add.reduceat(e, seg, axis=1)
+            return cols, groups_out
+
+        with _blas_single_thread():  # our threads share the tiles; BLAS threads on small GEMMs only contend
+            parts = _run_tiles(work, pairs, threads)
+        cols, groups_out = parts[0] if len(parts) == 1 else (sum(p[0] for p in parts), sum(p[1] for p in parts))
+        if index is not None:
+            full = np.zeros(self.n_cols)
+            full[index] = cols
+            cols = full
+        return cols, groups_out
+
+
+def grouped_kernel_sums(queries, reference, group_starts, bandwidth=DEFAULT_BANDWIDTH, *,
+                        tile_size=DEFAULT_TILE, n_threads=None):
+    """``(column_sums, group_sums)`` of ``queries`` against ``reference``: see :class:`GroupedKernelSums`."""
+    return GroupedKernelSums(reference, group_starts, bandwidth, tile_size=tile_size, n_threads=n_threads)(queries)
+
+
+def group_self_sums(x, group_starts, bandwidth=DEFAULT_BANDWIDTH, *, block=2048):
+    """Kernel sum of every row over the rows of its own group (self term included), shape (N,).
+
+    Each group's pairwise squared distances come from ``scipy.spatial.distance.cdist``
+    (exact differences), in row blocks of ``block``.
+    """
+    from scipy.spatial.distance import cdist
+
+    x = _descriptors(x, "descriptors")
+    starts = np.asarray(group_starts, dtype=np.int64).ravel()
+    ends = np.append(starts[1:], len(x))
+    h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
+    gamma = 1.0 / (2.0 * h * h)
+    out = np.empty(len(x))
+    for s, e in zip(starts, ends):
+        g = x[s:e]
+        for a in range(0, len(g), block):
+            k = cdist(g[a:a + block], g, "sqeuclidean")
+            k *= -gamma
+            np.exp(k, out=k)
+            out[s + a:s + min(a + block, len(g))] = k.sum(axis=1)
+    return out

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +191,23 @@ def pdfs_from_error_logs(error_logs, nbins=None, bins=None, range_limits=None, s
     pdfs : numpy.ndarray, (N, nbins)
     bins : numpy.ndarray, (nbins + 1,)
     """
+    logs, bins = checked_error_logs(error_logs, nbins, bins, range_limits, spacing, norm, name)
+    return member_mean_pdfs(logs, bins, 0, logs[0].shape[1]), bins
+
+
+def member_mean_pdfs(logs, bins, start, stop):
+    """The PDFs of training points ``start:stop``, averaged over the ensemble members."""
+    pdfs = histogram_pdfs(logs[0][:, start:stop], bins)
+    for arr in logs[1:]:
+        pdfs += histogram_pdfs(arr[:, start:stop], bins)
+    pdfs /= len(logs)
+    return pdfs
+
+
+def checked_error_logs(error_logs, nbins=None, bins=None, range_limits=None, spacing="log", norm=False,
+                       name="error_pdfs"):
+    """The checked ``(epochs, N)`` magnitude arrays of every member, and the bin edges
+    (see :func:`pdfs_from_error_logs`)."""
     members = list(error_logs) if isinstance(error_logs, (list, tuple)) else [error_logs]
     if not members:
         raise InputError(f"{name}: expected an error log array or a non-empty list of them, got an empty list")
@@ -223,11 +241,7 @@ def pdfs_from_error_logs(error_logs, nbins=None, bins=None, range_limits=None, s
         bins = check_bins(bins, spacing)
         if nbins is not None and check_int(nbins, "nbins", minimum=1) != bins.size - 1:
             raise InputError(f"nbins: expected {bins.size - 1} to match the {bins.size} edges given in bins, got {nbins}")
-    pdfs = histogram_pdfs(logs[0], bins)
-    for arr in logs[1:]:
-        pdfs += histogram_pdfs(arr, bins)
-    pdfs /= len(logs)
-    return pdfs, bins
+    return logs, bins
 
 
 def check_pdfs(pdfs, bins, name="error_pdfs"):
@@ -337,7 +351,8 @@ def build_index(train_descriptors, index_type="IndexFlatL2", index_args=None):
         index.hnsw.efConstruction = args["efConstruction"]
     else:
         # faiss' own factory string: IVF with an HNSW coarse quantizer, PQ codes
-        index = faiss.index_factory(dim, f"IVF{args['nlist']}_HNSW{args['hnsw_m']},PQ{args['M']}x{args['nbits']}")
+        # 'np': no polysemous training (most of the build time; the search never uses it)
+        index = faiss.index_factory(dim, f"IVF{args['nlist']}_HNSW{args['hnsw_m']},PQ{args['M']}x{args['nbits']}np")
         ivf = faiss.extract_index_ivf(index)
         faiss.downcast_index(ivf.quantizer).hnsw.efConstruction = args["efConstruction"]
         index.train(x)
@@ -399,6 +414,81 @@ def check_index_vectors(index, train_descriptors):
 
 # --------------------------------------------------------------------------- estimator
 
+#: where :class:`LTAUEstimator` keeps the training PDFs (see :class:`PDFStore`)
+PDF_STORAGES = ("disk", "float64", "float32")
+
+#: rows of PDFs handled at once while building (about 64 MB of float64)
+_CHUNK_BYTES = 1 << 26
+
+
+class PDFStore:
+    """The ``(N, nbins)`` training PDFs, written once in row chunks and read back by rows.
+
+    Prediction needs only the expected error of each training point (8 bytes, kept by the
+    estimator); the PDFs serve :meth:`LTAUEstimator.predict_full` with ``pdfs=True`` or
+    ``atol``, and only the rows of the neighbours found. ``storage``:
+
+    * ``'disk'`` (default): float64, exact, in an anonymous temporary file (removed from the
+      directory at once -- ``TMPDIR`` or the system's temporary folder -- and freed with the
+      estimator), memory-mapped read-only: the process holds only the pages of rows read.
+      ``N * nbins * 8`` bytes of disk (0.8 GB for 10^6 points and 100 bins).
+    * ``'float64'``: the same numbers in memory (``N * nbins * 8`` bytes).
+    * ``'float32'``: in memory, rounded to float32 (``N * nbins * 4`` bytes; PDFs and CDFs
+      then carry a relative error of 6e-8, predictions none: they come from float64).
+    """
+
+    def __init__(self, n_rows, n_cols, storage="disk"):
+        self.storage = check_choice(storage, "pdf_storage", PDF_STORAGES)
+        self.shape = (int(n_rows), int(n_cols))
+        self._rows_written = 0
+        self._file = None
+        if self.storage == "disk":
+            self._file = tempfile.TemporaryFile(prefix="atomscore-ltau-pdfs-")
+            self.array = None
+        else:
+            self.array = np.empty(self.shape, dtype=np.float32 if self.storage == "float32" else np.float64)
+
+    def write(self, rows):
+        """Append the next block of rows (float64)."""
+        start = self._rows_written
+        if self._file is not None:
+            self._file.write(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
+        else:
+            self.array[start:start + len(rows)] = rows
+        self._rows_written += len(rows)
+
+    def finish(self):
+        if self._rows_written != self.shape[0]:
+            raise RuntimeError(f"PDFStore: {self._rows_written} rows written, {self.shape[0]} expected")
+        if self._file is not None:
+            self._file.flush()
+            self.array = np.memmap(self._file, dtype=np.float64, mode="r", shape=self.shape)
+        return self
+
+    def rows(self, index):
+        """``array[index]`` as a plain float64 ndarray (any integer index array)."""
+        return np.asarray(self.array[index], dtype=np.float64)
+
+    def chunks(self):
+        """``(start, stop, rows)`` over all rows, about 64 MB at a time."""
+        step = max(1, _CHUNK_BYTES // (8 * max(1, self.shape[1])))
+        for start in range(0, self.shape[0], step):
+            stop = min(self.shape[0], start + step)
+            yield start, stop, np.asarray(self.array[start:stop], dtype=np.float64)
+
+    @property
+    def memory_bytes(self):
+        """Bytes held in the process' own memory (0 for ``'disk'``: the page cache holds it)."""
+        return 0 if self.storage == "disk" else int(self.array.nbytes)
+
+
+class _ChunkedPDFs:
+    """PDFs made block by block (from error logs), never held whole."""
+
+    def __init__(self, n_rows, n_cols, make):
+        self.shape, self.make = (n_rows, n_cols), make
+
+
 @dataclass
 class LTAUPrediction:
     """What :meth:`LTAUEstimator.predict_full` returns (``None`` where not asked for).
@@ -448,6 +538,11 @@ class LTAUEstimator:
         training descriptors themselves when they are given with a flat or HNSW index.
         With an index, ``train_descriptors`` may be ``None`` (``N`` from the PDFs,
         ``dim`` from the index).
+    pdf_storage : {'disk', 'float64', 'float32'}
+        Where the PDFs are kept (see :class:`PDFStore`): by default in a memory-mapped
+        temporary file, so that the estimator holds 8 bytes per training point beyond the
+        faiss index (the expected errors); PDFs and CDFs are read back for the neighbours
+        found, exactly.
 
     Notes
     -----
@@ -458,27 +553,29 @@ class LTAUEstimator:
     """
 
     def __init__(self, train_descriptors, pdfs, bins, bin_spacing="log", index_type="IndexFlatL2",
-                 index_args=None, index=None):
+                 index_args=None, index=None, pdf_storage="disk"):
         check_choice(index_type, "index_type", INDEX_TYPES)
+        check_choice(pdf_storage, "pdf_storage", PDF_STORAGES)
         self.bin_spacing = check_choice(bin_spacing, "bin_spacing", BIN_SPACINGS)
         self.bins = check_bins(bins, bin_spacing)
-        self.pdfs = check_pdfs(pdfs, self.bins)
+        if not isinstance(pdfs, _ChunkedPDFs):
+            pdfs = check_pdfs(pdfs, self.bins)
         given = train_descriptors is not None or index is None
         if given:
-            x = load_array(train_descriptors, "train_descriptors", ndim=2)
+            # float32, what faiss takes: no float64 copy of N x dim (0.5 GB at 10^6 x 64)
+            x = load_array(train_descriptors, "train_descriptors", ndim=2, dtype=np.float32)
         else:  # shape only: the index holds the descriptors
-            x = np.broadcast_to(np.zeros(1), (self.pdfs.shape[0], index.d))
-        if x.shape[0] != self.pdfs.shape[0]:
+            x = np.broadcast_to(np.zeros(1, dtype=np.float32), (pdfs.shape[0], index.d))
+        if x.shape[0] != pdfs.shape[0]:
             raise InputError(f"train_descriptors: expected one row per training point of the PDFs/error logs "
-                             f"({self.pdfs.shape[0]}), got {x.shape[0]} rows")
+                             f"({pdfs.shape[0]}), got {x.shape[0]} rows")
         if x.shape[1] < 1:
             raise InputError(f"train_descriptors: expected at least one descriptor column, got shape {x.shape}")
         self.n_train, self.dim = x.shape
         self.index_type = index_type
         self.widths = np.diff(self.bins)
         self.midpoints = bin_midpoints(self.bins, bin_spacing)
-        self._weights = self.pdfs * self.widths  # probability per bin, rows sum to 1
-        self.expected_errors = self._weights @ self.midpoints
+        self._store, self.expected_errors = self._stored(pdfs, pdf_storage)
         if index is None:
             self.index, self.index_args = build_index(x, index_type, index_args)
         else:
@@ -489,11 +586,43 @@ class LTAUEstimator:
     @classmethod
     def from_error_logs(cls, train_descriptors, error_logs, nbins=None, bins=None, range_limits=None,
                         bin_spacing="log", error_logs_norm=False, index_type="IndexFlatL2", index_args=None,
-                        index=None):
-        """Build the estimator from error logs; see :func:`pdfs_from_error_logs`."""
-        pdfs, bins = pdfs_from_error_logs(error_logs, nbins=nbins, bins=bins, range_limits=range_limits,
-                                          spacing=bin_spacing, norm=error_logs_norm)
-        return cls(train_descriptors, pdfs, bins, bin_spacing, index_type, index_args, index=index)
+                        index=None, pdf_storage="disk"):
+        """Build the estimator from error logs; see :func:`pdfs_from_error_logs`. The PDFs
+        are made and stored block by block, never held whole."""
+        logs, bins = checked_error_logs(error_logs, nbins=nbins, bins=bins, range_limits=range_limits,
+                                        spacing=bin_spacing, norm=error_logs_norm)
+        n = logs[0].shape[1]
+        pdfs = _ChunkedPDFs(n, bins.size - 1, lambda start, stop: member_mean_pdfs(logs, bins, start, stop))
+        return cls(train_descriptors, pdfs, bins, bin_spacing, index_type, index_args, index=index,
+                   pdf_storage=pdf_storage)
+
+    def _stored(self, pdfs, storage):
+        """The PDFs written to a :class:`PDFStore` in blocks, and the expected errors (float64)."""
+        n, nbins = pdfs.shape
+        store = PDFStore(n, nbins, storage)
+        expected = np.empty(n)
+        step = max(1, _CHUNK_BYTES // (8 * nbins))
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            block = pdfs.make(start, stop) if isinstance(pdfs, _ChunkedPDFs) else pdfs[start:stop]
+            expected[start:stop] = (block * self.widths) @ self.midpoints
+            store.write(block)
+        return store.finish(), expected
+
+    @property
+    def pdfs(self):
+        """The ``(N, nbins)`` training PDFs (read-only; a memory map with ``pdf_storage='disk'``)."""
+        return self._store.array
+
+    @property
+    def pdf_storage(self):
+        return self._store.storage
+
+    @property
+    def memory_bytes(self):
+        """Bytes the estimator holds in memory beyond the faiss index: the expected errors,
+        bins, and the PDFs unless they are on disk."""
+        return int(self.expected_errors.nbytes + self.bins.nbytes * 3 + self._store.memory_bytes)
 
     def _adopt_index(self, index, train_descriptors=None):
         import faiss
@@ -537,15 +666,15 @@ class LTAUEstimator:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.save_index(directory / "index.faiss")
-        np.savez(directory / "ltau.npz", pdfs=self.pdfs, bins=self.bins,
+        np.savez(directory / "ltau.npz", pdfs=np.asarray(self.pdfs), bins=self.bins,
                  bin_spacing=np.array(self.bin_spacing), index_type=np.array(self.index_type),
                  index_args_keys=np.array(list(self.index_args), dtype=str),
                  index_args_values=np.array(list(self.index_args.values()), dtype=np.int64),
                  dim=np.array(self.dim))
 
     @classmethod
-    def load(cls, directory):
-        """Read an estimator written by :meth:`save`."""
+    def load(cls, directory, pdf_storage="disk"):
+        """Read an estimator written by :meth:`save` (PDFs kept as ``pdf_storage`` says)."""
         import faiss
 
         directory = Path(directory)
@@ -560,7 +689,8 @@ class LTAUEstimator:
         index = faiss.read_index(os.fspath(directory / "index.faiss"))
         if index.d != dim:
             raise InputError(f"LTAUEstimator.load: index.faiss has dimension {index.d}, ltau.npz says {dim}")
-        return cls(None, pdfs, bins, spacing, index_type, args, index=index)  # the index holds the descriptors
+        # the index holds the descriptors
+        return cls(None, pdfs, bins, spacing, index_type, args, index=index, pdf_storage=pdf_storage)
 
     # -- queries
     def _check_queries(self, x, k, name="descriptors"):
@@ -627,16 +757,28 @@ class LTAUEstimator:
         Linear interpolation inside the bin that holds ``atol`` (the density is constant
         there); 0 below the first edge, 1 from the last edge on.
         """
+        atol = self._check_atol(atol)
+        out = np.empty(self.n_train)
+        for start, stop, rows in self._store.chunks():
+            out[start:stop] = self._cdf_of(rows, atol)
+        return out
+
+    @staticmethod
+    def _check_atol(atol):
         atol = float(atol)
         if not math.isfinite(atol) or atol < 0:
             raise InputError(f"atol: expected a finite error tolerance >= 0, got {atol!r}")
+        return atol
+
+    def _cdf_of(self, pdf_rows, atol):
+        """``P(error <= atol)`` of the given PDF rows (see :meth:`cdf_train`)."""
         b = int(np.searchsorted(self.bins, atol, side="right")) - 1
         if b < 0:
-            return np.zeros(self.n_train)
+            return np.zeros(len(pdf_rows))
         if b >= self.widths.size:
-            return np.ones(self.n_train)
-        below = self._weights[:, :b].sum(axis=1)
-        cdf = below + self.pdfs[:, b] * (atol - self.bins[b])
+            return np.ones(len(pdf_rows))
+        below = (pdf_rows[:, :b] * self.widths[:b]).sum(axis=1)
+        cdf = below + pdf_rows[:, b] * (atol - self.bins[b])
         return np.clip(cdf, 0.0, 1.0)
 
     def predict_full(self, descriptors, k=1, pdfs=False, atol=None, distance=False):
@@ -658,12 +800,20 @@ class LTAUEstimator:
         -------
         LTAUPrediction
         """
+        if atol is not None:
+            atol = self._check_atol(atol)
         sq, idx = self.search(descriptors, k)
         out = LTAUPrediction(errors=self._mean_over_neighbors(self.expected_errors, idx), neighbors=idx)
-        if pdfs:
-            out.pdfs = self._mean_over_neighbors(self.pdfs, idx)
-        if atol is not None:
-            out.cdf = np.clip(self._mean_over_neighbors(self.cdf_train(atol), idx), 0.0, 1.0)
+        if pdfs or atol is not None:
+            # only the rows of the neighbours found are read from the store, once each
+            rows = np.unique(idx[idx >= 0])
+            local = np.searchsorted(rows, np.where(idx >= 0, idx, rows[0]))
+            local = np.where(idx >= 0, local, -1)
+            found = self._store.rows(rows)
+            if pdfs:
+                out.pdfs = self._mean_over_neighbors(found, local)
+            if atol is not None:
+                out.cdf = np.clip(self._mean_over_neighbors(self._cdf_of(found, atol), local), 0.0, 1.0)
         if distance:
             d = np.sqrt(np.maximum(sq.astype(np.float64), 0.0))
             missing = idx < 0
