@@ -414,7 +414,8 @@ def delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", til
                             backend=backend, device=device)
 
 
-def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbors=3, approx_index="flat"):
+def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbors=3, approx_index="flat",
+                         approx_options=None):
     """``dH`` restricted to the ``k`` nearest reference points of each query.
 
     ``-log sum_{j in kNN(y_i)} K(y_i, x_j)``, an upper bound of :func:`delta_entropy`
@@ -423,7 +424,9 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
     ``quests.entropy.approx_delta_entropy``'s pynndescent graph; the sum is a float64
     log-sum-exp, so the result is finite for any query. ``approx_index='hnsw'`` finds the
     neighbours with an HNSW graph instead (for references of 10^6 - 10^7 points; a missed
-    neighbour can only raise dH, see docs/quests.md for the measured bias).
+    neighbour can only raise dH, see docs/quests.md for the measured bias);
+    ``approx_index='ivf'`` with an inverted file (faiss ``IndexIVFFlat``; ``approx_options``
+    ``{'nlist': int, 'nprobe': int}``, defaults in :mod:`atomscore.kernels.neighbors`).
 
     Returns shape (M,), or (M, H) for an array of bandwidths.
     """
@@ -432,7 +435,7 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
     y = _descriptors(y, "queries")
     x = _descriptors(x, "reference")
     h, scalar = _bandwidths(bandwidth)
-    d2, _ = knn_squared_distances(y, x, num_nearest_neighbors, index=approx_index)
+    d2, _ = knn_squared_distances(y, x, num_nearest_neighbors, index=approx_index, options=approx_options)
     exponents = -d2[:, :, None] / (2.0 * h * h)  # (M, k, H)
     dh = -_logsumexp(exponents, axis=1)
     return dh[:, 0] if scalar else dh
