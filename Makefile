@@ -25,11 +25,13 @@ system:
 
 venv: $(STAMP)
 
-# re-installed only when the package's dependencies change
+# re-installed only when the package's dependencies change; torch pinned first to a CPU
+# build, so CI tests backend='torch' on the CPU (an unpinned torch pulls the CUDA build)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[all,test]'
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[all,gpu,test]'
 	@echo "compiling the quests descriptor kernels once (numba; about 30 s the first time)"
 	$(PY) -c "from atomscore.descriptors.quests import warm_up; warm_up()"
 	@touch $@

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from atomscore.errors import InputError
+from atomscore.io import to_jsonable
 from atomscore.kernels import gaussian, neighbors
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, DatasetScore, records_metadata
@@ -157,13 +159,69 @@ def _provenance(ref, settings, given):
     return out
 
 
+def _kernel_options(compute_args):
+    """Check ``backend`` and ``device`` (and ``sample_size``, ``seed`` where given); return them."""
+    backend = check_choice(compute_args.get("backend", "numpy"), "backend", gaussian.BACKENDS)
+    device = compute_args.get("device")
+    gaussian._engine(backend, device)  # refuses a device numpy lacks, a missing torch, an absent GPU
+    out = {"backend": backend, "device": device}
+    if compute_args.get("sample_size") is not None:
+        out["sample_size"] = check_int(compute_args["sample_size"], "sample_size", minimum=2)
+        seed = compute_args.get("seed", 0)
+        out["seed"] = None if seed is None else check_int(seed, "seed", minimum=0)
+    return out
+
+
+def _kernel_metadata(compute_args):
+    """The backend (and device), and for a sampled estimate its sample size and seed."""
+    meta = {"backend": compute_args.get("backend", "numpy")}
+    if meta["backend"] != "numpy":
+        meta["device"] = compute_args.get("device") or "cpu"
+    if compute_args.get("sample_size") is not None:
+        meta["sample_size"] = int(compute_args["sample_size"])
+        meta["seed"] = compute_args.get("seed", 0)
+    return meta
+
+
+# ----------------------------------------------------------------------------- row-block jobs
+
+#: compute arguments a row-block job gets besides the user's (never accepted from a user)
+_ROWS_ARG, _BLOCK_ARG = "_dataset_rows", "_row_block"
+
+
+class _RowBlock(NamedTuple):
+    """What one row-block job computes: ``log p_i`` of rows ``start:stop`` against all N."""
+
+    index: int
+    count: int
+    start: int
+    stop: int
+    n_environments: int
+    scalar: bool
+    log_sums: np.ndarray  # (stop - start, H)
+
+    def as_dict(self):
+        return {"index": self.index, "count": self.count, "rows": [self.start, self.stop],
+                "n_environments": self.n_environments, "scalar_bandwidth": self.scalar,
+                "log_kernel_sums": self.log_sums.tolist()}
+
+
+def _row_blocks(configs, masks, batch_size):
+    """``(config start, config stop, row start, row stop)`` of blocks of ``batch_size`` configurations."""
+    counts = np.concatenate([[0], np.cumsum([int(m.sum()) for m in masks])])
+    return [(a, min(a + batch_size, len(configs)), int(counts[a]), int(counts[min(a + batch_size, len(configs))]))
+            for a in range(0, len(configs), batch_size)]
+
+
 # ----------------------------------------------------------------------------- dataset scores
 
 class _QUESTSDatasetScore(DatasetScore):
     """Shared argument handling of the two dataset scores."""
 
-    _ARGS = ("descriptors_key", "bandwidth", "apply_mask", "precision")
+    _ARGS = ("descriptors_key", "bandwidth", "apply_mask", "precision", "sample_size", "seed", "backend", "device")
     _MIN_ENVIRONMENTS = 1
+    #: the exact measure and the sampled estimate of ``gaussian``
+    _MEASURE = _ESTIMATE = None
 
     def __init__(self):
         super().__init__()
@@ -186,11 +244,115 @@ class _QUESTSDatasetScore(DatasetScore):
         self._rows(configs, compute_args.get("descriptors_key", "descriptors"),
                    compute_args.get("bandwidth", DEFAULT_BANDWIDTH), compute_args.get("apply_mask", False),
                    compute_args.get("precision", "float64"))
+        _kernel_options(compute_args)
 
     def get_metadata(self, score_quantity, **compute_args):
         """The bandwidth (and precision) that define the number."""
         return {"bandwidth": _metadata_value(compute_args.get("bandwidth", DEFAULT_BANDWIDTH)),
-                "precision": compute_args.get("precision", "float64")}
+                "precision": compute_args.get("precision", "float64"), **_kernel_metadata(compute_args)}
+
+    def _value(self, dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
+               seed, backend, device):
+        """The exact measure, or with ``sample_size`` the sampled :class:`~atomscore.kernels.gaussian.Estimate`
+        (its standard error also noted in the metadata)."""
+        self.parse_quantity(score_quantity)
+        rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
+        options = _kernel_options({"backend": backend, "device": device, "sample_size": sample_size, "seed": seed})
+        kernel = dict(precision=precision, backend=backend, device=device)
+        if sample_size is None:
+            return self._MEASURE(rows, h, **kernel)
+        estimate = self._ESTIMATE(rows, h, options["sample_size"], options["seed"], **kernel)
+        self.note_metadata(standard_error=_metadata_value(estimate.standard_error))
+        return estimate
+
+    def parse_for_storage(self, compute_results, list_of_configs=None, metadata=None):
+        """``{KEY_score: value, '_metadata': ...}``; a sampled estimate adds ``KEY_standard_error``
+        (also in the metadata, as ``standard_error``); a row-block job writes its
+        ``KEY_row_block`` (its rows' log kernel sums) instead of a value."""
+        if isinstance(compute_results, _RowBlock):
+            return {f"{self.OUTPUT_KEY}_row_block": compute_results.as_dict(),
+                    "_metadata": to_jsonable(self._metadata_or(metadata, compute_results))}
+        if not isinstance(compute_results, gaussian.Estimate):
+            return super().parse_for_storage(compute_results, list_of_configs, metadata)
+        meta = self._metadata_or(metadata, compute_results)
+        error = _metadata_value(compute_results.standard_error)
+        meta.setdefault("standard_error", error)
+        return {self.result_key: to_jsonable(compute_results.value), f"{self.OUTPUT_KEY}_standard_error": error,
+                "_metadata": to_jsonable(meta)}
+
+
+    # -- row-block jobs: run(..., batch_size=B) with 1 < B < number of configurations
+    def plan_jobs(self, configs, compute_args, batch_size):
+        """Row blocks of ``batch_size`` configurations, each job summing its rows against all.
+
+        ``batch_size=1`` (the default of ``run``) or one covering the dataset gives one job.
+        Every block gets the dataset's (selected) descriptors as the same array, which the
+        run writes once and hard-links into each folder.
+        """
+        if batch_size <= 1 or batch_size >= len(configs):
+            return [(list(configs), dict(compute_args))]
+        if compute_args.get("sample_size") is not None:
+            raise InputError(f"{type(self).__name__}.run: sample_size (a sampled estimate) runs as one job; "
+                             f"got batch_size={batch_size} (use batch_size=1, or drop sample_size for the exact "
+                             "value in row blocks)")
+        rows, masks = _gather(configs, compute_args.get("descriptors_key", "descriptors"),
+                              compute_args.get("apply_mask", False))
+        blocks = _row_blocks(configs, masks, batch_size)
+        return [(configs[a:b], {**compute_args, _ROWS_ARG: rows,
+                                _BLOCK_ARG: {"index": k, "count": len(blocks), "rows": [r0, r1]}})
+                for k, (a, b, r0, r1) in enumerate(blocks)]
+
+    def run_batch(self, configs, score_quantity, compute_args):
+        """A job's work: the dataset's value, or for a row block its rows' log kernel sums."""
+        if _ROWS_ARG not in compute_args:
+            return super().run_batch(configs, score_quantity, compute_args)
+        return self._row_block(configs, score_quantity, **compute_args)
+
+    @records_metadata
+    def _row_block(self, configs, score_quantity, **compute_args):
+        """One row block: ``log p_i`` of its rows against all the dataset's rows."""
+        args = dict(compute_args)
+        rows = load_array(args.pop(_ROWS_ARG), _ROWS_ARG, ndim=2)
+        block = args.pop(_BLOCK_ARG)
+        self.parse_quantity(score_quantity)
+        check_keys(args, self._ARGS, f"{type(self).__name__} compute_args")
+        self.note_metadata(descriptor_settings=descriptor_settings(
+            configs, args.get("descriptors_key", "descriptors"), "dataset"))
+        h = _bandwidth(args.get("bandwidth", DEFAULT_BANDWIDTH))
+        precision = _precision(args.get("precision", "float64"))
+        options = _kernel_options(args)
+        start, stop = block["rows"]
+        logp = gaussian.log_kernel_sums(rows[start:stop], rows, np.atleast_1d(h), precision=precision,
+                                        backend=options["backend"], device=options["device"])
+        return _RowBlock(block["index"], block["count"], start, stop, len(rows), np.ndim(h) == 0, logp)
+
+    @classmethod
+    def reduce_job_results(cls, results):
+        """Put row blocks back together: their log kernel sums in row order give exactly
+        the value of :meth:`compute` (one result dict); other results pass unchanged."""
+        key = f"{cls.OUTPUT_KEY}_row_block"
+        blocks = [r for r in results if isinstance(r, dict) and key in r]
+        if not blocks:
+            return results
+        if len(blocks) != len(results):
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: calc ids mix row blocks and whole-dataset jobs")
+        count = blocks[0][key]["count"]
+        indices = sorted(b[key]["index"] for b in blocks)
+        if indices != list(range(count)) or any(b[key]["count"] != count for b in blocks):
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: expected the {count} row blocks of one run "
+                             f"(indices 0..{count - 1}), got indices {indices}; pass every calc id run() returned")
+        ordered = sorted(blocks, key=lambda b: b[key]["index"])
+        meta = ordered[0]["_metadata"]
+        if any(b["_metadata"] != meta for b in ordered):
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: row blocks with different settings (metadata)")
+        logp = np.concatenate([np.asarray(b[key]["log_kernel_sums"], dtype=np.float64).reshape(
+            b[key]["rows"][1] - b[key]["rows"][0], -1) for b in ordered])
+        if len(logp) != ordered[0][key]["n_environments"]:
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: the blocks hold {len(logp)} rows, "
+                             f"the dataset {ordered[0][key]['n_environments']}")
+        info = gaussian.information_from_log_sums(logp, ordered[0][key]["scalar_bandwidth"])
+        value = cls._from_information(info)
+        return [{cls.OUTPUT_KEY + "_score": _metadata_value(value), "_metadata": meta}]
 
 
 class QUESTSEfficiencyScore(_QUESTSDatasetScore):
@@ -208,10 +370,13 @@ class QUESTSEfficiencyScore(_QUESTSDatasetScore):
     OUTPUT_KEY = "quests_efficiency"
     supported_score_quantities = (ScoreQuantity.EFFICIENCY,)
     _MIN_ENVIRONMENTS = 2
+    _MEASURE, _ESTIMATE = staticmethod(gaussian.efficiency), staticmethod(gaussian.estimate_efficiency)
+    _from_information = staticmethod(lambda info: info.efficiency)
 
     @records_metadata
     def compute(self, dataset, score_quantity=ScoreQuantity.EFFICIENCY, descriptors_key="descriptors",
-                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64"):
+                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
+                backend="numpy", device=None):
         """Efficiency of the whole dataset.
 
         Parameters
@@ -227,15 +392,25 @@ class QUESTSEfficiencyScore(_QUESTSDatasetScore):
             Use only atoms with ``arrays['selection_mask']`` true.
         precision : {'float64', 'float32'}
             Kernel arithmetic (float32: about 3x faster, 1e-5 relative).
+        sample_size : int, optional
+            Estimate from the kernel sums of this many environments (drawn without
+            replacement by ``seed``) against all N: cost ``sample_size x N`` instead of
+            ``N^2 / 2`` (:func:`~atomscore.kernels.gaussian.estimate_efficiency`).
+        seed : int
+            Seed of the sample.
+        backend : {'numpy', 'torch'}
+            Kernel backend (``'torch'`` needs ``atomscore[gpu]``).
+        device : str, optional
+            torch device, ``'cpu'`` or ``'cuda'``.
 
         Returns
         -------
-        float or numpy.ndarray
-            Dimensionless efficiency (one per bandwidth for an array).
+        float or numpy.ndarray or Estimate
+            Dimensionless efficiency (one per bandwidth for an array); with ``sample_size``
+            an ``Estimate(value, standard_error)``.
         """
-        self.parse_quantity(score_quantity)
-        rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
-        return gaussian.efficiency(rows, h, precision=precision)
+        return self._value(dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
+                           seed, backend, device)
 
 
 class QUESTSDiversityScore(_QUESTSDatasetScore):
@@ -248,25 +423,38 @@ class QUESTSDiversityScore(_QUESTSDatasetScore):
 
     OUTPUT_KEY = "quests_diversity"
     supported_score_quantities = (ScoreQuantity.DIVERSITY,)
+    _MEASURE, _ESTIMATE = staticmethod(gaussian.diversity), staticmethod(gaussian.estimate_diversity)
+    _from_information = staticmethod(lambda info: info.diversity)
 
     @records_metadata
     def compute(self, dataset, score_quantity=ScoreQuantity.DIVERSITY, descriptors_key="descriptors",
-                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64"):
+                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
+                backend="numpy", device=None):
         """Diversity of the whole dataset, in nats.
 
-        Parameters are those of :meth:`QUESTSEfficiencyScore.compute` (quantity ``DIVERSITY``).
+        Parameters are those of :meth:`QUESTSEfficiencyScore.compute` (quantity ``DIVERSITY``;
+        the estimate is :func:`~atomscore.kernels.gaussian.estimate_diversity`).
 
         Returns
         -------
-        float or numpy.ndarray
-            Nats (one per bandwidth for an array).
+        float or numpy.ndarray or Estimate
+            Nats (one per bandwidth for an array); with ``sample_size`` an
+            ``Estimate(value, standard_error)``.
         """
-        self.parse_quantity(score_quantity)
-        rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
-        return gaussian.diversity(rows, h, precision=precision)
+        return self._value(dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
+                           seed, backend, device)
 
 
 # ----------------------------------------------------------------------------- delta entropy
+
+def _combine_columns(blocks):
+    """``dH`` over the union of reference blocks from each block's ``dH_b``: ``-log sum_b exp(-dH_b)``
+    (NaN, for unscored atoms, stays NaN)."""
+    neg = -np.stack(blocks)
+    top = np.max(neg, axis=0)
+    with np.errstate(invalid="ignore"):
+        return -(top + np.log(np.exp(neg - top).sum(axis=0)))
+
 
 class QUESTSDeltaEntropyScore(AtomCenteredScore):
     """Per-atom entropy gain ``dH(y | X) = -log sum_j exp(-|y - x_j|^2 / (2 h^2))`` (nats).
@@ -285,14 +473,17 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     OUTPUT_KEY = "quests_delta_entropy"
     supported_score_quantities = (ScoreQuantity.DELTA_ENTROPY,)
     _ARGS = ("reference_set", "descriptors_key", "bandwidth", "apply_mask", "approx", "num_nearest_neighbors",
-             "graph_neighbors", "precision", "reference_settings", "approx_index", "approx_options")
+             "graph_neighbors", "precision", "reference_settings", "approx_index", "approx_options", "backend",
+             "device", "reference_block_size")
+    #: compute argument a column-block job gets besides the user's
+    _COLUMN_ARG = "_reference_block"
 
     def __init__(self):
         super().__init__()
 
     def _checked(self, configs, reference_set, descriptors_key, bandwidth, apply_mask, approx,
                  num_nearest_neighbors, graph_neighbors, precision, name, reference_settings=None,
-                 approx_index="flat", approx_options=None):
+                 approx_index="flat", approx_options=None, backend="numpy", device=None, reference_block_size=None):
         ref, ref_settings = _reference(reference_set, descriptors_key, reference_settings)
         if ref.shape[0] == 0:
             raise InputError(f"reference_set: expected at least one reference descriptor, got shape {ref.shape}")
@@ -312,6 +503,15 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             raise InputError(f"num_nearest_neighbors: expected at most the {len(ref)} reference descriptors, got {k}")
         if approx:  # the settings the index runs with (IVF: nlist/nprobe resolved for this reference)
             self.note_metadata(approx_settings=neighbors.index_settings(approx_index, len(ref), approx_options))
+        _kernel_options({"backend": backend, "device": device})
+        if approx and backend != "numpy":
+            raise InputError(f"backend={backend!r}: applies to the exact sum; approx=True searches with faiss "
+                             "(use backend='numpy')")
+        if reference_block_size is not None:
+            check_int(reference_block_size, "reference_block_size", minimum=1)
+            if approx:
+                raise InputError("reference_block_size: applies to the exact sum; approx=True needs the nearest "
+                                 "neighbours over the whole reference set (drop one of them)")
         return ref, rows, masks, h, approx, k
 
     def check_compute_args(self, configs, score_quantity, compute_args):
@@ -321,7 +521,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         args = {"reference_set": None, "descriptors_key": "descriptors", "bandwidth": DEFAULT_BANDWIDTH,
                 "apply_mask": False, "approx": False, "num_nearest_neighbors": 3, "graph_neighbors": 10,
                 "precision": "float64", "reference_settings": None, "approx_index": "flat",
-                "approx_options": None}
+                "approx_options": None, "backend": "numpy", "device": None, "reference_block_size": None}
         args.update({k: v for k, v in compute_args.items() if k != "score_quantity"})
         self._checked(configs, name="configs", **args)
 
@@ -344,7 +544,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     def compute(self, atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                 descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
                 num_nearest_neighbors=3, graph_neighbors=10, precision="float64", reference_settings=None,
-                approx_index="flat", approx_options=None):
+                approx_index="flat", approx_options=None, backend="numpy", device=None, reference_block_size=None):
         """Delta entropy of every atom of one configuration against ``reference_set``.
 
         Parameters
@@ -386,6 +586,14 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             ``approx_index='ivf'`` only: ``{'nlist': int, 'nprobe': int}`` (cells, cells
             scanned per query; defaults ``round(sqrt(N))`` and 16). The settings used are
             recorded in the metadata as ``approx_settings``.
+        backend : {'numpy', 'torch'}
+            Backend of the exact sum (``'torch'`` needs ``atomscore[gpu]``).
+        device : str, optional
+            torch device, ``'cpu'`` or ``'cuda'``.
+        reference_block_size : int, optional
+            Sum over blocks of this many reference rows, combined by log-sum-exp (the same
+            value to rounding); in :meth:`run` each block is a job of its own, so a reference
+            set larger than one job fits.
 
         Returns
         -------
@@ -394,13 +602,14 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         self.parse_quantity(score_quantity)
         return self._delta_entropy([atoms], "atoms", reference_set, descriptors_key, bandwidth, apply_mask,
                                    approx, num_nearest_neighbors, graph_neighbors, precision, reference_settings,
-                                   approx_index, approx_options)[0]
+                                   approx_index, approx_options, backend, device, reference_block_size)[0]
 
     @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                       descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
                       num_nearest_neighbors=3, graph_neighbors=10, precision="float64", reference_settings=None,
-                      approx_index="flat", approx_options=None):
+                      approx_index="flat", approx_options=None, backend="numpy", device=None,
+                      reference_block_size=None):
         """:meth:`compute` for every configuration, in one kernel pass over all their atoms.
 
         Returns
@@ -411,11 +620,13 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         self.parse_quantity(score_quantity)
         return self._delta_entropy(list_of_atoms, "list_of_atoms", reference_set, descriptors_key, bandwidth,
                                    apply_mask, approx, num_nearest_neighbors, graph_neighbors, precision,
-                                   reference_settings, approx_index, approx_options)
+                                   reference_settings, approx_index, approx_options, backend, device,
+                                   reference_block_size)
 
     def _delta_entropy(self, configs, name, reference_set, descriptors_key, bandwidth, apply_mask, approx,
                        num_nearest_neighbors, graph_neighbors, precision, reference_settings=None,
-                       approx_index="flat", approx_options=None):
+                       approx_index="flat", approx_options=None, backend="numpy", device=None,
+                       reference_block_size=None):
         if name == "atoms":
             from ase import Atoms
 
@@ -423,7 +634,8 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 raise InputError(f"atoms: expected ase.Atoms, got {type(configs[0]).__name__}")
         ref, rows, masks, h, approx, k = self._checked(
             configs, reference_set, descriptors_key, bandwidth, apply_mask, approx, num_nearest_neighbors,
-            graph_neighbors, precision, name, reference_settings, approx_index, approx_options)
+            graph_neighbors, precision, name, reference_settings, approx_index, approx_options, backend, device,
+            reference_block_size)
         n_h = np.size(h) if np.ndim(h) else None
         if len(rows) == 0:
             values = np.zeros((0,) if n_h is None else (0, n_h))
@@ -431,7 +643,10 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             values = gaussian.approx_delta_entropy(rows, ref, h, k, approx_index=approx_index,
                                                    approx_options=approx_options)
         else:
-            values = gaussian.delta_entropy(rows, ref, h, precision=precision)
+            step = len(ref) if reference_block_size is None else reference_block_size
+            blocks = [-gaussian.log_kernel_sums(rows, ref[c:c + step], h, precision=precision, backend=backend,
+                                                device=device) for c in range(0, len(ref), step)]
+            values = blocks[0] if len(blocks) == 1 else _combine_columns(blocks)
         out, start = [], 0
         for mask in masks:
             full = np.full((len(mask),) if n_h is None else (len(mask), n_h), np.nan)
@@ -439,6 +654,71 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             full[mask] = values[start:start + n]
             start += n
             out.append(full)
+        return out
+
+    # -- column-block jobs: reference_block_size smaller than the reference set
+    def plan_jobs(self, configs, compute_args, batch_size):
+        """Batches of ``batch_size`` configurations; with ``reference_block_size`` each batch
+        once per block of that many reference rows (the folder holds only its block)."""
+        batches = super().plan_jobs(configs, compute_args, batch_size)
+        size = compute_args.get("reference_block_size")
+        ref = None if size is None else load_array(compute_args["reference_set"], "reference_set", ndim=2)
+        if ref is None or size >= len(ref):
+            return batches
+        whole = _provenance(ref, compute_args.get("reference_settings"), compute_args["reference_set"])
+        columns = [(c, min(c + size, len(ref))) for c in range(0, len(ref), size)]
+        slices = [ref[c0:c1] for c0, c1 in columns]  # one object per block: linked across batches
+        return [(batch, {**args, "reference_set": slices[j], "reference_block_size": None,
+                         self._COLUMN_ARG: {"row_batch": k, "index": j, "count": len(columns), "rows": [c0, c1],
+                                            "reference_set": whole}})
+                for k, (batch, args) in enumerate(batches) for j, (c0, c1) in enumerate(columns)]
+
+    def run_batch(self, configs, score_quantity, compute_args):
+        """A job's work; a column-block job records its block in the metadata."""
+        args = dict(compute_args)
+        block = args.pop(self._COLUMN_ARG, None)
+        results = super().run_batch(configs, score_quantity, args)
+        if block is not None:
+            results.metadata["reference_block"] = block
+        return results
+
+    @classmethod
+    def reduce_job_results(cls, results):
+        """Combine the column blocks of each batch by log-sum-exp, ``dH = -log sum_b exp(-dH_b)``:
+        the values and metadata of one run over the whole reference set."""
+        def block_of(atoms):
+            meta = atoms.info.get("_metadata", {})
+            return meta.get(cls.OUTPUT_KEY, {}).get("reference_block") if isinstance(meta, dict) else None
+
+        blocks = [block_of(a) for a in results]
+        if all(b is None for b in blocks):
+            return results
+        if any(b is None for b in blocks):
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: calc ids mix reference column blocks and whole jobs")
+        groups: dict = {}
+        for atoms, block in zip(results, blocks):
+            groups.setdefault(block["row_batch"], {}).setdefault(block["index"], []).append(atoms)
+        key, count, out = f"{cls.OUTPUT_KEY}_score", blocks[0]["count"], []
+        for batch in sorted(groups):
+            columns = groups[batch]
+            if sorted(columns) != list(range(count)) or len({len(v) for v in columns.values()}) != 1:
+                raise InputError(f"{cls.__name__}.data_from_calc_ids: batch {batch} has reference blocks "
+                                 f"{sorted(columns)} of {count}; pass every calc id run() returned")
+            values = [_combine_columns([np.asarray(columns[j][i].arrays[key]) for j in range(count)])
+                      for i in range(len(columns[0]))]
+            meta = {k: v for k, v in columns[0][0].info["_metadata"][cls.OUTPUT_KEY].items() if k != "reference_block"}
+            meta["reference_set"] = blocks[0]["reference_set"]
+            configs = []
+            for atoms in columns[0]:
+                new = atoms.copy()
+                for name in [n for n in new.info if n.startswith(f"{cls.OUTPUT_KEY}_")]:
+                    del new.info[name]
+                new.info["_metadata"] = {k: v for k, v in new.info["_metadata"].items() if k != cls.OUTPUT_KEY}
+                if not new.info["_metadata"]:
+                    del new.info["_metadata"]
+                del new.arrays[key]
+                configs.append(new)
+            out.extend(cls().parse_for_storage(values, configs, metadata=meta))
         return out
 
     def get_metadata(self, score_quantity, **compute_args):
@@ -450,4 +730,5 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 "precision": compute_args.get("precision", "float64"),
                 "approx_index": compute_args.get("approx_index", "flat"),
                 "approx_options": neighbors.check_index_options(compute_args.get("approx_index", "flat"),
-                                                                compute_args.get("approx_options"))}
+                                                                compute_args.get("approx_options")),
+                **_kernel_metadata(compute_args)}

@@ -414,7 +414,16 @@ class ScoreBase:
         if cleanup:
             for folder in folders:
                 remove_temporary_files(folder)
-        return out
+        return self_or_cls.reduce_job_results(out)
+
+    @classmethod
+    def reduce_job_results(cls, results):
+        """Turn the gathered results of a run's jobs into the run's results (default: as they are).
+
+        Override with :meth:`plan_jobs` when jobs hold parts of one result (row blocks of
+        a dataset score); called by :meth:`data_from_calc_ids`.
+        """
+        return results
 
     def cleanup(self):
         """Clean the job folders of this object's runs: argument files removed, folders marked
@@ -425,6 +434,27 @@ class ScoreBase:
             if folder.is_dir():
                 clean_folder(folder)
         self._run_folders = []
+
+    def plan_jobs(self, configs, compute_args, batch_size):
+        """The jobs of a run: one ``(configurations, compute_args)`` pair per job folder.
+
+        Default: batches of ``batch_size`` configurations (one job for ``single_job``),
+        arguments cut by :meth:`slice_compute_args`. Override for another split (row
+        blocks of a dataset score), with :meth:`reduce_job_results` to put the parts
+        together. An array that is the same object in every job is written once per run
+        and hard-linked into the other folders.
+        """
+        if self.single_job:
+            if 1 < batch_size < len(configs) and self.kind != "dataset":
+                import warnings
+
+                warnings.warn(f"{type(self).__name__}.run: batch_size={batch_size} ignored; {type(self).__name__} "
+                              f"needs all {len(configs)} configurations in one job", stacklevel=4)
+            return [(configs, compute_args)]
+        bounds = [(i, min(i + batch_size, len(configs))) for i in range(0, len(configs), batch_size)]
+        if len(bounds) == 1:
+            return [(configs, compute_args)]
+        return [(configs[a:b], self.slice_compute_args(compute_args, a, b)) for a, b in bounds]
 
     def run_batch(self, configs, score_quantity, compute_args):
         """What a job does with its configurations (used by the job runner)."""
@@ -558,6 +588,7 @@ class PreparedJob:
     input_text: str
     compute_args: dict
     compute_arrays: dict
+    shared_arrays: dict = field(default_factory=dict)  # hard-linked to the run's first copy
 
 
 @dataclass
@@ -585,11 +616,13 @@ class PreparedJobs:
         run = new_run_folder(Path(root) / self.score_name / self.path_type)
         folders = []
         first_paths: dict[str, Path] = {}
+        shared_paths: dict[str, Path] = {}
         try:
             for job in self.jobs:
                 folder = new_numbered_folder(run)
                 save_arrays(folder / ARGS_DIR, self.init_arrays, first_paths)
                 save_arrays(folder / ARGS_DIR, job.compute_arrays)  # per batch: never linked
+                save_arrays(folder / ARGS_DIR, job.shared_arrays, shared_paths)
                 write_text_atomic(folder / job.input_name, job.input_text)
                 finish_job_folder(folder, {**self.header, "run": run.name, "compute_args": job.compute_args,
                                            "input": job.input_name})
@@ -641,20 +674,13 @@ def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> P
 
     reference = class_reference(type(score))
     init_data, init_arrays = encode_args(score._init_args, "init", f"{name} init args")
-    if score.single_job:
-        if 1 < batch_size < len(configs) and score.kind != "dataset":
-            import warnings
-
-            warnings.warn(f"{name}.run: batch_size={batch_size} ignored; {name} needs all {len(configs)} "
-                          "configurations in one job", stacklevel=3)
-        bounds = [(0, len(configs))]
-    else:
-        bounds = [(i, min(i + batch_size, len(configs))) for i in range(0, len(configs), batch_size)]
-    jobs = []
-    for start, stop in bounds:
-        batch_args = args if len(bounds) == 1 else score.slice_compute_args(args, start, stop)
+    jobs, first_arrays = [], {}
+    for batch_configs, batch_args in score.plan_jobs(configs, args, batch_size):
         compute_data, compute_arrays = encode_args(batch_args, "compute", f"{name}.run compute_args")
-        jobs.append(PreparedJob(*serialize_inputs(score.kind, configs[start:stop]), compute_data, compute_arrays))
+        # the same array object in every job (a reference set, a dataset's descriptors): written once, linked
+        shared = {k: a for k, a in compute_arrays.items() if first_arrays.setdefault(k, a) is a}
+        own = {k: a for k, a in compute_arrays.items() if k not in shared}
+        jobs.append(PreparedJob(*serialize_inputs(score.kind, batch_configs), compute_data, own, shared))
     header = {
         "format_version": FORMAT_VERSION,
         "kind": "score",

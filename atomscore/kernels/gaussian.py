@@ -67,6 +67,17 @@ exact row maxima known in advance. The cost is the GEMM (about 2/3 of a float32 
 
 Threads: tiles are shared among ``n_threads`` Python threads (numpy and BLAS release the
 GIL); BLAS itself is kept to one thread inside them when ``threadpoolctl`` is installed.
+
+Backends: ``backend='torch'`` (``device='cpu'`` or ``'cuda'``, extra ``atomscore[gpu]``) runs
+the same tiles, lift, clip and log-sum-exp repair with torch tensors
+(:mod:`atomscore.kernels.torch_backend`); the operands are built here, so both backends
+multiply the same numbers.
+
+Sampled estimates (:func:`estimate_entropy`, :func:`estimate_diversity`,
+:func:`estimate_efficiency`): the log kernel sums of ``sample_size`` rows drawn without
+replacement against *all* N rows (cost ``sample_size x N`` pairs instead of ``N^2 / 2``);
+the entropy estimate is unbiased, with the standard error of a sample mean (finite
+population correction included). See docs/quests.md.
 """
 
 from __future__ import annotations
@@ -93,11 +104,19 @@ __all__ = [
     "dataset_information",
     "DatasetInformation",
     "default_threads",
+    "estimate_entropy",
+    "estimate_diversity",
+    "estimate_efficiency",
+    "sampled_log_sums",
+    "information_from_log_sums",
+    "Estimate",
+    "BACKENDS",
 ]
 
 DEFAULT_BANDWIDTH = 0.015
 DEFAULT_TILE = 1024
 PRECISIONS = ("float64", "float32")
+BACKENDS = ("numpy", "torch")
 # Exponent floors: exp(floor) is a normal number, so no slow subnormal arithmetic.
 _FLOOR = {"float64": -700.0, "float32": -87.0}
 # exp(x) overflows above these.
@@ -153,6 +172,19 @@ def _options(precision, tile_size, n_threads):
     tile = check_int(tile_size, "tile_size", minimum=16)
     threads = default_threads() if n_threads is None else check_int(n_threads, "n_threads", minimum=1)
     return precision, tile, threads
+
+
+def _engine(backend, device):
+    """The tile pass of ``backend``: ``None`` for numpy (:func:`_tile_pass`), else torch's on ``device``."""
+    check_choice(backend, "backend", BACKENDS)
+    if backend == "numpy":
+        if device not in (None, "cpu"):
+            raise InputError(f"device: the numpy backend runs on the CPU only, got device={device!r}; "
+                             "use backend='torch' for another device")
+        return None
+    from atomscore.kernels import torch_backend
+
+    return torch_backend.tile_pass_on(device)
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -253,7 +285,7 @@ def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, clip, shifted=False)
 
 
 def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64",
-                    tile_size=DEFAULT_TILE, n_threads=None):
+                    tile_size=DEFAULT_TILE, n_threads=None, backend="numpy", device=None):
     """Log of the Gaussian kernel sums of each query over a reference set.
 
     Parameters
@@ -272,6 +304,10 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
         Rows and columns per tile; memory is about ``tile_size**2`` numbers per thread.
     n_threads : int, optional
         Worker threads (default: the CPUs available to the process).
+    backend : {'numpy', 'torch'}
+        ``'torch'`` runs the tiles with torch (extra ``atomscore[gpu]``).
+    device : str, optional
+        torch device, ``'cpu'`` (default) or ``'cuda'`` / ``'cuda:N'``; numpy: CPU only.
 
     Returns
     -------
@@ -287,12 +323,17 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
                          f"got dimension {x.shape[1]}")
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
-    logp = _log_sums(y, x, symmetric, h, precision, tile, threads)
+    engine = _engine(backend, device)
+    logp = _log_sums(y, x, symmetric, h, precision, tile, threads, engine)
     return logp[:, 0] if scalar else logp
 
 
-def _log_sums(y, x, symmetric, h, precision, tile, threads):
-    """``log p`` (n_rows, n_h): a lifted plain pass, then a shifted pass for rows it cannot hold."""
+def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None):
+    """``log p`` (n_rows, n_h): a lifted plain pass, then a shifted pass for rows it cannot hold.
+
+    ``engine`` is the tile pass (signature of :func:`_tile_pass`); ``None`` is numpy's.
+    """
+    tile_pass = _tile_pass if engine is None else engine
     dtype = np.float32 if precision == "float32" else np.float64
     centre = x.mean(axis=0)
     xc = x - centre
@@ -303,7 +344,7 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads):
     ops_list = [_Operands.build(yc, xc, g, dtype, lift) for g in 1.0 / (2.0 * h * h)]
     floor = _FLOOR[precision]
     clip = (floor, lift) if precision == "float64" else None  # float32 exp is as fast on subnormals
-    p = _tile_pass(ops_list, tile, symmetric, dtype, threads, clip)
+    p = tile_pass(ops_list, tile, symmetric, dtype, threads, clip)
     with np.errstate(divide="ignore"):
         logp = np.log(p) - lift
     limit = len(x) * math.exp(floor) * _REPAIR_MARGIN[precision]
@@ -315,7 +356,7 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads):
         else:
             rows = [_Operands.build(yc[bad], xc, g, np.float64, lift) for g in 1.0 / (2.0 * h * h)]
         clip64 = (_FLOOR["float64"], lift)
-        logp[bad] = _tile_pass(rows, tile, False, np.float64, threads, clip64, shifted=True) - lift
+        logp[bad] = tile_pass(rows, tile, False, np.float64, threads, clip64, shifted=True) - lift
     return logp
 
 
@@ -325,46 +366,52 @@ def _reduce(value, scalar):
     return float(value[0]) if scalar else np.asarray(value)
 
 
-def _self_log_sums(x, bandwidth, precision, tile_size, n_threads):
+def _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend="numpy", device=None):
     x = _descriptors(x, "descriptors")
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
-    return x, _log_sums(x, x, True, h, precision, tile, threads), scalar
+    engine = _engine(backend, device)
+    return x, _log_sums(x, x, True, h, precision, tile, threads, engine), scalar
 
 
-def entropy(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None):
+def entropy(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
+            backend="numpy", device=None):
     """Information entropy ``H = -(1/N) sum_i log(p_i / N)`` of a descriptor set, in nats.
 
     Same definition as ``quests.entropy.entropy``. Parameters as :func:`log_kernel_sums`;
     returns a float, or one value per bandwidth (shape (H,)).
     """
-    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads)
+    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
     return _reduce(math.log(len(x)) - logp.mean(axis=0), scalar)
 
 
-def efficiency(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None):
+def efficiency(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
+               backend="numpy", device=None):
     """Efficiency ``H / log N`` (dimensionless, 1 when no two points overlap); needs N >= 2."""
     x = _descriptors(x, "descriptors")
     if len(x) < 2:
         raise InputError(f"descriptors: efficiency H/log N needs at least 2 environments, got {len(x)}")
-    return entropy(x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads) / math.log(len(x))
+    return entropy(x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads,
+                   backend=backend, device=device) / math.log(len(x))
 
 
-def diversity(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None):
+def diversity(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
+              backend="numpy", device=None):
     """Diversity ``D = log sum_i 1/p_i`` (nats), as ``quests.entropy.diversity``."""
-    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads)
+    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
     return _reduce(_logsumexp(-logp, axis=0), scalar)
 
 
 def delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE,
-                  n_threads=None):
+                  n_threads=None, backend="numpy", device=None):
     """Differential entropy ``dH(y_i | X) = -log sum_j K(y_i, x_j)`` of each query, in nats.
 
     As ``quests.entropy.delta_entropy`` where that is finite; where its kernel sum
     underflows (queries far from all of ``X``) quests gives ``+inf`` and we give the exact
     finite value by log-sum-exp. Returns shape (M,) or (M, H) for an array of bandwidths.
     """
-    return -log_kernel_sums(y, x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads)
+    return -log_kernel_sums(y, x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads,
+                            backend=backend, device=device)
 
 
 def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbors=3, approx_index="flat",
@@ -394,6 +441,116 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
     return dh[:, 0] if scalar else dh
 
 
+# ----------------------------------------------------------------------------- sampled estimates
+
+class Estimate(NamedTuple):
+    """A sampled estimate and its standard error (same units; arrays for several bandwidths)."""
+
+    value: object
+    standard_error: object
+
+
+def sampled_log_sums(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, *, precision="float64",
+                     tile_size=DEFAULT_TILE, n_threads=None, backend="numpy", device=None):
+    """``log p_i`` of ``sample_size`` rows of ``x`` drawn without replacement, against all rows.
+
+    Returns ``(rows, logp)``: the sorted row indices (shape (n,)) and their log kernel sums
+    over the whole set (shape (n, H)); ``n = min(sample_size, N)``. With ``n = N`` every
+    row is used (the exact, symmetric pass). ``seed`` feeds ``numpy.random.default_rng``.
+    """
+    x = _descriptors(x, "descriptors")
+    n = check_int(sample_size, "sample_size", minimum=2)
+    if seed is not None:
+        check_int(seed, "seed", minimum=0)
+    h, _ = _bandwidths(bandwidth)
+    precision, tile, threads = _options(precision, tile_size, n_threads)
+    engine = _engine(backend, device)
+    if n >= len(x):
+        return np.arange(len(x)), _log_sums(x, x, True, h, precision, tile, threads, engine)
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
+    return rows, _log_sums(x[rows], x, False, h, precision, tile, threads, engine)
+
+
+def _sample_mean(values, n_total):
+    """Mean over the sample's rows and its standard error (finite-population corrected)."""
+    n = len(values)
+    if n >= n_total:
+        return values.mean(axis=0), np.zeros(values.shape[1])
+    return values.mean(axis=0), values.std(axis=0, ddof=1) * math.sqrt((1.0 - n / n_total) / n)
+
+
+def estimate_entropy(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, **options) -> Estimate:
+    """Entropy ``H`` (nats) from ``sample_size`` rows' kernel sums against all N rows, with its error.
+
+    ``H = log N - mean_i log p_i``; the mean over a uniform sample of rows (each ``log p_i``
+    exact, over all N rows) is unbiased, and its standard error is
+    ``std(log p_S) sqrt((1 - n/N) / n)``. Cost ``n x N`` kernel terms. ``sample_size >= N``
+    gives the exact value and a zero error. Keyword options as :func:`log_kernel_sums`.
+    Unlike ``quests``' ``entropy_sampler`` (the entropy *of* a subsample, which is biased
+    low for the whole set), this estimates the entropy of the whole set.
+
+    Returns
+    -------
+    Estimate
+        ``(value, standard_error)`` in nats: floats, or arrays of shape (H,) for an
+        array of bandwidths.
+    """
+    x = _descriptors(x, "descriptors")
+    h, scalar = _bandwidths(bandwidth)
+    _, logp = sampled_log_sums(x, h, sample_size, seed, **options)
+    mean, se = _sample_mean(logp, len(x))
+    return Estimate(_reduce(math.log(len(x)) - mean, scalar), _reduce(se, scalar))
+
+
+def estimate_efficiency(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, **options) -> Estimate:
+    """Efficiency ``H / log N`` from :func:`estimate_entropy` (value and error divided by log N)."""
+    x = _descriptors(x, "descriptors")
+    if len(x) < 2:
+        raise InputError(f"descriptors: efficiency H/log N needs at least 2 environments, got {len(x)}")
+    value, se = estimate_entropy(x, bandwidth, sample_size, seed, **options)
+    return Estimate(value / math.log(len(x)), se / math.log(len(x)))
+
+
+def estimate_diversity(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, **options) -> Estimate:
+    """Diversity ``D = log sum_i 1/p_i`` (nats) from a sample of rows, with its standard error.
+
+    ``D = log N + log mean_i (1/p_i)``: the mean of ``1/p_i`` over the sampled rows is
+    unbiased; its log carries a bias of order ``-se^2 / 2`` (small next to the error for
+    any useful sample). The standard error is the delta-method ``se(mean) / mean``.
+    Keyword options as :func:`log_kernel_sums`.
+
+    Returns
+    -------
+    Estimate
+        ``(value, standard_error)`` in nats (arrays of shape (H,) for an array of bandwidths).
+    """
+    x = _descriptors(x, "descriptors")
+    h, scalar = _bandwidths(bandwidth)
+    _, logp = sampled_log_sums(x, h, sample_size, seed, **options)
+    top = (-logp).max(axis=0)
+    w = np.exp(-logp - top)  # 1/p_i scaled by exp(-top): the largest is 1, nothing overflows
+    mean, se = _sample_mean(w, len(x))
+    return Estimate(_reduce(math.log(len(x)) + top + np.log(mean), scalar), _reduce(se / mean, scalar))
+
+
+def information_from_log_sums(logp, scalar=False) -> "DatasetInformation":
+    """Every measure from ``log p_i`` of all N rows of a set against the whole set.
+
+    ``logp`` has shape (N, H) (one column per bandwidth), e.g. the row blocks of block
+    jobs put back together; ``scalar`` returns floats and an (N,) ``delta_entropy`` for
+    H = 1. The same arithmetic as :func:`entropy`, :func:`diversity`, :func:`efficiency`.
+    """
+    logp = np.asarray(logp, dtype=np.float64)
+    if logp.ndim != 2 or len(logp) == 0:
+        raise InputError(f"logp: expected log kernel sums of shape (N, H) with N >= 1, got shape {logp.shape}")
+    n = len(logp)
+    h_value = math.log(n) - logp.mean(axis=0)
+    eff = h_value / math.log(n) if n > 1 else np.full_like(h_value, np.nan)
+    dh = -logp
+    return DatasetInformation(_reduce(h_value, scalar), _reduce(_logsumexp(-logp, axis=0), scalar),
+                              _reduce(eff, scalar), dh[:, 0] if scalar else dh)
+
+
 class DatasetInformation(NamedTuple):
     """All QUESTS measures of one set from one kernel-sum pass (see :func:`dataset_information`)."""
 
@@ -404,19 +561,14 @@ class DatasetInformation(NamedTuple):
 
 
 def dataset_information(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE,
-                        n_threads=None) -> DatasetInformation:
+                        n_threads=None, backend="numpy", device=None) -> DatasetInformation:
     """Entropy, diversity, efficiency and self delta entropy ``-log p_i`` from one pass.
 
     ``delta_entropy`` here is each point against the whole set including itself (as the
     third value of ``quests.entropy.get_all_metrics``). Efficiency is NaN for N = 1.
     """
-    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads)
-    n = len(x)
-    h_value = math.log(n) - logp.mean(axis=0)
-    eff = h_value / math.log(n) if n > 1 else np.full_like(h_value, np.nan)
-    dh = -logp
-    return DatasetInformation(_reduce(h_value, scalar), _reduce(_logsumexp(-logp, axis=0), scalar),
-                              _reduce(eff, scalar), dh[:, 0] if scalar else dh)
+    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
+    return information_from_log_sums(logp, scalar)
 
 
 def _logsumexp(a, axis):
