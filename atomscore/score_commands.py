@@ -133,6 +133,25 @@ def _positive_arg(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _int_arg(minimum):
+    import argparse
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_arg(2)  # a sample needs two rows for its standard error
+_nonnegative_int = _int_arg(0)
+
+
 def _add_descriptor_flags(p):
     p.add_argument("--cutoff", type=_positive_arg, default=None,
                    help=f"QUESTS descriptor cutoff in Å (default {DEFAULT_CUTOFF}); given, descriptors are "
@@ -169,12 +188,21 @@ def dataset_information(args) -> dict:
     if len(x) < 2:
         raise InputError(f"DATASET: {str(args.dataset)!r} has {len(x)} atomic environment(s); the efficiency "
                          "H / log N needs at least 2")
-    info = information(x, args.bandwidth)
-    return {"entropy": float(info.entropy), "diversity": float(info.diversity),
-            "efficiency": float(info.efficiency), "units": {"entropy": "nats", "diversity": "nats",
-                                                             "efficiency": "dimensionless (entropy / log N)"},
-            "n_environments": int(len(x)), "n_configurations": len(configs), "bandwidth": args.bandwidth,
-            "descriptors": _provenance(settings, args.descriptors_key), "dataset": str(args.dataset)}
+    result = {"units": {"entropy": "nats", "diversity": "nats", "efficiency": "dimensionless (entropy / log N)"},
+              "n_environments": int(len(x)), "n_configurations": len(configs), "bandwidth": args.bandwidth,
+              "descriptors": _provenance(settings, args.descriptors_key), "dataset": str(args.dataset)}
+    if args.sample is None:
+        info = information(x, args.bandwidth)
+        values = {"entropy": float(info.entropy), "diversity": float(info.diversity),
+                  "efficiency": float(info.efficiency)}
+    else:
+        from atomscore.kernels.gaussian import estimate_information
+
+        estimates = estimate_information(x, args.bandwidth, sample_size=args.sample, seed=args.seed)
+        values = {name: float(e.value) for name, e in estimates.items()}
+        values["standard_error"] = {name: float(e.standard_error) for name, e in estimates.items()}
+        result.update(sample_size=min(args.sample, len(x)), seed=args.seed)
+    return {**values, **result}
 
 
 def cmd_entropy(args):
@@ -182,9 +210,12 @@ def cmd_entropy(args):
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"entropy     {result['entropy']:.6g} nats")
-    print(f"diversity   {result['diversity']:.6g} nats")
-    print(f"efficiency  {result['efficiency']:.6g} (entropy / log N, dimensionless)")
+    se = result.get("standard_error")
+    pm = {name: f" ± {se[name]:.2g} (standard error, {result['sample_size']} sampled rows)" if se else ""
+          for name in ("entropy", "diversity", "efficiency")}
+    print(f"entropy     {result['entropy']:.6g} nats{pm['entropy']}")
+    print(f"diversity   {result['diversity']:.6g} nats{pm['diversity']}")
+    print(f"efficiency  {result['efficiency']:.6g} (entropy / log N, dimensionless){pm['efficiency']}")
     desc = result["descriptors"]
     where = f"cutoff {desc['cutoff']} Å, k {desc['k']}" if "cutoff" in desc else desc["source"]
     print(f"settings    N = {result['n_environments']} environments in {result['n_configurations']} "
@@ -202,10 +233,15 @@ def add_entropy_command(subparsers):
         epilog="examples:\n"
                "  atomscore entropy train.xyz\n"
                "  atomscore entropy train.traj -b 0.02 --cutoff 4.5 -k 24\n"
-               "  atomscore entropy train.db --json > information.json\n")
+               "  atomscore entropy train.db --json > information.json\n"
+               "  atomscore entropy big.xyz --sample 2000 --seed 1   # estimate with its standard error\n")
     p.add_argument("dataset", help="configurations (any format ASE reads)")
     _add_bandwidth_flag(p)
     _add_descriptor_flags(p)
+    p.add_argument("--sample", type=_positive_int, default=None, metavar="N",
+                   help="estimate from N sampled environments' kernel sums against all (cost N x all), "
+                        "printed with its standard error (default: exact)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed of --sample (default 0)")
     p.add_argument("--json", action="store_true", help="print the values and settings as JSON")
     p.set_defaults(func=cmd_entropy)
 

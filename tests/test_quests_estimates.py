@@ -155,3 +155,17 @@ def test_bad_sample_arguments(desc, dataset, kwargs, match, tmp_path):
         QUESTSEfficiencyScore().run("bad", dataset, {"score_quantity": "EFFICIENCY", **kwargs},
                                     workflow={"workflow_type": "LOCAL", "workflow_args": {"root_directory": str(tmp_path / "never")}})
     assert not (tmp_path / "never").exists()
+
+
+def test_estimate_information_is_the_three_estimates_of_one_pass():
+    """One sampled pass gives what the three estimators give separately (same seed)."""
+    from atomscore.kernels.gaussian import (estimate_diversity, estimate_efficiency, estimate_entropy,
+                                            estimate_information)
+
+    x = np.random.default_rng(7).normal(size=(300, 5))
+    both = estimate_information(x, 0.8, sample_size=40, seed=2)
+    for name, single in (("entropy", estimate_entropy), ("diversity", estimate_diversity),
+                         ("efficiency", estimate_efficiency)):
+        want = single(x, 0.8, sample_size=40, seed=2)
+        assert both[name].value == pytest.approx(want.value, rel=1e-14)
+        assert both[name].standard_error == pytest.approx(want.standard_error, rel=1e-14)

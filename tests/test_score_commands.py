@@ -79,6 +79,37 @@ def test_entropy_equals_the_quests_package(data):
     assert float(lines[0].split()[1]) == pytest.approx(entropy(x, H), rel=1e-5)
 
 
+def test_entropy_sample_prints_the_estimate_with_its_standard_error(data):
+    """``--sample`` equals gaussian.estimate_* on the same descriptors and seed; the exact value
+    (quests package) lies within a few standard errors; a sample of every row is exact."""
+    from quests.entropy import entropy
+
+    from atomscore.kernels.gaussian import estimate_diversity, estimate_entropy
+
+    folder, train, _ = data
+    x = quests_descriptors(train)
+    proc = atomscore("entropy", "train.traj", "-b", H, "-k", K, "--sample", 10, "--seed", 3, "--json", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    want = estimate_entropy(x, H, sample_size=10, seed=3)
+    assert result["entropy"] == pytest.approx(want.value, rel=1e-12)
+    assert result["standard_error"]["entropy"] == pytest.approx(want.standard_error, rel=1e-12)
+    assert result["diversity"] == pytest.approx(estimate_diversity(x, H, sample_size=10, seed=3).value, rel=1e-12)
+    assert result["sample_size"] == 10 and result["seed"] == 3
+    assert abs(result["entropy"] - entropy(x, H)) < 5 * result["standard_error"]["entropy"]
+
+    text = atomscore("entropy", "train.traj", "-b", H, "-k", K, "--sample", 10, cwd=folder).stdout.splitlines()
+    assert "±" in text[0] and "standard error" in text[0] and text[0].startswith("entropy")
+
+    every = json.loads(atomscore("entropy", "train.traj", "-b", H, "-k", K, "--sample", len(x), "--json",
+                                 cwd=folder).stdout)
+    assert every["entropy"] == pytest.approx(entropy(x, H), rel=1e-10)
+    assert every["standard_error"]["entropy"] == 0.0
+
+    bad = atomscore("entropy", "train.traj", "--sample", 1, cwd=folder)
+    assert bad.returncode == 2 and "integer >= 2" in bad.stderr
+
+
 def test_dh_equals_the_quests_package_and_records_its_settings(data):
     from quests.entropy import delta_entropy
 

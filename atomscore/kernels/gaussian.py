@@ -498,8 +498,37 @@ def estimate_entropy(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, *
     x = _descriptors(x, "descriptors")
     h, scalar = _bandwidths(bandwidth)
     _, logp = sampled_log_sums(x, h, sample_size, seed, **options)
-    mean, se = _sample_mean(logp, len(x))
-    return Estimate(_reduce(math.log(len(x)) - mean, scalar), _reduce(se, scalar))
+    return _entropy_estimate(logp, len(x), scalar)
+
+
+def _entropy_estimate(logp, n_total, scalar) -> Estimate:
+    mean, se = _sample_mean(logp, n_total)
+    return Estimate(_reduce(math.log(n_total) - mean, scalar), _reduce(se, scalar))
+
+
+def _diversity_estimate(logp, n_total, scalar) -> Estimate:
+    top = (-logp).max(axis=0)
+    w = np.exp(-logp - top)  # 1/p_i scaled by exp(-top): the largest is 1, nothing overflows
+    mean, se = _sample_mean(w, n_total)
+    return Estimate(_reduce(math.log(n_total) + top + np.log(mean), scalar), _reduce(se / mean, scalar))
+
+
+def estimate_information(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, **options) -> dict:
+    """Entropy, diversity and efficiency estimates from ONE sampled pass (cost ``n x N``).
+
+    Returns ``{'entropy': Estimate, 'diversity': Estimate, 'efficiency': Estimate}`` with
+    the same values as :func:`estimate_entropy`, :func:`estimate_diversity` and
+    :func:`estimate_efficiency` for the same ``seed`` (nats; efficiency dimensionless).
+    """
+    x = _descriptors(x, "descriptors")
+    if len(x) < 2:
+        raise InputError(f"descriptors: efficiency H/log N needs at least 2 environments, got {len(x)}")
+    h, scalar = _bandwidths(bandwidth)
+    _, logp = sampled_log_sums(x, h, sample_size, seed, **options)
+    entropy_ = _entropy_estimate(logp, len(x), scalar)
+    log_n = math.log(len(x))
+    return {"entropy": entropy_, "diversity": _diversity_estimate(logp, len(x), scalar),
+            "efficiency": Estimate(entropy_.value / log_n, entropy_.standard_error / log_n)}
 
 
 def estimate_efficiency(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, **options) -> Estimate:
@@ -527,10 +556,7 @@ def estimate_diversity(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0,
     x = _descriptors(x, "descriptors")
     h, scalar = _bandwidths(bandwidth)
     _, logp = sampled_log_sums(x, h, sample_size, seed, **options)
-    top = (-logp).max(axis=0)
-    w = np.exp(-logp - top)  # 1/p_i scaled by exp(-top): the largest is 1, nothing overflows
-    mean, se = _sample_mean(w, len(x))
-    return Estimate(_reduce(math.log(len(x)) + top + np.log(mean), scalar), _reduce(se / mean, scalar))
+    return _diversity_estimate(logp, len(x), scalar)
 
 
 def information_from_log_sums(logp, scalar=False) -> "DatasetInformation":
