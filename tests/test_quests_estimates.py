@@ -49,24 +49,27 @@ def desc(dataset):
 
 
 def test_z_scores_over_20_seeds_look_standard_normal(desc):
-    """(estimate - exact) / standard_error over 20 seeds: mean within +-0.5, std in 0.6-1.6,
-    for the entropy and the diversity; the errors are real (the exact value is not hit).
-
-    Over 300 seeds on this data the entropy's z has mean 0.02 and std 0.95 (diversity 0.03,
-    0.96). Blocks of 20 seeds scatter with std 0.22 around that: seeds 0-19 happen to give
-    +0.56 (2.5 sigma); the test uses seeds 100-119 (-0.14), a block near the 300-seed mean.
+    """(estimate - exact) / standard_error over seeds 0-399, taken in the issue's blocks of 20
+    seeds: each block should have mean within +-0.5 and std in 0.6-1.6, for the entropy and
+    the diversity. For a standard normal z a block's mean misses +-0.5 with probability 2.5 %,
+    so a few blocks may miss by chance (seeds 0-19 give +0.56 for the entropy): at least 17 of
+    the 20 blocks must pass, and all 400 together must have mean within +-0.2 (4 standard
+    errors) and std in 0.8-1.2. No seed is chosen by hand. The errors are real (the exact value
+    is never hit).
     """
     exact_h, exact_d = G.entropy(desc, H), G.diversity(desc, H)
     z_h, z_d = [], []
-    for seed in range(100, 120):
+    for seed in range(400):
         value, se = G.estimate_entropy(desc, H, 150, seed)
         assert se > 0 and value != exact_h
         z_h.append((value - exact_h) / se)
         value, se = G.estimate_diversity(desc, H, 150, seed)
         z_d.append((value - exact_d) / se)
     for z in (np.array(z_h), np.array(z_d)):
-        assert abs(z.mean()) < 0.5, z
-        assert 0.6 < z.std() < 1.6, z
+        blocks = z.reshape(20, 20)
+        passing = (np.abs(blocks.mean(axis=1)) < 0.5) & (blocks.std(axis=1) > 0.6) & (blocks.std(axis=1) < 1.6)
+        assert passing.sum() >= 17, (passing, blocks.mean(axis=1), blocks.std(axis=1))
+        assert abs(z.mean()) < 0.2 and 0.8 < z.std() < 1.2, (z.mean(), z.std())
 
 
 def test_error_falls_as_one_over_root_sample_size(desc):
