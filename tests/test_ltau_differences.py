@@ -15,7 +15,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "ltau.md"
 
 def _table_rows():
     text = DOC.read_text()
-    start = text.index("## Where we differ from the reference")
+    start = text.index("## Compared with the `ltau-ff` package")
     return [line for line in text[start:].splitlines() if line.startswith("|")][2:]
 
 
