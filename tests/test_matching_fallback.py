@@ -13,17 +13,14 @@ from ase import Atoms
 
 from atomscore import SolverError
 from atomscore.fim.matching import FIMMatchingScore, default_solver, installed_solvers
+from test_fim_matching import ill_scaled_problem
 
 needs_sdpa = pytest.mark.skipif("SDPA" not in installed_solvers(), reason="sdpa-python not installed")
 
 
 def false_infeasible_problem(seed=5, n=10, p=4, rank=3, spread=2.0):
-    rng = np.random.default_rng(seed)
-    scales = 10 ** rng.uniform(-spread, spread, size=p)
-    fims = []
-    for _ in range(n):
-        jac = rng.normal(size=(rank, p)) * scales
-        fims.append(jac.T @ jac)
+    """The candidates of test_fim_matching's ill-scaled problems, with the target 1e-3 I."""
+    fims, _ = ill_scaled_problem(seed, n=n, p=p, rank=rank, spread=spread)
     return fims, 1e-3 * np.eye(p)
 
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from atomscore.errors import InputError
-from atomscore.validation import DESCRIPTOR_SETTINGS_SUFFIX, check_configs, check_int, check_positive
+from atomscore.validation import (DESCRIPTOR_SETTINGS_SUFFIX, check_configs, check_finite_positions, check_int,
+                                  check_positive)
 
 # Configurations are sent to quests in chunks of about this many atoms, so the progress
 # bar moves while each chunk still fills quests' parallel loop.
@@ -114,8 +115,7 @@ class QUESTSDescriptor:
         """
         configs = check_configs(list_of_atoms, "list_of_atoms", allow_empty=True)
         for i, atoms in enumerate(configs):
-            if not np.all(np.isfinite(atoms.positions)):
-                raise InputError(f"list_of_atoms: configuration {i}: positions must be finite")
+            check_finite_positions(atoms, f"list_of_atoms: configuration {i}", allow_empty=True)
             if any(atoms.pbc) and atoms.cell.rank < 3 and len(atoms):
                 raise InputError(f"list_of_atoms: configuration {i}: periodic (pbc={atoms.pbc.tolist()}) but "
                                  f"its cell has rank {atoms.cell.rank}; expected a 3-D cell")
