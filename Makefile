@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[all,gpu,test]'
 	@echo "compiling the quests descriptor kernels once (numba; about 30 s the first time)"
-	$(PY) -c "from atomscore.descriptors.quests import warm_up; warm_up()"
+	$(PY) -c "from atomscore.quests.descriptor import warm_up; warm_up()"
 	@touch $@
 
 bench: setup

@@ -32,12 +32,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from atomscore.quests.defaults import DEFAULT_BANDWIDTH as BANDWIDTH
+
 import numpy as np
 
 SW_SI = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
 PARAMETERS = ("A", "B", "sigma", "gamma", "lambda")
 A0 = 5.431  # Å, SW silicon's equilibrium lattice constant
-BANDWIDTH = 0.015  # QUESTS bandwidth (1/Å), the quests package's default
 RELATIVE_ERROR = 0.1  # the target: 10 % on each target property
 EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa
 #: eigenvalues of a FIM below this fraction of its largest are "unidentifiable" directions
@@ -207,7 +208,7 @@ def run_demo(output="demo_output", quick=False):
     pool = build_pool(settings)
     _step(f"{len(pool)} candidates (64-atom diamond Si, a = {min(settings.lattice_constants)}-"
           f"{max(settings.lattice_constants)} Å); QUESTS descriptors")
-    descriptor = QUESTSDescriptor(cutoff=5.0, k=32)
+    descriptor = QUESTSDescriptor()
     pool = descriptor.attach(pool)
     efficiency = float(np.squeeze(QUESTSEfficiencyScore().compute(pool, "EFFICIENCY", bandwidth=BANDWIDTH)))
     diversity = float(np.squeeze(QUESTSDiversityScore().compute(pool, "DIVERSITY", bandwidth=BANDWIDTH)))
@@ -479,22 +480,3 @@ correlation of predicted and actual error {lt['spearman_rank_correlation']:.3f};
 one-time numba compilation (about 30 s) unless it was warmed at set-up, as <code>make</code> does.</small></p>
 </body></html>
 """)
-
-
-def cmd_demo(args):
-    summary = run_demo(args.output, quick=args.quick)
-    print(summary["result"])
-    print(f"atomscore: demo finished; report at {Path(args.output) / 'report.html'}")
-    return 0
-
-
-def add_demo_command(subparsers):
-    p = subparsers.add_parser("demo", help="information-matching active learning on SW silicon, as a report",
-                              description="Choose training configurations for Stillinger-Weber silicon (the "
-                              "OpenKIM model) so that its elastic constants are predicted to a target precision: "
-                              "candidate pool, QUESTS information, FIMs, information matching, LTAU, and an HTML "
-                              "report.",
-                              epilog="examples:\n  atomscore demo\n  atomscore demo --output my_demo --quick\n")
-    p.add_argument("--output", default="demo_output", help="output folder (default demo_output)")
-    p.add_argument("--quick", action="store_true", help="a smaller pool, for tests (under a minute)")
-    p.set_defaults(func=cmd_demo)

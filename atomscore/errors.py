@@ -73,7 +73,7 @@ def import_extra(module, what, extra, debian=()):
 
 class UncertaintyExceeded(AtomscoreError, RuntimeError):
     """A molecular-dynamics step left the training set's neighbourhood (see
-    :class:`atomscore.md.UncertaintyCalculator`).
+    :class:`atomscore.ltau.md.UncertaintyCalculator`).
 
     Attributes
     ----------

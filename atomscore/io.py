@@ -114,9 +114,11 @@ def output_format(path, what="output", suffixes=CONFIG_SUFFIXES) -> str:
     """The format written for ``path`` (by its suffix), or InputError naming the known ones."""
     suffix = Path(path).suffix.lower()
     if suffix not in suffixes:
-        raise InputError(f"{what}: cannot write {str(path)!r}: unknown suffix {suffix or '(none)'!r}; "
-                         f"expected one of {', '.join(suffixes)}")
-    return WRITE_FORMATS[suffix]
+        kind = "configuration" if set(suffixes) & {".xyz", ".traj"} else "results"
+        raise InputError(f"{what}: cannot write {str(path)!r}: unknown suffix {suffix or '(none)'!r}; cannot tell "
+                         f"a {kind} format from it: expected one of {', '.join(suffixes)} (a name ending in "
+                         f"{' or '.join(suffixes)})")
+    return WRITE_FORMATS.get(suffix, suffix.lstrip("."))
 
 
 def same_file(a, b) -> bool:
@@ -156,7 +158,7 @@ def check_output(path, *, inputs=(), overwrite=False, what="--output", suffixes=
     for source in inputs:
         if source is not None and same_file(path, source):
             raise InputError(f"{what}: {str(path)!r} is also an input of this command; choose another name "
-                             "(an input is never overwritten)")
+                             "(writing it would overwrite the input, and an input is never overwritten)")
     output_format(path, what, suffixes)
     folder = path.parent
     if not folder.is_dir():

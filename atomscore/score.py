@@ -380,12 +380,6 @@ class ScoreBase:
             log.log(logging.INFO if verbose else logging.DEBUG, "wrote job %s", folder)
         return workflow.submit_run(folders, job_details)
 
-    def write_input(self, folder, configs):
-        """Write the configurations of one job to ``folder`` (``input.xyz`` or ``input.json``)."""
-        from atomscore.jobs.folder import write_inputs
-
-        return write_inputs(folder, self.kind, configs)
-
     @_class_or_instance_method
     def data_from_calc_ids(self_or_cls, calc_ids, workflow=None, cleanup=True):
         """Gather the results of finished jobs, in the order of ``calc_ids``.

@@ -176,7 +176,8 @@ def check_positive(value, name, where=None, allow_array=True):
     if arr.ndim > (1 if allow_array else 0) or arr.size == 0:
         raise InputError(f"{label}: expected a positive number{' or a 1-D array of them' if allow_array else ''}, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise InputError(f"{label}: expected positive finite values, got {value!r}")
+        expected = "a positive number" if arr.ndim == 0 else "positive finite values"
+        raise InputError(f"{label}: expected {expected}, got {value!r}")
     return float(arr) if arr.ndim == 0 else arr
 
 

@@ -6,9 +6,9 @@ points), bandwidth 0.015... scaled to the data (h = median nearest-neighbour dis
 ``--data copper`` uses QUESTS descriptors of strained, rattled fcc Cu instead (:func:`copper`;
 computing them takes ~0.1 ms per atom). For each N, in one run:
 
-* ``exact f32``: :func:`atomscore.kernels.gaussian.delta_entropy` with ``precision='float32'``
+* ``exact f32``: :func:`atomscore.quests.kernels.gaussian.delta_entropy` with ``precision='float32'``
   (every pair; the obvious alternative);
-* ``approx flat``: :func:`~atomscore.kernels.gaussian.approx_delta_entropy`, exact k-NN by
+* ``approx flat``: :func:`~atomscore.quests.kernels.gaussian.approx_delta_entropy`, exact k-NN by
   faiss ``IndexFlatL2`` in equal blocks with the BLAS threshold lowered;
 * ``approx flat, old blocks``: the same search in blocks of 8192 with faiss' own threshold
   (what the code did before issue 16), for the ratio;
@@ -52,7 +52,7 @@ def copper(n, m, seed=0):
     cells drawn the same way (rattle up to 0.45 A, a little outside the reference)."""
     from ase.build import bulk
 
-    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.quests.descriptor import QUESTSDescriptor
 
     rng = np.random.default_rng(seed)
     base = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((6, 6, 6))
@@ -103,8 +103,8 @@ def main(argv=None):
                         help="synthetic Gaussian clusters (default) or QUESTS descriptors of rattled Cu")
     args = parser.parse_args(argv)
 
-    from atomscore.kernels import gaussian as G
-    from atomscore.kernels import neighbors as NB
+    from atomscore.quests.kernels import gaussian as G
+    from atomscore import index as NB
 
     print(f"approx dH vs exact float32 dH: {args.queries} queries, dim {args.dim}, k = {args.k}, "
           f"data {args.data}")
@@ -115,7 +115,7 @@ def main(argv=None):
         else:
             x, y = synthetic(n, args.queries, args.dim, seed=n)
         sub = x[:: max(1, n // 20000)][:20000]
-        d2, _ = __import__("atomscore.kernels.neighbors", fromlist=["x"]).knn_squared_distances(sub[:2000], sub, 2)
+        d2, _ = __import__("atomscore.index", fromlist=["x"]).knn_squared_distances(sub[:2000], sub, 2)
         h = float(np.median(np.sqrt(d2[:, 1])))
         x32 = np.ascontiguousarray(x - x.mean(axis=0), dtype=np.float32)
         ivf_opts = [NB.ivf_options(n, {"nprobe": p}) for p in args.ivf_nprobe]
@@ -127,7 +127,7 @@ def main(argv=None):
             label = f"ivf {opts['nprobe']}/{opts['nlist']}"
             runs[label] = (lambda o=opts: G.approx_delta_entropy(y, x, h, args.k, approx_index="ivf",
                                                                  approx_options=o))
-            runs["build " + label] = lambda o=opts: NB.build_index(x32, "ivf", args.k, o)
+            runs["build " + label] = lambda o=opts: NB.build_index(x32, "IndexIVFFlat", o)
         if n >= args.hnsw_min_n and "hnsw" not in args.skip:
             runs["hnsw"] = lambda: G.approx_delta_entropy(y, x, h, args.k, approx_index="hnsw")
         best, out = {}, {}

@@ -82,7 +82,7 @@ def main(argv=None):
     parser.add_argument("--queries", type=int, default=1000)
     args = parser.parse_args(argv)
 
-    from atomscore.kernels.ltau import LTAUEstimator
+    from atomscore.ltau.estimator import LTAUEstimator
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.n, args.dim)).astype(np.float32)

@@ -61,7 +61,7 @@ def main(argv=None):
 
     import torch
 
-    from atomscore.kernels import gaussian as G
+    from atomscore.quests.kernels import gaussian as G
 
     h, n, dev = args.bandwidth, args.n, args.device
     threads = args.threads or G.default_threads()

@@ -34,7 +34,7 @@ SLURM_LOCAL = REPO / "scripts" / "slurm-local"
 def dataset(n_env, h):
     from quests_kernels import structures
 
-    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.quests.descriptor import QUESTSDescriptor
 
     configs = QUESTSDescriptor(cutoff=5.0, k=32).attach(structures(n_env, (0.01, 0.1), seed=n_env))
     return configs, sum(len(a) for a in configs)

@@ -44,7 +44,7 @@ def main(argv=None):
 
     from quests_kernels import descriptors
 
-    from atomscore.kernels import gaussian as G
+    from atomscore.quests.kernels import gaussian as G
 
     h, threads, n = args.bandwidth, args.threads, args.n
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""QUESTS kernel sums: ours (atomscore.kernels.gaussian, float64 and float32) vs the quests package.
+"""QUESTS kernel sums: ours (atomscore.quests.kernels.gaussian, float64 and float32) vs the quests package.
 
 Measured side by side in one run, on the same descriptors: QUESTS descriptors (k=32,
 cutoff 5 Å, via the quests package) of generated structures -- rattled and strained Si
@@ -100,7 +100,7 @@ def structures(n_env, rattle, seed):
 
 
 def descriptors(n_env, rattle, seed):
-    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.quests.descriptor import QUESTSDescriptor
 
     x = np.vstack(QUESTSDescriptor(cutoff=5.0, k=32).compute_batch(structures(n_env, rattle, seed), progress=False))
     return np.ascontiguousarray(x[:n_env])
@@ -122,7 +122,7 @@ def main(argv=None):
 
     from quests import entropy as Q
 
-    from atomscore.kernels import gaussian as G
+    from atomscore.quests.kernels import gaussian as G
 
     threads = args.threads or G.default_threads()
     try:

@@ -8,7 +8,7 @@ k=32, cutoff 5 Å) and runs ``select(pool, max_size, method='entropy')``; quests
 ``DatasetCompressor(pool)`` (its descriptors and per-configuration entropies) and runs
 ``get_indices(method, max_size)``. Every method here is greedy, so the first ``n`` of one
 run of ``max_size`` are the selection of size ``n``; their entropies (nats, bandwidth
-0.015) are all evaluated by the same function (``atomscore.kernels.gaussian.entropy``,
+0.015) are all evaluated by the same function (``atomscore.quests.kernels.gaussian.entropy``,
 equal to ``quests.entropy.entropy`` to 1e-10). A tiny warm-up run first compiles quests'
 numba kernels, so compile time counts on neither side.
 
@@ -50,8 +50,8 @@ def make_pool(n_configs, seed=0):
 
 
 def ours(pool, size, threads):
-    from atomscore.descriptors.quests import QUESTSDescriptor
-    from atomscore.selection import select
+    from atomscore.quests.descriptor import QUESTSDescriptor
+    from atomscore.quests.selection import select
 
     t = time.perf_counter()
     blocks = QUESTSDescriptor().compute_batch(pool, progress=False)
@@ -67,7 +67,7 @@ def ours(pool, size, threads):
 
 def ours_given(configs, size, threads):
     """Selection only: descriptors already attached."""
-    from atomscore.selection import select
+    from atomscore.quests.selection import select
 
     t = time.perf_counter()
     select(configs, size, method="entropy", descriptor=None, pool_summary=False, progress=False, n_threads=threads)
@@ -94,7 +94,7 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the least time is shown")
     args = parser.parse_args()
-    from atomscore.kernels import gaussian
+    from atomscore.quests.kernels import gaussian
 
     threads = args.threads or gaussian.default_threads()
     size = max(args.sizes)

@@ -157,7 +157,7 @@ def test_the_descriptors_command_writes_and_reads_every_format(tmp_path, suffix)
     """The real CLI: input in one format, output in another, read back by ``dh`` with the same values."""
     import ase.io
 
-    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.quests.descriptor import QUESTSDescriptor
 
     images = [bulk("Si", "diamond", 5.43, cubic=True) for _ in range(2)]
     for i, atoms in enumerate(images):
@@ -182,7 +182,7 @@ def test_the_descriptors_command_writes_and_reads_every_format(tmp_path, suffix)
 def test_save_results_writes_by_the_suffix_of_filename(tmp_path):
     """An atom-centred score saved as .db and .traj reads back equal to compute_batch; a dataset score only as .json."""
     from atomscore import QUESTSDeltaEntropyScore, QUESTSEfficiencyScore
-    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.quests.descriptor import QUESTSDescriptor
 
     data = QUESTSDescriptor(k=8).attach([bulk("Si", "diamond", 5.43, cubic=True) for _ in range(2)])
     data[1].rattle(0.1, seed=1)

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     from ase.build import bulk
     from atomscore import LTAUForcesUQScore, QUESTSDeltaEntropyScore, QUESTSEfficiencyScore
-    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.quests.descriptor import QUESTSDescriptor
     from atomscore.errors import MissingExtraError
 
     configs = [bulk("Si", "diamond", 5.43, cubic=True) for _ in range(3)]

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "atomscore"
 JOBS = sorted((PACKAGE / "jobs").glob("*.py"))
 #: modules of the scores: the contract and every score package
 SCORE_MODULES = ("atomscore.score", "atomscore.ltau", "atomscore.quests", "atomscore.fim", "atomscore.catalog",
-                 "atomscore.descriptors", "atomscore.demo", "atomscore.md", "atomscore.selection")
+                 "atomscore.descriptors", "atomscore.demo", "atomscore.ltau.md", "atomscore.quests.selection")
 
 
 def imported_names(path):
@@ -44,7 +44,7 @@ def test_workflow_does_not_import_the_scheduler():
 
 def test_at_run_time_the_jobs_load_without_scores_or_scheduler():
     code = ("import sys, atomscore.jobs, atomscore.jobs.folder, atomscore.jobs.workflow, atomscore.jobs.runner, "
-            "atomscore.jobs.calls, atomscore.jobs.commands; "
+            "atomscore.jobs.calls, atomscore.cli.jobs; "
             "print(sorted(m for m in sys.modules if m.startswith(('atomscore.score', 'atomscore.jobs.scheduler', "
             "'atomscore.ltau', 'atomscore.quests', 'atomscore.fim'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
@@ -54,11 +54,13 @@ def test_at_run_time_the_jobs_load_without_scores_or_scheduler():
 def test_the_old_import_paths_still_work():
     from atomscore import make_workflow as public
     from atomscore.jobs import WORKFLOW_TYPES, make_workflow
-    from atomscore.jobs.workflow import make_workflow as old
+    import atomscore.jobs.workflow as workflow
     from atomscore.score import to_jsonable
     from atomscore.io import to_jsonable as io_to_jsonable
 
-    assert public is make_workflow is old and "SLURM" in WORKFLOW_TYPES
+    assert public is make_workflow and "SLURM" in WORKFLOW_TYPES
+    # issue 20: the compatibility __getattr__ that reached up to the scheduler is gone
+    assert not hasattr(workflow, "make_workflow")
     assert to_jsonable is io_to_jsonable
 
 

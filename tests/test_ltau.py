@@ -12,7 +12,7 @@ from ase import Atoms
 
 from atomscore import LTAUForcesUQScore, ScoreQuantity
 from atomscore.errors import InputError
-from atomscore.kernels.ltau import INDEX_TYPES
+from atomscore.ltau.estimator import INDEX_TYPES
 
 N, DIM, EPOCHS = 600, 6, 30
 

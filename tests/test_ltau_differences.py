@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomscore.kernels.ltau import pdfs_from_error_logs
+from atomscore.ltau.estimator import pdfs_from_error_logs
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ltau.md"
 

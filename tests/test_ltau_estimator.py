@@ -1,4 +1,4 @@
-"""Tests of the LTAU estimator (atomscore.kernels.ltau) on real faiss indexes.
+"""Tests of the LTAU estimator (atomscore.ltau.estimator) on real faiss indexes.
 
 Independent references: numpy's ``np.histogram(density=True)`` (counts the top edge),
 the straightforward gather-then-sum of the reference estimator (``pdfs[I].mean(1)``
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from atomscore.errors import InputError
-from atomscore.kernels.ltau import (INDEX_TYPES, LTAUEstimator, bin_midpoints, histogram_pdfs,
+from atomscore.ltau.estimator import (INDEX_TYPES, LTAUEstimator, bin_midpoints, histogram_pdfs,
                                     index_defaults, make_bins, pdfs_from_error_logs)
 
 N, DIM, EPOCHS = 1200, 8, 40

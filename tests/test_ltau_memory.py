@@ -10,9 +10,9 @@ e_b)`` over all training points, gathered by the neighbours of a brute-force num
 import numpy as np
 import pytest
 
-import atomscore.kernels.ltau as L
+import atomscore.ltau.estimator as L
 from atomscore.errors import InputError
-from atomscore.kernels.ltau import LTAUEstimator, pdfs_from_error_logs
+from atomscore.ltau.estimator import LTAUEstimator, pdfs_from_error_logs
 
 N, DIM, EPOCHS, K = 900, 6, 30, 4
 

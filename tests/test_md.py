@@ -1,4 +1,4 @@
-"""UncertaintyCalculator (atomscore.md) in real ASE molecular dynamics, and index_path=.
+"""UncertaintyCalculator (atomscore.ltau.md) in real ASE molecular dynamics, and index_path=.
 
 Everything runs for real: Stillinger-Weber silicon through ASE's own KIM calculator
 (``ase.calculators.kim.KIM``), ASE's VelocityVerlet, QUESTS descriptors from the ``quests``
@@ -21,7 +21,7 @@ from ase.md.verlet import VelocityVerlet
 
 from atomscore import LTAUForcesUQScore, QUESTSDescriptor, UncertaintyCalculator
 from atomscore.errors import InputError, UncertaintyExceeded
-from atomscore.md import FlaggedFramesWriter
+from atomscore.ltau.md import FlaggedFramesWriter
 
 SW = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
 K = 3
@@ -91,7 +91,7 @@ def test_md_matches_compute_batch_and_the_wrapped_calculator(score, desc, train,
     """Per step of a real VelocityVerlet run: uncertainty == compute_batch on the frame
     (1e-12), distance == numpy brute-force k-NN, energy/forces/stress == a fresh KIM
     calculator; the index is never rebuilt (build_index made to fail during the run)."""
-    import atomscore.kernels.ltau as kernel
+    import atomscore.ltau.estimator as kernel
 
     calc = UncertaintyCalculator(kim(), score, descriptor=desc, num_nearest_neighbors=K)
     monkeypatch.setattr(kernel, "build_index", lambda *a, **k: pytest.fail("index rebuilt during MD"))
@@ -267,7 +267,7 @@ def test_bad_input_is_refused_at_construction(score, desc, train):
 def test_index_path_loads_instead_of_building(train, tmp_path, monkeypatch):
     """A saved index (file or LTAUEstimator.save folder), with or without the training
     descriptors, gives the scores of the built one -- and nothing is built."""
-    import atomscore.kernels.ltau as kernel
+    import atomscore.ltau.estimator as kernel
 
     x, logs = train
     for index_type in ("IndexFlatL2", "IndexHNSWFlat"):

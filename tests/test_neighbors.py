@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from atomscore import InputError
-from atomscore.kernels import gaussian, neighbors
+from atomscore import index as neighbors
+from atomscore.quests.kernels import gaussian
 from atomscore.quests import QUESTSDeltaEntropyScore
 
 

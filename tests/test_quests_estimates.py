@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("quests")
 
 from atomscore.errors import InputError  # noqa: E402
-from atomscore.kernels import gaussian as G  # noqa: E402
+from atomscore.quests.kernels import gaussian as G  # noqa: E402
 from atomscore.quests import QUESTSDiversityScore, QUESTSEfficiencyScore  # noqa: E402
 
 H = 0.015
@@ -38,7 +38,7 @@ def _structures(n=30):
 
 @pytest.fixture(scope="module")
 def dataset():
-    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.quests.descriptor import QUESTSDescriptor
 
     return QUESTSDescriptor(cutoff=5.0, k=32).attach(_structures())
 
@@ -162,7 +162,7 @@ def test_bad_sample_arguments(desc, dataset, kwargs, match, tmp_path):
 
 def test_estimate_information_is_the_three_estimates_of_one_pass():
     """One sampled pass gives what the three estimators give separately (same seed)."""
-    from atomscore.kernels.gaussian import (estimate_diversity, estimate_efficiency, estimate_entropy,
+    from atomscore.quests.kernels.gaussian import (estimate_diversity, estimate_efficiency, estimate_entropy,
                                             estimate_information)
 
     x = np.random.default_rng(7).normal(size=(300, 5))

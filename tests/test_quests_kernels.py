@@ -1,4 +1,4 @@
-"""Our tiled Gaussian kernel sums (atomscore.kernels.gaussian) against the ``quests`` package.
+"""Our tiled Gaussian kernel sums (atomscore.quests.kernels.gaussian) against the ``quests`` package.
 
 Reference: ``quests.entropy`` (entropy, diversity, delta_entropy, get_all_metrics) called on
 real QUESTS descriptors that ``quests.descriptor.get_descriptors`` computes for rattled and
@@ -18,7 +18,7 @@ from scipy.special import logsumexp
 quests_entropy = pytest.importorskip("quests.entropy")
 
 from atomscore.errors import InputError  # noqa: E402
-from atomscore.kernels import gaussian as G  # noqa: E402
+from atomscore.quests.kernels import gaussian as G  # noqa: E402
 
 H = 0.015
 

@@ -27,7 +27,7 @@ H = 0.015
 def dataset():
     from ase.build import bulk
 
-    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.quests.descriptor import QUESTSDescriptor
 
     configs = []
     for i in range(6):
@@ -41,7 +41,7 @@ def dataset():
 def reference(dataset):
     from ase.build import bulk
 
-    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.quests.descriptor import QUESTSDescriptor
 
     atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(2)
     atoms.rattle(0.03, seed=42)

@@ -84,7 +84,7 @@ def test_entropy_sample_prints_the_estimate_with_its_standard_error(data):
     (quests package) lies within a few standard errors; a sample of every row is exact."""
     from quests.entropy import entropy
 
-    from atomscore.kernels.gaussian import estimate_diversity, estimate_entropy
+    from atomscore.quests.kernels.gaussian import estimate_diversity, estimate_entropy
 
     folder, train, _ = data
     x = quests_descriptors(train)
@@ -142,7 +142,7 @@ def test_dh_takes_reference_descriptors_from_a_npy_or_a_file_that_holds_them(dat
 
 def test_uq_equals_the_in_memory_score(data):
     from atomscore import LTAUForcesUQScore
-    from atomscore.descriptors.quests import QUESTSDescriptor
+    from atomscore.quests.descriptor import QUESTSDescriptor
 
     folder, train, test = data
     proc = atomscore("uq", "test.xyz", "--train-descriptors", "train.traj", "--error-logs", "errors.npy",

@@ -1,4 +1,4 @@
-"""Selection of configurations (atomscore.selection) and the ``select``/``curve`` commands.
+"""Selection of configurations (atomscore.quests.selection) and the ``select``/``curve`` commands.
 
 Independent references: a brute-force greedy that recomputes ``quests.entropy.entropy`` of
 every candidate union at each step; ``quests.compression.DatasetCompressor`` (its
@@ -21,10 +21,11 @@ from ase.build import bulk
 quests_entropy = pytest.importorskip("quests.entropy")
 from quests.compression import DatasetCompressor  # noqa: E402
 
-from atomscore.descriptors.quests import QUESTSDescriptor  # noqa: E402
+from atomscore.quests.descriptor import QUESTSDescriptor  # noqa: E402
 from atomscore.errors import InputError  # noqa: E402
-from atomscore.kernels import gaussian  # noqa: E402
-from atomscore.selection import METHODS, learning_curve, select  # noqa: E402
+from atomscore.quests.kernels import gaussian  # noqa: E402
+from atomscore.quests.curve import learning_curve  # noqa: E402
+from atomscore.quests.selection import METHODS, select  # noqa: E402
 
 H = 0.005  # k=8 descriptors of 8-atom cells: at 0.015 nearly every environment overlaps
 ROOT = Path(__file__).resolve().parents[1]

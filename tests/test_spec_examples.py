@@ -12,7 +12,7 @@ import numpy as np
 import quests.entropy as qe
 from ase.build import bulk
 
-from atomscore.descriptors.quests import QUESTSDescriptor
+from atomscore.quests.descriptor import QUESTSDescriptor
 
 
 def dataset_with_descriptors():

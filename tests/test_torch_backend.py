@@ -17,7 +17,7 @@ from scipy.special import logsumexp
 torch = pytest.importorskip("torch")
 
 from atomscore.errors import InputError, MissingExtraError  # noqa: E402
-from atomscore.kernels import gaussian as G  # noqa: E402
+from atomscore.quests.kernels import gaussian as G  # noqa: E402
 from atomscore.quests import QUESTSDeltaEntropyScore, QUESTSDiversityScore, QUESTSEfficiencyScore  # noqa: E402
 
 H = 0.015
@@ -66,7 +66,7 @@ def test_repaired_rows_float64(mixed, tile, threads, monkeypatch):
     relative) and scipy's full log-sum-exp; the test data really holds such rows."""
     queries, x = mixed
     shifted_rows = []
-    from atomscore.kernels import torch_backend
+    from atomscore.quests.kernels import torch_backend
 
     inner = torch_backend._tile_pass
     monkeypatch.setattr(torch_backend, "_tile_pass", lambda ops, *a, shifted=False, device: (

@@ -1,1 +1,1 @@
-"""atomscore.descriptors."""
+"""Old home of the QUESTS descriptor; it lives in :mod:`atomscore.quests.descriptor`."""

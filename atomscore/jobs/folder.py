@@ -103,11 +103,6 @@ def read_status(folder) -> dict:
     return _read_status_file(folder)
 
 
-def job_state(folder) -> JobState:
-    """The job's :class:`JobState` (``PENDING`` before anything was recorded)."""
-    return state_of(read_status(folder))
-
-
 def state_of(status: dict) -> JobState:
     """The :class:`JobState` of a status dict."""
     try:

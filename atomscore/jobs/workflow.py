@@ -35,16 +35,6 @@ log = logging.getLogger(__name__)
 CANCEL_GRACE_S = 3.0
 
 
-def __getattr__(name):
-    # make_workflow and WORKFLOW_TYPES moved to atomscore.jobs (above this module and the
-    # scheduler workflows); still importable from here.
-    if name in ("make_workflow", "WORKFLOW_TYPES"):
-        import atomscore.jobs
-
-        return getattr(atomscore.jobs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def job_command(folder) -> list[str]:
     """The command that runs one job folder, with this interpreter."""
     return [sys.executable, "-m", "atomscore.job", str(Path(folder).resolve())]

@@ -1,1 +1,1 @@
-"""atomscore.kernels."""
+"""Old home of the kernels; they live in :mod:`atomscore.quests.kernels`."""

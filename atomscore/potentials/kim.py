@@ -401,14 +401,6 @@ class KIMPotential:
             self._cache.popitem(last=False)
         return setup
 
-    def _current(self, setup, atoms):
-        """``setup`` if the model's cutoffs are unchanged since it was built, else a new one."""
-        if self._dirty:
-            self._refresh_cutoffs()
-            if setup.influence != self._influence or setup.cutoff_list != self._cutoff_list:
-                return self._setup(atoms)
-        return setup
-
     def _raw_evaluator(self, atoms, energy=False, forces=False, stress=False):
         """Return ``evaluate() -> (setup, raw)``: one model evaluation with the live parameters.
 

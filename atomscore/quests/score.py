@@ -13,7 +13,7 @@ of atomic environments from a Gaussian kernel density of their descriptors. With
   configurations that would add most information.
 
 The numbers are those of ``quests.entropy`` (``entropy/log N``, ``diversity``,
-``delta_entropy``) computed by our tiled kernel :mod:`atomscore.kernels.gaussian`, which
+``delta_entropy``) computed by our tiled kernel :mod:`atomscore.quests.kernels.gaussian`, which
 is several times faster, takes memory bounded by the tile size, and gives a finite
 ``dH`` by log-sum-exp where quests' kernel sum underflows and it returns ``+inf``
 (queries farther than about ``38 h`` from every reference point). Dataset scores pool
@@ -34,7 +34,9 @@ import numpy as np
 
 from atomscore.errors import InputError
 from atomscore.io import to_jsonable
-from atomscore.kernels import gaussian, neighbors
+from atomscore import index
+from atomscore.quests.defaults import DEFAULT_BANDWIDTH
+from atomscore.quests.kernels import gaussian
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, DatasetScore, records_metadata
 from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys, check_positive,
@@ -43,7 +45,6 @@ from atomscore.validation import (array_digest, check_choice, check_configs, che
 
 __all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore", "SELECTION_MASK_KEY"]
 
-DEFAULT_BANDWIDTH = 0.015
 #: per-atom boolean array read when ``apply_mask=True``
 SELECTION_MASK_KEY = "selection_mask"
 
@@ -253,7 +254,7 @@ class _QUESTSDatasetScore(DatasetScore):
 
     def _value(self, dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
                seed, backend, device):
-        """The exact measure, or with ``sample_size`` the sampled :class:`~atomscore.kernels.gaussian.Estimate`
+        """The exact measure, or with ``sample_size`` the sampled :class:`~atomscore.quests.kernels.gaussian.Estimate`
         (its standard error also noted in the metadata)."""
         self.parse_quantity(score_quantity)
         rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
@@ -395,7 +396,7 @@ class QUESTSEfficiencyScore(_QUESTSDatasetScore):
         sample_size : int, optional
             Estimate from the kernel sums of this many environments (drawn without
             replacement by ``seed``) against all N: cost ``sample_size x N`` instead of
-            ``N^2 / 2`` (:func:`~atomscore.kernels.gaussian.estimate_efficiency`).
+            ``N^2 / 2`` (:func:`~atomscore.quests.kernels.gaussian.estimate_efficiency`).
         seed : int
             Seed of the sample.
         backend : {'numpy', 'torch'}
@@ -433,7 +434,7 @@ class QUESTSDiversityScore(_QUESTSDatasetScore):
         """Diversity of the whole dataset, in nats.
 
         Parameters are those of :meth:`QUESTSEfficiencyScore.compute` (quantity ``DIVERSITY``;
-        the estimate is :func:`~atomscore.kernels.gaussian.estimate_diversity`).
+        the estimate is :func:`~atomscore.quests.kernels.gaussian.estimate_diversity`).
 
         Returns
         -------
@@ -498,11 +499,11 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         k = check_int(num_nearest_neighbors, "num_nearest_neighbors", minimum=1)
         check_int(graph_neighbors, "graph_neighbors", minimum=1)
         _precision(precision)
-        neighbors.check_index_options(approx_index, approx_options)
+        index.check_index_options(approx_index, approx_options)
         if approx and k > len(ref):
             raise InputError(f"num_nearest_neighbors: expected at most the {len(ref)} reference descriptors, got {k}")
         if approx:  # the settings the index runs with (IVF: nlist/nprobe resolved for this reference)
-            self.note_metadata(approx_settings=neighbors.index_settings(approx_index, len(ref), approx_options))
+            self.note_metadata(approx_settings=index.index_settings(approx_index, len(ref), approx_options))
         _kernel_options({"backend": backend, "device": device})
         if approx and backend != "numpy":
             raise InputError(f"backend={backend!r}: applies to the exact sum; approx=True searches with faiss "
@@ -729,6 +730,6 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 "graph_neighbors": int(compute_args.get("graph_neighbors", 10)),
                 "precision": compute_args.get("precision", "float64"),
                 "approx_index": compute_args.get("approx_index", "flat"),
-                "approx_options": neighbors.check_index_options(compute_args.get("approx_index", "flat"),
+                "approx_options": index.check_index_options(compute_args.get("approx_index", "flat"),
                                                                 compute_args.get("approx_options")),
                 **_kernel_metadata(compute_args)}

@@ -1,27 +1,6 @@
-"""LTAU: per-training-point error distributions, looked up by nearest neighbours (faiss).
-
-LTAU (loss-trajectory analysis for uncertainty) keeps, for every training atom, the
-distribution of its force-error magnitude over the epochs of training. A new atom gets the
-average distribution of its ``k`` nearest training atoms in descriptor space.
-
-By linearity, the expected error of the averaged distribution is the average of the
-expected errors of the neighbours, so :class:`LTAUEstimator` computes the expected error
-of every training point once, and a query costs one faiss k-NN search plus a mean over
-``k`` numbers -- not a ``(queries x k x bins)`` gather of PDFs.
-
-Conventions (and where they differ from the reference ``ltau-ff`` estimator):
-
-* A PDF is a histogram density: ``sum(pdf * widths) == 1`` over the bins.
-* Histograms count every sample inside ``[bins[0], bins[-1]]``, **including a sample equal
-  to the top edge** (the reference drops it). Samples outside the bins are counted in the
-  first / last bin (clipped), so every epoch keeps its weight.
-* Bin midpoints are **geometric** ``sqrt(e_i e_{i+1})`` for log bins and **arithmetic**
-  ``(e_i + e_{i+1}) / 2`` for linear bins (the reference always uses geometric ones).
-  On log bins our numbers equal the reference's.
-* The CDF at an error tolerance is interpolated linearly inside the bin that holds the
-  tolerance and is always within ``[0, 1]``.
-* Distances are true L2 (faiss returns *squared* L2; we take the square root).
-* ``'HNSW+IVFPQ'`` works (an IVF-PQ index whose coarse quantizer is an HNSW graph).
+"""LTAU estimator: per-training-atom error distributions (bins, PDFs, their store) looked up
+by nearest neighbours; a query costs one k-NN search, the expected errors being precomputed.
+Conventions and where they differ from ltau-ff: docs/internals.md ("LTAU estimator").
 """
 
 from __future__ import annotations
@@ -35,22 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.errors import InputError
+from atomscore.index import (INDEX_TYPES, as_float32, build_index, check_index_vectors, index_defaults,  # noqa: F401
+                             read_index, set_search_args)
 from atomscore.validation import check_choice, check_int, check_keys, load_array
-
-#: the faiss index types :class:`LTAUEstimator` builds
-INDEX_TYPES = ("IndexFlatL2", "IndexHNSWFlat", "HNSW+IVFPQ")
 
 #: the bin spacings: 'log' (geometric midpoints) and 'linear' (arithmetic midpoints)
 BIN_SPACINGS = ("log", "linear")
-
-#: tuning keys of each index type and their defaults (``None``: chosen from the data, see
-#: :func:`index_defaults`)
-INDEX_ARG_DEFAULTS = {
-    "IndexFlatL2": {},
-    "IndexHNSWFlat": {"M": 32, "efConstruction": 40, "efSearch": 16},
-    "HNSW+IVFPQ": {"nlist": None, "M": None, "nbits": None, "hnsw_m": 32,
-                   "efConstruction": 40, "efSearch": 16, "nprobe": None},
-}
 
 # tolerance on sum(pdf * widths) == 1 for PDFs given directly
 _PDF_NORM_RTOL = 1e-4
@@ -261,155 +230,6 @@ def check_pdfs(pdfs, bins, name="error_pdfs"):
         raise InputError(f"{name}: each row must be a density with sum(pdf * bin widths) == 1; training point {i} "
                          f"integrates to {total[i]!r} (for probabilities per bin, divide by the bin widths)")
     return pdfs
-
-
-# --------------------------------------------------------------------------- faiss
-
-def index_defaults(index_type, n_train, dim, index_args=None):
-    """The full tuning arguments of ``index_type``: given values over documented defaults.
-
-    Defaults:
-
-    * ``IndexFlatL2``: none (exact search).
-    * ``IndexHNSWFlat``: ``M=32`` (graph degree), ``efConstruction=40``, ``efSearch=16``.
-    * ``HNSW+IVFPQ``: ``nlist = clip(round(4 sqrt(N)), 1, N // 39)`` inverted lists (faiss
-      wants >= 39 training points per centroid); ``M`` = the largest divisor of ``dim`` that
-      is <= 16 (PQ sub-quantizers; must divide ``dim``); ``nbits = min(8, floor(log2(N / 39)))``
-      (at least 1) bits per code, so each sub-quantizer gets the 39 points per centroid
-      faiss asks for (2**nbits <= N is required); ``hnsw_m=32``,
-      ``efConstruction=40``, ``efSearch=16`` for the HNSW coarse quantizer;
-      ``nprobe = min(nlist, 8)`` lists visited per query.
-
-    Raises
-    ------
-    InputError
-        Unknown index type (listing the valid ones), unknown keys (listing the valid ones),
-        values that faiss cannot use.
-    """
-    check_choice(index_type, "index_type", INDEX_TYPES)
-    given = {} if index_args is None else index_args
-    if not isinstance(given, dict):
-        raise InputError(f"index_args: expected a dict or None, got {type(given).__name__}")
-    allowed = INDEX_ARG_DEFAULTS[index_type]
-    check_keys(given, sorted(allowed), f"index_args for index_type={index_type!r}")
-    args = dict(allowed)
-    args.update(given)
-    if index_type == "HNSW+IVFPQ":
-        if args["nlist"] is None:
-            args["nlist"] = int(min(max(1, round(4 * math.sqrt(n_train))), max(1, n_train // 39)))
-        if args["M"] is None:
-            args["M"] = max(m for m in range(1, min(dim, 16) + 1) if dim % m == 0)
-        if args["nbits"] is None:
-            args["nbits"] = int(min(8, max(1, math.floor(math.log2(max(n_train / 39, 2))))))
-        if args["nprobe"] is None:
-            args["nprobe"] = int(min(args["nlist"], 8))
-    for key, value in args.items():
-        check_int(value, f"index_args[{key!r}]", minimum=1)
-    if index_type == "HNSW+IVFPQ":
-        if dim % args["M"]:
-            raise InputError(f"index_args['M']: the number of PQ sub-quantizers must divide the descriptor "
-                             f"dimension {dim}, got {args['M']}")
-        if args["nlist"] > n_train:
-            raise InputError(f"index_args['nlist']: expected at most the {n_train} training points, got {args['nlist']}")
-        if 2 ** args["nbits"] > n_train:
-            raise InputError(f"index_args['nbits']: PQ training needs at least 2**nbits = {2 ** args['nbits']} "
-                             f"training points, got {n_train}; lower nbits")
-        if args["nprobe"] > args["nlist"]:
-            raise InputError(f"index_args['nprobe']: expected at most nlist = {args['nlist']}, got {args['nprobe']}")
-    return args
-
-
-def _as_f32(x):
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def build_index(train_descriptors, index_type="IndexFlatL2", index_args=None):
-    """Build and fill a faiss index over the training descriptors.
-
-    Parameters
-    ----------
-    train_descriptors : numpy.ndarray, (N, dim)
-    index_type : {'IndexFlatL2', 'IndexHNSWFlat', 'HNSW+IVFPQ'}
-    index_args : dict, optional
-        Tuning keys; see :func:`index_defaults`.
-
-    Returns
-    -------
-    index : faiss.Index
-    args : dict
-        The tuning arguments used (defaults filled in).
-    """
-    import faiss
-
-    x = _as_f32(train_descriptors)
-    n, dim = x.shape
-    args = index_defaults(index_type, n, dim, index_args)
-    if index_type == "IndexFlatL2":
-        index = faiss.IndexFlatL2(dim)
-    elif index_type == "IndexHNSWFlat":
-        index = faiss.IndexHNSWFlat(dim, args["M"])
-        index.hnsw.efConstruction = args["efConstruction"]
-    else:
-        # faiss' own factory string: IVF with an HNSW coarse quantizer, PQ codes
-        # 'np': no polysemous training (most of the build time; the search never uses it)
-        index = faiss.index_factory(dim, f"IVF{args['nlist']}_HNSW{args['hnsw_m']},PQ{args['M']}x{args['nbits']}np")
-        ivf = faiss.extract_index_ivf(index)
-        faiss.downcast_index(ivf.quantizer).hnsw.efConstruction = args["efConstruction"]
-        index.train(x)
-    index.add(x)
-    set_search_args(index, index_type, args)
-    return index, args
-
-
-def set_search_args(index, index_type, args):
-    """Apply the search-time tuning (efSearch, nprobe) of ``args`` to ``index``."""
-    import faiss
-
-    if index_type == "IndexHNSWFlat":
-        faiss.downcast_index(index).hnsw.efSearch = args["efSearch"]
-    elif index_type == "HNSW+IVFPQ":
-        ivf = faiss.extract_index_ivf(index)
-        ivf.nprobe = args["nprobe"]
-        faiss.downcast_index(ivf.quantizer).hnsw.efSearch = args["efSearch"]
-
-
-def read_index(path):
-    """Read a faiss index: a file written by :meth:`LTAUEstimator.save_index` (or
-    ``faiss.write_index``), or the directory written by :meth:`LTAUEstimator.save`.
-
-    Raises
-    ------
-    InputError
-        The path does not exist or does not hold a faiss index.
-    """
-    import faiss
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "index.faiss"
-    if not path.is_file():
-        raise InputError(f"index_path: expected a faiss index file (or a folder holding index.faiss, as "
-                         f"LTAUEstimator.save writes it), got {str(path)!r}: not found")
-    try:
-        return faiss.read_index(os.fspath(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"index_path: {str(path)!r} is not a faiss index ({first})") from None
-
-
-def check_index_vectors(index, train_descriptors):
-    """Refuse a flat/HNSW ``index`` whose stored vectors are not ``train_descriptors``
-    (as float32, in order): an index saved from another training set gives wrong neighbours."""
-    n, bad, first = index.ntotal, 0, None
-    for start in range(0, n, 65536):  # blocks: memory bounded, not a second copy of the index
-        stop = min(start + 65536, n)
-        same = np.all(index.reconstruct_n(start, stop - start) == _as_f32(train_descriptors[start:stop]), axis=1)
-        if not same.all():
-            bad += int(np.sum(~same))
-            first = start + int(np.argmin(same)) if first is None else first
-    if bad:
-        raise InputError(f"index: its vectors are not the training descriptors ({bad} of {n} rows differ, "
-                         f"first row {first}); was it saved from another training set?")
 
 
 # --------------------------------------------------------------------------- estimator
@@ -708,7 +528,7 @@ class LTAUEstimator:
     def search(self, descriptors, k=1):
         """faiss k-NN search. Returns ``(squared_distances, indices)``, each ``(n, k)``."""
         x, k = self._check_queries(descriptors, k)
-        return self.index.search(_as_f32(x), k)
+        return self.index.search(as_float32(x), k)
 
     def _mean_over_neighbors(self, values, idx):
         """Mean of ``values[idx]`` over axis 1, skipping -1 (missing) neighbours."""
@@ -739,7 +559,7 @@ class LTAUEstimator:
         numpy.ndarray, (n,)
         """
         x, k = self._check_queries(descriptors, k)
-        return self.predict_checked(_as_f32(x), k)
+        return self.predict_checked(as_float32(x), k)
 
     def predict_checked(self, descriptors32, k):
         """:meth:`predict` without validation, for callers that checked their input.

@@ -1,4 +1,4 @@
-"""The tile pass of :mod:`atomscore.kernels.gaussian` on torch tensors (CPU or CUDA).
+"""The tile pass of :mod:`atomscore.quests.kernels.gaussian` on torch tensors (CPU or CUDA).
 
 ``gaussian`` builds the centred, lifted operands and decides which rows need the float64
 log-sum-exp repair; this module only runs a pass over the tiles, with the same contract
@@ -23,6 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from atomscore.errors import InputError, missing_extra
+from atomscore.quests.kernels.tiles import tile_pairs
 
 __all__ = ["tile_pass_on", "torch_device"]
 
@@ -85,12 +86,11 @@ def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, clip, shifted=False,
     On the CPU the tiles are shared among ``n_threads`` Python threads as in numpy (torch
     releases the GIL); on a GPU they run in order on its stream.
     """
-    from atomscore.kernels.gaussian import _tile_pairs
 
     torch = _torch()
     n_rows, n_cols, n_h = len(ops_list[0].left), len(ops_list[0].right), len(ops_list)
     tdtype = torch.float32 if dtype is np.float32 else torch.float64
-    pairs = _tile_pairs(n_rows, n_cols, tile, symmetric)
+    pairs = tile_pairs(n_rows, n_cols, tile, symmetric)
 
     def work(lefts, rights, chunk):
         acc = torch.zeros((n_h, n_rows), dtype=torch.float64, device=device)

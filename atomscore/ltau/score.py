@@ -3,7 +3,7 @@
 Every training atom carries the distribution of its force-error magnitude over the epochs
 of training (LTAU). A query atom gets the averaged distribution of its ``k`` nearest
 training atoms in descriptor space (faiss), and its score is the expected error of that
-distribution. The numbers come from :class:`atomscore.kernels.ltau.LTAUEstimator`; see
+distribution. The numbers come from :class:`atomscore.ltau.estimator.LTAUEstimator`; see
 its module for the conventions and for where they differ from the reference (top-edge
 samples counted, arithmetic midpoints for linear bins, CDF within [0, 1], true-L2
 distances, working ``HNSW+IVFPQ``). On log bins -- the default and the reference's
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.errors import InputError
-from atomscore.kernels.ltau import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator, read_index
+from atomscore.ltau.estimator import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator, read_index
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, records_metadata
 from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys,
@@ -61,7 +61,7 @@ class LTAUForcesUQScore(AtomCenteredScore):
         Tuning of the index: ``IndexHNSWFlat``: ``M`` (32), ``efConstruction`` (40),
         ``efSearch`` (16); ``HNSW+IVFPQ``: ``nlist``, ``M``, ``nbits``, ``hnsw_m`` (32),
         ``efConstruction`` (40), ``efSearch`` (16), ``nprobe`` -- defaults chosen from the
-        data as documented in :func:`atomscore.kernels.ltau.index_defaults`.
+        data as documented in :func:`atomscore.ltau.estimator.index_defaults`.
     train_settings : dict, optional
         Descriptor settings of ``train_descriptors`` (e.g. ``QUESTSDescriptor.settings``):
         recorded in the metadata and compared with the settings the queries record.

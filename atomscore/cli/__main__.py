@@ -1,0 +1,7 @@
+"""``python -m atomscore.cli``: the ``atomscore`` command."""
+
+import sys
+
+from atomscore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""Steps shared by the one-step commands: read inputs, attach descriptors, write scored outputs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from atomscore.errors import InputError
+from atomscore.quests.defaults import DEFAULT_CUTOFF, DEFAULT_K
+
+log = logging.getLogger(__name__)
+
+
+def input_file(path, what) -> Path:
+    """``path`` as a Path; InputError naming ``what`` when it is no file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what}: file not found: {str(path)!r}")
+    return path
+
+
+def read_input_configs(path, what):
+    """The configurations of ``path`` (any format ASE reads); InputError when there are none."""
+    from atomscore.io import read_configs
+
+    configs = read_configs(input_file(path, what), what)
+    if not configs:
+        raise InputError(f"{what}: {str(path)!r} holds no configurations")
+    return configs
+
+
+def has_descriptors(configs, key) -> bool:
+    """Whether every configuration holds ``arrays[key]``."""
+    return all(key in atoms.arrays for atoms in configs)
+
+
+def descriptor_settings(args, *configs_lists):
+    """Use the files' ``arrays[key]`` when all have them and no setting was asked; else compute."""
+    asked = args.cutoff is not None or args.k is not None
+    if not asked and all(has_descriptors(c, args.descriptors_key) for c in configs_lists):
+        return None
+    return {"cutoff": DEFAULT_CUTOFF if args.cutoff is None else args.cutoff,
+            "k": DEFAULT_K if args.k is None else args.k}
+
+
+def attach(configs, settings, key):
+    """Configurations with QUESTS descriptors in ``arrays[key]`` (copies when computed)."""
+    if settings is None:
+        return configs
+    from atomscore.quests.descriptor import QUESTSDescriptor
+
+    descriptor = QUESTSDescriptor(cutoff=settings["cutoff"], k=settings["k"], key=key)
+    log.info("computing QUESTS descriptors (cutoff %s Å, k %s) of %d configuration(s)", settings["cutoff"],
+             settings["k"], len(configs))
+    return descriptor.attach(configs, progress=None)
+
+
+def provenance(settings, key):
+    """Where the descriptors came from (metadata)."""
+    if settings is None:
+        return {"source": f"arrays[{key!r}] of the input files"}
+    return {"source": "computed by quests", "cutoff": settings["cutoff"], "k": settings["k"]}
+
+
+def stacked(configs, key, what):
+    """The per-atom ``arrays[key]`` of all configurations, stacked."""
+    from atomscore.validation import per_atom_array
+
+    blocks = [per_atom_array(atoms, key, index=i, name=what) for i, atoms in enumerate(configs)]
+    return np.concatenate(blocks, axis=0)
+
+
+def descriptor_array(path, what):
+    """An ``(n, dim)`` descriptor array from a ``.npy``/``.txt`` file."""
+    from atomscore.validation import load_array
+
+    return load_array(str(path), what, ndim=2)
+
+
+def reference_descriptors(path, configs, args, what):
+    """Descriptors of a reference (``.npy``, or configurations) and the settings used for both sides.
+
+    A configurations file gets the same descriptor settings as ``configs``: both are read from
+    the files when both hold descriptors and no setting was asked, else both are computed.
+    """
+    if path.suffix.lower() in (".npy", ".txt"):
+        return descriptor_array(path, what), descriptor_settings(args, configs)
+    ref_configs = read_input_configs(path, what)
+    settings = descriptor_settings(args, configs, ref_configs)
+    return stacked(attach(ref_configs, settings, args.descriptors_key), args.descriptors_key, what), settings
+
+
+def write_scored(score, results, configs, metadata, args):
+    """Write ``configs`` with the score's results and metadata to ``args.output``."""
+    from atomscore.io import write_data
+
+    data = score.parse_for_storage(results, configs, metadata=metadata)
+    path = write_data(args.output, data)
+    log.info("wrote %d configuration(s) with arrays[%r] to %s", len(data), score.result_key, path)
+    return path
+
+
+def check_command_output(args, inputs):
+    """Refuse ``args.output`` before any work (see :func:`atomscore.io.check_output`)."""
+    from atomscore.io import check_output
+
+    return check_output(args.output, inputs=inputs, overwrite=args.overwrite)

@@ -1,0 +1,70 @@
+"""Every flag shared by several commands, defined once: one name, type, default and help.
+
+Defaults come from where the computation defines them (:mod:`atomscore.quests.defaults`);
+values are checked by the computation they go to (one check, the library's), before any output.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from atomscore.quests.defaults import DEFAULT_BANDWIDTH, DEFAULT_CUTOFF, DEFAULT_K
+
+
+def int_at_least(minimum):
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def add_bandwidth(p):
+    """``-b/--bandwidth``: the QUESTS kernel bandwidth."""
+    p.add_argument("-b", "--bandwidth", type=float, default=DEFAULT_BANDWIDTH,
+                   help=f"kernel bandwidth h in descriptor units, 1/Å (default {DEFAULT_BANDWIDTH}, as quests)")
+
+
+def add_descriptor_settings(p, always_computed=False):
+    """``--cutoff``, ``-k`` and ``--descriptors-key``: the QUESTS descriptor read or computed.
+
+    ``always_computed``: the command always computes descriptors (``atomscore descriptors``),
+    so the defaults apply directly; otherwise None means "read them from the file if it has them".
+    """
+    default_cutoff, default_k = (DEFAULT_CUTOFF, DEFAULT_K) if always_computed else (None, None)
+    computed = "" if always_computed else "; given, descriptors are computed even when the file holds some"
+    p.add_argument("--cutoff", type=float, default=default_cutoff,
+                   help=f"QUESTS descriptor cutoff radius in Å (default {DEFAULT_CUTOFF}){computed}")
+    p.add_argument("-k", "--k", type=int, default=default_k, dest="k",
+                   help=f"QUESTS neighbours per environment (default {DEFAULT_K})")
+    p.add_argument("--descriptors-key", "--key", default="descriptors", dest="descriptors_key",
+                   help="atoms.arrays key of the descriptors, read or written (default 'descriptors')")
+
+
+def add_output(p, example, required=True, suffixes=".xyz/.extxyz, .traj, .db or .json"):
+    """``-o/--output`` and ``--overwrite``."""
+    p.add_argument("-o", "--output", required=required,
+                   help=f"output file, format by suffix: {suffixes} (e.g. {example})")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file(s) if they exist")
+
+
+def add_threads(p):
+    """``--threads``: kernel threads."""
+    p.add_argument("--threads", type=int_at_least(1), help="kernel threads (default: the CPUs available)")
+
+
+def add_no_progress(p):
+    """``--no-progress``."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_nprocs(p):
+    """``--nprocs``: jobs at once for the local workflow."""
+    p.add_argument("--nprocs", type=int_at_least(1), help="jobs at once when run locally (default: cores)")

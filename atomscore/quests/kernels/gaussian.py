@@ -1,0 +1,639 @@
+"""Gaussian kernel sums of descriptor sets in memory-bounded GEMM tiles, and the QUESTS
+measures built on them (entropy, efficiency, diversity, delta entropy), equal to the quests
+package's definitions. Lifted exponents and an exact log-sum-exp repair keep every dH finite;
+how and why: docs/internals.md ("Kernel sums").
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import NamedTuple
+
+import numpy as np
+
+from atomscore.errors import InputError
+from atomscore.quests.defaults import DEFAULT_BANDWIDTH
+from atomscore.quests.kernels.tiles import tile_pairs
+from atomscore.threads import blas_single_thread, default_threads, resolve_threads  # noqa: F401 - default_threads re-exported
+from atomscore.validation import check_choice, check_int, check_positive, load_array
+
+__all__ = [
+    "log_kernel_sums",
+    "entropy",
+    "diversity",
+    "efficiency",
+    "delta_entropy",
+    "approx_delta_entropy",
+    "dataset_information",
+    "DatasetInformation",
+    "default_threads",
+    "estimate_entropy",
+    "estimate_diversity",
+    "estimate_efficiency",
+    "sampled_log_sums",
+    "information_from_log_sums",
+    "Estimate",
+    "BACKENDS",
+]
+
+DEFAULT_TILE = 1024
+PRECISIONS = ("float64", "float32")
+BACKENDS = ("numpy", "torch")
+# Exponent floors: exp(floor) is a normal number, so no slow subnormal arithmetic.
+_FLOOR = {"float64": -700.0, "float32": -87.0}
+# exp(x) overflows above these.
+_EXP_MAX = {"float64": 709.0, "float32": 88.0}
+# A row whose (lifted) kernel sum is below N * exp(floor) * margin is recomputed by
+# log-sum-exp: elsewhere the floor changes log p by less than 1 / margin.
+_REPAIR_MARGIN = {"float64": 1e12, "float32": 1e7}
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _descriptors(x, name):
+    arr = load_array(x, name, ndim=2, dtype=np.float64)
+    if arr.shape[0] == 0:
+        raise InputError(f"{name}: expected at least one descriptor row, got an empty array of shape {arr.shape}")
+    if arr.shape[1] == 0:
+        raise InputError(f"{name}: expected at least one descriptor column, got shape {arr.shape}")
+    return arr
+
+
+def _bandwidths(bandwidth):
+    h = check_positive(bandwidth, "bandwidth", allow_array=True)
+    return np.atleast_1d(np.asarray(h, dtype=np.float64)), np.ndim(h) == 0
+
+
+def _options(precision, tile_size, n_threads):
+    check_choice(precision, "precision", PRECISIONS)
+    tile = check_int(tile_size, "tile_size", minimum=16)
+    threads = resolve_threads(n_threads)
+    return precision, tile, threads
+
+
+def _engine(backend, device):
+    """The tile pass of ``backend``: ``None`` for numpy (:func:`_tile_pass`), else torch's on ``device``."""
+    check_choice(backend, "backend", BACKENDS)
+    if backend == "numpy":
+        if device not in (None, "cpu"):
+            raise InputError(f"device: the numpy backend runs on the CPU only, got device={device!r}; "
+                             "use backend='torch' for another device")
+        return None
+    from atomscore.quests.kernels import torch_backend
+
+    return torch_backend.tile_pass_on(device)
+
+
+# ----------------------------------------------------------------------------- tiles
+
+class _Operands:
+    """Centred, augmented descriptor blocks for one bandwidth.
+
+    ``left[i] @ right[j]`` is ``lift - gamma |y_i - x_j|^2`` (``gamma = 1/(2h^2)``): the
+    exponent of the kernel, lifted by a constant. ``right`` is used transposed in the
+    products (BLAS reads it so, no copy).
+    """
+
+    def __init__(self, left, right):
+        self.left, self.right = left, right
+
+    @classmethod
+    def build(cls, yc, xc, gamma, dtype, lift=0.0):
+        d = yc.shape[1]
+        ny = -gamma * np.einsum("ij,ij->i", yc, yc)
+        nx = ny if xc is yc else -gamma * np.einsum("ij,ij->i", xc, xc)
+        left = np.empty((len(yc), d + 2), dtype=dtype)
+        left[:, :d] = (2.0 * gamma) * yc
+        left[:, d] = ny + lift
+        left[:, d + 1] = 1.0
+        right = np.empty((len(xc), d + 2), dtype=dtype)
+        right[:, :d] = xc
+        right[:, d] = 1.0
+        right[:, d + 1] = nx
+        return cls(left, right)
+
+    def rows(self, index):
+        """The same operands for a subset of the query rows."""
+        return _Operands(self.left[index], self.right)
+
+
+def _run_tiles(work, pairs, n_threads):
+    """Run ``work(chunk_of_pairs)`` on ``n_threads`` threads; return the list of results."""
+    if n_threads == 1 or len(pairs) == 1:
+        with blas_single_thread() if n_threads == 1 and len(pairs) > 1 else nullcontext():
+            return [work(pairs)]
+    chunks = [pairs[k::n_threads] for k in range(n_threads) if pairs[k::n_threads]]
+    with blas_single_thread(), ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+        return list(pool.map(work, chunks))
+
+
+def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, clip, shifted=False):
+    """One pass over the tiles of exponents ``e = left @ right.T``; returns (n_rows, n_h).
+
+    ``shifted=False``: row sums of ``exp(clip(e, *clip))`` (no clip if ``None``; plus the
+    column sums of the off-diagonal tiles when ``symmetric``), accumulated in float64.
+    ``shifted=True``: ``log`` of the row sums by a one-pass log-sum-exp: each row keeps its
+    largest exponent so far ``m`` and the sum ``s`` of ``exp(e - m)`` (rescaled by
+    ``exp(m_old - m_new)`` when a tile raises ``m``), so its largest term is 1 and no row
+    underflows; ``log p = m + log s``.
+    """
+    n_rows, n_cols, n_h = len(ops_list[0].left), len(ops_list[0].right), len(ops_list)
+    pairs = tile_pairs(n_rows, n_cols, tile, symmetric)
+
+    def work(chunk):
+        acc = np.zeros((n_rows, n_h))
+        top = np.full((n_rows, n_h), -np.inf) if shifted else None
+        acc_cols = np.zeros((n_cols, n_h)) if symmetric else None
+        buf = np.empty((tile, tile), dtype=dtype)
+        ones = np.ones(tile, dtype=dtype)
+        for a, b in chunk:
+            for k, ops in enumerate(ops_list):
+                left, right = ops.left[a:a + tile], ops.right[b:b + tile]
+                e = buf[:len(left), :len(right)]
+                np.matmul(left, right.T, out=e)
+                if shifted:
+                    m_old = top[a:a + tile, k]
+                    m_new = np.maximum(m_old, e.max(axis=1))
+                    e -= m_new[:, None].astype(dtype)
+                    acc[a:a + tile, k] *= np.exp(m_old - m_new)
+                    top[a:a + tile, k] = m_new
+                if clip is not None:  # float64 exp is ~50x slower where its result is subnormal
+                    np.clip(e, *clip, out=e)  # (two-sided: 3x faster than np.maximum)
+                np.exp(e, out=e)
+                acc[a:a + tile, k] += e @ ones[:e.shape[1]]  # BLAS row sums: faster than e.sum(axis=1)
+                if symmetric and b != a:
+                    acc_cols[b:b + tile, k] += ones[:e.shape[0]] @ e
+        if shifted:
+            return top, acc
+        return acc if not symmetric else acc + acc_cols
+
+    parts = _run_tiles(work, pairs, n_threads)
+    if not shifted:
+        return sum(parts)
+    top = np.maximum.reduce([m for m, _ in parts])
+    return top + np.log(sum(s * np.exp(m - top) for m, s in parts))
+
+
+def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64",
+                    tile_size=DEFAULT_TILE, n_threads=None, backend="numpy", device=None):
+    """Log of the Gaussian kernel sums of each query over a reference set.
+
+    Parameters
+    ----------
+    queries : array_like or str, shape (M, d)
+        Query descriptors (or a ``.npy``/``.txt`` path).
+    reference : array_like or str, shape (N, d), optional
+        Reference descriptors; ``None`` means the queries themselves (the symmetric case,
+        computed on half the tiles).
+    bandwidth : float or array_like of float, shape (H,)
+        Kernel bandwidth(s) ``h`` in descriptor units; all bandwidths share one pass.
+    precision : {'float64', 'float32'}
+        Arithmetic of the tiles. Sums are accumulated in float64 either way, and rows
+        that would underflow are recomputed by log-sum-exp (module docstring).
+    tile_size : int
+        Rows and columns per tile; memory is about ``tile_size**2`` numbers per thread.
+    n_threads : int, optional
+        Worker threads (default: the CPUs available to the process).
+    backend : {'numpy', 'torch'}
+        ``'torch'`` runs the tiles with torch (extra ``atomscore[gpu]``).
+    device : str, optional
+        torch device, ``'cpu'`` (default) or ``'cuda'`` / ``'cuda:N'``; numpy: CPU only.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``log p_i = log sum_j exp(-|y_i - x_j|^2 / (2 h^2))``, shape (M,) for a scalar
+        bandwidth, (M, H) for an array of bandwidths. Always finite.
+    """
+    y = _descriptors(queries, "queries")
+    symmetric = reference is None
+    x = y if symmetric else _descriptors(reference, "reference")
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"reference: expected descriptors of dimension {y.shape[1]} (as the queries), "
+                         f"got dimension {x.shape[1]}")
+    h, scalar = _bandwidths(bandwidth)
+    precision, tile, threads = _options(precision, tile_size, n_threads)
+    engine = _engine(backend, device)
+    logp = _log_sums(y, x, symmetric, h, precision, tile, threads, engine)
+    return logp[:, 0] if scalar else logp
+
+
+def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None):
+    """``log p`` (n_rows, n_h): a lifted plain pass, then a shifted pass for rows it cannot hold.
+
+    ``engine`` is the tile pass (signature of :func:`_tile_pass`); ``None`` is numpy's.
+    """
+    tile_pass = _tile_pass if engine is None else engine
+    dtype = np.float32 if precision == "float32" else np.float64
+    centre = x.mean(axis=0)
+    xc = x - centre
+    yc = xc if symmetric else y - centre
+    # Exponents lifted so that a sum of N terms <= exp(lift) cannot overflow: rows far from X
+    # (dH up to lift - floor - log(margin N)) need no repair.
+    lift = _EXP_MAX[precision] - math.log(len(x)) - 1.0
+    ops_list = [_Operands.build(yc, xc, g, dtype, lift) for g in 1.0 / (2.0 * h * h)]
+    floor = _FLOOR[precision]
+    clip = (floor, lift) if precision == "float64" else None  # float32 exp is as fast on subnormals
+    p = tile_pass(ops_list, tile, symmetric, dtype, threads, clip)
+    with np.errstate(divide="ignore"):
+        logp = np.log(p) - lift
+    limit = len(x) * math.exp(floor) * _REPAIR_MARGIN[precision]
+    bad = np.nonzero(np.any(~(p >= limit) | ~np.isfinite(p), axis=1))[0]
+    if bad.size:
+        # the few rows the plain pass cannot hold: an exact float64 log-sum-exp, whatever the precision
+        if dtype is np.float64:
+            rows = [ops.rows(bad) for ops in ops_list]
+        else:
+            rows = [_Operands.build(yc[bad], xc, g, np.float64, lift) for g in 1.0 / (2.0 * h * h)]
+        clip64 = (_FLOOR["float64"], lift)
+        logp[bad] = tile_pass(rows, tile, False, np.float64, threads, clip64, shifted=True) - lift
+    return logp
+
+
+# ----------------------------------------------------------------------------- measures
+
+def _reduce(value, scalar):
+    return float(value[0]) if scalar else np.asarray(value)
+
+
+def _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend="numpy", device=None):
+    x = _descriptors(x, "descriptors")
+    h, scalar = _bandwidths(bandwidth)
+    precision, tile, threads = _options(precision, tile_size, n_threads)
+    engine = _engine(backend, device)
+    return x, _log_sums(x, x, True, h, precision, tile, threads, engine), scalar
+
+
+def entropy(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
+            backend="numpy", device=None):
+    """Information entropy ``H = -(1/N) sum_i log(p_i / N)`` of a descriptor set, in nats.
+
+    Same definition as ``quests.entropy.entropy``. Parameters as :func:`log_kernel_sums`;
+    returns a float, or one value per bandwidth (shape (H,)).
+    """
+    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
+    return _reduce(math.log(len(x)) - logp.mean(axis=0), scalar)
+
+
+def efficiency(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
+               backend="numpy", device=None):
+    """Efficiency ``H / log N`` (dimensionless, 1 when no two points overlap); needs N >= 2."""
+    x = _descriptors(x, "descriptors")
+    if len(x) < 2:
+        raise InputError(f"descriptors: efficiency H/log N needs at least 2 environments, got {len(x)}")
+    return entropy(x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads,
+                   backend=backend, device=device) / math.log(len(x))
+
+
+def diversity(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
+              backend="numpy", device=None):
+    """Diversity ``D = log sum_i 1/p_i`` (nats), as ``quests.entropy.diversity``."""
+    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
+    return _reduce(_logsumexp(-logp, axis=0), scalar)
+
+
+def delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE,
+                  n_threads=None, backend="numpy", device=None):
+    """Differential entropy ``dH(y_i | X) = -log sum_j K(y_i, x_j)`` of each query, in nats.
+
+    As ``quests.entropy.delta_entropy`` where that is finite; where its kernel sum
+    underflows (queries far from all of ``X``) quests gives ``+inf`` and we give the exact
+    finite value by log-sum-exp. Returns shape (M,) or (M, H) for an array of bandwidths.
+    """
+    return -log_kernel_sums(y, x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads,
+                            backend=backend, device=device)
+
+
+def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbors=3, approx_index="flat",
+                         approx_options=None):
+    """``dH`` restricted to the ``k`` nearest reference points of each query.
+
+    ``-log sum_{j in kNN(y_i)} K(y_i, x_j)``, an upper bound of :func:`delta_entropy`
+    (tight when farther points contribute little). The neighbours are exact (faiss
+    ``IndexFlatL2``, see :mod:`atomscore.index`), not approximate as
+    ``quests.entropy.approx_delta_entropy``'s pynndescent graph; the sum is a float64
+    log-sum-exp, so the result is finite for any query. ``approx_index='hnsw'`` finds the
+    neighbours with an HNSW graph instead (for references of 10^6 - 10^7 points; a missed
+    neighbour can only raise dH, see docs/quests.md for the measured bias);
+    ``approx_index='ivf'`` with an inverted file (faiss ``IndexIVFFlat``; ``approx_options``
+    ``{'nlist': int, 'nprobe': int}``, defaults in :mod:`atomscore.index`).
+
+    Returns shape (M,), or (M, H) for an array of bandwidths.
+    """
+    from atomscore.index import knn_squared_distances
+
+    y = _descriptors(y, "queries")
+    x = _descriptors(x, "reference")
+    h, scalar = _bandwidths(bandwidth)
+    d2, _ = knn_squared_distances(y, x, num_nearest_neighbors, index=approx_index, options=approx_options)
+    exponents = -d2[:, :, None] / (2.0 * h * h)  # (M, k, H)
+    dh = -_logsumexp(exponents, axis=1)
+    return dh[:, 0] if scalar else dh
+
+
+# ----------------------------------------------------------------------------- sampled estimates
+
+class Estimate(NamedTuple):
+    """A sampled estimate and its standard error (same units; arrays for several bandwidths)."""
+
+    value: object
+    standard_error: object
+
+
+def sampled_log_sums(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, *, precision="float64",
+                     tile_size=DEFAULT_TILE, n_threads=None, backend="numpy", device=None):
+    """``log p_i`` of ``sample_size`` rows of ``x`` drawn without replacement, against all rows.
+
+    Returns ``(rows, logp)``: the sorted row indices (shape (n,)) and their log kernel sums
+    over the whole set (shape (n, H)); ``n = min(sample_size, N)``. With ``n = N`` every
+    row is used (the exact, symmetric pass). ``seed`` feeds ``numpy.random.default_rng``.
+    """
+    x = _descriptors(x, "descriptors")
+    n = check_int(sample_size, "sample_size", minimum=2)
+    if seed is not None:
+        check_int(seed, "seed", minimum=0)
+    h, _ = _bandwidths(bandwidth)
+    precision, tile, threads = _options(precision, tile_size, n_threads)
+    engine = _engine(backend, device)
+    if n >= len(x):
+        return np.arange(len(x)), _log_sums(x, x, True, h, precision, tile, threads, engine)
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
+    return rows, _log_sums(x[rows], x, False, h, precision, tile, threads, engine)
+
+
+def _sample_mean(values, n_total):
+    """Mean over the sample's rows and its standard error (finite-population corrected)."""
+    n = len(values)
+    if n >= n_total:
+        return values.mean(axis=0), np.zeros(values.shape[1])
+    return values.mean(axis=0), values.std(axis=0, ddof=1) * math.sqrt((1.0 - n / n_total) / n)
+
+
+def estimate_entropy(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, **options) -> Estimate:
+    """Entropy ``H`` (nats) from ``sample_size`` rows' kernel sums against all N rows, with its error.
+
+    ``H = log N - mean_i log p_i``; the mean over a uniform sample of rows (each ``log p_i``
+    exact, over all N rows) is unbiased, and its standard error is
+    ``std(log p_S) sqrt((1 - n/N) / n)``. Cost ``n x N`` kernel terms. ``sample_size >= N``
+    gives the exact value and a zero error. Keyword options as :func:`log_kernel_sums`.
+    Unlike ``quests``' ``entropy_sampler`` (the entropy *of* a subsample, which is biased
+    low for the whole set), this estimates the entropy of the whole set.
+
+    Returns
+    -------
+    Estimate
+        ``(value, standard_error)`` in nats: floats, or arrays of shape (H,) for an
+        array of bandwidths.
+    """
+    x = _descriptors(x, "descriptors")
+    h, scalar = _bandwidths(bandwidth)
+    _, logp = sampled_log_sums(x, h, sample_size, seed, **options)
+    return _entropy_estimate(logp, len(x), scalar)
+
+
+def _entropy_estimate(logp, n_total, scalar) -> Estimate:
+    mean, se = _sample_mean(logp, n_total)
+    return Estimate(_reduce(math.log(n_total) - mean, scalar), _reduce(se, scalar))
+
+
+def _diversity_estimate(logp, n_total, scalar) -> Estimate:
+    top = (-logp).max(axis=0)
+    w = np.exp(-logp - top)  # 1/p_i scaled by exp(-top): the largest is 1, nothing overflows
+    mean, se = _sample_mean(w, n_total)
+    return Estimate(_reduce(math.log(n_total) + top + np.log(mean), scalar), _reduce(se / mean, scalar))
+
+
+def estimate_information(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, **options) -> dict:
+    """Entropy, diversity and efficiency estimates from ONE sampled pass (cost ``n x N``).
+
+    Returns ``{'entropy': Estimate, 'diversity': Estimate, 'efficiency': Estimate}`` with
+    the same values as :func:`estimate_entropy`, :func:`estimate_diversity` and
+    :func:`estimate_efficiency` for the same ``seed`` (nats; efficiency dimensionless).
+    """
+    x = _descriptors(x, "descriptors")
+    if len(x) < 2:
+        raise InputError(f"descriptors: efficiency H/log N needs at least 2 environments, got {len(x)}")
+    h, scalar = _bandwidths(bandwidth)
+    _, logp = sampled_log_sums(x, h, sample_size, seed, **options)
+    entropy_ = _entropy_estimate(logp, len(x), scalar)
+    log_n = math.log(len(x))
+    return {"entropy": entropy_, "diversity": _diversity_estimate(logp, len(x), scalar),
+            "efficiency": Estimate(entropy_.value / log_n, entropy_.standard_error / log_n)}
+
+
+def estimate_efficiency(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, **options) -> Estimate:
+    """Efficiency ``H / log N`` from :func:`estimate_entropy` (value and error divided by log N)."""
+    x = _descriptors(x, "descriptors")
+    if len(x) < 2:
+        raise InputError(f"descriptors: efficiency H/log N needs at least 2 environments, got {len(x)}")
+    value, se = estimate_entropy(x, bandwidth, sample_size, seed, **options)
+    return Estimate(value / math.log(len(x)), se / math.log(len(x)))
+
+
+def estimate_diversity(x, bandwidth=DEFAULT_BANDWIDTH, sample_size=1000, seed=0, **options) -> Estimate:
+    """Diversity ``D = log sum_i 1/p_i`` (nats) from a sample of rows, with its standard error.
+
+    ``D = log N + log mean_i (1/p_i)``: the mean of ``1/p_i`` over the sampled rows is
+    unbiased; its log carries a bias of order ``-se^2 / 2`` (small next to the error for
+    any useful sample). The standard error is the delta-method ``se(mean) / mean``.
+    Keyword options as :func:`log_kernel_sums`.
+
+    Returns
+    -------
+    Estimate
+        ``(value, standard_error)`` in nats (arrays of shape (H,) for an array of bandwidths).
+    """
+    x = _descriptors(x, "descriptors")
+    h, scalar = _bandwidths(bandwidth)
+    _, logp = sampled_log_sums(x, h, sample_size, seed, **options)
+    return _diversity_estimate(logp, len(x), scalar)
+
+
+def information_from_log_sums(logp, scalar=False) -> "DatasetInformation":
+    """Every measure from ``log p_i`` of all N rows of a set against the whole set.
+
+    ``logp`` has shape (N, H) (one column per bandwidth), e.g. the row blocks of block
+    jobs put back together; ``scalar`` returns floats and an (N,) ``delta_entropy`` for
+    H = 1. The same arithmetic as :func:`entropy`, :func:`diversity`, :func:`efficiency`.
+    """
+    logp = np.asarray(logp, dtype=np.float64)
+    if logp.ndim != 2 or len(logp) == 0:
+        raise InputError(f"logp: expected log kernel sums of shape (N, H) with N >= 1, got shape {logp.shape}")
+    n = len(logp)
+    h_value = math.log(n) - logp.mean(axis=0)
+    eff = h_value / math.log(n) if n > 1 else np.full_like(h_value, np.nan)
+    dh = -logp
+    return DatasetInformation(_reduce(h_value, scalar), _reduce(_logsumexp(-logp, axis=0), scalar),
+                              _reduce(eff, scalar), dh[:, 0] if scalar else dh)
+
+
+class DatasetInformation(NamedTuple):
+    """All QUESTS measures of one set from one kernel-sum pass (see :func:`dataset_information`)."""
+
+    entropy: object
+    diversity: object
+    efficiency: object
+    delta_entropy: np.ndarray
+
+
+def dataset_information(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE,
+                        n_threads=None, backend="numpy", device=None) -> DatasetInformation:
+    """Entropy, diversity, efficiency and self delta entropy ``-log p_i`` from one pass.
+
+    ``delta_entropy`` here is each point against the whole set including itself (as the
+    third value of ``quests.entropy.get_all_metrics``). Efficiency is NaN for N = 1.
+    """
+    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
+    return information_from_log_sums(logp, scalar)
+
+
+def _logsumexp(a, axis):
+    m = a.max(axis=axis, keepdims=True)
+    return np.squeeze(m, axis=axis) + np.log(np.exp(a - m).sum(axis=axis))
+
+
+# ----------------------------------------------------------------------------- grouped sums (selection)
+
+class GroupedKernelSums:
+    """Kernel sums of query sets against one fixed reference cut into contiguous groups.
+
+    Used by :mod:`atomscore.quests.selection`, where the reference rows are the environments of
+    a pool and a group is one configuration. The reference is centred and laid out once;
+    each call is one tiled pass (queries x reference), no N x N matrix.
+
+    Parameters
+    ----------
+    reference : array_like, shape (N, d)
+    group_starts : array_like of int, shape (G,)
+        First reference row of each group, increasing from 0; group ``g`` is rows
+        ``group_starts[g]:group_starts[g + 1]`` (the last runs to N).
+    bandwidth : float
+        ``h`` in descriptor units.
+    tile_size, n_threads
+        As :func:`log_kernel_sums` (a pass holds about ``tile_size**2`` numbers per thread).
+
+    Calling it with queries ``(M, d)`` returns ``(column_sums, group_sums)``:
+    ``column_sums[j] = sum_i K(y_i, x_j)`` (shape (N,)) and
+    ``group_sums[i, g] = sum_{j in g} K(y_i, x_j)`` (shape (M, G)). These are plain float64
+    sums, not logs: terms below ``exp(-745)`` are 0, which suits sums later added to 1 or
+    more (a self term) or compared with thresholds near 1.
+    """
+
+    def __init__(self, reference, group_starts, bandwidth=DEFAULT_BANDWIDTH, *, tile_size=DEFAULT_TILE,
+                 n_threads=None):
+        x = _descriptors(reference, "reference")
+        starts = np.asarray(group_starts, dtype=np.int64).ravel()
+        if starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= len(x):
+            raise InputError(f"group_starts: expected increasing row indices from 0 below {len(x)}, "
+                             f"got {starts[:8].tolist()}...")
+        h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
+        _, self.tile, self.threads = _options("float64", tile_size, n_threads)
+        self.gamma = 1.0 / (2.0 * h * h)
+        self.centre = x.mean(axis=0)
+        xc = x - self.centre
+        d = x.shape[1]
+        self.right = np.empty((len(x), d + 2))
+        self.right[:, :d] = xc
+        self.right[:, d] = 1.0
+        self.right[:, d + 1] = -self.gamma * np.einsum("ij,ij->i", xc, xc)
+        self.n_cols, self.n_groups, self.dim, self.starts = len(x), len(starts), d, starts
+        self.group_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(x))))
+
+    def __call__(self, queries, groups=None):
+        """``(column_sums, group_sums)`` of ``queries``; ``groups`` (bool, shape (G,)) limits the
+        pass to those groups' columns (the others are returned as 0)."""
+        y = _descriptors(queries, "queries")
+        if y.shape[1] != self.dim:
+            raise InputError(f"queries: expected descriptors of dimension {self.dim} (as the reference), "
+                             f"got dimension {y.shape[1]}")
+        yc = y - self.centre
+        d = self.dim
+        left = np.empty((len(y), d + 2))
+        left[:, :d] = (2.0 * self.gamma) * yc
+        left[:, d] = -self.gamma * np.einsum("ij,ij->i", yc, yc)
+        left[:, d + 1] = 1.0
+        n_rows, tile = len(y), self.tile
+        right, group_of, n_cols, n_groups = self.right, self.group_of, self.n_cols, self.n_groups
+        if groups is None:
+            runs = [(0, n_cols)]
+        else:
+            mask = np.asarray(groups, dtype=bool)
+            if mask.shape != (n_groups,):
+                raise InputError(f"groups: expected {n_groups} booleans, got shape {mask.shape}")
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+            bounds = np.append(self.starts, n_cols)
+            runs = [(int(bounds[g0]), int(bounds[g1])) for g0, g1 in zip(edges[::2], edges[1::2])]
+        n_active = sum(c1 - c0 for c0, c1 in runs)
+        if n_active == 0:
+            return np.zeros(n_cols), np.zeros((n_rows, n_groups))
+        index = None
+        if len(runs) > 1:  # scattered groups: one compact copy of their columns, then one pass
+            index = np.flatnonzero(mask[group_of])
+            right, group_of, n_cols, runs = right[index], group_of[index], n_active, [(0, n_active)]
+        rows = min(n_rows, tile)
+        width = max(tile, (tile * tile) // rows)  # few query rows: wide column blocks, same memory
+        threads = self.threads if n_rows * n_active >= (1 << 17) else 1  # small passes: no thread start-up
+        if n_rows <= rows and threads > 1:  # one row block: cut the columns so every thread has work
+            width = max(64, min(width, -(-n_active // threads)))
+        pairs = [(a, b, min(b + width, c1)) for a in range(0, n_rows, rows)
+                 for c0, c1 in runs for b in range(c0, c1, width)]
+
+        def work(chunk):
+            cols = np.zeros(n_cols)
+            groups_out = np.zeros((n_rows, n_groups))
+            buf = np.empty((rows, width))
+            ones = np.ones(max(rows, 1))
+            for a, b, b1 in chunk:
+                lt, rt = left[a:a + rows], right[b:b1]
+                e = buf[:len(lt), :len(rt)]
+                np.matmul(lt, rt.T, out=e)
+                np.minimum(e, 0.0, out=e)  # true exponents are <= 0; rounding may give +1e-13
+                np.exp(e, out=e)
+                cols[b:b1] += ones[:len(lt)] @ e
+                g = group_of[b:b1]
+                seg = np.concatenate(([0], np.flatnonzero(g[1:] != g[:-1]) + 1))
+                groups_out[a:a + len(lt), g[seg]] += np.add.reduceat(e, seg, axis=1)
+            return cols, groups_out
+
+        with blas_single_thread():  # our threads share the tiles; BLAS threads on small GEMMs only contend
+            parts = _run_tiles(work, pairs, threads)
+        cols, groups_out = parts[0] if len(parts) == 1 else (sum(p[0] for p in parts), sum(p[1] for p in parts))
+        if index is not None:
+            full = np.zeros(self.n_cols)
+            full[index] = cols
+            cols = full
+        return cols, groups_out
+
+
+def grouped_kernel_sums(queries, reference, group_starts, bandwidth=DEFAULT_BANDWIDTH, *,
+                        tile_size=DEFAULT_TILE, n_threads=None):
+    """``(column_sums, group_sums)`` of ``queries`` against ``reference``: see :class:`GroupedKernelSums`."""
+    return GroupedKernelSums(reference, group_starts, bandwidth, tile_size=tile_size, n_threads=n_threads)(queries)
+
+
+def group_self_sums(x, group_starts, bandwidth=DEFAULT_BANDWIDTH, *, block=2048):
+    """Kernel sum of every row over the rows of its own group (self term included), shape (N,).
+
+    Each group's pairwise squared distances come from ``scipy.spatial.distance.cdist``
+    (exact differences), in row blocks of ``block``.
+    """
+    from scipy.spatial.distance import cdist
+
+    x = _descriptors(x, "descriptors")
+    starts = np.asarray(group_starts, dtype=np.int64).ravel()
+    ends = np.append(starts[1:], len(x))
+    h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
+    gamma = 1.0 / (2.0 * h * h)
+    out = np.empty(len(x))
+    for s, e in zip(starts, ends):
+        g = x[s:e]
+        for a in range(0, len(g), block):
+            k = cdist(g[a:a + block], g, "sqeuclidean")
+            k *= -gamma
+            np.exp(k, out=k)
+            out[s + a:s + min(a + block, len(g))] = k.sum(axis=1)
+    return out
