@@ -1,26 +1,8 @@
-"""``atomscore demo``: information-matching active learning on SW silicon, as an HTML report.
+"""The demo behind ``atomscore demo``: information-matching active learning on SW silicon.
 
-Everything runs on Debian's Stillinger-Weber silicon model with embedded defaults (no
-network, no files of ours):
-
-1. a candidate pool of 64-atom diamond Si at lattice constants 5.0-6.0 Å, each unperturbed
-   (trained on its energy) and rattled (trained on its forces);
-2. QUESTS descriptors; efficiency and diversity of the pool; dH of every candidate against a
-   small starting set (the two candidates nearest the equilibrium lattice constant);
-3. the FIM of every candidate in the SW parameters A, B, sigma, gamma, lambda (log
-   transform), run as jobs through a LocalWorkflow;
-4. the target FIM of the lattice constant and the cubic elastic constants with 10% error
-   bars (embedded backend);
-5. information matching: the selected candidates and their weights;
-6. LTAU: per-atom force-error logs of an ensemble of perturbed SW parameter sets on the
-   rattled candidates, predicted against the actual errors on held-out configurations;
-7. the output folder: extxyz files with every score attached, ``summary.json``, and
-   ``report.html`` with PNG figures: the result in a sentence, the target in GPa, the
-   predicted uncertainty of each target property from the weighted FIM against the target,
-   unidentifiable parameter directions, versions and date.
-
-The first run's QUESTS step includes quests' one-time numba compilation (about 30 s) unless
-it was warmed, as ``make`` does at set-up.
+Step functions (:data:`STEPS`) pass a :class:`DemoState` on: QUESTS on a candidate pool, the
+FIM of every candidate (jobs), the target FIM, information matching, LTAU; then the summary,
+the figures and ``report.html``. What each step does and shows: docs/README.md ("The demo").
 """
 
 from __future__ import annotations
@@ -29,7 +11,7 @@ import html
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from atomscore.quests.defaults import DEFAULT_BANDWIDTH as BANDWIDTH
@@ -38,6 +20,8 @@ import numpy as np
 
 SW_SI = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
 PARAMETERS = ("A", "B", "sigma", "gamma", "lambda")
+PARAMETERS_OPTIMIZE = {p: [["default"]] for p in PARAMETERS}
+TRANSFORM = {"transform_type": "LogTransform", "transform_args": {"sign": [1.0] * len(PARAMETERS)}}
 A0 = 5.431  # Å, SW silicon's equilibrium lattice constant
 RELATIVE_ERROR = 0.1  # the target: 10 % on each target property
 EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa
@@ -174,72 +158,84 @@ def ensemble_force_errors(configs, settings: DemoSettings, desc):
     return errors
 
 
-def run_demo(output="demo_output", quick=False):
-    """Run the main job into ``output``; return the summary dict.
+@dataclass
+class DemoState:
+    """What the steps of the demo pass on: the settings, the pool with its scores, the target."""
 
-    Parameters
-    ----------
-    output : str or Path
-        Output folder (created; files in it are replaced).
-    quick : bool
-        A smaller pool and ensemble, for tests (under a minute on 2 cores).
-    """
-    from scipy.stats import spearmanr
+    output: Path
+    settings: DemoSettings
+    workflow: object
+    timings: dict = field(default_factory=dict)
+    pool: list = field(default_factory=list)
+    results: dict = field(default_factory=dict)
 
-    from atomscore import (FIMMatchingScore, FIMPropertyScore, FIMTrainingSetScore, LocalWorkflow,
-                           LTAUForcesUQScore, QUESTSDeltaEntropyScore, QUESTSDescriptor, QUESTSDiversityScore,
-                           QUESTSEfficiencyScore)
-    from atomscore.io import write_extxyz
-    from atomscore.potentials.kim import KIMPotential
-    from atomscore.properties import ElasticConstants
 
-    t_start = time.perf_counter()
-    timings = {}
-    output = Path(output)
-    (output / "figures").mkdir(parents=True, exist_ok=True)
-    settings = DemoSettings.make(quick)
-    workflow = LocalWorkflow(output / "jobs")
-    potential = _potential_spec()
-    transform = {"transform_type": "LogTransform", "transform_args": {"sign": [1.0] * len(PARAMETERS)}}
-    parameters_optimize = {p: [["default"]] for p in PARAMETERS}
+def _timed(name):
+    """Record the wall time of a step in ``state.timings[name]``."""
+    def wrap(step):
+        def run(state, *args, **kwargs):
+            t = time.perf_counter()
+            out = step(state, *args, **kwargs)
+            state.timings[name] = time.perf_counter() - t
+            return out
 
-    # 1-2. pool, descriptors, QUESTS ------------------------------------------------------
-    t = time.perf_counter()
+        run.__name__, run.__doc__ = step.__name__, step.__doc__
+        return run
+
+    return wrap
+
+
+@_timed("quests")
+def quests_step(state: DemoState):
+    """Pool, QUESTS descriptors, efficiency and diversity, dH of every candidate against a starting set (jobs)."""
+    from atomscore import QUESTSDeltaEntropyScore, QUESTSDescriptor, QUESTSDiversityScore, QUESTSEfficiencyScore
+
+    settings = state.settings
     pool = build_pool(settings)
     _step(f"{len(pool)} candidates (64-atom diamond Si, a = {min(settings.lattice_constants)}-"
           f"{max(settings.lattice_constants)} Å); QUESTS descriptors")
-    descriptor = QUESTSDescriptor()
-    pool = descriptor.attach(pool)
+    pool = QUESTSDescriptor().attach(pool)
     efficiency = float(np.squeeze(QUESTSEfficiencyScore().compute(pool, "EFFICIENCY", bandwidth=BANDWIDTH)))
     diversity = float(np.squeeze(QUESTSDiversityScore().compute(pool, "DIVERSITY", bandwidth=BANDWIDTH)))
     start = sorted(range(len(pool)), key=lambda i: abs(pool[i].info["lattice_constant"] - A0))[:2]
     reference_set = np.concatenate([pool[i].arrays["descriptors"] for i in start])
     dh_score = QUESTSDeltaEntropyScore()
     ids = dh_score.run("demo_dH", pool, {"score_quantity": "DELTA_ENTROPY", "reference_set": reference_set,
-                                         "bandwidth": BANDWIDTH}, workflow=workflow,
+                                         "bandwidth": BANDWIDTH}, workflow=state.workflow,
                        batch_size=-(-len(pool) // 2))
-    workflow.block_until_completed(ids, progress=True)
-    pool = dh_score.data_from_calc_ids(ids)
-    dh_mean = [float(np.mean(a.arrays["quests_delta_entropy_score"])) for a in pool]
-    timings["quests"] = time.perf_counter() - t
+    state.workflow.block_until_completed(ids, progress=True)
+    state.pool = dh_score.data_from_calc_ids(ids)
+    state.results["quests"] = {"efficiency": efficiency, "diversity": diversity, "start": start,
+                               "dh_mean": [float(np.mean(a.arrays["quests_delta_entropy_score"]))
+                                           for a in state.pool]}
 
-    # 3. FIM of every candidate, as jobs ---------------------------------------------------
-    t = time.perf_counter()
+
+@_timed("fim_training_set")
+def fim_step(state: DemoState):
+    """The FIM of every candidate in the SW parameters (log transform), as jobs."""
+    from atomscore import FIMTrainingSetScore
+
+    pool = state.pool
     _step(f"FIM of every candidate in {', '.join(PARAMETERS)} (log transform), as jobs")
     evaluate_kwargs = {"compute_energy": [a.info["trained_on"] == "energy" for a in pool],
                        "compute_forces": [a.info["trained_on"] == "forces" for a in pool],
                        "compute_stress": [False] * len(pool)}
     fim_score = FIMTrainingSetScore()
-    ids = fim_score.run("demo_fim", pool, {"score_quantity": "SENSITIVITY", "potential": potential,
-                                          "parameters_optimize": parameters_optimize, "transform": transform,
+    ids = fim_score.run("demo_fim", pool, {"score_quantity": "SENSITIVITY", "potential": _potential_spec(),
+                                          "parameters_optimize": PARAMETERS_OPTIMIZE, "transform": TRANSFORM,
                                           "evaluate_kwargs": evaluate_kwargs},
-                        workflow=workflow, batch_size=-(-len(pool) // 2))
-    workflow.block_until_completed(ids, progress=True)
-    pool = fim_score.data_from_calc_ids(ids)
-    timings["fim_training_set"] = time.perf_counter() - t
+                        workflow=state.workflow, batch_size=-(-len(pool) // 2))
+    state.workflow.block_until_completed(ids, progress=True)
+    state.pool = fim_score.data_from_calc_ids(ids)
 
-    # 4. target FIM: lattice constant and cubic elastic constants, 10% error bars -----------
-    t = time.perf_counter()
+
+@_timed("fim_property")
+def target_step(state: DemoState):
+    """The target FIM of a0 and the cubic elastic constants with their error bars."""
+    from atomscore import FIMPropertyScore
+    from atomscore.potentials.kim import KIMPotential
+    from atomscore.properties import ElasticConstants
+
     _step(f"target FIM of a0, C11, C12, C44 with {RELATIVE_ERROR:.0%} error bars (embedded backend)")
     quantities = ["lattice_constant", "c11", "c12", "c44"]
     target_args = {"lattice_param": A0, "lattice_type": "diamond", "deformation_mag": 1e-4,
@@ -247,34 +243,47 @@ def run_demo(output="demo_output", quick=False):
     nominal = ElasticConstants(**target_args).property_vector(KIMPotential(SW_SI))
     cov = np.diag((RELATIVE_ERROR * nominal) ** 2)
     target = [{"init_args": {"target_property_type": "ElasticConstants", "target_property_args": target_args},
-               "calculate_property_args": {"workflow": {"workflow_type": "LOCAL",
-                                                        "workflow_args": {"root_directory": str(output / "jobs")}}}}]
+               "calculate_property_args": {"workflow": {"workflow_type": "LOCAL", "workflow_args": {
+                   "root_directory": str(state.output / "jobs")}}}}]
     prop_score = FIMPropertyScore()
-    target_fim = np.asarray(prop_score.compute(target, "SENSITIVITY", cov=cov, potential=potential,
-                                               parameters_optimize=parameters_optimize, transform=transform,
+    target_fim = np.asarray(prop_score.compute(target, "SENSITIVITY", cov=cov, potential=_potential_spec(),
+                                               parameters_optimize=PARAMETERS_OPTIMIZE, transform=TRANSFORM,
                                                derivative_kwargs={"h": 0.01, "method": "CD"}))
     target_fim = target_fim.reshape(len(PARAMETERS), len(PARAMETERS))
-    jacobian = np.asarray(prop_score.jacobian, dtype=float)
-    prop_score.save_results(target_fim, save_dir=output)
-    timings["fim_property"] = time.perf_counter() - t
+    prop_score.save_results(target_fim, save_dir=state.output)
+    state.results["target"] = {"quantities": quantities, "nominal": nominal, "fim": target_fim,
+                               "jacobian": np.asarray(prop_score.jacobian, dtype=float)}
 
-    # 5. information matching -------------------------------------------------------------
-    t = time.perf_counter()
+
+@_timed("matching")
+def matching_step(state: DemoState):
+    """Information matching: the weights of the candidates, and the predicted uncertainty of the target."""
+    from atomscore import FIMMatchingScore
+
     _step("information matching")
+    target = state.results["target"]
     matching = FIMMatchingScore()
-    weights = matching.compute_batch(pool, fim_property=target_fim, score_quantity="IMPORTANCE")
-    pool = matching.parse_for_storage(weights, pool)
-    selected = [i for i, w in enumerate(weights) if w > 0]
-    fims = [np.asarray(a.info["fim_training_set_score"], dtype=float) for a in pool]
-    predicted_sigma, target_sigma = predicted_uncertainties(weights, fims, jacobian, nominal)
-    timings["matching"] = time.perf_counter() - t
+    weights = matching.compute_batch(state.pool, fim_property=target["fim"], score_quantity="IMPORTANCE")
+    state.pool = matching.parse_for_storage(weights, state.pool)
+    fims = [np.asarray(a.info["fim_training_set_score"], dtype=float) for a in state.pool]
+    predicted_sigma, target_sigma = predicted_uncertainties(weights, fims, target["jacobian"], target["nominal"])
+    state.results["matching"] = {"weights": weights, "fims": fims, "predicted_sigma": predicted_sigma,
+                                 "target_sigma": target_sigma,
+                                 "selected": [i for i, w in enumerate(weights) if w > 0]}
 
-    # 6. LTAU -----------------------------------------------------------------------------
-    t = time.perf_counter()
+
+@_timed("ltau")
+def ltau_step(state: DemoState):
+    """LTAU from the force errors of an ensemble of perturbed SW parameter sets, checked on held-out configurations."""
+    from scipy.stats import spearmanr
+
+    from atomscore import LTAUForcesUQScore, QUESTSDescriptor
+
+    settings = state.settings
     _step(f"LTAU from an ensemble of {settings.ensemble_size} perturbed SW parameter sets")
-    train = [a for a in pool if a.info["trained_on"] == "forces"]
+    train = [a for a in state.pool if a.info["trained_on"] == "forces"]
     train_errors = ensemble_force_errors(train, settings, "ensemble on training set")
-    heldout = descriptor.attach(build_heldout(settings))
+    heldout = QUESTSDescriptor().attach(build_heldout(settings))
     heldout_errors = ensemble_force_errors(heldout, settings, "ensemble on held-out set")
     ltau = LTAUForcesUQScore(train_descriptors=np.concatenate([a.arrays["descriptors"] for a in train]),
                              error_pdfs=train_errors, from_error_logs=True, nbins=50)
@@ -286,52 +295,92 @@ def run_demo(output="demo_output", quick=False):
         atoms.arrays["ensemble_force_error"] = actual[offset:offset + len(atoms)]
         offset += len(atoms)
     predicted_all = np.concatenate(predicted)
-    rho = float(spearmanr(predicted_all, actual).statistic)
-    timings["ltau"] = time.perf_counter() - t
+    state.results["ltau"] = {"heldout": heldout, "predicted": predicted_all, "actual": actual,
+                             "rho": float(spearmanr(predicted_all, actual).statistic)}
 
-    # 7. outputs --------------------------------------------------------------------------
-    write_extxyz(output / "candidates.xyz", pool)
-    write_extxyz(output / "heldout.xyz", heldout)
-    eig = np.linalg.eigvalsh(target_fim)
-    weighted_fim = sum(float(w) * f for w, f in zip(weights, fims))
+
+def summarize(state: DemoState) -> dict:
+    """The demo's summary (summary.json): every number the report shows."""
+    pool, q, target = state.pool, state.results["quests"], state.results["target"]
+    match, lt = state.results["matching"], state.results["ltau"]
+    weighted_fim = sum(float(w) * f for w, f in zip(match["weights"], match["fims"]))
     checks = []
-    for q, value, pred, want in zip(quantities, nominal, predicted_sigma, target_sigma):
-        shown, unit = _display(q, float(value))
+    for name, value, pred, want in zip(target["quantities"], target["nominal"], match["predicted_sigma"],
+                                       match["target_sigma"]):
+        shown, unit = _display(name, float(value))
         scale = shown / value if value else 1.0
-        checks.append({"quantity": q, "value": shown, "unit": unit, "target_sigma": float(want * abs(scale)),
+        checks.append({"quantity": name, "value": shown, "unit": unit, "target_sigma": float(want * abs(scale)),
                        "predicted_sigma": float(pred * abs(scale)), "meets": bool(pred <= want * (1 + 1e-3))})
     summary = {
         "model": SW_SI,
         "parameters": list(PARAMETERS),
         "candidates": len(pool),
-        "lattice_range": [float(min(settings.lattice_constants)), float(max(settings.lattice_constants))],
-        "quests": {"bandwidth": BANDWIDTH, "efficiency": efficiency, "diversity": diversity,
-                   "starting_set": [pool[i].info["name"] for i in start],
-                   "mean_delta_entropy": {a.info["name"]: d for a, d in zip(pool, dh_mean)}},
-        "target": {"quantities": quantities, "values": nominal.tolist(), "relative_error": RELATIVE_ERROR,
-                   "fim_eigenvalues": eig.tolist(), "check": checks,
+        "lattice_range": [float(min(state.settings.lattice_constants)), float(max(state.settings.lattice_constants))],
+        "quests": {"bandwidth": BANDWIDTH, "efficiency": q["efficiency"], "diversity": q["diversity"],
+                   "starting_set": [pool[i].info["name"] for i in q["start"]],
+                   "mean_delta_entropy": {a.info["name"]: d for a, d in zip(pool, q["dh_mean"])}},
+        "target": {"quantities": target["quantities"], "values": target["nominal"].tolist(),
+                   "relative_error": RELATIVE_ERROR, "fim_eigenvalues": np.linalg.eigvalsh(target["fim"]).tolist(),
+                   "check": checks,
                    "unidentifiable": [{"relative_eigenvalue": r, "direction": d}
-                                      for r, d in weak_directions(target_fim, PARAMETERS)],
+                                      for r, d in weak_directions(target["fim"], PARAMETERS)],
                    "unidentifiable_after_training": [{"relative_eigenvalue": r, "direction": d}
                                                      for r, d in weak_directions(weighted_fim, PARAMETERS)]},
         "matching": {"selected": [{"name": pool[i].info["name"], "lattice_constant": pool[i].info["lattice_constant"],
-                                   "trained_on": pool[i].info["trained_on"], "weight": float(weights[i])}
-                                  for i in selected],
+                                   "trained_on": pool[i].info["trained_on"], "weight": float(match["weights"][i])}
+                                  for i in match["selected"]],
                      "meets_target": all(c["meets"] for c in checks)},
-        "ltau": {"ensemble_size": settings.ensemble_size, "heldout_configurations": len(heldout),
-                 "heldout_atoms": int(actual.size), "spearman_rank_correlation": rho,
-                 "mean_predicted_error": float(predicted_all.mean()), "mean_actual_error": float(actual.mean())},
-        "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
+        "ltau": {"ensemble_size": state.settings.ensemble_size, "heldout_configurations": len(lt["heldout"]),
+                 "heldout_atoms": int(lt["actual"].size), "spearman_rank_correlation": lt["rho"],
+                 "mean_predicted_error": float(lt["predicted"].mean()), "mean_actual_error": float(lt["actual"].mean())},
+        "timings_seconds": {k: round(v, 2) for k, v in state.timings.items()},
         "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     summary["result"] = result_sentence(summary)
-    figures = write_figures(output / "figures", pool, weights, dh_mean, predicted_all, actual, rho)
+    return summary
+
+
+def write_outputs(state: DemoState, summary: dict):
+    """extxyz files with every score, summary.json, the figures and report.html."""
+    from atomscore.io import write_extxyz
+
+    lt = state.results["ltau"]
+    write_extxyz(state.output / "candidates.xyz", state.pool)
+    write_extxyz(state.output / "heldout.xyz", lt["heldout"])
+    figures = write_figures(state.output / "figures", state.pool, state.results["matching"]["weights"],
+                            state.results["quests"]["dh_mean"], lt["predicted"], lt["actual"], lt["rho"])
+    (state.output / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(state.output / "report.html", summary, figures)
+
+
+#: the steps of the demo, in order; each takes the state and adds to it
+STEPS = (quests_step, fim_step, target_step, matching_step, ltau_step)
+
+
+def run_demo(output="demo_output", quick=False):
+    """Run the demo into ``output``; return the summary dict.
+
+    Parameters
+    ----------
+    output : str or Path
+        Output folder (created; files in it are replaced).
+    quick : bool
+        A smaller pool and ensemble, for tests (under a minute on 2 cores).
+    """
+    from atomscore import LocalWorkflow
+
+    t_start = time.perf_counter()
+    output = Path(output)
+    (output / "figures").mkdir(parents=True, exist_ok=True)
+    state = DemoState(output=output, settings=DemoSettings.make(quick), workflow=LocalWorkflow(output / "jobs"))
+    for step in STEPS:
+        step(state)
+    summary = summarize(state)
     summary["timings_seconds"]["total"] = round(time.perf_counter() - t_start, 2)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_report(output / "report.html", summary, figures)
-    _step(f"{len(selected)} of {len(pool)} candidates selected; LTAU rank correlation {rho:.2f}; "
-          f"{summary['timings_seconds']['total']:.0f} s")
+    write_outputs(state, summary)
+    _step(f"{len(state.results['matching']['selected'])} of {len(state.pool)} candidates selected; LTAU rank "
+          f"correlation {state.results['ltau']['rho']:.2f}; {summary['timings_seconds']['total']:.0f} s")
     return summary
 
 
