@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-SCALES = [10.0 ** k for k in range(-8, 9, 2)]
+SCALES = [10.0 ** k for k in range(-8, 9)]
 
 
 def problem(seed, kind, m=10, p=5, rank=3):

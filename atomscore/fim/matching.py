@@ -10,12 +10,10 @@ the smallest non-negative weights :math:`w_i` such that
 .. math:: \\sum_i w_i \\mathcal{I}_i \\succeq \\mathcal{I}_{\\rm target},
 
 i.e. training on the weighted candidates constrains the parameters at least as well as
-the target precision needs. The convex problem (a semidefinite program) is formulated and
-solved by ``information_matching.ConvexOpt`` through cvxpy, with CLARABEL by default or the
-SDPA solver (``sdpa-python``) on request; when SDPA ends infeasible or inaccurate the problem
-is solved again with CLARABEL and the solution info says so (``'fallback'``). This module
-validates the inputs, preconditions the FIMs, checks the solver's status and returns one
-weight per configuration.
+the target precision needs. This module reads and checks the inputs (Atoms or the
+Orchestrator's arrays); :mod:`atomscore.fim.matching_problem` scales, solves (CLARABEL by
+default, SDPA on request, SDPA failing -> CLARABEL with a warning) and checks the problem, and
+picks the non-zero weights with tolerances that mean the same at every scale of the target.
 """
 
 from __future__ import annotations
