@@ -4,7 +4,8 @@ The scale of a target FIM is arbitrary (the property's units, the chosen covaria
 problem and the same problem with its target times ``s`` must both be solved, with the same
 configurations selected and the weights times ``s``. For each scale ``s`` in 1e-8 ... 1e8
 and each random problem (10 candidates ``J^T J`` of rank 3 over 5 parameters, as in the
-issue; targets ``s * I`` and ``s * 20 T^T T`` with ``T`` 5x5 random), ``compute_batch`` with
+issue; targets ``s * I`` and ``s * 20 T^T T / 5`` with ``T`` 5x5 random; and "spread": 50
+candidates of rank 2 whose magnitudes spread over 10^+-1, random target), ``compute_batch`` with
 every default is called once. A problem counts as solved when weights come back and they
 match the target: the lowest eigenvalue of ``sum_i w_i I_i - I_target`` is above
 ``-1e-3 |I_target|`` in parameter units where the target has a unit diagonal (numpy,
@@ -25,9 +26,12 @@ import numpy as np
 SCALES = [10.0 ** k for k in range(-8, 9)]
 
 
-def problem(seed, kind, m=10, p=5, rank=3):
+def problem(seed, kind, p=5):
     rng = np.random.default_rng(seed)
+    m, rank = (50, 2) if kind == "spread" else (10, 3)
     jac = rng.normal(size=(m, rank, p))
+    if kind == "spread":
+        jac *= 10 ** rng.uniform(-1, 1, size=(m, 1, 1))
     fims = np.einsum("mri,mrj->mij", jac, jac)
     if kind == "identity":
         target = np.eye(p)
@@ -65,7 +69,7 @@ def main(argv=None):
 
     print(f"atomscore from {atomscore.__file__}; {args.seeds} seeds per scale and target kind")
     print(f"{'target':<9}{'scale':>8}{'solved':>8}{'same selection':>16}{'weights/s rel.err':>19}")
-    for kind in ("identity", "random"):
+    for kind in ("identity", "random", "spread"):
         reference = {}
         for scale in [1.0] + [s for s in SCALES if s != 1.0]:
             solved = same = 0
