@@ -41,17 +41,6 @@ def problem(seed, kind, p=5):
     return fims, target
 
 
-def configs(fims):
-    from ase import Atoms
-
-    out = []
-    for fim in fims:
-        a = Atoms("Si", positions=[[0, 0, 0]])
-        a.info["fim_training_set_score"] = fim
-        out.append(a)
-    return out
-
-
 def matches(weights, fims, target, tol=1e-3):
     d = 1 / np.sqrt(np.diag(target))
     units = np.outer(d, d)
@@ -66,6 +55,7 @@ def main(argv=None):
     import atomscore
     from atomscore import SolverError
     from atomscore.fim.matching import FIMMatchingScore
+    from fim_matching import configs  # benchmarks/fim_matching.py: candidates as Atoms
 
     print(f"atomscore from {atomscore.__file__}; {args.seeds} seeds per scale and target kind")
     print(f"{'target':<9}{'scale':>8}{'solved':>8}{'same selection':>16}{'weights/s rel.err':>19}")

@@ -15,11 +15,10 @@ import logging
 
 import numpy as np
 import pytest
-from ase import Atoms
 
 from atomscore import InputError, SolverError
 from atomscore.fim.matching import FIMMatchingScore, installed_solvers
-from test_matching_fallback import false_infeasible_problem
+from test_matching_fallback import configs_with_fims, false_infeasible_problem
 
 information_matching = pytest.importorskip("information_matching")
 from information_matching.precondition import preconditioner  # noqa: E402
@@ -32,15 +31,6 @@ def problem(seed=0, m=12, p=4, rank=2):
     jac = rng.normal(size=(m, rank, p))
     t = rng.normal(size=(p, p))
     return np.einsum("mri,mrj->mij", jac, jac), 5.0 * t.T @ t / p
-
-
-def configs_with_fims(fims):
-    out = []
-    for fim in fims:
-        atoms = Atoms("Si", positions=[[0, 0, 0]])
-        atoms.info["fim_training_set_score"] = np.array(fim)
-        out.append(atoms)
-    return out
 
 
 def reference_convexopt(target, fims, scale_type="max_frobenius", pad=0.0):

@@ -14,21 +14,12 @@ import warnings
 import numpy as np
 import pytest
 import scipy.optimize
-from ase import Atoms
 
 from atomscore import InputError
 from atomscore.fim.matching import FIMMatchingScore
+from test_matching_fallback import configs_with_fims
 
 SCALES = [10.0 ** k for k in range(-8, 9, 2)]
-
-
-def configs_with_fims(fims):
-    out = []
-    for fim in fims:
-        atoms = Atoms("Si", positions=[[0, 0, 0]])
-        atoms.info["fim_training_set_score"] = np.array(fim, dtype=float)
-        out.append(atoms)
-    return out
 
 
 def random_problem(seed, m, rank, p=5):
