@@ -194,3 +194,25 @@ def test_sdpa_fallback_warns_and_logs(caplog):
     assert score.convexopt.result["fallback"]["to_solver"] == "CLARABEL"
     clarabel = score.fim_match(target, fims)
     np.testing.assert_allclose(again, clarabel, rtol=1e-6, atol=1e-9 * max(clarabel))
+
+
+def test_run_job_takes_fim_preconditioning_kwargs(tmp_path):
+    """A job with fim_preconditioning_kwargs gives the in-memory weights and records the mode; a bad one
+    fails before any folder is written."""
+    from atomscore import LocalWorkflow
+
+    fims, target = problem(seed=2)
+    configs = configs_with_fims(fims)
+    np.save(tmp_path / "target.npy", target)
+    args = {"fim_property": str(tmp_path / "target.npy"), "fim_preconditioning_kwargs": {"scale_type": "max_frobenius"}}
+    expected = FIMMatchingScore().compute_batch(configs, **args)
+    workflow = LocalWorkflow(tmp_path / "jobs", nprocs=1)
+    score = FIMMatchingScore()
+    ids = score.run("matching", configs, dict(args, score_quantity="IMPORTANCE"), workflow=workflow)
+    workflow.block_until_completed(ids)
+    results = score.data_from_calc_ids(ids, workflow=workflow)
+    np.testing.assert_allclose([a.info["fim_matching_weight_score"] for a in results], expected, rtol=1e-9)
+    assert results[0].info["_metadata"]["fim_matching_weight"]["precondition"] == "max_frobenius"
+    with pytest.raises(InputError, match="scale_type"):
+        score.run("bad", configs, dict(args, fim_preconditioning_kwargs={"scale_type": "x"}), workflow=workflow)
+    assert not (tmp_path / "jobs" / "FIMMatchingScore" / "bad").exists()

@@ -84,8 +84,8 @@ def test_target_scale_changes_nothing_but_the_weights_scale(seed, m, rank):
 
 @pytest.mark.parametrize("m,rank", [(1000, 3), (10000, 1)])
 def test_target_scale_with_many_candidates(m, rank):
-    """The same at M = 1,000 and 10,000 candidates (fim_match on arrays, scales 1e-8, 1, 1e8); the
-    candidates scaled instead of the target scale the weights inversely."""
+    """The same at M = 1,000 and 10,000 candidates (fim_match on arrays, scales 1e-8, 1, 1e8); at 1,000,
+    the candidates scaled instead of the target scale the weights inversely."""
     fims, target = random_problem(7, m, rank)
     score = FIMMatchingScore()
     reference = score.fim_match(target, fims)
@@ -95,7 +95,8 @@ def test_target_scale_with_many_candidates(m, rank):
         weights = score.fim_match(scale * target, fims)
         assert_matches(weights, fims, scale * target)
         assert_scaled(weights, reference, scale)
-    assert_scaled(score.fim_match(target, 1e6 * fims), reference, 1e-6)
+    if m <= 1000:  # (kept off the 10,000 case for CI time)
+        assert_scaled(score.fim_match(target, 1e6 * fims), reference, 1e-6)
 
 
 # --------------------------------------------------------------------------- the tolerances
