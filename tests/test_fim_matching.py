@@ -161,7 +161,8 @@ def test_unpreconditioned_sdpa_falls_back_to_clarabel():
     scaled = score.compute_batch(configs, target_path, solver_kwargs={"solver": "CLARABEL"})
     np.testing.assert_allclose(plain, scaled, rtol=1e-3, atol=0)
     if "SDPA" in SOLVERS:
-        got = score.compute_batch(configs, target_path, precondition=False, solver_kwargs={"solver": "SDPA"})
+        with pytest.warns(UserWarning, match="solved again with CLARABEL"):
+            got = score.compute_batch(configs, target_path, precondition=False, solver_kwargs={"solver": "SDPA"})
         meta = score.metadata_of(got)
         assert meta["fallback"]["from_solver"] == "SDPA" and meta["fallback"]["from_status"] == "infeasible"
         assert meta["solver"] == "CLARABEL"

@@ -10,12 +10,10 @@ the smallest non-negative weights :math:`w_i` such that
 .. math:: \\sum_i w_i \\mathcal{I}_i \\succeq \\mathcal{I}_{\\rm target},
 
 i.e. training on the weighted candidates constrains the parameters at least as well as
-the target precision needs. The convex problem (a semidefinite program) is formulated and
-solved by ``information_matching.ConvexOpt`` through cvxpy, with CLARABEL by default or the
-SDPA solver (``sdpa-python``) on request; when SDPA ends infeasible or inaccurate the problem
-is solved again with CLARABEL and the solution info says so (``'fallback'``). This module
-validates the inputs, preconditions the FIMs, checks the solver's status and returns one
-weight per configuration.
+the target precision needs. This module reads and checks the inputs (Atoms or the
+Orchestrator's arrays); :mod:`atomscore.fim.matching_problem` scales, solves (CLARABEL by
+default, SDPA on request, SDPA failing -> CLARABEL with a warning) and checks the problem, and
+picks the non-zero weights with tolerances that mean the same at every scale of the target.
 """
 
 from __future__ import annotations
@@ -29,64 +27,24 @@ from pathlib import Path
 
 import numpy as np
 
-from atomscore.errors import InputError, SolverError, import_extra
+from atomscore.errors import InputError, import_extra
+from atomscore.fim.matching_problem import (DEFAULT_WEIGHT_TOLERANCE, PRECONDITION_MODES,  # noqa: F401
+                                            MatchingProblem, check_weight_tolerance, default_solver,
+                                            installed_solvers, other_solver)
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ConfigurationScore, records_metadata
-from atomscore.validation import check_choice, check_finite_configs, load_array
+from atomscore.validation import check_choice, check_finite_configs, check_keys, load_array
 
 #: where FIMTrainingSetScore (ours and the reference's) stores each configuration's FIM
 CANDIDATE_FIM_KEY = "fim_training_set_score"
 #: where FIMPropertyScore stores the target FIM in score_results.json
 TARGET_FIM_KEY = "fim_property_score"
-#: preconditioning modes. "diagonal" (the default) first changes parameter units,
-#: I -> D I D with D = diag(I_target)^(-1/2), which leaves the matching constraint and so the
-#: weights exactly unchanged but gives every parameter the same scale (SDPA otherwise
-#: returns wrong "optimal" answers when parameters differ by orders of magnitude), then
-#: applies "max_frobenius". "max_frobenius" (the reference's scheme) divides the target by
-#: its Frobenius norm and every candidate by the largest candidate norm (optimum unchanged).
-#: "frobenius" divides each candidate by its own norm (this changes the objective: weights
-#: are counted in units of each configuration's information). "none" leaves the FIMs as
-#: they are.
-PRECONDITION_MODES = ("diagonal", "max_frobenius", "frobenius", "none")
-#: SDPA's stopping tolerances when the caller sets none: its defaults (1e-7) end about one
-#: problem in four with 'pdFEAS' (reported as optimal_inaccurate) although the answer
-#: agrees with CLARABEL to 1e-6; 1e-6 is well below the zero_tol of the weights.
-SDPA_DEFAULT_OPTIONS = {"epsilonStar": 1e-6, "epsilonDash": 1e-6}
-#: a solution whose raw weights under-match the target by more than this (lowest
-#: eigenvalue of sum_i w_i I_i - I_target relative to |I_target|_F, in parameter units where
-#: the target has a unit diagonal), is refused even when the solver calls it optimal
-VERIFY_TOL = 1e-4
-#: the same check on the weights returned, after those below zero_tol are set to 0
-MATCH_TOL = 1e-3
-#: the solvers offered by default, in order of preference. CLARABEL first: at M = 10,000
-#: candidates it takes about a second where SDPA takes minutes and a GB (SDPA scales as
-#: M^2.4), and SDPA calls some feasible problems infeasible (benchmarks/fim_matching.py)
-PREFERRED_SOLVERS = ("CLARABEL", "SDPA")
-#: weight_tolerance keys and their defaults (those of information_matching)
-DEFAULT_WEIGHT_TOLERANCE = {"zero_tol": 1e-4, "zero_tol_dual": 1e-4}
 #: relative tolerances of the input checks
 SYMMETRY_RTOL = 1e-6
 PSD_RTOL = 1e-8
 
 
 # --------------------------------------------------------------------------- inputs
-def installed_solvers() -> list:
-    """Names of the cvxpy solvers installed here (e.g. ``['CLARABEL', 'SCS', 'SDPA']``)."""
-    cp = import_extra("cvxpy", "FIMMatchingScore", "fim")
-
-    return list(cp.installed_solvers())
-
-
-def default_solver() -> str:
-    """CLARABEL when installed (it is a dependency of cvxpy), else SDPA."""
-    have = installed_solvers()
-    for name in PREFERRED_SOLVERS:
-        if name in have:
-            return name
-    raise SolverError(f"FIMMatchingScore: neither SDPA nor CLARABEL is installed (installed cvxpy "
-                      f"solvers: {', '.join(have) or 'none'}); pip install sdpa-python clarabel")
-
-
 def _check_fim(matrix, label, shape=None):
     """A square, symmetric, positive semidefinite float matrix (a new array), or InputError."""
     fim = np.array(matrix, dtype=float)  # a copy: we symmetrise it below
@@ -337,25 +295,6 @@ def _check_weight_upper_bound(value, nconfigs):
     return arr
 
 
-def _check_tolerance(weight_tolerance):
-    tol = dict(DEFAULT_WEIGHT_TOLERANCE)
-    if weight_tolerance is None:
-        return tol
-    if not isinstance(weight_tolerance, dict):
-        raise InputError(f"weight_tolerance: expected a dict with keys {sorted(tol)}, "
-                         f"got {type(weight_tolerance).__name__}")
-    for key, value in weight_tolerance.items():
-        check_choice(key, "weight_tolerance key", tuple(DEFAULT_WEIGHT_TOLERANCE))
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"weight_tolerance[{key!r}]: expected a non-negative number, got {value!r}") from None
-        if not math.isfinite(number) or number < 0:
-            raise InputError(f"weight_tolerance[{key!r}]: expected a non-negative number, got {value!r}")
-        tol[key] = number
-    return tol
-
-
 def _check_solver_kwargs(solver_kwargs):
     """A new dict of cvxpy ``solve`` arguments with ``solver`` resolved to an installed name."""
     if solver_kwargs is None:
@@ -434,234 +373,97 @@ def _check_precondition(precondition):
     raise InputError(f"precondition: expected True, False or one of {PRECONDITION_MODES}, got {precondition!r}")
 
 
-def other_solver(solver):
-    """The solver to suggest when ``solver`` failed (SDPA <-> CLARABEL)."""
-    for name in PREFERRED_SOLVERS:
-        if name != solver:
-            return name
-    return "CLARABEL"
+#: keys of the Orchestrator's ``fim_preconditioning_kwargs`` (information_matching's preconditioner)
+PRECONDITIONING_KWARGS = ("scale_type", "pad")
 
 
-# --------------------------------------------------------------------------- solving
-def match_information(candidates, target, *, weight_upper_bound=None, solver_kwargs=None,
-                      zero_tol=1e-4, zero_tol_dual=1e-4, precondition="diagonal",
-                      convexopt_kwargs=None):
-    """Solve the information-matching problem; one weight per candidate.
+def resolve_precondition(precondition=True, fim_preconditioning_kwargs=None):
+    """``(mode, pad)`` from our ``precondition`` and the Orchestrator's ``fim_preconditioning_kwargs``.
 
-    Parameters
-    ----------
-    candidates : list of numpy.ndarray
-        The ``(P, P)`` FIMs of the candidates (checked symmetric arrays, not modified).
-    target : numpy.ndarray
-        The ``(P, P)`` target FIM.
-    weight_upper_bound : float, numpy.ndarray or None
-        Largest allowed weight (one value, or one per candidate), in the units of the
-        unpreconditioned problem.
-    solver_kwargs : dict
-        Arguments of ``cvxpy.Problem.solve``; ``solver`` defaults to :func:`default_solver`.
-        For SDPA without tolerances given, :data:`SDPA_DEFAULT_OPTIONS` are added.
-    zero_tol, zero_tol_dual : float
-        A weight counts as non-zero when it exceeds ``zero_tol`` and the dual value of its
-        non-negativity constraint is below ``zero_tol_dual``; the others are returned as 0.
-    precondition : {'diagonal', 'max_frobenius', 'frobenius', 'none'}
-        Scaling applied to the FIMs before solving (see :data:`PRECONDITION_MODES`).
-        Weights are returned in the units of the unscaled problem.
-    convexopt_kwargs : dict, optional
-        Further arguments of ``information_matching.ConvexOpt`` (``obj_fn``, ...).
-
-    Returns
-    -------
-    weights : numpy.ndarray
-        ``(n_candidates,)``, zero for the configurations not selected.
-    info : dict
-        ``status``, ``solver`` (the one whose weights are returned), ``objective`` (sum of
-        the weights), ``match_margin`` (lowest eigenvalue of
-        :math:`\\sum_i w_i \\mathcal{I}_i - \\mathcal{I}_{\\rm target}` over the target's
-        Frobenius norm, in parameter units where the target has a unit diagonal: >= 0 up
-        to solver accuracy when matched), ``n_selected``; and ``fallback``
-        (``{'from_solver', 'from_status', 'reason', 'to_solver'}``) when SDPA failed and
-        CLARABEL's weights are returned instead.
-
-    Raises
-    ------
-    SolverError
-        When the solver ends with any status but ``optimal`` (infeasible, unbounded,
-        inaccurate, solver error), or calls optimal weights that do not match the target
-        -- for SDPA, when CLARABEL then fails too: the message names both statuses.
+    ``fim_preconditioning_kwargs``: ``None`` leaves ``precondition`` in charge (its default,
+    ``'diagonal'``, ends with the Orchestrator's ``max_frobenius`` scaling); ``{}`` is no
+    preconditioning; ``{'scale_type': 'max_frobenius' | 'frobenius', 'pad': 0.0}`` is exactly
+    that scaling. Given together with a ``precondition`` other than ``True`` that means
+    something else, both are refused.
     """
-    solver_kwargs = dict(solver_kwargs or {})
-    solver = solver_kwargs.get("solver") or default_solver()
-    solver_kwargs["solver"] = solver
-    if solver == "SDPA" and not any(k in solver_kwargs for k in SDPA_DEFAULT_OPTIONS):
-        solver_kwargs.update(SDPA_DEFAULT_OPTIONS)
-    n = len(candidates)
-    weights = np.zeros(n)
-    # A zero FIM carries no information: its optimal weight is 0, and leaving it out keeps
-    # the per-configuration Frobenius scaling finite.
-    active = [i for i, fim in enumerate(candidates) if np.any(fim)]
-    if not active:
-        raise InputError("list_of_atoms: every candidate FIM is zero; no weights can match the target")
-    ub = weight_upper_bound
-    if isinstance(ub, np.ndarray):
-        ub = ub[active]
-
-    fims = [np.array(candidates[i], dtype=float) for i in active]
-    target = np.array(target, dtype=float)
-    # Matches are judged with parameters in units where the target has a unit diagonal,
-    # so that a margin is dimensionless whatever the parameters' own units.
-    units = _parameter_units(target, fims)
-    unit_fims = [fim * units for fim in fims]
-    unit_target = target * units
-    if precondition == "diagonal":
-        target, fims = unit_target, unit_fims
-    # information_matching's own preconditioner writes into the dicts it is given and
-    # divides by zero for zero FIMs; the scalings are one line each, so they live here.
-    if precondition == "none":
-        target_scale = 1.0
-        scales = np.ones(len(active))
+    mode = _check_precondition(precondition)
+    if fim_preconditioning_kwargs is None:
+        return mode, 0.0
+    label = "fim_preconditioning_kwargs"
+    if not isinstance(fim_preconditioning_kwargs, dict):
+        raise InputError(f"{label}: expected None, {{}} or a dict with keys {list(PRECONDITIONING_KWARGS)}, "
+                         f"got {type(fim_preconditioning_kwargs).__name__}")
+    check_keys(fim_preconditioning_kwargs, PRECONDITIONING_KWARGS, label)
+    if not fim_preconditioning_kwargs:
+        wanted, pad = "none", 0.0
     else:
-        target_scale = 1.0 / float(np.linalg.norm(target))
-        norms = np.array([np.linalg.norm(fim) for fim in fims])
-        scales = 1.0 / (norms if precondition == "frobenius" else np.full(len(active), norms.max()))
-    problem = dict(fims=fims, target=target, target_scale=target_scale, scales=scales, ub=ub,
-                   unit_fims=unit_fims, unit_target=unit_target, zero_tol=zero_tol,
-                   zero_tol_dual=zero_tol_dual, convexopt_kwargs=convexopt_kwargs)
-    try:
-        selected, info = _solve_once(solver, solver_kwargs, **problem)
-    except _SolveFailed as first:
-        fallback = FALLBACK_SOLVERS.get(solver)
-        if fallback is None or fallback not in installed_solvers():
-            raise SolverError(_solver_message(solver, first.status, first.detail, first.bounded)) from None
-        # SDPA's false 'infeasible' / inaccurate answers: the other solver gets the same problem
-        # (with none of SDPA's own options), and the solution says it was needed
-        retry_kwargs = {"solver": fallback, **{k: v for k, v in solver_kwargs.items() if k in PORTABLE_SOLVE_KWARGS}}
+        if "scale_type" not in fim_preconditioning_kwargs:
+            raise InputError(f"{label}: expected a 'scale_type' ('max_frobenius' or 'frobenius'), "
+                             f"got keys {sorted(fim_preconditioning_kwargs)}")
+        scale_type = fim_preconditioning_kwargs["scale_type"]
+        if not isinstance(scale_type, str):
+            raise InputError(f"{label}['scale_type']: expected 'max_frobenius' or 'frobenius', got {scale_type!r}")
+        wanted = check_choice(scale_type.strip().lower(), f"{label}['scale_type']", ("max_frobenius", "frobenius"))
+        pad = fim_preconditioning_kwargs.get("pad", 0.0)
+        if isinstance(pad, bool) or not isinstance(pad, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(pad) or pad < 0:
+            raise InputError(f"{label}['pad']: expected a non-negative number, got {pad!r}")
+    if precondition is not True and mode != wanted:
+        raise InputError(f"precondition={precondition!r} and fim_preconditioning_kwargs="
+                         f"{fim_preconditioning_kwargs!r} ask for different preconditioning "
+                         f"({mode!r} and {wanted!r}); give one of them")
+    return wanted, float(pad)
+
+
+def _fim_dict_entry(value, label, shape=None):
+    """An information_matching-style ``{'fim': ..., 'fim_scale': ...}`` entry's FIM, or the array."""
+    if isinstance(value, dict):
+        check_keys(value, ("fim", "fim_scale"), label)
+        if "fim" not in value:
+            raise InputError(f"{label}: expected a dict with key 'fim' (information_matching's form), "
+                             f"got keys {sorted(map(str, value))}")
+        # 'fim_scale' is a preconditioning factor: the weights in the FIMs' own units do not
+        # depend on it, and our preconditioning (fim_preconditioning_kwargs) sets the scales.
+        value = value["fim"]
+    return _check_fim(value, label, shape)
+
+
+def orchestrator_target(fim_property, name="fim_property"):
+    """The target FIM as ``FIMMatchingScore.fim_match`` takes it: an array, information_matching's
+    ``{'fim': ..., 'fim_scale': ...}``, or anything :func:`target_fim` reads (paths, results)."""
+    if isinstance(fim_property, dict) and "fim" in fim_property:
+        return _fim_dict_entry(fim_property, name)
+    return target_fim(fim_property, name)
+
+
+def orchestrator_candidates(fim_candidates, shape, name="fim_candidates"):
+    """``(ids, fims)`` from an ``(M, P, P)`` array, a list of ``(P, P)`` arrays, or a dict
+    ``{id: array or {'fim': array, 'fim_scale': s}}``; each checked against ``shape``."""
+    if isinstance(fim_candidates, dict):
+        items = list(fim_candidates.items())
+    elif isinstance(fim_candidates, (str, os.PathLike)):
+        items = list(enumerate(load_array(fim_candidates, name, ndim=3)))
+    elif isinstance(fim_candidates, (list, tuple)) or hasattr(fim_candidates, "__array__"):
+        items = list(enumerate(fim_candidates if isinstance(fim_candidates, (list, tuple))
+                               else load_array(fim_candidates, name, ndim=3)))
+    else:
+        raise InputError(f"{name}: expected an (M, P, P) array, a list of (P, P) arrays or a dict "
+                         f"{{id: FIM}}, got {type(fim_candidates).__name__}")
+    if not items:
+        raise InputError(f"{name}: expected at least one candidate FIM, got none")
+    p = shape[0]
+    fims = []
+    for key, value in items:
+        label = f"{name}[{key!r}]"
         try:
-            selected, info = _solve_once(fallback, retry_kwargs, **problem)
-        except _SolveFailed as second:
-            raise SolverError(_solver_message(solver, first.status, first.detail, first.bounded,
-                                              tried=(fallback, second.status, second.detail))) from None
-        info["fallback"] = {"from_solver": solver, "from_status": first.status, "reason": first.reason,
-                            "to_solver": fallback}
-    for k, w in selected.items():
-        weights[active[int(k)]] = float(w)
-    info["objective"] = float(weights.sum())
-    info["n_selected"] = int(np.count_nonzero(weights))
-    return weights, info
-
-
-#: solver -> the one to re-solve with when it ends with any status but 'optimal' (infeasible,
-#: inaccurate, solver error) or its weights fail the match check: SDPA's answers on badly
-#: conditioned problems are not to be trusted. CLARABEL has none: re-solving a truly
-#: infeasible problem with SDPA would cost minutes at M = 10,000 and say nothing new.
-FALLBACK_SOLVERS = {"SDPA": "CLARABEL"}
-#: cvxpy ``solve`` arguments that mean the same to every solver (kept for the fallback)
-PORTABLE_SOLVE_KWARGS = ("verbose",)
-
-
-class _SolveFailed(Exception):
-    """One solver's failure: its status (``'optimal'`` when only our match check failed), a
-    detail, whether the weights were bounded, and the reason recorded with a fallback."""
-
-    def __init__(self, status, detail, bounded, reason):
-        super().__init__(reason)
-        self.status, self.detail, self.bounded, self.reason = status, detail, bounded, reason
-
-
-def _solve_once(solver, solver_kwargs, *, fims, target, target_scale, scales, ub, unit_fims, unit_target,
-                zero_tol, zero_tol_dual, convexopt_kwargs):
-    """One solve with one solver: ``({index: weight}, info)`` or :class:`_SolveFailed`."""
-    cp = import_extra("cvxpy", "FIMMatchingScore", "fim")
-    ConvexOpt = import_extra("information_matching", "FIMMatchingScore", "fim").ConvexOpt
-
-    bounded = ub is not None
-    fim_qoi = {"fim": target, "fim_scale": target_scale}
-    fim_configs = {k: {"fim": fim, "fim_scale": float(scales[k])} for k, fim in enumerate(fims)}
-    extra = dict(convexopt_kwargs or {})
-    extra.pop("weight_upper_bound", None)
-    opt = ConvexOpt(fim_qoi, fim_configs, weight_upper_bound=ub, **extra)
-    try:
-        with warnings.catch_warnings():
-            # sdpa-python's own eigenvalue check warns on every matrix smaller than 3x3
-            warnings.filterwarnings("ignore", message="k >= N - 1", category=RuntimeWarning)
-            opt.solve(**solver_kwargs)
-    except cp.error.SolverError as exc:
-        raise _SolveFailed("solver_error", str(exc), bounded, "the solver raised an error") from None
-    except (AttributeError, TypeError) as exc:
-        # ConvexOpt.solve reads the weights before it looks at the status; when the
-        # solver found no solution they are None. The status says why. No status at all:
-        # the solver never ran (it refused an option): its own message says why.
-        if opt.problem.status == cp.OPTIMAL:
+            fims.append(_fim_dict_entry(value, label, shape))
+        except InputError as exc:
+            if f"expected a {p}x{p} FIM" in str(exc):
+                raise InputError(f"{exc} (fim_property is {p}x{p})") from None
             raise
-        if opt.problem.status is None:
-            raise InputError(f"solver_kwargs: the {solver} solver refused {solver_kwargs!r}: "
-                             f"{type(exc).__name__}: {exc}") from None
-    status = opt.problem.status
-    if status != cp.OPTIMAL:
-        raise _SolveFailed(status, None, bounded, f"status {status!r}")
-    # The solver's own word is not enough (SDPA has called badly scaled problems optimal
-    # with all weights 0): check that its raw weights satisfy the constraint.
-    raw = np.clip(np.asarray(opt.result["wm"], dtype=float), 0.0, None) * scales / target_scale
-    raw_margin = _margin(raw, unit_fims, unit_target)
-    if raw_margin < -VERIFY_TOL:
-        detail = (f"its weights do not match the target: the lowest eigenvalue of "
-                  f"sum w_i I_i - I_target is {raw_margin:.3g} of |I_target|")
-        raise _SolveFailed("optimal", detail, bounded, "optimal but its weights do not match the target")
-    selected = opt.get_config_weights(zero_tol=zero_tol, zero_tol_dual=zero_tol_dual)
-    kept = np.zeros(len(fims))
-    for k, w in selected.items():
-        kept[int(k)] = float(w)
-    margin = _margin(kept, unit_fims, unit_target)
-    if margin < -MATCH_TOL:
-        detail = (f"the weights left after zero_tol={zero_tol:g} and zero_tol_dual={zero_tol_dual:g} "
-                  f"no longer match the target (lowest eigenvalue of sum w_i I_i - I_target is {margin:.3g} of "
-                  f"|I_target|); the solver's dual values are probably inaccurate: keep precondition=True, or "
-                  f"raise zero_tol_dual")
-        raise _SolveFailed("optimal", detail, bounded, "weights after the zero tolerances do not match the target")
-    return selected, {"status": status, "solver": solver, "match_margin": margin}
+    return [key for key, _ in items], fims
 
 
-def _parameter_units(target, fims):
-    """The outer product d d^T of D = diag(I_target)^(-1/2) (candidates' largest diagonal where
-    the target's is 0, 1 where both are), so that D I D has a unit diagonal."""
-    diag = np.diag(target).copy()
-    fallback = np.max([np.diag(fim) for fim in fims], axis=0)
-    diag = np.where(diag > 0, diag, np.where(fallback > 0, fallback, 1.0))
-    d = 1.0 / np.sqrt(diag)
-    return np.outer(d, d)
-
-
-def _margin(weights, fims, target):
-    """Lowest eigenvalue of sum_i w_i I_i - I_target over |I_target|_F (>= 0: matched)."""
-    matched = np.tensordot(np.asarray(weights, dtype=float), np.asarray(fims), axes=1) - target
-    return float(np.linalg.eigvalsh(matched)[0] / np.linalg.norm(target))
-
-
-def _solver_message(solver, status, detail, bounded, tried=None):
-    """The SolverError text; ``tried``: ``(solver, status, detail)`` of the fallback solve."""
-    other = other_solver(solver)
-    if status == "optimal":
-        msg = f"FIMMatchingScore: the {solver} solver ended with status 'optimal' but {detail}"
-    else:
-        msg = f"FIMMatchingScore: the {solver} solver ended with status {status!r}, not 'optimal'"
-        if detail:
-            msg += f" ({detail})"
-    if tried is not None:
-        msg += f"; {tried[0]}, tried next, ended with status {tried[1]!r} too" + (f" ({tried[2]})" if tried[2] else "")
-        msg += "; no weights were returned. Check"
-        statuses = (status, tried[1])
-    else:
-        msg += f"; no weights were returned. Try solver_kwargs={{'solver': '{other}'}}, and check"
-        statuses = (status,)
-    if any(s.startswith("infeasible") for s in statuses):
-        msg += (" that the candidates' FIMs can cover the target FIM (no candidate carries "
-                "information in a direction the target needs"
-                + (", or weight_upper_bound is too small" if bounded else "") + ")")
-    else:
-        msg += " that preconditioning is on (precondition=True)"
-    return msg + "."
-
-
-# --------------------------------------------------------------------------- the score
 class FIMMatchingScore(ConfigurationScore):
     """Optimal training weights of candidate configurations by information matching.
 
@@ -674,7 +476,9 @@ class FIMMatchingScore(ConfigurationScore):
 
     The weights depend on all candidates together, so only :meth:`compute_batch` over the
     whole candidate set is meaningful; :meth:`run` always writes one job with every
-    configuration, whatever ``batch_size`` says.
+    configuration, whatever ``batch_size`` says. The Orchestrator's calls on arrays,
+    :meth:`fim_match` and :meth:`setup_problem`, work too; after any of them
+    :attr:`convexopt` holds the problem (:class:`~atomscore.fim.matching_problem.MatchingProblem`).
 
     Examples
     --------
@@ -689,6 +493,11 @@ class FIMMatchingScore(ConfigurationScore):
 
     def __init__(self):
         super().__init__()
+        #: the last problem set up (:meth:`setup_problem`, :meth:`fim_match`, :meth:`compute_batch`)
+        self.convexopt = None
+        #: its target FIM and candidate FIMs, as the Orchestrator's score keeps them
+        self.fim_property = None
+        self.fim_candidates = None
 
     @records_metadata
     def compute(self, atoms, score_quantity=ScoreQuantity.IMPORTANCE, **compute_args):
@@ -698,9 +507,11 @@ class FIMMatchingScore(ConfigurationScore):
 
     @records_metadata
     def compute_batch(self, list_of_atoms, fim_property=None, score_quantity=ScoreQuantity.IMPORTANCE,
-                      convexopt_init_kwargs=None, solver_kwargs=None, weight_tolerance=None,
-                      precondition=True, fim_key=CANDIDATE_FIM_KEY):
+                      convexopt_init_kwargs=None, fim_preconditioning_kwargs=None, solver_kwargs=None,
+                      weight_tolerance=None, precondition=True, fim_key=CANDIDATE_FIM_KEY):
         """Compute the optimal weight of every candidate configuration.
+
+        The first seven arguments are the Orchestrator's, in its order.
 
         Parameters
         ----------
@@ -717,15 +528,22 @@ class FIMMatchingScore(ConfigurationScore):
             Arguments of ``information_matching.ConvexOpt``; chiefly
             ``weight_upper_bound`` (None or 'inf' for none, a number, or one per
             configuration; same units as the weights).
+        fim_preconditioning_kwargs : dict, optional
+            The Orchestrator's form of ``precondition``: ``None`` (default) leaves
+            ``precondition`` in charge; ``{}`` is no preconditioning;
+            ``{'scale_type': 'max_frobenius' or 'frobenius', 'pad': 0.0}`` exactly that scaling.
         solver_kwargs : dict, optional
             Arguments of ``cvxpy.Problem.solve``, e.g. ``{'solver': 'CLARABEL',
             'verbose': True}``. The solver defaults to CLARABEL; with ``'SDPA'``, a status
             infeasible or inaccurate (or weights that fail the match check) is followed by
-            a CLARABEL solve, recorded as ``'fallback'`` in the metadata.
+            a CLARABEL solve, with a warning, recorded as ``'fallback'`` in the metadata.
         weight_tolerance : dict, optional
-            ``{'zero_tol': 1e-4, 'zero_tol_dual': 1e-4}`` (the defaults): a weight is
-            non-zero when it exceeds ``zero_tol`` and the dual value of its
-            non-negativity constraint is below ``zero_tol_dual``; the others are 0.
+            ``{'zero_tol': 1e-4, 'zero_tol_dual': 1e-4, 'zero_tol_absolute': None}`` (the
+            defaults). A weight is non-zero when its share of the target's information
+            exceeds ``zero_tol``, its dual value is below ``zero_tol_dual`` (both
+            dimensionless: the same at every scale of the target) and, if given, it exceeds
+            ``zero_tol_absolute`` (units of the weights). Weights the match needs are kept,
+            with a warning (docs/fim.md, "Zero weights").
         precondition : bool or str
             ``True`` (default, ``'diagonal'``): parameters are rescaled so that the
             target FIM has a unit diagonal, then the target FIM is divided by its
@@ -747,21 +565,94 @@ class FIMMatchingScore(ConfigurationScore):
         InputError
             Missing FIM key (naming the configuration), FIM shape mismatch between
             candidates and target, non-symmetric FIMs, unknown solver (listing those
-            installed), bad tolerances or bounds.
+            installed), bad tolerances, bounds or preconditioning.
         SolverError
-            The solver did not end with status 'optimal' (the status and the other
-            solver are named; after SDPA, CLARABEL failed too).
+            The problem is infeasible, or the solver failed (after SDPA, CLARABEL too):
+            the statuses are named. The Orchestrator raised AttributeError here.
         """
         self.parse_quantity(score_quantity)
-        problem = self._validated(list_of_atoms, fim_property, convexopt_init_kwargs, solver_kwargs,
-                                  weight_tolerance, precondition, fim_key)
-        weights, info = match_information(**problem)
+        problem = self._validated(list_of_atoms, fim_property, convexopt_init_kwargs, fim_preconditioning_kwargs,
+                                  solver_kwargs, weight_tolerance, precondition, fim_key)
+        weights, info = self._solve(**problem)
         self.note_metadata(**info)
         return [float(w) for w in weights]
 
-    def _validated(self, list_of_atoms, fim_property, convexopt_init_kwargs, solver_kwargs,
-                   weight_tolerance, precondition, fim_key):
-        """Check every input; return the keyword arguments of :func:`match_information`."""
+    def fim_match(self, fim_property, fim_candidates, convexopt_init_kwargs=None, fim_preconditioning_kwargs=None,
+                  solver_kwargs=None, weight_tolerance=None):
+        """Information matching on arrays, as the Orchestrator's ``fim_match``: the list of weights.
+
+        Parameters
+        ----------
+        fim_property : array_like, dict, str or os.PathLike
+            The ``(P, P)`` target FIM (summed over the properties), information_matching's
+            ``{'fim': ..., 'fim_scale': ...}``, or what ``compute_batch`` takes.
+        fim_candidates : array_like or dict
+            ``(M, P, P)`` candidate FIMs, a list of them, or ``{id: FIM or {'fim': FIM}}``.
+        convexopt_init_kwargs, fim_preconditioning_kwargs, solver_kwargs, weight_tolerance : dict, optional
+            As in :meth:`compute_batch`; ``fim_preconditioning_kwargs=None`` is our default
+            preconditioning (``precondition=True``), ``{}`` none.
+
+        Returns
+        -------
+        list of float
+            One weight per candidate, in the order given (0.0 when not selected).
+
+        Raises
+        ------
+        InputError
+            Malformed FIMs or arguments, before anything is solved.
+        SolverError
+            Infeasible problem or failed solver (the Orchestrator raised AttributeError).
+        """
+        tol = check_weight_tolerance(weight_tolerance)
+        solver_kwargs = _probe_solver(_check_solver_kwargs(solver_kwargs))
+        problem = self.setup_problem(fim_property, fim_candidates, convexopt_init_kwargs, fim_preconditioning_kwargs)
+        problem.solve(**solver_kwargs)
+        weights, _ = problem.select(**tol)
+        return [float(w) for w in weights]
+
+    def setup_problem(self, fim_property, fim_candidates, convexopt_init_kwargs=None,
+                      fim_preconditioning_kwargs=None):
+        """Check the FIMs and build the convex problem, unsolved, as the Orchestrator's ``setup_problem``.
+
+        Arguments as in :meth:`fim_match`. Then ``score.convexopt.solve(**solver_kwargs)``,
+        ``score.convexopt.result`` (``wm``, ``dual_wm``, ``status``, ``value``, ...) and
+        ``score.convexopt.get_config_weights(**weight_tolerance)``.
+
+        Returns
+        -------
+        MatchingProblem
+            Also kept as :attr:`convexopt`.
+        """
+        target = orchestrator_target(fim_property)
+        if not np.any(target):
+            raise InputError("fim_property: the target FIM is zero; there is nothing to match")
+        ids, fims = orchestrator_candidates(fim_candidates, target.shape)
+        convexopt = _check_convexopt_kwargs(convexopt_init_kwargs, len(fims))
+        mode, pad = resolve_precondition(True, fim_preconditioning_kwargs)
+        return self._setup(target, fims, ids, mode, pad, convexopt)
+
+    def _setup(self, target, fims, ids, precondition, pad, convexopt_kwargs):
+        kwargs = dict(convexopt_kwargs)
+        self.fim_property, self.fim_candidates = target, np.array(fims)
+        self.convexopt = MatchingProblem(target, fims, ids, precondition=precondition, pad=pad,
+                                         weight_upper_bound=kwargs.pop("weight_upper_bound", None),
+                                         convexopt_kwargs=kwargs)
+        return self.convexopt
+
+    def _solve(self, candidates, target, precondition, pad, convexopt_kwargs, solver_kwargs, tolerance):
+        """Set up, solve and select: ``(weights, info)`` for the metadata."""
+        problem = self._setup(target, candidates, None, precondition, pad, convexopt_kwargs)
+        result = problem.solve(**solver_kwargs)
+        weights, info = problem.select(**tolerance)
+        info.update(status=result["status"], solver=result["solver"], objective=float(weights.sum()))
+        if "fallback" in result:
+            info["fallback"] = result["fallback"]
+        return weights, info
+
+    def _validated(self, list_of_atoms, fim_property, convexopt_init_kwargs, fim_preconditioning_kwargs,
+                   solver_kwargs, weight_tolerance, precondition, fim_key):
+        """Check every input; return the keyword arguments of :meth:`_solve`."""
         if not isinstance(fim_key, str):
             raise InputError(f"fim_key: expected an info key (str), got {fim_key!r}")
         target = target_fim(fim_property)
@@ -777,13 +668,11 @@ class FIMMatchingScore(ConfigurationScore):
         check_same_parameters(target_provenance(fim_property) + [
             (f"list_of_atoms: configuration {i}: info[{fim_key!r}]", candidate_provenance(a, fim_key))
             for i, a in enumerate(configs)])
-        convexopt = _check_convexopt_kwargs(convexopt_init_kwargs, len(fims))
-        tol = _check_tolerance(weight_tolerance)
-        return dict(candidates=fims, target=target,
-                    weight_upper_bound=convexopt.pop("weight_upper_bound"),
+        mode, pad = resolve_precondition(precondition, fim_preconditioning_kwargs)
+        return dict(candidates=fims, target=target, precondition=mode, pad=pad,
+                    convexopt_kwargs=_check_convexopt_kwargs(convexopt_init_kwargs, len(fims)),
                     solver_kwargs=_probe_solver(_check_solver_kwargs(solver_kwargs)),
-                    zero_tol=tol["zero_tol"], zero_tol_dual=tol["zero_tol_dual"],
-                    precondition=_check_precondition(precondition), convexopt_kwargs=convexopt)
+                    tolerance=check_weight_tolerance(weight_tolerance))
 
     # ---------------------------------------------------------------- jobs
     def check_compute_args(self, configs, score_quantity, compute_args):
@@ -796,8 +685,9 @@ class FIMMatchingScore(ConfigurationScore):
         for key in args:
             check_choice(key, "FIMMatchingScore.run compute_args key", tuple(sorted(known)))
         self._validated(configs, args.get("fim_property"), args.get("convexopt_init_kwargs"),
-                        args.get("solver_kwargs"), args.get("weight_tolerance"),
-                        args.get("precondition", True), args.get("fim_key", CANDIDATE_FIM_KEY))
+                        args.get("fim_preconditioning_kwargs"), args.get("solver_kwargs"),
+                        args.get("weight_tolerance"), args.get("precondition", True),
+                        args.get("fim_key", CANDIDATE_FIM_KEY))
 
     def prepare_compute_args(self, compute_args):
         """A new dict: a relative ``fim_property`` path made absolute (jobs run elsewhere)."""
@@ -820,18 +710,21 @@ class FIMMatchingScore(ConfigurationScore):
         else:
             target_desc = "array"
         solver_kwargs = compute_args.get("solver_kwargs") or {}
-        tol = dict(DEFAULT_WEIGHT_TOLERANCE)
-        tol.update(compute_args.get("weight_tolerance") or {})
+        tol = check_weight_tolerance(compute_args.get("weight_tolerance"))
+        mode, pad = resolve_precondition(compute_args.get("precondition", True),
+                                         compute_args.get("fim_preconditioning_kwargs"))
         ub = (compute_args.get("convexopt_init_kwargs") or {}).get("weight_upper_bound")
         meta = {
             "score_quantity": ScoreQuantity.parse(score_quantity).name,
             "fim_property": target_desc,
             "fim_key": compute_args.get("fim_key", CANDIDATE_FIM_KEY),
-            "precondition": _check_precondition(compute_args.get("precondition", True)),
+            "precondition": mode,
+            "precondition_pad": pad,
             "weight_upper_bound": None if ub is None else (ub if isinstance(ub, (int, float, str))
                                                            else np.asarray(ub).tolist()),
-            "zero_tol": float(tol["zero_tol"]),
-            "zero_tol_dual": float(tol["zero_tol_dual"]),
+            # zero_tol: share of the target's information; zero_tol_dual: reduced cost (both
+            # dimensionless); zero_tol_absolute: weight units (None: not applied)
+            **tol,
             "solver_kwargs": {k: v for k, v in solver_kwargs.items()
                               if v is None or isinstance(v, (bool, int, float, str))},
         }
