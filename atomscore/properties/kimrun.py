@@ -525,13 +525,14 @@ class KIMRun:
         if entries is None:
             raise InputError("get_test_result_args: none given (to KIMRun or to calculate_property)")
         pot = KIMPotential.from_spec(potential)
+        order = run_order([e["item"] for e in entries], self.items)  # a cycle is refused before any work
         base = Path(tempfile.mkdtemp(prefix="atomscore-kimrun-", dir=self.work_dir))
-        ok = False
+        keep = False  # a failed test's folder is kept for a look (its path is in the error)
         try:
             t0 = time.perf_counter()
             model, collection = self._model_for(pot, base)
             t1 = time.perf_counter()
-            docs, order = self._run_tests(entries, model, collection, base)
+            docs = self._run_tests(order, model, collection, base)
             t2 = time.perf_counter()
             values = [pick(docs, e["item"], e["prop"], e["keys"], e["units"], model, f"get_test_result_args[{i}]")
                       for i, e in enumerate(entries)]
@@ -539,9 +540,11 @@ class KIMRun:
                 if not v:
                     raise PotentialError(f"get_test_result_args[{i}]: {e['item'].ext_id} produced no property "
                                          f"{e['prop']!r} (its results: {base / e['item'].ext_id / 'output'})")
-            ok = True
+        except PotentialError:
+            keep = True
+            raise
         finally:
-            if ok and self.work_dir is None:
+            if not keep and self.work_dir is None:
                 shutil.rmtree(base, ignore_errors=True)
         self.last_timings = {"install": t1 - t0, "run": t2 - t1}
         return {"property_value": values, "model_name": model, "tests": [t.ext_id for t in order],
@@ -558,8 +561,7 @@ class KIMRun:
         model = install_parameterized(pot, base / "kim-models", kim_api=pot.kim_api)
         return model.name, model.collection
 
-    def _run_tests(self, entries, model, collection, base):
-        order = run_order([e["item"] for e in entries], self.items)
+    def _run_tests(self, order, model, collection, base):
         # private copies: the tests and every driver (a runner may write beside itself)
         copies = {}
         for it in self.items.values():
@@ -571,7 +573,7 @@ class KIMRun:
         for test in order:
             instances = self._run_one(test, model, collection, copies, docs)
             docs.extend(_documents(instances, test, model))
-        return docs, order
+        return docs
 
     def _run_one(self, test, model, collection, copies, docs):
         jinja2 = import_extra("jinja2", "KIMRun", "kim")
