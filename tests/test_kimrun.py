@@ -38,14 +38,6 @@ def _tree(folder):
     return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*"))
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        d = tmp_path_factory.mktemp("kim-models")
-        mp.setenv("ATOMSCORE_KIM_MODELS_DIR", str(d))
-        yield d
-
-
 def test_kimrun_equals_builtin_property_installed_and_private_point(models_dir):
     before = _tree(DATA)
     run = KIMRun([str(DATA)], python_executable=sys.executable, get_test_result_args=ARGS)

@@ -20,14 +20,6 @@ EAM_DRIVER = "EAM_Dynamo__MD_120291908751_005"
 SW = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        d = tmp_path_factory.mktemp("kim-models")
-        mp.setenv("ATOMSCORE_KIM_MODELS_DIR", str(d))
-        yield d
-
-
 def write_setfl(path, params, embedding_scale=1.0):
     """A one-element setfl (eam/alloy) file from the tables of the installed EAM_Dynamo W model
     (its driver cannot write its parameters itself)."""

@@ -424,31 +424,21 @@ class KIMRun:
         """Build from ``{'target_property_type': 'KIMRun', 'target_property_args': {...}}`` (or
         the FIM module's ``{'init_args': ..., 'calculate_property_args': ...}``); a
         ``get_test_result_args`` in ``calculate_property_args`` joins the init arguments."""
-        if isinstance(spec, cls):
-            return spec
+        from atomscore.properties import build_from_spec
+
         if isinstance(spec, dict) and "init_args" in spec:
             calculate_property_args = spec.get("calculate_property_args") or calculate_property_args
-            spec = spec["init_args"]
-        if not isinstance(spec, dict) or spec.get("target_property_type") != cls.target_property_type:
-            raise InputError(f"target property: expected {{'target_property_type': 'KIMRun', "
-                             f"'target_property_args': {{'test_dirs': [...]}}}}, got {spec!r:.200}")
-        args = spec.get("target_property_args")
-        if not isinstance(args, dict):
-            raise InputError(f"target_property_args: expected a dict with 'test_dirs', got {args!r}")
-        args = dict(args)
         calc = calculate_property_args or {}
-        if "get_test_result_args" in calc:
-            args["get_test_result_args"] = calc["get_test_result_args"]
-        try:
-            return cls(**args)
-        except TypeError as exc:
-            raise InputError(f"target_property_args: {exc}") from None
+        extra = {"get_test_result_args": calc["get_test_result_args"]} if "get_test_result_args" in calc else None
+        return build_from_spec(cls, spec, extra)
 
     def to_spec(self):
         """The JSON-able dict that re-creates this property (picks included)."""
-        args = {k: v for k, v in self._init_args.items() if v is not None}
-        args["test_dirs"] = self.test_dirs
-        return {"target_property_type": self.target_property_type, "target_property_args": args}
+        from atomscore.properties import spec_of
+
+        spec = spec_of(self)
+        spec["target_property_args"]["test_dirs"] = self.test_dirs
+        return spec
 
     @property
     def units(self):
