@@ -5,6 +5,7 @@ path to the same numbers) and ASE's own EAM calculator reading the same setfl fi
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,26 @@ def test_unknown_and_inconsistent_potential_args(tmp_path):
         KIMPotential(SW, model_driver="SW__MD_335816936951_004", param_files=[str(tmp_path / "x.params")])
     with pytest.raises(InputError, match="not installed.*SW__MD_335816936951_004"):
         KIMPotential(SW, model_driver="SW__MD_335816936951_999", param_files=[str(tmp_path / "x.params")])
+
+
+def test_two_processes_building_the_same_model(tmp_path):
+    """Two processes building the same files into one cache: both get the model, built once."""
+    import subprocess
+    import sys
+
+    pot = KIMPotential(SW)
+    pot.set_parameter("A", [15.9])
+    (tmp_path / "src").mkdir()
+    pot._model.write_parameterized_model(str(tmp_path / "src"), "shared_point")
+    params = str(tmp_path / "src" / "shared_point.params")
+    code = ("import sys; from atomscore.potentials.portable import install_from_files; "
+            "print(install_from_files('SW__MD_335816936951_004', [sys.argv[1]], sys.argv[2]).name)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-c", code, params, str(tmp_path / "cache")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    names = {o[0].strip() for o in outs}
+    assert len(names) == 1
+    assert sorted(os.listdir(tmp_path / "cache")) == [names.pop()]  # no half-built or temporary folder left

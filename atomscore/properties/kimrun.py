@@ -506,7 +506,8 @@ class KIMRun:
         -------
         dict
             ``property_value`` (per entry of ``get_test_result_args``, per property instance,
-            per key: values in the units asked), ``model_name`` (the model the tests ran with),
+            per key: values in the units asked), ``property_std`` (None, as the
+            Orchestrator's), ``model_name`` (the model the tests ran with),
             ``tests`` (the tests run, in order), ``timings`` (seconds: ``install``, ``run``).
         """
         from atomscore.potentials.kim import KIMPotential
@@ -537,8 +538,8 @@ class KIMRun:
             if not keep and self.work_dir is None:
                 shutil.rmtree(base, ignore_errors=True)
         self.last_timings = {"install": t1 - t0, "run": t2 - t1}
-        return {"property_value": values, "model_name": model, "tests": [t.ext_id for t in order],
-                "timings": dict(self.last_timings)}
+        return {"property_value": values, "property_std": None, "model_name": model,
+                "tests": [t.ext_id for t in order], "timings": dict(self.last_timings)}
 
     def _model_for(self, pot, base):
         """(model name, private collection or None) for the potential at its live parameters."""
