@@ -128,6 +128,22 @@ def test_hostile_inputs(tmp_path):
         KIMRun([str(DATA)], python_executable=str(tmp_path / "no-python"))
 
 
+def test_get_test_result_in_a_template_equals_the_query(tmp_path, models_dir):
+    """The template function get_test_result (a list per instance of the keys in the units
+    asked) gives the dependent test the same lattice constant as the raw query."""
+    items = _copy_items(tmp_path)
+    tpl = items / COHESIVE / "pipeline.stdin.tpl"
+    tpl.write_text('@< MODELNAME >@\n@< get_test_result(["TE_000000000001"], [MODELNAME], '
+                   '["structure-cubic-crystal-npt"], ["a"], ["m"])[0] >@\n')
+    pot = KIMPotential(SW)
+    with_query = KIMRun([str(DATA)], python_executable=sys.executable, get_test_result_args=[ARGS[1]])
+    with_get = KIMRun([str(items)], python_executable=sys.executable, get_test_result_args=[ARGS[1]])
+    assert with_get.property_vector(pot) == pytest.approx(with_query.property_vector(pot), rel=1e-13)
+    with pytest.raises(InputError, match="cannot render"):
+        tpl.write_text("@< UNDEFINED_NAME >@\n")
+        with_get.calculate_property(pot)
+
+
 def test_cycle_failure_and_runner_errors(tmp_path, models_dir):
     items = _copy_items(tmp_path)
     pot = KIMPotential(SW)

@@ -69,6 +69,12 @@ def test_refit_recovers_shifted_parameters():
     fitted2 = atomscore.fim.refit(KIMPotential(SW), named, np.ones(3), FREE, energy_key=None,
                                   forces_key="dft_forces")
     assert fitted2["A"] == pytest.approx([a_true], rel=1e-9) and fitted2["B"] == pytest.approx([b_true], rel=1e-9)
+    # in log-scale parameters (information_matching's LogTransform): the same answer
+    log = {"transform_type": "LogTransform", "transform_args": {"sign": [1.0, 1.0]}}
+    fitted3, info3 = atomscore.fim.refit(KIMPotential(SW), named, np.ones(3), FREE, energy_key=None,
+                                         forces_key="dft_forces", transform=log, full_output=True)
+    assert fitted3["A"] == pytest.approx([a_true], rel=1e-9) and fitted3["B"] == pytest.approx([b_true], rel=1e-9)
+    assert info3["phi"] == pytest.approx([np.log(a_true), np.log(b_true)], rel=1e-9)
 
 
 def test_refit_property_within_predicted_uncertainty():
