@@ -579,6 +579,9 @@ class KIMRun:
 
         def path(ref):
             it = _resolve(ref, self.items, f"{test.ext_id}/pipeline.stdin.tpl: path()")
+            if it.ext_id not in copies:
+                raise InputError(f"{test.ext_id}/pipeline.stdin.tpl: path({ref!r}) names a test that is not "
+                                 f"run here (not a dependency); path() is for test drivers and tests run first")
             where = copies[it.ext_id]
             if it.type in ("TE", "TD"):
                 drivers[str(where / "runner")] = where / "runner"
