@@ -117,6 +117,13 @@ def test_refit_property_within_predicted_uncertainty():
     assert 0.0 < sigma_a < 1e-2
     assert abs(a_fit - a_ref) < 3 * sigma_a
 
+    # the same check in one call, against a target precision of 0.01 Å
+    report = atomscore.fim.property_prediction(pot, target, fim, FREE, cov=[[0.01**2]],
+                                               derivative_kwargs={"h": [1e-4, 1e-5], "method": "CD"})
+    assert report["value"] == pytest.approx([a_fit], rel=1e-14)
+    assert report["uncertainty"] == pytest.approx([sigma_a], rel=1e-12)
+    assert report["target_uncertainty"] == pytest.approx([0.01]) and report["within_target"].tolist() == [True]
+
 
 def test_refit_refuses_bad_inputs():
     configs = _configs(2)

@@ -7,9 +7,10 @@ properties) and ``FIMMatchingScore`` (optimal training weights), imported on fir
 
 from atomscore.catalog import load_public
 # bound here, so that ``atomscore.fim.refit`` is the function, not its (light) module
-from atomscore.fim.refit import property_covariance, refit
+from atomscore.fim.refit import property_covariance, property_prediction, refit
 
-__all__ = ["FIMTrainingSetScore", "FIMPropertyScore", "FIMMatchingScore", "refit", "property_covariance"]
+__all__ = ["FIMTrainingSetScore", "FIMPropertyScore", "FIMMatchingScore", "refit", "property_covariance",
+           "property_prediction"]
 
 
 def __getattr__(name):

@@ -202,3 +202,54 @@ def property_covariance(jacobian, fim):
                          f"columns), got shape {f.shape}")
     cov = j @ np.linalg.pinv(0.5 * (f + f.T), hermitian=True) @ j.T
     return 0.5 * (cov + cov.T)
+
+
+def property_prediction(potential, list_of_target_property, fim, parameters_optimize, cov, transform=None,
+                        derivative_kwargs=None):
+    """The target properties predicted by ``potential`` and their uncertainty from ``fim``.
+
+    The closing check of information matching: with the refitted parameters, is each target
+    value predicted within the target precision? The Jacobian comes from
+    :class:`~atomscore.fim.FIMPropertyScore` (finite differences, as for the target FIM).
+
+    Parameters
+    ----------
+    potential : KIMPotential or dict
+        The model at the parameters to check (e.g. ``KIMPotential(kim_id, parameters=fitted)``);
+        never modified.
+    list_of_target_property : dict or list of dict
+        As for ``FIMPropertyScore`` (``{'init_args': {...}, 'calculate_property_args': {...}}``).
+    fim : array_like
+        ``(P, P)`` weighted training FIM in φ (``Σ w_i FIM_i``, or ``info['fim']`` of :func:`refit`).
+    parameters_optimize : dict
+        The free parameters the FIM is over (same order).
+    cov : array_like or list
+        The target covariance (as for ``FIMPropertyScore``): the target precision.
+    transform, derivative_kwargs : optional
+        As for ``FIMPropertyScore``.
+
+    Returns
+    -------
+    dict
+        ``value`` (the property vector, in the property's units), ``uncertainty`` (predicted
+        standard deviations), ``target_uncertainty`` (square roots of ``cov``'s diagonal),
+        ``within_target`` (uncertainty <= target, per value), ``covariance`` (N × N),
+        ``jacobian`` (N × P).
+    """
+    from atomscore.fim.property import FIMPropertyScore, _copy_potential, _covariance
+    from atomscore.properties import from_spec
+
+    items = [list_of_target_property] if isinstance(list_of_target_property, dict) else list(list_of_target_property)
+    score = FIMPropertyScore()
+    score.compute(items, "SENSITIVITY", cov=cov, potential=potential, parameters_optimize=parameters_optimize,
+                  transform=transform, derivative_kwargs=derivative_kwargs)
+    jac = np.asarray(score.jacobian, dtype=float)
+    pot = _copy_potential(potential)
+    vectors = [from_spec(item).property_vector(pot) for item in items]
+    value = np.concatenate(vectors)
+    covariance = property_covariance(jac, fim)
+    sigma = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    target = np.sqrt(np.clip(np.diag(_covariance(cov, [len(v) for v in vectors])), 0.0, None))
+    return {"value": value, "uncertainty": sigma, "target_uncertainty": target, "within_target": sigma <= target,
+            "covariance": covariance, "jacobian": jac}
+
