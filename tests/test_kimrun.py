@@ -67,6 +67,21 @@ def test_kimrun_equals_builtin_property_installed_and_private_point(models_dir):
     assert _tree(DATA) == before  # the user's test folders are never written
 
 
+def test_kimrun_with_a_model_built_from_param_files(tmp_path, models_dir):
+    """A potential from model_driver + param_files runs the tests as its private model."""
+    written = KIMPotential(SW)
+    written.set_parameter("A", [16.3])
+    (tmp_path / "files").mkdir()
+    written._model.write_parameterized_model(str(tmp_path / "files"), "my_fit")
+    pot = KIMPotential(SW, model_driver="SW__MD_335816936951_004", param_files=[str(tmp_path / "files" / "my_fit.params")])
+    run = KIMRun([str(DATA)], python_executable=sys.executable, get_test_result_args=[ARGS[1]])
+    res = run.calculate_property(pot)
+    assert res["model_name"] == pot.private_model.name
+    ref = ElasticConstants(lattice_param=5.43, elements=["Si"]).calculate_property(written)
+    (a_nm, ecoh), = res["property_value"][0]
+    assert ecoh == pytest.approx(ref["cohesive_energy"], abs=1e-9)  # A=16.3 from the file, not the installed A
+
+
 def test_fim_property_through_kimrun_equals_elastic_constants(models_dir):
     from atomscore.fim import FIMPropertyScore
 
