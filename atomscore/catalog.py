@@ -43,6 +43,7 @@ PUBLIC_NAMES: dict[str, str] = {
     "FlaggedFramesWriter": "atomscore.ltau.md",
     "KIMPotential": "atomscore.potentials.kim",
     "ElasticConstants": "atomscore.properties.elastic",
+    "KIMRun": "atomscore.properties.kimrun",
     "FIMTrainingSetScore": "atomscore.fim.training_set",
     "FIMPropertyScore": "atomscore.fim.property",
     "FIMMatchingScore": "atomscore.fim.matching",

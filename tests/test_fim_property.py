@@ -187,7 +187,7 @@ def test_bad_cov(cov, match, tmp_path):
     ({"list_of_target_property": [target(lattice_type="hcp")]}, r"'diamond', 'fcc', 'bcc'"),
     ({"list_of_target_property": [target(elements=["Cu"], lattice_type="fcc")]}, r"does not support 'Cu'"),
     ({"list_of_target_property": [{"init_args": {"target_property_type": "KIMRun", "target_property_args": {}}}]},
-     r"KIMRun.*test drivers"),
+     r"KIMRun.*test_dirs"),
     ({"list_of_target_property": [target(simulator_path="/nonexistent/lmp")]}, r"simulator_path"),
     ({"parameters_optimize": {"Q": [["default"]]}}, r"unknown parameter 'Q'"),
     ({"score_quantity": "UNCERTAINTY"}, r"SENSITIVITY"),

@@ -34,9 +34,11 @@ from atomscore.validation import check_keys, load_array
 DEFAULT_DERIVATIVE_KWARGS = {"h": 0.1, "method": "FD"}
 
 #: the target-property types this score can compute
-TARGET_PROPERTY_TYPES = ("ElasticConstants",)
+TARGET_PROPERTY_TYPES = ("ElasticConstants", "KIMRun")
 
 _CALC_ARGS = ("workflow",)
+#: more calculate_property_args of a type (KIMRun's picks; flatten=True is what the FIM uses)
+_TYPE_CALC_ARGS = {"KIMRun": ("get_test_result_args", "flatten")}
 
 #: a covariance eigenvalue below -COV_PSD_RTOL * n * |largest| is not round-off: refused
 COV_PSD_RTOL = 1e-12
@@ -65,10 +67,10 @@ def evaluate_target_property(target_property, potential, parameters):
         see :meth:`~atomscore.properties.elastic.ElasticConstants.property_vector`).
     """
     from atomscore.potentials.kim import KIMPotential
-    from atomscore.properties.elastic import ElasticConstants
+    from atomscore.properties import from_spec
 
     pot = KIMPotential.from_spec(potential)
-    prop = ElasticConstants.from_spec(target_property)
+    prop = from_spec(target_property)
     out = []
     for values in parameters:
         pot.set_parameters({k: np.asarray(v, dtype=float) for k, v in values.items()})
@@ -128,7 +130,7 @@ def _n_jobs(workflow, n_points):
 
 # ---------------------------------------------------------------------- input checks
 def _target_properties(list_of_target_property):
-    from atomscore.properties.elastic import ElasticConstants
+    from atomscore.properties import from_spec
 
     items = list_of_target_property
     if isinstance(items, dict):
@@ -146,17 +148,19 @@ def _target_properties(list_of_target_property):
         init = item["init_args"]
         ptype = init.get("target_property_type") if isinstance(init, dict) else None
         if ptype not in TARGET_PROPERTY_TYPES:
-            extra = " (KIMRun needs OpenKIM test drivers, not available here)" if ptype == "KIMRun" else ""
             raise InputError(f"{where}['init_args']['target_property_type']: unknown target property "
-                             f"{ptype!r}{extra}; expected one of: {', '.join(map(repr, TARGET_PROPERTY_TYPES))}")
-        try:
-            prop = ElasticConstants.from_spec(init)
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from None
+                             f"{ptype!r}; expected one of: {', '.join(map(repr, TARGET_PROPERTY_TYPES))}")
         calc = item.get("calculate_property_args") or {}
         if not isinstance(calc, dict):
             raise InputError(f"{where}['calculate_property_args']: expected a dict, got {calc!r}")
-        check_keys(calc, _CALC_ARGS, f"{where}['calculate_property_args']")
+        check_keys(calc, _CALC_ARGS + _TYPE_CALC_ARGS.get(ptype, ()), f"{where}['calculate_property_args']")
+        if calc.get("flatten", True) is not True:
+            raise InputError(f"{where}['calculate_property_args']['flatten']: the FIM needs the flattened "
+                             f"property vector (True), got {calc['flatten']!r}")
+        try:
+            prop = from_spec(init, calc)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
         from atomscore.jobs import make_workflow
 
         try:  # its root is chosen when the calls run, unless given (see _map)

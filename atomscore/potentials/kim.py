@@ -19,6 +19,7 @@ Units: energy eV, length Å, forces eV/Å, stress eV/Å³ (ASE's sign and Voigt 
 from __future__ import annotations
 
 import difflib
+import os
 from collections import OrderedDict
 from contextlib import contextmanager
 
@@ -36,6 +37,37 @@ FORCES_ALWAYS = ("DUNN_",)
 
 _DEFAULT_KIM_API = "kim-api-collections-management"
 _kimpy = None
+
+#: keys of the reference's potential spec that have no meaning here: accepted, kept in to_spec
+REFERENCE_ONLY_ARGS = ("kim_item_type", "model_name_prefix", "training_files", "potential_files",
+                       "checkpoint_file", "checkpoint_name")
+#: every key ``potential_args`` may hold
+ACCEPTED_ARGS = ("kim_id", "species", "kim_api", "parameters", "model_driver", "param_files",
+                 "param_files_digest") + REFERENCE_ONLY_ARGS
+
+
+def _private_model(model_driver, param_files, digest, kim_api):
+    """The private model of ``model_driver`` + ``param_files`` (built once per digest), or None."""
+    if param_files is None:
+        if digest is not None:
+            raise InputError("potential_args: 'param_files_digest' given without 'param_files'")
+        return None
+    if model_driver is None:
+        raise InputError("potential_args: 'param_files' need 'model_driver' (the KIM model driver that "
+                         "reads them, e.g. 'EAM_Dynamo__MD_120291908751_005'), got none")
+    from atomscore.potentials.portable import install_from_files
+
+    return install_from_files(model_driver, param_files, kim_api=kim_api, expect_digest=digest)
+
+
+def _on_path(private):
+    from contextlib import nullcontext
+
+    if private is None:
+        return nullcontext()
+    from atomscore.potentials.portable import models_on_path
+
+    return models_on_path(private.collection)
 
 
 def _import_kimpy():
@@ -110,9 +142,20 @@ class KIMPotential:
     parameters : dict, optional
         ``{name: values}`` set right after the model is opened (as written by :meth:`to_spec`
         for parameters changed in place).
-    **ignored_reference_args
-        Arguments of the reference's potential spec that have no meaning here (e.g.
-        ``model_driver``); accepted and kept in :meth:`to_spec`.
+    model_driver : str, optional
+        The KIM model driver of ``param_files`` (e.g. ``"EAM_Dynamo__MD_120291908751_005"``).
+    param_files : list of str, optional
+        Parameter files (in the driver's order): the model opened is built from
+        ``model_driver`` and these files into a private collection (cached by their digest,
+        see :mod:`atomscore.potentials.portable`), not the installed ``kim_id``, which then
+        only names the potential.
+    param_files_digest : str, optional
+        The digest :meth:`to_spec` records: re-creating a potential from files that changed
+        since is refused.
+    **reference_args
+        Arguments of the reference's potential spec that have no meaning here
+        (:data:`REFERENCE_ONLY_ARGS`); accepted and kept in :meth:`to_spec`. Any other key
+        is refused with the list of accepted ones.
 
     Raises
     ------
@@ -123,18 +166,37 @@ class KIMPotential:
         A requested species is not supported by the model.
     """
 
-    def __init__(self, kim_id, species=None, kim_api=_DEFAULT_KIM_API, parameters=None, **ignored_reference_args):
+    def __init__(self, kim_id, species=None, kim_api=_DEFAULT_KIM_API, parameters=None, model_driver=None,
+                 param_files=None, param_files_digest=None, **reference_args):
         if not isinstance(kim_id, str) or not kim_id:
             raise InputError(f"kim_id: expected a KIM model id string, got {kim_id!r}")
+        unknown = [k for k in reference_args if k not in REFERENCE_ONLY_ARGS]
+        if unknown:
+            raise InputError(f"potential_args: unknown key {unknown[0]!r}; accepted keys: "
+                             f"{', '.join(ACCEPTED_ARGS)}")
         kimpy = _import_kimpy()
         self.kim_id = kim_id
         self.kim_api = kim_api
-        self._extra_args = dict(ignored_reference_args)
+        self._extra_args = dict(reference_args)
+        if model_driver is not None:
+            self._extra_args["model_driver"] = model_driver
+        #: the private model built from ``model_driver`` + ``param_files`` (None: the installed ``kim_id``)
+        self.private_model = _private_model(model_driver, param_files, param_files_digest, kim_api)
+        if self.private_model is not None:
+            self._extra_args["param_files"] = [str(p) for p in
+                                               ([param_files] if isinstance(param_files, (str, os.PathLike)) else param_files)]
+            self._extra_args["param_files_digest"] = self.private_model.digest
+        self._open_name = kim_id if self.private_model is None else self.private_model.name
         try:
-            accepted, model = kimpy.model.create(
-                kimpy.numbering.zeroBased, kimpy.length_unit.A, kimpy.energy_unit.eV,
-                kimpy.charge_unit.e, kimpy.temperature_unit.K, kimpy.time_unit.ps, kim_id)
+            with _on_path(self.private_model):
+                accepted, model = kimpy.model.create(
+                    kimpy.numbering.zeroBased, kimpy.length_unit.A, kimpy.energy_unit.eV,
+                    kimpy.charge_unit.e, kimpy.temperature_unit.K, kimpy.time_unit.ps, self._open_name)
         except RuntimeError:
+            if self.private_model is not None:
+                raise PotentialError(f"the private model {self._open_name} (driver {model_driver}, files "
+                                     f"{list(self.private_model.files)}) was built but the KIM API cannot open it; "
+                                     f"does the driver accept these files?") from None
             raise _unknown_model_error(kim_id, kim_api) from None
         if not accepted:
             raise PotentialError(f"KIM model {kim_id!r} does not accept the units eV, Å, e, K, ps")
@@ -516,7 +578,7 @@ class KIMPotential:
         """The KIM outputs to point at for a request. The driver's ``partialVirial`` is never
         asked for: the stress comes from the forces on every particle (see :meth:`_virial`).
         Drivers in :data:`FORCES_ALWAYS` always get a forces buffer."""
-        always = self.kim_id.startswith(FORCES_ALWAYS)
+        always = self.kim_id.startswith(FORCES_ALWAYS) or self._open_name.startswith(FORCES_ALWAYS)
         return (bool(energy), bool(forces) or bool(stress) or always, False)
 
     @staticmethod

@@ -143,29 +143,15 @@ class ElasticConstants:
         Also accepts the whole list entry of the FIM module (``{'init_args': {...}, ...}``)
         or an :class:`ElasticConstants` (returned as is).
         """
-        if isinstance(spec, cls):
-            return spec
-        if isinstance(spec, dict) and "init_args" in spec:
-            spec = spec["init_args"]
-        if not isinstance(spec, dict):
-            raise InputError(f"target property: expected a dict with 'target_property_type' and "
-                             f"'target_property_args', got {type(spec).__name__}")
-        ptype = spec.get("target_property_type")
-        if ptype != cls.target_property_type:
-            raise InputError(f"target_property_type: unknown target property {ptype!r}; expected one of: "
-                             f"{cls.target_property_type!r}")
-        args = spec.get("target_property_args")
-        if not isinstance(args, dict):
-            raise InputError(f"target_property_args: expected a dict, got {type(args).__name__}")
-        try:
-            return cls(**args)
-        except TypeError as exc:
-            raise InputError(f"target_property_args: {exc}") from None
+        from atomscore.properties import build_from_spec
+
+        return build_from_spec(cls, spec)
 
     def to_spec(self):
         """The JSON-able dict that re-creates this target property."""
-        args = {k: v for k, v in self._init_args.items() if v is not None}
-        return {"target_property_type": self.target_property_type, "target_property_args": args}
+        from atomscore.properties import spec_of
+
+        return spec_of(self)
 
     @property
     def backend(self):
