@@ -24,6 +24,7 @@ from ase.build import bulk  # noqa: E402
 from atomscore.errors import InputError  # noqa: E402
 from atomscore.fim import FIMPropertyScore, FIMTrainingSetScore  # noqa: E402
 from atomscore.potentials.kim import KIMPotential  # noqa: E402
+from ase_reference import ase_lattice_constant  # noqa: E402
 
 W = "EAM_Dynamo_ZhouJohnsonWadley_2004_W__MO_524392058194_005"
 W_SPEC = {"potential_type": "KIM", "potential_args": {"kim_id": W}}
@@ -138,7 +139,6 @@ def test_property_fim_with_the_tables_transform_matches_ase_lattice_constant():
     """FIMPropertyScore with P_phi = 3 != P_theta = 6000. Reference: the bcc lattice constant
     from ASE's KIM calculator (brentq on the pressure), differenced by hand (CD, h = 1e-3)."""
     from ase.calculators.kim import KIM
-    from scipy.optimize import brentq
 
     tables, transform = eam_transform()
     target = {"init_args": {"target_property_type": "ElasticConstants",
@@ -156,13 +156,7 @@ def test_property_fim_with_the_tables_transform_matches_ase_lattice_constant():
     def a0(phi):
         calc.set_parameters(**{name: [list(range(t.size)), (np.exp(p) * t).tolist()]
                                for name, t, p in zip(TABLES, tables, phi)})
-
-        def pressure(a):
-            atoms = bulk("W", "bcc", a=a, cubic=True)
-            atoms.calc = calc
-            return -np.mean(atoms.get_stress()[:3])
-
-        return brentq(pressure, 3.0, 3.4, xtol=1e-13)
+        return ase_lattice_constant(calc, "W", "bcc", (3.0, 3.4))
 
     h = 1e-3
     ref = np.array([(a0(h * e) - a0(-h * e)) / (2 * h) for e in np.eye(3)])
