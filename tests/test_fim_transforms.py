@@ -115,6 +115,13 @@ def test_tables_from_three_scale_factors_match_ase_finite_differences():
     assert [t["transform_type"] for t in meta["transform"]["transform_args"]["transform_list"]] == \
         ["TableScales", "LogTransform"]
     assert score.fim_index_to_parameter == {i: {"parameter": "phi", "extent": i} for i in range(3)}
+    # the 2000-entry tables are described by a digest of the model's values, not written out
+    import hashlib
+
+    for name, table in zip(TABLES, tables):
+        assert meta["parameters_optimize"][name] == {
+            "entries": 2000, "fixed": 0, "min": table.min(), "max": table.max(),
+            "sha256": hashlib.sha256(table.astype(float).tobytes() + bytes(2000)).hexdigest()}
 
 
 def test_tables_transform_is_the_same_object_in_two_workers():

@@ -17,6 +17,7 @@ to the vector φ = transform(θ) the derivatives are taken in; the FIM is P×P i
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 
 import numpy as np
@@ -27,6 +28,9 @@ from atomscore.errors import InputError, import_extra
 RELATIVE_STEP = 0.1
 #: ... but never less than this (in φ units), so a zero parameter never gets a zero step
 MIN_STEP = 1e-4
+#: a parameter with more entries than this (a tabulated EAM function: 2000) is described in
+#: metadata by its count, range and digest, not by its values (which would fill every result file)
+METADATA_MAX_ENTRIES = 16
 
 
 # ---------------------------------------------------------------------------- transforms
@@ -373,8 +377,18 @@ class ParameterMap:
     def metadata(self):
         """JSON-able description: parameters (optimize form), transform, both sizes,
         fim_index_to_parameter."""
+        optimize = {}
+        for name, entries in self.vector_to_dict(self.theta0).items():
+            if len(entries) <= METADATA_MAX_ENTRIES:
+                optimize[name] = entries
+                continue
+            values = np.array([e[0] for e in entries], dtype=float)
+            fixed = bytes(len(e) > 1 for e in entries)
+            optimize[name] = {"entries": len(entries), "fixed": int(sum(fixed)), "min": float(values.min()),
+                              "max": float(values.max()),
+                              "sha256": hashlib.sha256(values.tobytes() + fixed).hexdigest()}
         return {
-            "parameters_optimize": self.vector_to_dict(self.theta0),
+            "parameters_optimize": optimize,
             "transform": describe_transform(self.transform),
             "n_parameters": self.n_theta,
             "n_transformed_parameters": self.n_params,
