@@ -326,6 +326,14 @@ class FIMTrainingSetScore(ConfigurationScore):
         super().__init__()
         self.fim_index_to_parameter = {}
 
+    @property
+    def list_of_jac(self):
+        """Not kept (the Orchestrator keeps every configuration's 3N × P Jacobian after
+        ``compute_batch``): raises AttributeError saying so."""
+        raise AttributeError("FIMTrainingSetScore.list_of_jac: the Jacobians are not kept (3N x P per "
+                             "configuration, only J^T J is returned); for a configuration's Jacobian use "
+                             "KIMPotential.predictions and finite differences, see docs/orchestrator.md")
+
     # -------------------------------------------------------------- compute
     @records_metadata
     def compute(self, atoms, score_quantity="SENSITIVITY", potential=None, parameters_optimize=None,
