@@ -227,3 +227,27 @@ def test_a_job_refuses_a_transform_its_kwargs_cannot_rebuild(tmp_path, monkeypat
         FIMTrainingSetScore().run("fim", si_configs(1), {"score_quantity": "SENSITIVITY", **args},
                                   workflow=LocalWorkflow(root))
     assert not root.exists() or not any(p.name == "job.json" for p in root.rglob("*"))
+
+
+class FailsInWorkers(StatefulScale):
+    """Works in the process that made it, raises in any other (a worker)."""
+
+    def __init__(self, scale=None):
+        import os
+
+        super().__init__(scale)
+        self.home = os.getpid()
+
+    def transform(self, x):
+        import os
+
+        if os.getpid() != self.home:
+            raise RuntimeError("no licence server in this process")
+        return super().transform(x)
+
+
+def test_a_worker_that_cannot_start_says_why_in_the_parent():
+    """Before: BrokenProcessPool, the cause only on the workers' stderr."""
+    with pytest.raises(InputError, match=r"transform: cannot transform.*no licence server"):
+        FIMTrainingSetScore().compute_batch(si_configs(), "SENSITIVITY", potential=SW_SPEC, parameters_optimize=SW_OPT,
+                                            transform=FailsInWorkers([10.0, 0.5, 2.0]), nprocs=2)
