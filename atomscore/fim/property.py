@@ -344,6 +344,15 @@ class FIMPropertyScore(ModelScore):
         return out
 
     # ------------------------------------------------------------------ compute
+    def _with_metadata(self, result, metadata):
+        # (fim, jacobians) from return_jacobian=True: the FIM is the result that saves with
+        # this call's metadata (save_results(fim)), the Jacobians are extra
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], np.ndarray):
+            super()._with_metadata(result[0], metadata)
+            return result
+        return super()._with_metadata(result, metadata)
+
+    @records_metadata
     def compute(self, target_property=None, score_quantity="SENSITIVITY", cov=None, potential=None,
                 parameters_optimize=None, transform=None, derivative_kwargs=None, return_jacobian=False,
                 nprocs=1, list_of_target_property=None):
@@ -383,6 +392,7 @@ class FIMPropertyScore(ModelScore):
             return fim, jacobians[0]
         return result
 
+    @records_metadata
     def compute_batch(self, list_of_target_property, score_quantity="SENSITIVITY", cov=None, potential=None,
                       parameters_optimize=None, transform=None, derivative_kwargs=None, return_jacobian=False,
                       nprocs=1):
@@ -432,7 +442,6 @@ class FIMPropertyScore(ModelScore):
             return fim, [j.copy() for j in self.jacobians]
         return fim
 
-    @records_metadata
     def _fim(self, list_of_target_property, score_quantity, cov, potential, parameters_optimize,
              transform=None, derivative_kwargs=None, nprocs=1):
         FiniteDifference = import_extra("information_matching.fim.finitediff", "FIMPropertyScore",
