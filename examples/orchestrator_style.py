@@ -129,7 +129,9 @@ def main(out):
     matching = FIMMatchingScore()
     weights = matching.fim_match(np.load(out / "FIM_target" / "fim_target.npy"), fim_candidates,
                                  convexopt_init_kwargs={"weight_upper_bound": None},
-                                 fim_preconditioning_kwargs=None,  # the Orchestrator's default: max_frobenius
+                                 # the Orchestrator's default scaling, spelled out (atomscore's None
+                                 # rescales the parameters first: docs/orchestrator.md)
+                                 fim_preconditioning_kwargs={"scale_type": "max_frobenius"},
                                  solver_kwargs={"solver": "SDPA", "epsilonStar": 1e-7, "epsilonDash": 1e-7},
                                  weight_tolerance={"zero_tol": 1e-6, "zero_tol_dual": 1e-4})
     weights = np.asarray(weights, dtype=float)
