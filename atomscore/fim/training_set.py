@@ -287,9 +287,13 @@ def _worker_init(potential, parameters_optimize, transform, derivative_kwargs):
     # the spec carries the parameters changed in place (KIMPotential.to_spec); a failure is
     # kept and raised by the first task, so that its cause reaches the parent (an exception in
     # an initializer only breaks the pool, with the cause on the workers' stderr)
+    import warnings
+
     _WORKER.pop("error", None)
     try:
-        _WORKER["ev"] = _FIMEvaluator(potential, parameters_optimize, transform, derivative_kwargs)
+        with warnings.catch_warnings():  # the parent has said these once, for the same inputs
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _WORKER["ev"] = _FIMEvaluator(potential, parameters_optimize, transform, derivative_kwargs)
     except Exception as exc:
         _WORKER["error"] = exc
 
