@@ -50,6 +50,8 @@ def batch():
 def test_compute_batch_returns_the_summed_fim_and_one_jacobian_per_property(batch, tmp_path):
     score, (fim, jacobians) = batch
     assert isinstance(fim, np.ndarray) and fim.shape == (2, 2)
+    assert score.fim_index_to_parameter == {0: {"parameter": "sigma", "extent": 0},
+                                            1: {"parameter": "lambda", "extent": 0}}
     assert isinstance(jacobians, list) and [j.shape for j in jacobians] == [(2, 2), (1, 2)]
     # the FIM is the sum of the properties' FIMs, rebuilt here by numpy
     expected = sum(j.T @ np.linalg.inv(c) @ j for j, c in zip(jacobians, (COV_ELASTIC, COV_LATTICE)))

@@ -115,6 +115,7 @@ def test_tables_from_three_scale_factors_match_ase_finite_differences():
     assert [t["transform_type"] for t in meta["transform"]["transform_args"]["transform_list"]] == \
         ["TableScales", "LogTransform"]
     assert score.fim_index_to_parameter == {i: {"parameter": "phi", "extent": i} for i in range(3)}
+    assert score.transform is transform  # the object given is the one used (the Orchestrator's attribute)
     # the 2000-entry tables are described by a digest of the model's values, not written out
     import hashlib
 

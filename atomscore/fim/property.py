@@ -291,6 +291,7 @@ class FIMPropertyScore(ModelScore):
     def __init__(self):
         super().__init__()
         self.fim_index_to_parameter = {}
+        self.transform = None
         self.jacobian = None
         self.jacobians = []
 
@@ -495,6 +496,7 @@ class FIMPropertyScore(ModelScore):
         self.jacobians = jacobians
         self.jacobian = jac
         self.fim_index_to_parameter = pmap.fim_index_to_parameter
+        self.transform = pmap.transform
         self.note_metadata(**{
             "potential": {"type": "KIM", "name": pot.kim_id, "spec": spec},
             "kim_id": pot.kim_id,

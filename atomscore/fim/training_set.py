@@ -329,6 +329,7 @@ class FIMTrainingSetScore(ConfigurationScore):
     def __init__(self):
         super().__init__()
         self.fim_index_to_parameter = {}
+        self.transform = None
 
     @property
     def list_of_jac(self):
@@ -430,6 +431,8 @@ class FIMTrainingSetScore(ConfigurationScore):
         self.note_metadata(**self._details(ev, quantities, list_of_mask))
         #: FIM row/column -> {'parameter': name, 'extent': e}, as the spec shows
         self.fim_index_to_parameter = ev.pmap.fim_index_to_parameter
+        #: the transform object used (the Orchestrator's attribute)
+        self.transform = ev.pmap.transform
 
         from tqdm.auto import tqdm
 
