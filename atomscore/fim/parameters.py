@@ -17,6 +17,7 @@ to the vector φ = transform(θ) the derivatives are taken in; the FIM is P×P i
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 
 import numpy as np
@@ -27,6 +28,9 @@ from atomscore.errors import InputError, import_extra
 RELATIVE_STEP = 0.1
 #: ... but never less than this (in φ units), so a zero parameter never gets a zero step
 MIN_STEP = 1e-4
+#: a parameter with more entries than this (a tabulated EAM function: 2000) is described in
+#: metadata by its count, range and digest, not by its values (which would fill every result file)
+METADATA_MAX_ENTRIES = 16
 
 
 # ---------------------------------------------------------------------------- transforms
@@ -224,15 +228,25 @@ class ParameterMap:
         self.lower = np.array(lower, dtype=float)
         self.upper = np.array(upper, dtype=float)
         self.transform = make_transform(transform)
-        self._index = {name: info[name]["index"] for name in info}
-        self._dtype = {name: info[name]["dtype"] for name in info}
         try:
             phi0 = np.asarray(self.transform.transform(self.theta0.copy()), dtype=float)
-        except Exception as exc:
-            raise InputError(f"transform: cannot transform the parameters {self.theta0.tolist()}: {exc}") from None
-        if phi0.shape != self.theta0.shape or not np.all(np.isfinite(phi0)):
-            raise InputError(f"transform: expected {len(self.theta0)} finite transformed values, got {phi0!r}")
+        except Exception as exc:  # a user's transform may raise anything: said as it said it
+            raise InputError(f"transform: cannot transform the {len(self.theta0)} free parameter values "
+                             f"({type(exc).__name__}: {exc})") from None
+        if phi0.ndim != 1 or phi0.size == 0 or not np.all(np.isfinite(phi0)):
+            raise InputError(f"transform: expected a 1-D vector of finite transformed values φ from "
+                             f"transform(θ) (θ: the {len(self.theta0)} free parameter values), got "
+                             f"{np.array2string(phi0, threshold=8)} (shape {phi0.shape})")
         self.phi0 = phi0
+        theta = self.to_theta(phi0, where="φ0 = transform(θ0)")
+        scale = np.maximum(np.abs(self.theta0), np.finfo(float).tiny)
+        worst = float(np.max(np.abs(theta - self.theta0) / scale))
+        if worst > 1e-6:
+            import warnings
+
+            warnings.warn(f"transform: inverse_transform(transform(θ0)) differs from θ0 (largest relative "
+                          f"difference {worst:.3g}); the FIM is taken at inverse_transform(φ0)", RuntimeWarning,
+                          stacklevel=3)
 
     @staticmethod
     def _parse_entry(entry, where, current):
@@ -268,21 +282,47 @@ class ParameterMap:
     # -------------------------------------------------------------- mapping
     @property
     def n_params(self):
-        """P, the number of free parameters (the FIM is P×P)."""
+        """P, the number of transformed parameters φ: the FIM is P×P."""
+        return len(self.phi0)
+
+    @property
+    def n_theta(self):
+        """The number of free entries θ of ``parameters_optimize`` (P when the transform keeps sizes)."""
         return len(self.free)
 
     @property
     def fim_index_to_parameter(self):
-        """``{i: {'parameter': name, 'extent': e}}`` for each FIM row/column ``i``."""
-        return {i: {"parameter": name, "extent": e} for i, (name, e) in enumerate(self.free)}
+        """``{i: {'parameter': name, 'extent': e}}`` for each FIM row/column ``i``.
 
-    def to_theta(self, phi):
-        """θ = inverse_transform(φ), as a float array of shape (P,)."""
-        return np.asarray(self.transform.inverse_transform(np.array(phi, dtype=float)), dtype=float).reshape(-1)
+        When the transform changes the number of parameters, row ``i`` is φ[i]: named by the
+        transform's ``parameter_names`` when it has them, else ``{'parameter': 'phi', 'extent': i}``.
+        """
+        if self.n_params == self.n_theta:
+            return {i: {"parameter": name, "extent": e} for i, (name, e) in enumerate(self.free)}
+        names = getattr(self.transform, "parameter_names", None)
+        if isinstance(names, (list, tuple)) and len(names) == self.n_params and all(isinstance(n, str) for n in names):
+            return {i: {"parameter": n, "extent": 0} for i, n in enumerate(names)}
+        return {i: {"parameter": "phi", "extent": i} for i in range(self.n_params)}
 
-    def to_phi(self, theta):
-        """φ = transform(θ)."""
-        return np.asarray(self.transform.transform(np.array(theta, dtype=float)), dtype=float).reshape(-1)
+    def to_theta(self, phi, where="parameters"):
+        """θ = inverse_transform(φ), checked: ``n_theta`` finite values within their bounds.
+
+        Raises
+        ------
+        InputError
+            The transform gave another number of values, NaN/inf, or a value out of bounds
+            (``where`` names the point, e.g. a finite-difference step).
+        """
+        try:
+            theta = np.asarray(self.transform.inverse_transform(np.array(phi, dtype=float)), dtype=float).reshape(-1)
+        except Exception as exc:  # a user's transform may raise anything: said as it said it
+            raise InputError(f"transform.inverse_transform at {where}: {type(exc).__name__}: {exc}") from None
+        if theta.size != self.n_theta or not np.all(np.isfinite(theta)):
+            raise InputError(f"transform.inverse_transform at {where}: expected {self.n_theta} finite values "
+                             f"(one per free entry of parameters_optimize), got {theta.size} values"
+                             f"{'' if theta.size != self.n_theta else ' with NaN/inf'}")
+        self.check_bounds(theta, where)
+        return theta
 
     def vector_to_dict(self, theta):
         """Free-parameter vector θ → ``{name: [[value], ...]}`` (the ``parameters_optimize`` form).
@@ -290,8 +330,8 @@ class ParameterMap:
         Fixed parameters are included with ``'fix'``.
         """
         theta = np.asarray(theta, dtype=float).reshape(-1)
-        if theta.size != self.n_params:
-            raise InputError(f"parameter vector: expected {self.n_params} values, got {theta.size}")
+        if theta.size != self.n_theta:
+            raise InputError(f"parameter vector: expected {self.n_theta} values, got {theta.size}")
         out = {}
         for (name, e), v in zip(self.free, theta):
             out.setdefault(name, {})[e] = [float(v)]
@@ -301,7 +341,7 @@ class ParameterMap:
 
     def dict_to_vector(self, parameters):
         """``{name: values over extents}`` (arrays or the nested form) → free vector θ."""
-        theta = np.empty(self.n_params)
+        theta = np.empty(self.n_theta)
         for i, (name, e) in enumerate(self.free):
             if name not in parameters:
                 raise InputError(f"parameters: missing {name!r}")
@@ -320,27 +360,6 @@ class ParameterMap:
         for (name, e), v in zip(self.free, theta):
             potential.set_parameter(name, [v], extents=[e])
 
-    def setter(self, potential):
-        """Return ``set_theta(theta)``: a fast setter writing only the entries that changed.
-
-        ``potential`` must already hold θ0 and the fixed values (see :meth:`apply`).
-        """
-        idx = [(self._index[name], e) for name, e in self.free]
-        last = self.theta0.tolist()
-        setp = potential._model.set_parameter
-
-        def set_theta(theta):
-            changed = False
-            for i, v in enumerate(theta.tolist()):
-                if v != last[i]:
-                    setp(idx[i][0], idx[i][1], v)
-                    last[i] = v
-                    changed = True
-            if changed:
-                potential._dirty = True
-
-        return set_theta
-
     def default_step(self, phi=None):
         """Default finite-difference steps in φ: ``max(0.1 |φ|, 1e-4)`` per parameter."""
         phi = self.phi0 if phi is None else np.asarray(phi, dtype=float)
@@ -356,9 +375,77 @@ class ParameterMap:
                              f"[{self.lower[i]}, {self.upper[i]}]")
 
     def metadata(self):
-        """JSON-able description: parameters (optimize form), transform, fim_index_to_parameter."""
+        """JSON-able description: parameters (optimize form), transform, both sizes,
+        fim_index_to_parameter."""
+        optimize = {}
+        for name, entries in self.vector_to_dict(self.theta0).items():
+            if len(entries) <= METADATA_MAX_ENTRIES:
+                optimize[name] = entries
+                continue
+            values = np.array([e[0] for e in entries], dtype=float)
+            fixed = bytes(len(e) > 1 for e in entries)
+            optimize[name] = {"entries": len(entries), "fixed": int(sum(fixed)), "min": float(values.min()),
+                              "max": float(values.max()),
+                              "sha256": hashlib.sha256(values.tobytes() + fixed).hexdigest()}
         return {
-            "parameters_optimize": self.vector_to_dict(self.theta0),
-            "transform": transform_to_dict(self.transform),
+            "parameters_optimize": optimize,
+            "transform": describe_transform(self.transform),
+            "n_parameters": self.n_theta,
+            "n_transformed_parameters": self.n_params,
             "fim_index_to_parameter": {str(k): v for k, v in self.fim_index_to_parameter.items()},
         }
+
+
+def describe_transform(transform):
+    """The transform for metadata: its JSON form, or, for an object whose arguments are not
+    JSON (a user's class without ``jsonable_kwargs``), its class and module with ``None`` args."""
+    try:
+        return transform_to_dict(transform)
+    except InputError:
+        cls = type(transform)
+        return {"transform_type": cls.__name__, "transform_args": None, "module": cls.__module__}
+
+
+def job_transform(transform, potential=None, parameters_optimize=None):
+    """The JSON form of a transform for a job file, refused unless it rebuilds the same transform.
+
+    A job re-creates the transform from ``{'transform_type', 'transform_args'}`` (its
+    ``jsonable_kwargs``). A user's class that is not registered in
+    ``information_matching.transform.avail_transform``, or whose kwargs do not hold its
+    state, would be rebuilt wrong or not at all: with ``potential`` and
+    ``parameters_optimize`` given, the rebuilt transform must give the same φ0 and θ at φ0.
+
+    Raises
+    ------
+    InputError
+        Before any job folder is written; the message says to compute in this process.
+    """
+    if transform is None or isinstance(transform, dict):
+        return transform
+    name = type(transform).__name__
+    advice = ("compute in this process instead (compute_batch, with nprocs for parallel workers, "
+              "which get the object itself)")
+    spec = transform_to_dict(transform)
+    try:
+        rebuilt = make_transform(spec)
+    except InputError as exc:
+        raise InputError(f"transform: a job cannot rebuild this {name} from its jsonable_kwargs ({exc}); "
+                         f"{advice}") from None
+    if potential is not None and parameters_optimize is not None:
+        from atomscore.potentials.kim import check_spec, pooled_potential
+
+        with pooled_potential(check_spec(potential)) as pot:
+            pmap = ParameterMap(pot, parameters_optimize, transform)
+        try:
+            phi = np.asarray(rebuilt.transform(pmap.theta0.copy()), dtype=float)
+            theta = np.asarray(rebuilt.inverse_transform(pmap.phi0.copy()), dtype=float)
+            same = (phi.shape == pmap.phi0.shape and np.allclose(phi, pmap.phi0, rtol=1e-12, atol=0)
+                    and np.allclose(theta, pmap.to_theta(pmap.phi0), rtol=1e-12, atol=0))
+        except Exception:  # a rebuilt transform that cannot even run is not the same transform
+            same = False
+        if not same:
+            raise InputError(f"transform: this {name}, rebuilt from its jsonable_kwargs "
+                             f"{_listify(getattr(transform, 'jsonable_kwargs', None))!r:.200}, gives other values "
+                             f"than the object (its kwargs do not hold its state), so a job would compute "
+                             f"another FIM; {advice}")
+    return spec

@@ -18,7 +18,6 @@ constants enter in eV/Å³ unless the target property names other ``units``.
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 
@@ -28,7 +27,7 @@ from atomscore.errors import InputError, import_extra
 from atomscore.jobs.calls import job_call
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ModelScore, to_jsonable, records_metadata
-from atomscore.validation import check_keys, load_array
+from atomscore.validation import check_int, check_keys, load_array
 
 #: default finite-difference settings (those of information_matching's FiniteDifference)
 DEFAULT_DERIVATIVE_KWARGS = {"h": 0.1, "method": "FD"}
@@ -76,6 +75,21 @@ def evaluate_target_property(target_property, potential, parameters):
         pot.set_parameters({k: np.asarray(v, dtype=float) for k, v in values.items()})
         out.append(prop.property_vector(pot).tolist())
     return out
+
+
+def _call(item):
+    func, kwargs = item
+    return func(**kwargs)
+
+
+def _map_forked(func, list_of_kwargs, nprocs):
+    """``func(**kw)`` for each kw in ``nprocs`` forked worker processes (no job folders)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from atomscore.fim.training_set import _pool_context
+
+    with ProcessPoolExecutor(max_workers=min(nprocs, len(list_of_kwargs)), mp_context=_pool_context()) as pool:
+        return list(pool.map(_call, [(func, kw) for kw in list_of_kwargs]))
 
 
 def _map(func, list_of_kwargs, workflow, spec=None):
@@ -220,7 +234,7 @@ def _one_cov(value, n, where):
 def _covariance(cov, sizes):
     """The full (N, N) covariance from one matrix or one per property (block diagonal)."""
     n = int(sum(sizes))
-    per_property = (len(sizes) > 1 and isinstance(cov, (list, tuple)) and len(cov) == len(sizes)
+    per_property = (isinstance(cov, (list, tuple)) and len(cov) == len(sizes)
                     and all(isinstance(c, (np.ndarray, str, os.PathLike)) or
                             (isinstance(c, (list, tuple)) and c and isinstance(c[0], (list, tuple)))
                             for c in cov))
@@ -255,24 +269,22 @@ def _inverse(cov):
 
 def _copy_potential(potential):
     """A private KIMPotential (the caller's object and its parameters are never changed)."""
-    from atomscore.potentials.kim import KIMPotential
+    from atomscore.potentials.kim import KIMPotential, check_spec
 
-    if isinstance(potential, KIMPotential):
-        pot = KIMPotential.from_spec(potential.to_spec())
-        pot.set_parameters(potential.get_parameters())
-        return pot
-    return KIMPotential.from_spec(copy.deepcopy(potential))
+    return KIMPotential.from_spec(check_spec(potential))
 
 
 # ---------------------------------------------------------------------- the score
 class FIMPropertyScore(ModelScore):
     """Fisher information matrix of target properties with respect to potential parameters.
 
-    ``compute(list_of_target_property, score_quantity, cov, potential, parameters_optimize,
-    transform=None, derivative_kwargs=None)`` returns the P×P FIM (P free parameters, in the
-    transformed parameterisation φ), ``Jᵀ cov⁻¹ J`` summed over the stacked property vectors.
-    After a call, :attr:`fim_index_to_parameter` maps FIM rows to parameters and
-    :attr:`jacobian` holds J (N × P).
+    ``compute(target_property, score_quantity, cov, potential, parameters_optimize,
+    transform=None, derivative_kwargs=None, return_jacobian=False, nprocs=1)`` (one property
+    dict or a list) and ``compute_batch(list_of_target_property, ...)`` return the P×P FIM
+    (P transformed parameters φ), ``Jᵀ cov⁻¹ J`` summed over the stacked property vectors, or
+    ``(fim, jacobians)`` with ``return_jacobian=True``. After a call,
+    :attr:`fim_index_to_parameter` maps FIM rows to parameters, :attr:`jacobians` holds one
+    J per property (N_k × P) and :attr:`jacobian` all of them stacked.
 
     Only :class:`~atomscore.potentials.kim.KIMPotential` models are supported (as in the spec).
     """
@@ -283,7 +295,9 @@ class FIMPropertyScore(ModelScore):
     def __init__(self):
         super().__init__()
         self.fim_index_to_parameter = {}
+        self.transform = None
         self.jacobian = None
+        self.jacobians = []
 
     # ------------------------------------------------------------------ checks
     def _prepare(self, list_of_target_property, cov, potential, parameters_optimize, transform,
@@ -311,29 +325,83 @@ class FIMPropertyScore(ModelScore):
         missing = [k for k in ("cov", "potential", "parameters_optimize") if k not in args]
         if missing:
             raise InputError(f"FIMPropertyScore compute_args: missing {missing}")
-        check_keys(args, ("cov", "potential", "parameters_optimize", "transform", "derivative_kwargs"),
-                   "FIMPropertyScore compute_args")
+        check_keys(args, ("cov", "potential", "parameters_optimize", "transform", "derivative_kwargs",
+                          "return_jacobian", "nprocs"), "FIMPropertyScore compute_args")
+        if args.get("return_jacobian"):
+            raise InputError("FIMPropertyScore compute_args['return_jacobian']: a job saves the FIM only; "
+                             "call compute_batch(..., return_jacobian=True) in this process for the Jacobians")
+        check_int(args.get("nprocs", 1), "nprocs", minimum=1)
         self._prepare(configs, args["cov"], args["potential"], args["parameters_optimize"],
                       args.get("transform"), args.get("derivative_kwargs"))
 
     def prepare_compute_args(self, compute_args):
-        """Potential and transform objects in their JSON forms (a new dict)."""
-        from atomscore.fim.parameters import transform_to_dict
+        """Potential and transform objects in their JSON forms (a new dict); a transform that a
+        job could not rebuild from its JSON form is refused (see :func:`~atomscore.fim.parameters.job_transform`)."""
+        from atomscore.fim.parameters import job_transform
         from atomscore.potentials.kim import KIMPotential
 
         out = dict(compute_args)
-        if isinstance(out.get("potential"), KIMPotential):
-            out["potential"] = out["potential"].to_spec()
         t = out.get("transform")
         if t is not None and not isinstance(t, dict):
-            out["transform"] = transform_to_dict(t)
+            out["transform"] = job_transform(t, out.get("potential"), out.get("parameters_optimize"))
+        if isinstance(out.get("potential"), KIMPotential):
+            out["potential"] = out["potential"].to_spec()
         return out
 
     # ------------------------------------------------------------------ compute
+    def _with_metadata(self, result, metadata):
+        # (fim, jacobians) from return_jacobian=True: the FIM is the result that saves with
+        # this call's metadata (save_results(fim)), the Jacobians are extra
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], np.ndarray):
+            super()._with_metadata(result[0], metadata)
+            return result
+        return super()._with_metadata(result, metadata)
+
     @records_metadata
-    def compute(self, list_of_target_property, score_quantity, cov, potential, parameters_optimize,
-                transform=None, derivative_kwargs=None):
-        """The FIM of the target properties.
+    def compute(self, target_property=None, score_quantity="SENSITIVITY", cov=None, potential=None,
+                parameters_optimize=None, transform=None, derivative_kwargs=None, return_jacobian=False,
+                nprocs=1, list_of_target_property=None):
+        """The FIM of one target property (or of a list of them, as :meth:`compute_batch`).
+
+        Parameters
+        ----------
+        target_property : dict or list of dict
+            ``{'init_args': {...}, 'calculate_property_args': {...}}`` (see :meth:`compute_batch`).
+        score_quantity, cov, potential, parameters_optimize, transform, derivative_kwargs, nprocs
+            As in :meth:`compute_batch`; ``cov`` is the property's (N, N) covariance (or a
+            one-element list holding it).
+        return_jacobian : bool
+            Also return the Jacobian.
+        list_of_target_property : list of dict, optional
+            The spec's keyword for ``target_property`` (give one of the two).
+
+        Returns
+        -------
+        numpy.ndarray or tuple
+            The (P, P) FIM; with ``return_jacobian``, ``(fim, jacobian)`` (N × P) for one
+            property dict, ``(fim, list_of_jacobians)`` for a list.
+        """
+        if list_of_target_property is not None:
+            if target_property is not None:
+                raise InputError("FIMPropertyScore.compute: give target_property or list_of_target_property, not both")
+            target_property = list_of_target_property
+        if target_property is None:
+            raise InputError("FIMPropertyScore.compute: target_property is required: a dict "
+                             "{'init_args': {...}, 'calculate_property_args': {...}} or a list of them")
+        single = isinstance(target_property, dict)
+        result = self.compute_batch([target_property] if single else target_property, score_quantity, cov,
+                                    potential, parameters_optimize, transform, derivative_kwargs,
+                                    return_jacobian, nprocs)
+        if return_jacobian and single:
+            fim, jacobians = result
+            return fim, jacobians[0]
+        return result
+
+    @records_metadata
+    def compute_batch(self, list_of_target_property, score_quantity="SENSITIVITY", cov=None, potential=None,
+                      parameters_optimize=None, transform=None, derivative_kwargs=None, return_jacobian=False,
+                      nprocs=1):
+        """The FIM of the target properties together (the Orchestrator's ``compute_batch``).
 
         Parameters
         ----------
@@ -342,35 +410,54 @@ class FIMPropertyScore(ModelScore):
             'target_property_args': {...}}, 'calculate_property_args': {'workflow': {...}}}``.
             The workflow runs that property's perturbed calculations as jobs. Without
             one, the embedded backend computes them in this process (one model, no job
-            start-up) and the LAMMPS backend in LOCAL jobs (parallel subprocesses).
+            start-up; ``nprocs`` > 1: in that many forked workers) and the LAMMPS backend in
+            LOCAL jobs (parallel subprocesses).
         score_quantity : ScoreQuantity or str
             ``SENSITIVITY``.
         cov : array_like or str or list
-            Target covariance of the property vectors, (N, N) with N the length of the stacked
-            property vectors (36 per elastic-constant property by default, see
-            ``fim_quantities``; in the property's units squared, by default (eV/Å³)²), a ``.npy``/``.txt``
-            path, or a list with one matrix per target property (block diagonal). A singular
-            cov is replaced by its pseudo-inverse, with a warning.
+            Target covariance of the stacked property vectors, (N, N) with N their total
+            length (36 per elastic-constant property by default, see ``fim_quantities``; in the
+            property's units squared, by default (eV/Å³)²), a ``.npy``/``.txt`` path, or a list
+            with one matrix (or path) per target property (block diagonal: no covariance
+            across properties). A singular cov is replaced by its pseudo-inverse, with a warning.
         potential : KIMPotential or dict
             The model (never modified) or its spec dict.
         parameters_optimize : dict
-            Free/fixed parameters (see :mod:`atomscore.fim.parameters`).
+            Free/fixed parameters θ (see :mod:`atomscore.fim.parameters`).
         transform : object or dict, optional
-            Parameter transform; derivatives are taken in the transformed parameters.
+            Parameter transform θ -> φ; derivatives are taken in φ, whose size may differ
+            from θ's (``inverse_transform(φ)`` gives every free entry of θ).
         derivative_kwargs : dict, optional
-            ``{'h': step (absolute, in transformed parameters; one number or one per free
-            parameter), 'method': 'FD'|'FD2'|'FD3'|'FD4'|'CD'|'CD4'}``; default
-            ``{'h': 0.1, 'method': 'FD'}``.
+            ``{'h': step (absolute, in φ; one number or one per φ), 'method':
+            'FD'|'FD2'|'FD3'|'FD4'|'CD'|'CD4'}``; default ``{'h': 0.1, 'method': 'FD'}``.
+        return_jacobian : bool
+            Also return the Jacobians.
+        nprocs : int
+            Worker processes for the perturbed calculations done in this process.
 
         Returns
         -------
-        numpy.ndarray
-            The (P, P) FIM.
+        numpy.ndarray or tuple
+            The (P, P) FIM, the sum over properties; with ``return_jacobian``,
+            ``(fim, list_of_jacobians)``, one (N_k, P) Jacobian per property.
         """
+        fim = self._fim(list_of_target_property, score_quantity, cov, potential, parameters_optimize,
+                        transform, derivative_kwargs, nprocs)
+        if return_jacobian:
+            return fim, [j.copy() for j in self.jacobians]
+        return fim
+
+    def _fim(self, list_of_target_property, score_quantity, cov, potential, parameters_optimize,
+             transform=None, derivative_kwargs=None, nprocs=1):
         FiniteDifference = import_extra("information_matching.fim.finitediff", "FIMPropertyScore",
                                         "fim").FiniteDifference
 
         self.parse_quantity(score_quantity)
+        nprocs = check_int(nprocs, "nprocs", minimum=1)
+        if cov is None or potential is None or parameters_optimize is None:
+            missing = [k for k, v in (("cov", cov), ("potential", potential),
+                                      ("parameters_optimize", parameters_optimize)) if v is None]
+            raise InputError(f"FIMPropertyScore: missing {', '.join(missing)} (required)")
         props, pot, pmap, dkw, full_cov = self._prepare(
             list_of_target_property, cov, potential, parameters_optimize, transform, derivative_kwargs)
         fd = FiniteDifference(pmap.phi0.copy(), h=list(dkw["h"]), method=dkw["method"])
@@ -382,8 +469,7 @@ class FIMPropertyScore(ModelScore):
                 if pot.parameter_info()[name]["dtype"] == "Double"}
         calls = []
         for key in keys:
-            theta = pmap.to_theta(params_set[key])
-            pmap.check_bounds(theta, where=f"finite-difference point {key!r}")
+            theta = pmap.to_theta(params_set[key], where=f"finite-difference point {key!r}")
             values = {name: v.copy() for name, v in base.items()}
             for (name, e), t in zip(pmap.free, theta):
                 values[name][e] = t
@@ -395,19 +481,26 @@ class FIMPropertyScore(ModelScore):
             if _in_process(prop, workflow_spec):
                 workflow = None  # one model, its parameters changed in place between points
             evaluation.append("in-process" if workflow is None else "jobs")
-            chunks = np.array_split(np.arange(len(calls)), 1 if workflow is None else _n_jobs(workflow, len(calls)))
+            n_chunks = min(nprocs, len(calls)) if workflow is None else _n_jobs(workflow, len(calls))
+            chunks = np.array_split(np.arange(len(calls)), n_chunks)
             kwargs = [{"target_property": prop.to_spec(), "potential": spec,
                        "parameters": [calls[i] for i in chunk]} for chunk in chunks]
-            results = [vec for part in _map(evaluate_target_property, kwargs, workflow, workflow_spec) for vec in part]
+            if workflow is None and len(kwargs) > 1:
+                parts = _map_forked(evaluate_target_property, kwargs, nprocs)
+            else:
+                parts = _map(evaluate_target_property, kwargs, workflow, workflow_spec)
+            results = [vec for part in parts for vec in part]
             preds = {key: np.asarray(r, dtype=float) for key, r in zip(keys, results)}
             if not need_center:
                 preds["original"] = np.zeros_like(next(iter(preds.values())))
-            jacobians.append(fd.estimate_derivative(preds))
+            jacobians.append(np.asarray(fd.estimate_derivative(preds), dtype=float).reshape(len(results[0]), -1))
         jac = np.vstack(jacobians)
         fim = jac.T @ _inverse(full_cov) @ jac
         fim = 0.5 * (fim + fim.T)
+        self.jacobians = jacobians
         self.jacobian = jac
         self.fim_index_to_parameter = pmap.fim_index_to_parameter
+        self.transform = pmap.transform
         self.note_metadata(**{
             "potential": {"type": "KIM", "name": pot.kim_id, "spec": spec},
             "kim_id": pot.kim_id,

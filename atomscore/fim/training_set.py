@@ -16,14 +16,14 @@ best-estimate search costs more than the evaluations of a 64-atom configuration;
 
 from __future__ import annotations
 
-import copy
 import numbers
 import os
 
 import numpy as np
 
 from atomscore.errors import InputError, import_extra
-from atomscore.fim.parameters import IdentityTransform, ParameterMap, transform_to_dict
+from atomscore.fim.parameters import IdentityTransform, ParameterMap, job_transform
+from atomscore.potentials.kim import check_spec
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ConfigurationScore, records_metadata
 from atomscore.validation import check_finite_configs, check_int, is_array_file, load_array
@@ -34,21 +34,6 @@ _COMPLEX_METHODS = ("complex", "multicomplex")
 
 
 # ---------------------------------------------------------------------------- argument checks
-def _potential_spec(potential):
-    """The potential's JSON form, without opening the model (for job files and metadata)."""
-    from atomscore.potentials.kim import KIMPotential
-
-    if isinstance(potential, dict):
-        if not isinstance(potential.get("potential_type"), str) or potential["potential_type"].upper() != "KIM":
-            raise InputError(f"potential['potential_type']: only 'KIM' is supported by FIMTrainingSetScore, "
-                             f"got {potential.get('potential_type')!r}")
-        return copy.deepcopy(potential)
-    if isinstance(potential, KIMPotential):
-        return potential.to_spec()
-    raise InputError(f"potential: expected a KIMPotential or {{'potential_type': 'KIM', 'potential_args': {{...}}}}, "
-                     f"got {type(potential).__name__}")
-
-
 def _flags(evaluate_kwargs, n_configs):
     """Return the quantity ('energy'/'forces'/'stress') of each configuration."""
     if evaluate_kwargs is None or (isinstance(evaluate_kwargs, dict) and not evaluate_kwargs):
@@ -204,10 +189,10 @@ class _FIMEvaluator:
         self.settings = _derivative_settings(derivative_kwargs, self.pmap)
         self._saved = self.potential.get_parameters()
         self.pmap.apply(self.potential)
-        self._set_theta = self.pmap.setter(self.potential)
+        self._write = self.potential.parameter_writer(self.pmap.free)
 
     def fim(self, atoms, quantity, mask, where="configuration"):
-        """The P×P FIM of one configuration."""
+        """The P×P FIM of one configuration (P = the number of transformed parameters φ)."""
         jac = self._jacobian(atoms, quantity, where)
         if mask is not None:
             jac = jac[mask]
@@ -219,63 +204,38 @@ class _FIMEvaluator:
         self.potential.set_parameters(self._saved)
 
     def _jacobian(self, atoms, quantity, where):
-        pot, pmap = self.potential, self.pmap
-        want = (quantity == "energy", quantity == "forces", quantity == "stress")
-        setup = pot._setup(atoms)
-        if want[2] and setup.volume <= 0.0:
-            raise InputError(f"evaluate_kwargs: {where} asks for stress but is not periodic (no cell volume)")
-        set_theta = self._set_theta
-        evaluate = pot._raw_evaluator(atoms, *want)
-        if isinstance(pmap.transform, IdentityTransform):
-            def predict_raw(phi):
-                """Predictions with forces still on the padded atoms (folded by the caller)."""
-                set_theta(phi)
-                return evaluate()
-        else:
-            to_theta = pmap.to_theta
+        pmap = self.pmap
+        try:
+            pred = self.potential.predictions(atoms, quantity)
+        except InputError as exc:
+            raise InputError(f"evaluate_kwargs: {where} asks for {quantity}: {exc}") from None
+        write = self._write
 
-            def predict_raw(phi):
-                set_theta(to_theta(phi))
-                return evaluate()
-
-        def predict(phi):
-            s, raw = predict_raw(phi)
-            if want[1]:
-                return pot._fold(s, raw).reshape(-1)
-            return raw if want[0] else raw / s.volume
+        def raw_at(phi, point):
+            write(pmap.to_theta(phi, where=f"{where}, finite-difference point {point}"))
+            return pred.raw()
 
         try:
             if _is_plain_central(self.settings):
-                return self._central(predict_raw, setup, want[1], want[2])
-            return self._numdifftools(predict)
+                return self._central(raw_at, pred)
+            return self._numdifftools(lambda phi: pred.fold(raw_at(phi, "(numdifftools)")).reshape(-1))
         finally:
-            set_theta(pmap.theta0)
+            write(pmap.theta0)
 
-    def _central(self, predict_raw, setup, forces, stress):
-        """One central difference per parameter (what numdifftools does for these settings).
-
-        Forces are differenced on the padded atoms and folded once per configuration.
-        """
-        pot = self.potential
+    def _central(self, raw_at, pred):
+        """One central difference per parameter (what numdifftools does for these settings),
+        on the raw predictions (forces on the padded atoms), folded once per configuration."""
         phi0 = self.pmap.phi0
         steps = np.broadcast_to(self.settings["step"], phi0.shape)
         cols = []
         for i, h in enumerate(steps):
             phi = phi0.copy()
             phi[i] = phi0[i] + h
-            s_plus, plus = predict_raw(phi)
+            plus = raw_at(phi, f"phi[{i}] + {h:g}")
             phi[i] = phi0[i] - h
-            s_minus, minus = predict_raw(phi)
-            if forces and not (s_plus is setup and s_minus is setup):  # a cutoff moved: fold each
-                plus = _unfold_like(setup, pot._fold(s_plus, plus))
-                minus = _unfold_like(setup, pot._fold(s_minus, minus))
-            elif stress:
-                plus, minus = plus / s_plus.volume, minus / s_minus.volume
+            minus = raw_at(phi, f"phi[{i}] - {h:g}")
             cols.append((plus - minus) / (2.0 * h))
-        jac = np.stack(cols, axis=-1)  # (n_padded, 3, P) for forces
-        if forces:
-            jac = pot._fold(setup, jac.reshape(jac.shape[0], -1)).reshape(setup.n * 3, -1)
-        return jac.reshape(-1, len(phi0))
+        return pred.fold(np.stack(cols, axis=-1)).reshape(pred.n_values, len(phi0))
 
     def _numdifftools(self, predict):
         phi0 = self.pmap.phi0
@@ -283,13 +243,6 @@ class _FIMEvaluator:
 
         jac = nd.Jacobian(predict, **self.settings)(phi0.copy())
         return np.asarray(jac, dtype=float).reshape(-1, len(phi0))
-
-
-def _unfold_like(setup, folded):
-    """Folded forces (n, 3) placed on the rows of ``setup``'s real atoms, zeros on its padding."""
-    out = np.zeros((len(setup.coords), 3))
-    out[: setup.n] = folded
-    return out
 
 
 def _pool_context():
@@ -306,17 +259,23 @@ def _pool_init_args(ev, parameters_optimize, derivative_kwargs):
     """The arguments of :func:`_worker_init`, with every module a worker will need imported
     here first, so that no forked worker pays for an import (it inherits the parent's).
 
-    The identity transform goes as None: its dict form would make every worker import
-    information_matching (cvxpy, scipy.stats: about 1 s) for nothing.
+    The transform goes to the workers as the object itself, never rebuilt from its
+    ``jsonable_kwargs`` (which need not hold its state): a forked worker inherits it; where
+    workers are spawned it is pickled, and one that cannot be is refused here, before any work.
     """
     if not _is_plain_central(ev.settings):
         import numdifftools  # noqa: F401
-    if isinstance(ev.pmap.transform, IdentityTransform):
-        transform = None
-    else:
-        import information_matching.transform  # noqa: F401
+    transform = None if isinstance(ev.pmap.transform, IdentityTransform) else ev.pmap.transform
+    method = _pool_context().get_start_method()
+    if transform is not None and method != "fork":
+        import pickle
 
-        transform = transform_to_dict(ev.pmap.transform)
+        try:
+            pickle.dumps(transform)
+        except Exception as exc:  # whatever pickling raises, said as it says it
+            raise InputError(f"transform: with nprocs > 1 the {type(transform).__name__} object goes to worker "
+                             f"processes started by {method!r}, which needs it pickled, and it cannot be "
+                             f"({type(exc).__name__}: {exc}); use nprocs=1") from None
     return ev.potential.to_spec(), parameters_optimize, transform, derivative_kwargs
 
 
@@ -325,11 +284,23 @@ _WORKER = {}
 
 
 def _worker_init(potential, parameters_optimize, transform, derivative_kwargs):
-    # the spec carries the parameters changed in place (KIMPotential.to_spec)
-    _WORKER["ev"] = _FIMEvaluator(potential, parameters_optimize, transform, derivative_kwargs)
+    # the spec carries the parameters changed in place (KIMPotential.to_spec); a failure is
+    # kept and raised by the first task, so that its cause reaches the parent (an exception in
+    # an initializer only breaks the pool, with the cause on the workers' stderr)
+    import warnings
+
+    _WORKER.pop("error", None)
+    try:
+        with warnings.catch_warnings():  # the parent has said these once, for the same inputs
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _WORKER["ev"] = _FIMEvaluator(potential, parameters_optimize, transform, derivative_kwargs)
+    except Exception as exc:
+        _WORKER["error"] = exc
 
 
 def _worker_fim(task):
+    if "error" in _WORKER:
+        raise _WORKER["error"]
     index, atoms, quantity, mask = task
     return index, _WORKER["ev"].fim(atoms, quantity, mask, f"configuration {index}")
 
@@ -358,6 +329,15 @@ class FIMTrainingSetScore(ConfigurationScore):
     def __init__(self):
         super().__init__()
         self.fim_index_to_parameter = {}
+        self.transform = None
+
+    @property
+    def list_of_jac(self):
+        """Not kept (the Orchestrator keeps every configuration's 3N × P Jacobian after
+        ``compute_batch``): raises AttributeError saying so."""
+        raise AttributeError("FIMTrainingSetScore.list_of_jac: the Jacobians are not kept (3N x P per "
+                             "configuration, only J^T J is returned); for a configuration's Jacobian use "
+                             "KIMPotential.predictions and finite differences, see docs/orchestrator.md")
 
     # -------------------------------------------------------------- compute
     @records_metadata
@@ -433,7 +413,7 @@ class FIMTrainingSetScore(ConfigurationScore):
             raise InputError("potential: required, e.g. {'potential_type': 'KIM', 'potential_args': {'kim_id': ...}}")
         if parameters_optimize is None:
             raise InputError("parameters_optimize: required, e.g. {'A': [[15.28]], 'B': [['default']]}")
-        _potential_spec(potential)
+        check_spec(potential)
         quantities = _flags(evaluate_kwargs, len(configs))
         masks = _masks(list_of_mask, configs, quantities)
         from atomscore.potentials.kim import pooled_potential
@@ -451,6 +431,8 @@ class FIMTrainingSetScore(ConfigurationScore):
         self.note_metadata(**self._details(ev, quantities, list_of_mask))
         #: FIM row/column -> {'parameter': name, 'extent': e}, as the spec shows
         self.fim_index_to_parameter = ev.pmap.fim_index_to_parameter
+        #: the transform object used (the Orchestrator's attribute)
+        self.transform = ev.pmap.transform
 
         from tqdm.auto import tqdm
 
@@ -502,10 +484,10 @@ class FIMTrainingSetScore(ConfigurationScore):
         evk = args.get("evaluate_kwargs")
         if isinstance(evk, dict):
             args["evaluate_kwargs"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in evk.items()}
-        if args.get("potential") is not None:
-            args["potential"] = _potential_spec(args["potential"])  # live parameters included
         if args.get("transform") is not None and not isinstance(args["transform"], dict):
-            args["transform"] = transform_to_dict(args["transform"])
+            args["transform"] = job_transform(args["transform"], args.get("potential"), args.get("parameters_optimize"))
+        if args.get("potential") is not None:
+            args["potential"] = check_spec(args["potential"])  # live parameters included
         return args
 
     def check_compute_args(self, configs, score_quantity, compute_args):
@@ -526,7 +508,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         ev = _FIMEvaluator(potential, args["parameters_optimize"], args.get("transform"), args.get("derivative_kwargs"))
         ev.restore()
         for i, (atoms, q) in enumerate(zip(configs, quantities)):
-            ev.potential._species_codes(atoms)
+            ev.potential.check_species(atoms, f"configuration {i}")
             if q == "stress" and not np.any(atoms.pbc):
                 raise InputError(f"evaluate_kwargs: configuration {i} asks for stress but is not periodic")
 

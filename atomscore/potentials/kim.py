@@ -18,6 +18,7 @@ Units: energy eV, length Å, forces eV/Å, stress eV/Å³ (ASE's sign and Voigt 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from collections import OrderedDict
@@ -117,6 +118,42 @@ def _unknown_model_error(kim_id, kim_api):
         msg += f" {len(names)} portable models are installed; none has a similar name."
     msg += f" Install it with: {kim_api or _DEFAULT_KIM_API} install user {kim_id}"
     return PotentialError(msg)
+
+
+def check_spec(potential, where="potential"):
+    """The one parser of a potential spec: check its form without opening the model.
+
+    Parameters
+    ----------
+    potential : dict or KIMPotential
+        ``{'potential_type': 'KIM', 'potential_args': {'kim_id': ..., ...}}`` (the spec's
+        form), or a :class:`KIMPotential` (its :meth:`~KIMPotential.to_spec`, live parameters
+        included).
+    where : str
+        How the argument is named in error messages.
+
+    Returns
+    -------
+    dict
+        A new, JSON-able spec (the caller's dict is never modified or shared).
+
+    Raises
+    ------
+    InputError
+        Not a dict of that form, a ``potential_type`` other than ``'KIM'`` or no ``kim_id``.
+    """
+    if isinstance(potential, KIMPotential):
+        return potential.to_spec()
+    if not isinstance(potential, dict):
+        raise InputError(f"{where}: expected a KIMPotential or a dict {{'potential_type': 'KIM', "
+                         f"'potential_args': {{'kim_id': ...}}}}, got {type(potential).__name__}")
+    ptype = potential.get("potential_type")
+    if not isinstance(ptype, str) or ptype.upper() != "KIM":
+        raise InputError(f"{where}['potential_type']: only 'KIM' is supported here, got {ptype!r}")
+    args = potential.get("potential_args")
+    if not isinstance(args, dict) or not isinstance(args.get("kim_id"), str) or not args["kim_id"]:
+        raise InputError(f"{where}['potential_args']: expected a dict with 'kim_id' (a KIM model id), got {args!r}")
+    return copy.deepcopy({**potential, "potential_type": "KIM"})
 
 
 class _Setup:
@@ -273,20 +310,15 @@ class KIMPotential:
         Raises
         ------
         InputError
-            Not a dict of that form, or a ``potential_type`` other than ``'KIM'``.
+            Not a dict of that form (see :func:`check_spec`).
         """
         if isinstance(spec, cls):
             return spec
-        if not isinstance(spec, dict):
-            raise InputError(f"potential: expected a KIMPotential or a dict {{'potential_type': 'KIM', "
-                             f"'potential_args': {{'kim_id': ...}}}}, got {type(spec).__name__}")
-        ptype = spec.get("potential_type")
-        if not isinstance(ptype, str) or ptype.upper() != "KIM":
-            raise InputError(f"potential['potential_type']: only 'KIM' is supported here, got {ptype!r}")
-        args = spec.get("potential_args")
-        if not isinstance(args, dict) or "kim_id" not in args:
-            raise InputError(f"potential['potential_args']: expected a dict with 'kim_id', got {args!r}")
-        return cls(**args)
+        return cls(**check_spec(spec)["potential_args"])
+
+    def copy(self):
+        """A new, independent :class:`KIMPotential` of the same model with this one's live parameters."""
+        return KIMPotential.from_spec(self.to_spec())
 
     def to_spec(self):
         """Return the JSON-able dict that re-creates this potential, live parameters included.
@@ -407,6 +439,86 @@ class KIMPotential:
                 checked.append(self._check_values(name, values, None))
         for info, vals, ext in checked:  # all checked before any is set
             self._set_raw(info, vals, ext)
+
+    def parameter_writer(self, entries):
+        """Return ``write(values)``, a fast setter of many parameter entries (finite differences).
+
+        Parameters
+        ----------
+        entries : list of (str, int)
+            ``(name, extent)`` of each entry of ``values`` (Double parameters only).
+
+        Returns
+        -------
+        callable
+            ``write(values)`` sets the entries to ``values`` (array of ``len(entries)`` floats,
+            model units) in the live model, writing only those that differ from the last
+            values written (the first call compares with the model's current values).
+
+        Raises
+        ------
+        InputError
+            An unknown name, an extent out of range, an integer parameter; and, from
+            ``write``, values of the wrong length or not finite.
+        """
+        where = []
+        for name, e in entries:
+            info = self._info(name)
+            if info["dtype"] != "Double":
+                raise InputError(f"parameter {name!r} is an integer parameter; it cannot be differentiated")
+            if not 0 <= int(e) < info["extent"]:
+                raise InputError(f"parameter {name!r}: extent {e} out of range; it has extents 0..{info['extent'] - 1}")
+            where.append((info["index"], int(e)))
+        get, setp = self._model.get_parameter_double, self._model.set_parameter
+        last = [get(i, e) for i, e in where]
+        n = len(where)
+
+        def write(values):
+            vals = np.asarray(values, dtype=float).reshape(-1)
+            if vals.size != n or not np.all(np.isfinite(vals)):
+                raise InputError(f"{self.kim_id}: expected {n} finite parameter values, got "
+                                 f"{vals.size} values{'' if vals.size != n else ' with NaN/inf'}")
+            changed = False
+            for k, v in enumerate(vals.tolist()):
+                if v != last[k]:
+                    setp(where[k][0], where[k][1], v)
+                    last[k] = v
+                    changed = True
+            if changed:
+                self._dirty = True
+
+        return write
+
+    def check_species(self, atoms, where="configuration"):
+        """Raise InputError unless this potential covers every species of ``atoms``."""
+        try:
+            self._species_codes(atoms)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+
+    def predictions(self, atoms, quantity):
+        """The predictions of one configuration, for repeated evaluation as parameters change.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The configuration (not modified).
+        quantity : {'energy', 'forces', 'stress'}
+            What is predicted: the energy (1 value, eV), the forces (3N values, eV/Å,
+            row-major) or the stress (6 values, eV/Å³, Voigt).
+
+        Returns
+        -------
+        Predictions
+            ``p()`` gives the prediction vector at the live parameters; ``p.raw()`` and
+            ``p.fold()`` split it for finite-difference loops (see :class:`Predictions`).
+
+        Raises
+        ------
+        InputError
+            Stress of a non-periodic configuration, a species not covered, bad positions.
+        """
+        return Predictions(self, atoms, quantity)
 
     # ------------------------------------------------------------------ evaluation
     def _refresh_cutoffs(self):
@@ -666,6 +778,56 @@ class KIMPotential:
         are checked every time).
         """
         return KIMCalculator(self)
+
+
+class Predictions:
+    """The predictions of one configuration by a :class:`KIMPotential` (see
+    :meth:`KIMPotential.predictions`), evaluated with the live parameters.
+
+    The padding atoms and neighbour list are built once and reused; they are rebuilt only
+    when a parameter change moves the model's cutoffs. For finite differences, :meth:`raw`
+    gives the forces still on the padded atoms, so differences of raw arrays are folded
+    onto the atoms once (:meth:`fold`) rather than at every evaluation.
+    """
+
+    def __init__(self, potential, atoms, quantity):
+        if quantity not in ("energy", "forces", "stress"):
+            raise InputError(f"quantity: expected 'energy', 'forces' or 'stress', got {quantity!r}")
+        self.potential = potential
+        self.quantity = quantity
+        self._base = potential._setup(atoms)
+        if quantity == "stress" and self._base.volume <= 0.0:
+            raise InputError("stress: the configuration is not periodic (no cell volume); "
+                             "ask for energy or forces only")
+        self._evaluate = potential._raw_evaluator(atoms, quantity == "energy", quantity == "forces",
+                                                  quantity == "stress")
+        #: number of predicted values: 1, 3N or 6
+        self.n_values = {"energy": 1, "forces": 3 * self._base.n, "stress": 6}[quantity]
+
+    def raw(self):
+        """One evaluation in a linear form: the energy ``(1,)``, the stress ``(6,)``, or the
+        forces on the padded atoms ``(n_padded, 3)`` (give linear combinations to :meth:`fold`)."""
+        s, raw = self._evaluate()
+        if self.quantity == "stress":
+            return raw / s.volume
+        if self.quantity == "forces" and s is not self._base:  # a cutoff moved: new padding
+            out = np.zeros((len(self._base.coords), 3))
+            out[: self._base.n] = KIMPotential._fold(s, raw)
+            return out
+        return raw
+
+    def fold(self, raw):
+        """Raw array(s) ``(n_raw, ..., *extra)`` -> prediction rows ``(n_values, *extra)``."""
+        raw = np.asarray(raw)
+        if self.quantity != "forces":
+            return raw
+        extra = raw.shape[2:]
+        folded = KIMPotential._fold(self._base, raw.reshape(raw.shape[0], -1))
+        return folded.reshape((self.n_values,) + extra)
+
+    def __call__(self):
+        """The prediction vector ``(n_values,)`` at the live parameters."""
+        return self.fold(self.raw()).reshape(-1)
 
 
 #: idle potentials of this process, by spec: opening a model costs milliseconds
