@@ -24,6 +24,8 @@ PARAMETERS_OPTIMIZE = {p: [["default"]] for p in PARAMETERS}
 TRANSFORM = {"transform_type": "LogTransform", "transform_args": {"sign": [1.0] * len(PARAMETERS)}}
 A0 = 5.431  # Å, SW silicon's equilibrium lattice constant
 RELATIVE_ERROR = 0.1  # the target: 10 % on each target property
+#: the "true" model of the closed loop: SW with each parameter scaled by this factor
+TRUTH_FACTORS = {"A": 1.03, "B": 0.97, "sigma": 1.005, "gamma": 1.02, "lambda": 0.95}
 EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa
 #: eigenvalues of a FIM below this fraction of its largest are "unidentifiable" directions
 TINY_EIGENVALUE = 1e-8
@@ -251,7 +253,8 @@ def target_step(state: DemoState):
                                                derivative_kwargs={"h": 0.01, "method": "CD"}))
     target_fim = target_fim.reshape(len(PARAMETERS), len(PARAMETERS))
     prop_score.save_results(target_fim, save_dir=state.output)
-    state.results["target"] = {"quantities": quantities, "nominal": nominal, "fim": target_fim,
+    state.results["target"] = {"quantities": quantities, "nominal": nominal, "fim": target_fim, "cov": cov,
+                               "property": target[0], "target_args": target_args,
                                "jacobian": np.asarray(prop_score.jacobian, dtype=float)}
 
 
@@ -270,6 +273,44 @@ def matching_step(state: DemoState):
     state.results["matching"] = {"weights": weights, "fims": fims, "predicted_sigma": predicted_sigma,
                                  "target_sigma": target_sigma,
                                  "selected": [i for i, w in enumerate(weights) if w > 0]}
+
+
+@_timed("refit")
+def refit_step(state: DemoState):
+    """The loop closed: label the chosen candidates with a "true" model (SW with shifted parameters,
+    each label with the noise its weight allows), refit from the installed parameters, and check
+    the target property predicted with the refitted ones against the truth and the target."""
+    from atomscore.fim import property_prediction, refit
+    from atomscore.potentials.kim import KIMPotential
+    from atomscore.properties import ElasticConstants
+
+    _step("refit to the chosen configurations, labelled by a shifted SW model; the target checked")
+    match, target = state.results["matching"], state.results["target"]
+    truth = KIMPotential(SW_SI)
+    for name, factor in TRUTH_FACTORS.items():
+        truth.set_parameter(name, truth.get_parameter(name) * factor)
+    rng = np.random.default_rng(state.settings.seed + 5000)
+    labelled, flags = [], {"compute_energy": [], "compute_forces": []}
+    weights = [float(match["weights"][i]) for i in match["selected"]]
+    for i, w in zip(match["selected"], weights):
+        atoms = state.pool[i].copy()
+        sigma = 1.0 / np.sqrt(w)  # a weight is an inverse variance (eV^-2, (eV/Å)^-2)
+        on_energy = atoms.info["trained_on"] == "energy"
+        if on_energy:
+            atoms.info["energy"] = float(truth.compute(atoms)["energy"]) + rng.normal(0.0, sigma)
+        else:
+            forces = truth.compute(atoms, energy=False, forces=True)["forces"]
+            atoms.arrays["forces"] = forces + rng.normal(0.0, sigma, forces.shape)
+        flags["compute_energy"].append(on_energy)
+        flags["compute_forces"].append(not on_energy)
+        labelled.append(atoms)
+    fitted, fit = refit(_potential_spec(), labelled, weights, PARAMETERS_OPTIMIZE, transform=TRANSFORM,
+                        evaluate_kwargs=flags, full_output=True)
+    check = property_prediction(KIMPotential(SW_SI, parameters=fitted), target["property"], fit["fim"],
+                                PARAMETERS_OPTIMIZE, cov=target["cov"], transform=TRANSFORM,
+                                derivative_kwargs={"h": 0.01, "method": "CD"})
+    truth_values = ElasticConstants(**target["target_args"]).property_vector(truth)
+    state.results["refit"] = {"fitted": fitted, "check": check, "truth": truth_values, "nfev": fit["nfev"]}
 
 
 @_timed("ltau")
@@ -330,6 +371,7 @@ def summarize(state: DemoState) -> dict:
                                    "trained_on": pool[i].info["trained_on"], "weight": float(match["weights"][i])}
                                   for i in match["selected"]],
                      "meets_target": all(c["meets"] for c in checks)},
+        "refit": _refit_summary(state),
         "ltau": {"ensemble_size": state.settings.ensemble_size, "heldout_configurations": len(lt["heldout"]),
                  "heldout_atoms": int(lt["actual"].size), "spearman_rank_correlation": lt["rho"],
                  "mean_predicted_error": float(lt["predicted"].mean()), "mean_actual_error": float(lt["actual"].mean())},
@@ -339,6 +381,21 @@ def summarize(state: DemoState) -> dict:
     }
     summary["result"] = result_sentence(summary)
     return summary
+
+
+def _refit_summary(state: DemoState) -> dict:
+    """The closed loop per target property: truth, refitted value, predicted and target uncertainty."""
+    ref, target = state.results["refit"], state.results["target"]
+    check, rows = ref["check"], []
+    for k, name in enumerate(target["quantities"]):
+        truth, unit = _display(name, float(ref["truth"][k]))
+        scale = truth / float(ref["truth"][k]) if ref["truth"][k] else 1.0
+        value, sigma, want = (float(x) * abs(scale) for x in (check["value"][k], check["uncertainty"][k],
+                                                              check["target_uncertainty"][k]))
+        rows.append({"quantity": name, "unit": unit, "truth": truth, "refitted": value, "predicted_sigma": sigma,
+                     "target_sigma": want, "error": value - truth, "within_target": bool(abs(value - truth) <= want)})
+    return {"truth_factors": dict(TRUTH_FACTORS), "fitted": ref["fitted"], "function_evaluations": ref["nfev"],
+            "properties": rows, "all_within_target": all(r["within_target"] for r in rows)}
 
 
 def write_outputs(state: DemoState, summary: dict):
@@ -355,7 +412,7 @@ def write_outputs(state: DemoState, summary: dict):
 
 
 #: the steps of the demo, in order; each takes the state and adds to it
-STEPS = (quests_step, fim_step, target_step, matching_step, ltau_step)
+STEPS = (quests_step, fim_step, target_step, matching_step, refit_step, ltau_step)
 
 
 def run_demo(output="demo_output", quick=False):
@@ -480,6 +537,15 @@ def write_report(path: Path, summary: dict, figures: dict):
     if after:
         weak_text += (f"<p>The weighted training FIM leaves {len(after)} direction(s) unidentified: "
                       + "; ".join(esc(d["direction"]) for d in after) + ".</p>")
+    rf = summary["refit"]
+    refit_rows = "".join(
+        f"<tr><td>{esc(label.get(r['quantity'], r['quantity']))}</td><td>{r['truth']:.5g} {esc(r['unit'])}</td>"
+        f"<td>{r['refitted']:.5g}</td><td>{r['error']:+.3g}</td><td>{r['predicted_sigma']:.3g}</td>"
+        f"<td>{r['target_sigma']:.3g}</td><td>{'yes' if r['within_target'] else '<b>no</b>'}</td></tr>"
+        for r in rf["properties"])
+    refit_sentence = ("Every property of the refitted model is within the target precision of the truth."
+                      if rf["all_within_target"] else "Not every property of the refitted model is within the target "
+                      "precision of the truth: one draw of the label noise can land outside one standard deviation.")
     figs = "".join(f'<figure><img src="{esc(f)}" alt="{esc(n)}"><figcaption>{esc(c)}</figcaption></figure>'
                    for n, (f, c) in figures.items())
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings_seconds"].items())
@@ -512,6 +578,16 @@ the weights meet the target when it is at most the target's.</p>
 <p>A weight multiplies the configuration's FIM, which assumes an error of 1 eV/Å on each force component
 (1 eV on an energy). A weight w therefore asks for reference data fitted to 1/&radic;w of that: w = 100 means
 forces to 0.1 eV/Å. Candidates not listed have weight 0: they add nothing the target needs.</p>
+
+<h2>The loop closed: refit, and the target checked</h2>
+<p>To check the promise, the selected configurations were labelled by a "true" model (SW with its parameters scaled
+by {esc(', '.join(f"{k} &times;{v:g}" for k, v in summary['refit']['truth_factors'].items()))}), each label with
+random noise of the precision its weight asks for (1/&radic;w), and the five parameters were refitted from the
+installed SW values by weighted least squares (<code>atomscore.fim.refit</code>). With the refitted parameters:</p>
+<table><tr><th>property</th><th>truth</th><th>refitted model</th><th>error</th><th>predicted &plusmn;</th>
+<th>target &plusmn;</th><th>error within target</th></tr>
+{refit_rows}</table>
+<p>{esc(refit_sentence)}</p>
 
 <h2>Unidentifiable parameter directions</h2>
 {weak_text}

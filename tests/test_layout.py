@@ -132,7 +132,7 @@ def test_the_checker_sees_a_circle_and_a_forbidden_arrow():
     assert "atomscore.quests.kernels.gaussian" in GRAPH["atomscore.quests.score"]
     planted = {m: set(edges) for m, edges in GRAPH.items()}
     planted["atomscore.index"].add("atomscore.quests.kernels.gaussian")  # the circle issue 20 cut
-    assert circles_of(planted) == [["atomscore.index", "atomscore.quests.kernels.gaussian"]]
+    assert ["atomscore.index", "atomscore.quests.kernels.gaussian"] in circles_of(planted)
 
 
 OLD_PATHS = [

@@ -41,20 +41,28 @@ def _label(atoms, key, kind, index):
                      + (f"; pass {kind}_key=None to fit without {kind} labels" if kind == "energy" else ""))
 
 
-def _labels(configs, weights, energy_key, forces_key):
+def _labels(configs, weights, energy_key, forces_key, quantities=None):
+    """``(index, atoms, weight, energy label or None, forces label or None)`` of every fitted
+    configuration; ``quantities`` (one 'energy'/'forces' per configuration) fits only that one."""
     out = []
     for i, (atoms, w) in enumerate(zip(configs, weights)):
         if w == 0.0:
             continue
         e = f = None
-        if energy_key is not None:
-            e = load_array(_label(atoms, energy_key, "energy", i), f"energy label {energy_key!r}",
+        keys = {"energy": energy_key, "forces": forces_key}
+        if quantities is not None:
+            keys = {q: (k if q == quantities[i] else None) for q, k in keys.items()}
+            if keys[quantities[i]] is None:
+                raise InputError(f"evaluate_kwargs: configuration {i} is fitted on its {quantities[i]}, but "
+                                 f"{quantities[i]}_key is None")
+        if keys["energy"] is not None:
+            e = load_array(_label(atoms, keys["energy"], "energy", i), f"energy label {keys['energy']!r}",
                            where=f"configuration {i}")
             if e.size != 1:
-                raise InputError(f"energy label {energy_key!r} (configuration {i}): expected one number, got shape {e.shape}")
+                raise InputError(f"energy label {keys['energy']!r} (configuration {i}): expected one number, got shape {e.shape}")
             e = float(e.reshape(()))
-        if forces_key is not None:
-            f = load_array(_label(atoms, forces_key, "forces", i), f"forces label {forces_key!r}",
+        if keys["forces"] is not None:
+            f = load_array(_label(atoms, keys["forces"], "forces", i), f"forces label {keys['forces']!r}",
                            shape=(len(atoms), 3), where=f"configuration {i}")
         out.append((i, atoms, float(w), e, f))
     return out
@@ -73,7 +81,7 @@ def _weights(weights, n):
 
 
 def refit(potential, list_of_atoms, weights, parameters_optimize, energy_key="energy", forces_key="forces",
-          transform=None, solver_kwargs=None, full_output=False):
+          transform=None, solver_kwargs=None, full_output=False, evaluate_kwargs=None):
     """Fit the free parameters to weighted energy and force labels (weighted least squares).
 
     Parameters
@@ -97,6 +105,10 @@ def refit(potential, list_of_atoms, weights, parameters_optimize, energy_key="en
         Parameter transform; the fit runs in φ = transform(θ) (e.g. log scale).
     solver_kwargs : dict, optional
         More arguments of ``scipy.optimize.least_squares`` (default tolerances 1e-12).
+    evaluate_kwargs : dict, optional
+        Which quantity each configuration is fitted on, as for ``FIMTrainingSetScore``
+        (``{'compute_energy': [...], 'compute_forces': [...]}``, exactly one per configuration):
+        the labels its FIM was computed for. Default: every configuration on every key given.
     full_output : bool
         Also return a dict of the fit: ``cost``, ``nfev``, ``status``, ``message``, ``phi``,
         ``fim`` (``Σ w_i J_iᵀ J_i`` at the fit, in φ), ``fim_index_to_parameter``,
@@ -127,7 +139,14 @@ def refit(potential, list_of_atoms, weights, parameters_optimize, energy_key="en
     for name, key in (("energy_key", energy_key), ("forces_key", forces_key)):
         if key is not None and not isinstance(key, str):
             raise InputError(f"{name}: expected a key name or None, got {key!r}")
-    data = _labels(configs, w, energy_key, forces_key)
+    quantities = None
+    if evaluate_kwargs is not None:
+        from atomscore.fim.training_set import _flags
+
+        quantities = _flags(evaluate_kwargs, len(configs))
+        if "stress" in quantities:
+            raise InputError("evaluate_kwargs: refit fits energies and forces; a configuration asks for stress")
+    data = _labels(configs, w, energy_key, forces_key, quantities)
     kw = dict(DEFAULT_SOLVER_KWARGS)
     if solver_kwargs is not None:
         if not isinstance(solver_kwargs, dict):
@@ -140,21 +159,18 @@ def refit(potential, list_of_atoms, weights, parameters_optimize, energy_key="en
         raise InputError("parameters_optimize: bounds with a transform are not supported by refit; give the "
                          "bounds without a transform, or drop them")
     pmap.apply(pot)
-    set_theta = pmap.setter(pot)
-    want_e, want_f = energy_key is not None, forces_key is not None
-    evaluators = [(np.sqrt(wi), e, f, pot._raw_evaluator(atoms, energy=want_e, forces=want_f))
-                  for _, atoms, wi, e, f in data]
+    set_theta = pot.parameter_writer(pmap.free)
+    # one (sqrt weight, label vector, predictions) per fitted quantity of each configuration
+    terms = []
+    for _, atoms, wi, e, f in data:
+        if e is not None:
+            terms.append((np.sqrt(wi), np.array([e]), pot.predictions(atoms, "energy")))
+        if f is not None:
+            terms.append((np.sqrt(wi), f.ravel(), pot.predictions(atoms, "forces")))
 
     def residuals(phi):
         set_theta(phi if identity else pmap.to_theta(phi))
-        parts = []
-        for sw, e, f, evaluate in evaluators:
-            s, raw = evaluate()
-            if want_e:
-                parts.append([sw * (float(s.energy[0]) - e)])
-            if want_f:
-                parts.append(sw * (pot._fold(s, raw) - f).ravel())
-        return np.concatenate(parts)
+        return np.concatenate([sw * (predict() - label) for sw, label, predict in terms])
 
     bounds = (pmap.lower, pmap.upper) if identity else (-np.inf, np.inf)
     try:

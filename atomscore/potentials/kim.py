@@ -26,7 +26,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from atomscore.errors import InputError, PotentialError, missing_extra
+from atomscore.errors import InputError, PotentialError
+from atomscore.potentials.portable import import_kimpy as _import_kimpy
 from atomscore.validation import check_finite_positions
 
 #: how many configurations keep their padding and neighbour list (least recently used dropped)
@@ -37,7 +38,6 @@ NEIGHBOR_CACHE_SIZE = 8
 FORCES_ALWAYS = ("DUNN_",)
 
 _DEFAULT_KIM_API = "kim-api-collections-management"
-_kimpy = None
 
 #: keys of the reference's potential spec that have no meaning here: accepted, kept in to_spec
 REFERENCE_ONLY_ARGS = ("kim_item_type", "model_name_prefix", "training_files", "potential_files",
@@ -69,21 +69,6 @@ def _on_path(private):
     from atomscore.potentials.portable import models_on_path
 
     return models_on_path(private.collection)
-
-
-def _import_kimpy():
-    """Import kimpy once; silence the KIM API's ``kim.log`` (we raise our own errors)."""
-    global _kimpy
-    if _kimpy is None:
-        try:
-            import kimpy
-        except ImportError as exc:
-            raise missing_extra("KIMPotential", "kim", debian=["libkim-api-dev", "openkim-models"],
-                                cause=exc) from None
-        # Without this the KIM API appends to ./kim.log in whatever directory we run in.
-        kimpy.log.Log.push_default_verbosity(kimpy.log_verbosity.silent)
-        _kimpy = kimpy
-    return _kimpy
 
 
 def installed_models():
@@ -271,7 +256,7 @@ class KIMPotential:
     # ------------------------------------------------------------------ species
     def _species_code(self, symbol):
         """KIM species code of ``symbol``, or None if the model does not support it."""
-        kimpy = _kimpy
+        kimpy = _import_kimpy()
         sname = getattr(kimpy.species_name, symbol, None)
         if sname is None:
             return None
@@ -280,7 +265,7 @@ class KIMPotential:
 
     def _supported_codes(self):
         if self._all_codes is None:
-            kimpy = _kimpy
+            kimpy = _import_kimpy()
             codes = {}
             for i in range(kimpy.species_name.get_number_of_species_names()):
                 sname = kimpy.species_name.get_species_name(i)
@@ -611,7 +596,7 @@ class KIMPotential:
         return evaluate
 
     def _build(self, atoms):
-        kimpy = _kimpy
+        kimpy = _import_kimpy()
         n = len(atoms)
         # NaN/inf coordinates crash some drivers (a segfault, not an error): refused here
         check_finite_positions(atoms, f"configuration {atoms.get_chemical_formula() or '(empty)'}")
@@ -712,7 +697,7 @@ class KIMPotential:
         want = self._pointers(energy, forces, stress)
         if want == s.pointers:
             return
-        A = _kimpy.compute_argument_name
+        A = _import_kimpy().compute_argument_name
         for flag, name, buf in zip(want, (A.partialEnergy, A.partialForces, A.partialVirial),
                                    (s.energy, s.forces, s.virial)):
             if flag:

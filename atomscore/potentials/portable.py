@@ -32,7 +32,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from atomscore.errors import InputError, PotentialError
+from atomscore.errors import InputError, PotentialError, missing_extra
+
+_kimpy = None
+
+
+def import_kimpy():
+    """Import kimpy once; silence the KIM API's ``kim.log`` (we raise our own errors)."""
+    global _kimpy
+    if _kimpy is None:
+        try:
+            import kimpy
+        except ImportError as exc:
+            raise missing_extra("KIMPotential", "kim", debian=["libkim-api-dev", "openkim-models"],
+                                cause=exc) from None
+        # Without this the KIM API appends to ./kim.log in whatever directory we run in.
+        kimpy.log.Log.push_default_verbosity(kimpy.log_verbosity.silent)
+        _kimpy = kimpy
+    return _kimpy
+
 
 #: the KIM API's list of portable-model folders (``:``-separated; installs go to the first)
 MODELS_ENV = "KIM_API_PORTABLE_MODELS_DIR"
@@ -128,9 +146,7 @@ def check_build_tools(kim_api=_DEFAULT_KIM_API):
 
 
 def _installed_drivers():
-    from atomscore.potentials.kim import _import_kimpy
-
-    kimpy = _import_kimpy()
+    kimpy = import_kimpy()
     col = kimpy.collections.create()
     n = col.cache_list_of_item_names_by_type(kimpy.collection_item_type.modelDriver)
     return sorted(col.get_item_name_by_type(i) for i in range(n))
