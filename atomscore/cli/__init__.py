@@ -56,7 +56,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_global_options(parser, top=False):
     """-v, -q and -T on ``parser`` and every subcommand below it (so they go anywhere on the line)."""
     default = {} if top else {"default": argparse.SUPPRESS}
-    options = [(("-v", "--verbose"), dict(action="count", help="log more (-vv: debug)", **({"default": 0} if top else default))),
+    options = [(("-v", "--verbose"), dict(action="count", help="log the settings resolved and the time of each stage (-vv: also every step)", **({"default": 0} if top else default))),
                (("-q", "--quiet"), dict(action="count", help="log only warnings (-qq: only errors)",
                                         **({"default": 0} if top else default))),
                (("-T", "--traceback"), dict(action="store_true", help="show the full traceback of an error",

@@ -36,7 +36,9 @@ def cmd_descriptors(args):
     descriptor = QUESTSDescriptor(cutoff=args.cutoff, k=args.k, key=args.descriptors_key)  # checks before reading
     configs = read_configs(source, "descriptors: input")
     progress = False if args.no_progress else None
-    new = descriptor.attach(configs, progress=progress)
+    with stage(f"QUESTS descriptors of {len(configs)} configuration(s), {sum(len(a) for a in configs)} atoms",
+               bar=not args.no_progress, cutoff=f"{args.cutoff} Å", k=args.k, key=repr(args.descriptors_key)):
+        new = descriptor.attach(configs, progress=progress)
     write_data(target, new)
     n_atoms = sum(len(a) for a in new)
     print(f"atomscore: wrote {len(new)} configurations ({n_atoms} environments, "
