@@ -63,4 +63,7 @@ def add_uq_command(subparsers):
     p.add_argument("--bin-spacing", choices=("log", "linear"), default="log", help="bin spacing (default log)")
     flags.add_descriptor_settings(p)
     flags.add_output(p, "uq.xyz")
-    p.set_defaults(func=cmd_uq)
+    p.set_defaults(func=cmd_uq, flag_names={
+        "num_nearest_neighbors": "--neighbors", "nbins": "--nbins", "bin_spacing": "--bin-spacing",
+        "train_descriptors": "--train-descriptors", "error_pdfs": "--error-logs", "cutoff": "--cutoff", "k": "-k",
+        "descriptors_key": "--descriptors-key"})
