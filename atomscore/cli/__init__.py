@@ -117,13 +117,10 @@ exit codes: 0 done, 2 bad input (nothing computed or written), 1 failed jobs or 
 """
 
 
-#: the level of ``-vv``: every step of a selection, every job (below DEBUG)
-STEP = 5
-logging.addLevelName(STEP, "STEP")
-
-
 def _configure_logging(verbose, quiet):
     """Log records of ``atomscore.*`` to stderr: INFO by default, -v DEBUG, -vv STEP, -q WARNING, -qq ERROR."""
+    from atomscore.cli.common import STEP
+
     level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}.get(
         max(-2, verbose - quiet), STEP)
     logger = logging.getLogger("atomscore")

@@ -15,6 +15,10 @@ from atomscore.quests.defaults import DEFAULT_CUTOFF, DEFAULT_K
 
 log = logging.getLogger(__name__)
 
+#: the log level of ``-vv``: every step of a selection (below DEBUG, the level of ``-v``)
+STEP = 5
+logging.addLevelName(STEP, "STEP")
+
 
 def on_terminal() -> bool:
     """Whether stderr is a terminal (progress bars there; one log line per stage otherwise)."""

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from atomscore.cli import flags
-from atomscore.cli.common import stage
+from atomscore.cli.common import STEP, stage
 from atomscore.errors import InputError
 from atomscore.io import CONFIG_SUFFIXES, RESULT_SUFFIXES, check_output, write_configs, write_json_atomic
 
@@ -76,8 +76,6 @@ def cmd_select(args):
 
 def _log_steps(steps):
     """-vv: the measures after every step."""
-    from atomscore.cli import STEP
-
     for s in steps:
         log.log(STEP, "step %d: pool index %d, %d environments, entropy %.4f nats, overlap %.4f", s["step"],
                 s["pool_index"], s["n_envs"], s["entropy"], s.get("overlap_with_reference", s["overlap"]))
