@@ -3,10 +3,13 @@
 ``atomscore run SPEC.json``        run a score over configurations through a workflow
 ``atomscore jobs status ROOT``     a table of the jobs under ROOT and their states
 ``atomscore descriptors IN -o OUT`` attach QUESTS descriptors to configurations
-``atomscore entropy DATASET``      QUESTS entropy, diversity and efficiency of a dataset
-``atomscore dh TEST --reference R`` QUESTS delta entropy of each atom of TEST against R
+``atomscore entropy DATASET``      QUESTS entropy, diversity and efficiency of a dataset, and their meaning
+``atomscore bandwidth FILE``       the bandwidth of the QUESTS authors' volume rule (``quests bandwidth``)
+``atomscore dh TEST --reference R`` QUESTS delta entropy of each atom of TEST against R, ranked
+``atomscore overlap A B``          fraction of A's environments that B covers (``quests overlap``)
 ``atomscore uq CONFIGS ...``       LTAU force uncertainty of each atom
 ``atomscore select POOL -n N -o OUT`` choose configurations to label next (``curve``: its learning curve)
+``atomscore run --example SCORE``  a spec template of any score (FIM scores included)
 ``atomscore demo``                 information-matching active learning on SW silicon, as a report
 
 Conventions of every command: ``-v``/``-q`` set how much is logged (to stderr; ``-v`` the
