@@ -368,6 +368,8 @@ def cmd_bandwidth(args):
         rule = volume_bandwidths(configs, args.method)
         rows += [(name, i, v, h) for i, (v, h) in enumerate(rule["per_config"])]
     dataset = volume_bandwidths(configs_all, args.method)
+    log.debug("bandwidth: quests.entropy.get_bandwidth(volume per atom, %r) over %d structure(s) of %s",
+              args.method, len(rows), ", ".join(args.files))
     if dataset["dataset"] is None:
         raise InputError("bandwidth: no periodic structure with a 3D cell in the input; the volume rule needs a "
                          "volume per atom (give --volume)")
