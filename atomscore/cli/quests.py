@@ -356,7 +356,7 @@ def cmd_bandwidth(args):
         if not (math.isfinite(args.volume) and args.volume > 0):
             raise InputError(f"--volume: expected a volume per atom in Å³ > 0, got {args.volume}")
         h = float(get_bandwidth(args.volume, args.method))
-        print(f"V = {args.volume:.4g} Å³/atom -> h = {h:.4f} (QUESTS volume rule, {args.method}; "
+        print(f"V = {args.volume:.4g} Å³/atom -> h = {h:.5f} (QUESTS volume rule, {args.method}; "
               f"the default -b is {DEFAULT_BANDWIDTH})")
         return 0
     if not args.files:
@@ -383,14 +383,14 @@ def cmd_bandwidth(args):
     if args.per_structure:
         print(f"{'file':<24} {'config':>6} {'Å³/atom':>9} {'h':>8}")
         for f, i, v, h in rows:
-            print(f"{f[-24:]:<24} {i:>6} " + (f"{v:>9.4g} {h:>8.4f}" if v is not None else f"{'-':>9} {'-':>8}"
+            print(f"{f[-24:]:<24} {i:>6} " + (f"{v:>9.4g} {h:>8.5f}" if v is not None else f"{'-':>9} {'-':>8}"
                                                   + "  (no periodic cell)"))
     skipped = sum(v is None for _, _, v, _ in rows)
-    print(f"bandwidth  h = {dataset['dataset']:.4f} for the dataset (V = {dataset['volume_per_atom']:.4g} Å³/atom: "
+    print(f"bandwidth  h = {dataset['dataset']:.5f} for the dataset (V = {dataset['volume_per_atom']:.4g} Å³/atom: "
           f"total cell volume / total atoms of {len(rows) - skipped} structure(s)"
           + (f"; {skipped} without a periodic cell skipped" if skipped else "") + ")")
     print(f"           the QUESTS authors' rule (quests bandwidth, {args.method}); atomscore's default -b "
-          f"{DEFAULT_BANDWIDTH} is quests' default. Pass -b {dataset['dataset']:.4f} to entropy, dh, overlap, "
+          f"{DEFAULT_BANDWIDTH} is quests' default. Pass -b {dataset['dataset']:.5f} to entropy, dh, overlap, "
           "select and curve to use it; compare values only at one h.")
     return 0
 
