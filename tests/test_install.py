@@ -87,3 +87,58 @@ def test_a_base_install_runs_quests_and_ltau_without_the_extras(tmp_path):
                               "--json"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert entropy.returncode == 0, entropy.stderr
     assert json.loads(entropy.stdout)["efficiency"] == pytest.approx(ns["efficiency"], rel=1e-12)
+
+
+def _make(target, venv_dir):
+    return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), f"VENV={venv_dir}", str(target)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _fake_venv(folder):
+    """A venv whose python only records its arguments (the Makefile's pip calls, not run)."""
+    (folder / "bin").mkdir(parents=True)
+    python = folder / "bin" / "python"
+    python.write_text(f"#!/bin/sh\necho \"$*\" >> {folder / 'calls.log'}\n")
+    python.chmod(0o755)
+    return folder
+
+
+def _calls(folder):
+    log = folder / "calls.log"
+    calls = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return [c for c in calls if "pip install" in c]
+
+
+def test_make_demo_installs_only_its_part_and_make_test_completes_it(tmp_path):
+    """Issue 26: the Makefile's stamps. `make demo` installs atomscore[kim,fim] only (no torch, no
+    test tools); a second run installs nothing; `make test` after it installs the rest; after a
+    complete install the demo installs nothing. Reference: the pip calls a recording python saw."""
+    demo = _fake_venv(tmp_path / "a")
+    assert _make(demo / ".atomscore-demo-installed", demo).returncode == 0
+    calls = _calls(demo)
+    assert any("-e .[kim,fim]" in c for c in calls), calls
+    assert not any("torch" in c or "test]" in c or ".[all" in c for c in calls), calls
+    assert _make(demo / ".atomscore-demo-installed", demo).returncode == 0 and _calls(demo) == []  # idempotent
+    assert _make(demo / ".atomscore-installed", demo).returncode == 0  # make test's install, after the demo's
+    calls = _calls(demo)
+    assert any("torch==" in c for c in calls) and any("-e .[all,gpu,test]" in c for c in calls), calls
+    assert _make(demo / ".atomscore-installed", demo).returncode == 0 and _calls(demo) == []
+    assert _make(demo / ".atomscore-demo-installed", demo).returncode == 0 and _calls(demo) == []
+
+    full = _fake_venv(tmp_path / "b")  # make test first: make demo then installs nothing
+    assert _make(full / ".atomscore-installed", full).returncode == 0 and _calls(full)
+    assert _make(full / ".atomscore-demo-installed", full).returncode == 0 and _calls(full) == []
+
+
+def test_readme_states_the_base_dependencies_as_pyproject_has_them():
+    """The README's base-dependency row names exactly pyproject.toml's [project] dependencies."""
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0] for d in deps}
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| (none) |"))
+    listed = {n.strip().strip("`") for n in row.split("|")[2].split(",")}
+    assert listed == names, (listed, names)

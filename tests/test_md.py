@@ -385,3 +385,48 @@ def test_the_callers_atoms_and_score_are_not_modified(score, desc):
     for key, value in before.items():
         np.testing.assert_array_equal(atoms.arrays[key], value)
     assert score.estimator.index.ntotal == ntotal
+
+
+def test_record_mode_keeps_flagged_frames_few(score, desc):
+    """min_gap and min_frame_distance (issue 26): of the frames above the threshold, those
+    recorded are a greedy walk in step order that keeps a frame only when it is at least
+    min_gap steps after the last kept one and, with min_frame_distance, has an atom farther
+    than it from every atom of the frames kept. Reference: the same walk over the frames of a
+    run without a threshold (same seed), with scipy's cKDTree for the distances."""
+    from scipy.spatial import cKDTree
+
+    free = UncertaintyCalculator(kim(), score, descriptor=desc, num_nearest_neighbors=K)
+    _, seen = run_md(free, 3000, seed=5, steps=20)
+    peaks = np.array([r["uncertainty"].max() for _, r in seen])
+    threshold = float(np.quantile(peaks, 0.25))
+    above = [i for i, p in enumerate(peaks) if p > threshold]
+    x = [np.asarray(desc.compute(frame)) for frame, _ in seen]
+
+    def walk(gap, distance):
+        kept = []
+        for i in above:
+            if kept and i - kept[-1] < gap:
+                continue
+            if distance is not None and kept:
+                nearest, _ = cKDTree(np.concatenate([x[j] for j in kept])).query(x[i])
+                if np.all(nearest <= distance):
+                    continue
+            kept.append(i)
+        return kept
+
+    # a distance that makes some, not all, frames duplicates
+    first = cKDTree(x[above[0]])
+    distance = float(np.median([first.query(x[i])[0].max() for i in above[1:]]))
+    for gap, dist in ((3, None), (0, distance), (2, distance)):
+        calc = UncertaintyCalculator(kim(), score, descriptor=desc, num_nearest_neighbors=K, threshold=threshold,
+                                     on_exceed="record", min_gap=gap, min_frame_distance=dist)
+        run_md(calc, 3000, seed=5, steps=20)
+        want = walk(gap, dist)
+        assert [f.info["step"] for f in calc.flagged] == want, (gap, dist)
+        assert len(want) < len(above)  # fewer than the frames above the threshold
+        assert calc.skipped["gap"] + calc.skipped["duplicate"] == len(above) - len(want)
+        assert all(f.info.get("min_gap", 0) == gap for f in calc.flagged)
+    with pytest.raises(InputError, match="on_exceed='record'"):
+        UncertaintyCalculator(kim(), score, descriptor=desc, threshold=threshold, min_gap=5)
+    with pytest.raises(InputError, match="min_gap"):
+        UncertaintyCalculator(kim(), score, descriptor=desc, threshold=threshold, on_exceed="record", min_gap=-1)

@@ -73,9 +73,10 @@ def test_entropy_equals_the_quests_package(data):
 
     text = atomscore("entropy", "train.traj", "-b", H, "-k", K, cwd=folder)
     lines = text.stdout.splitlines()
-    assert lines[0].startswith("entropy") and lines[0].endswith("nats")
-    assert lines[1].startswith("diversity") and lines[1].endswith("nats")
-    assert lines[2].startswith("efficiency") and "dimensionless" in lines[2]
+    # issue 26: each value with what it means (exp(D): effective number of distinct environments)
+    assert lines[0].startswith("entropy") and " nats " in lines[0]
+    assert lines[1].startswith("diversity") and " nats " in lines[1] and "distinct environments" in lines[1]
+    assert lines[2].startswith("efficiency") and "H / log N" in lines[2]
     assert float(lines[0].split()[1]) == pytest.approx(entropy(x, H), rel=1e-5)
 
 
@@ -99,7 +100,8 @@ def test_entropy_sample_prints_the_estimate_with_its_standard_error(data):
     assert abs(result["entropy"] - entropy(x, H)) < 5 * result["standard_error"]["entropy"]
 
     text = atomscore("entropy", "train.traj", "-b", H, "-k", K, "--sample", 10, cwd=folder).stdout.splitlines()
-    assert "±" in text[0] and "standard error" in text[0] and text[0].startswith("entropy")
+    assert "±" in text[0] and text[0].startswith("entropy")
+    assert any("standard error" in line and "10 sampled" in line for line in text)
 
     every = json.loads(atomscore("entropy", "train.traj", "-b", H, "-k", K, "--sample", len(x), "--json",
                                  cwd=folder).stdout)

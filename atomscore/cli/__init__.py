@@ -3,22 +3,31 @@
 ``atomscore run SPEC.json``        run a score over configurations through a workflow
 ``atomscore jobs status ROOT``     a table of the jobs under ROOT and their states
 ``atomscore descriptors IN -o OUT`` attach QUESTS descriptors to configurations
-``atomscore entropy DATASET``      QUESTS entropy, diversity and efficiency of a dataset
-``atomscore dh TEST --reference R`` QUESTS delta entropy of each atom of TEST against R
+``atomscore entropy DATASET``      QUESTS entropy, diversity and efficiency of a dataset, and their meaning
+``atomscore bandwidth FILE``       the bandwidth of the QUESTS authors' volume rule (``quests bandwidth``)
+``atomscore dh TEST --reference R`` QUESTS delta entropy of each atom of TEST against R, ranked
+``atomscore overlap A B``          fraction of A's environments that B covers (``quests overlap``)
 ``atomscore uq CONFIGS ...``       LTAU force uncertainty of each atom
 ``atomscore select POOL -n N -o OUT`` choose configurations to label next (``curve``: its learning curve)
+``atomscore run --example SCORE``  a spec template of any score (FIM scores included)
 ``atomscore demo``                 information-matching active learning on SW silicon, as a report
 
-Conventions of every command: ``-v``/``-q`` set how much is logged (to stderr), ``-T``
-shows the traceback of an error, and failures are one line on stderr with exit code 2
-(bad input: nothing was computed or written) or 1 (jobs or a computation failed).
+Conventions of every command: ``-v``/``-q`` set how much is logged (to stderr; ``-v`` the
+settings resolved and the time of each stage, ``-vv`` also every step), ``-T`` shows the
+traceback of an error, and failures are one line on stderr with exit code 2 (bad input:
+nothing was computed or written) or 1 (jobs or a computation failed). Warnings are one
+``atomscore: warning:`` line; a closed pipe (``atomscore dh ... | head``) ends quietly with 0.
+A bare ``atomscore`` prints this help.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
+import warnings
 
 from atomscore.errors import AtomscoreError, InputError, JobFailedError, MissingExtraError
 
@@ -50,7 +59,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_global_options(parser, top=False):
     """-v, -q and -T on ``parser`` and every subcommand below it (so they go anywhere on the line)."""
     default = {} if top else {"default": argparse.SUPPRESS}
-    options = [(("-v", "--verbose"), dict(action="count", help="log more (-vv: debug)", **({"default": 0} if top else default))),
+    options = [(("-v", "--verbose"), dict(action="count", help="log the settings resolved and the time of each stage (-vv: also every step)", **({"default": 0} if top else default))),
                (("-q", "--quiet"), dict(action="count", help="log only warnings (-qq: only errors)",
                                         **({"default": 0} if top else default))),
                (("-T", "--traceback"), dict(action="store_true", help="show the full traceback of an error",
@@ -74,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "uncertainty, QUESTS dataset information, Fisher-information matching.",
                      epilog=EXAMPLES)
     parser.add_argument("--version", action="version", version=f"atomscore {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     for register in _optional_commands():
         register(sub)
@@ -89,25 +98,34 @@ def _optional_commands():
     from atomscore.cli.ltau import add_uq_command
     from atomscore.cli.quests import add_descriptors_command, add_dh_command, add_entropy_command
     from atomscore.cli.run import add_run_command
+    from atomscore.cli.quests import add_bandwidth_command, add_overlap_command
     from atomscore.cli.selection import add_curve_command, add_select_command
 
-    return [add_run_command, add_jobs_command, add_entropy_command, add_dh_command, add_uq_command,
-            add_descriptors_command, add_select_command, add_curve_command, add_demo_command]
+    return [add_run_command, add_jobs_command, add_entropy_command, add_dh_command, add_overlap_command,
+            add_bandwidth_command, add_uq_command, add_descriptors_command, add_select_command,
+            add_curve_command, add_demo_command]
 
 
 EXAMPLES = """examples:
   atomscore entropy dataset.xyz                      entropy, diversity, efficiency of a dataset
+  atomscore bandwidth dataset.xyz                    the bandwidth the QUESTS authors' volume rule gives
   atomscore dh new.xyz --reference train.xyz -o dh.xyz   per-atom delta entropy against a training set
+  atomscore overlap new.xyz train.xyz                fraction of new.xyz's environments train.xyz covers
+  atomscore select pool.xyz -n 20 --reference train.xyz -o to_label.xyz
   atomscore uq new.xyz --train-descriptors train.xyz --error-logs errors.npy -o uq.xyz
   atomscore run spec.json -o results.db               any score through job folders
+  atomscore run --example FIMTrainingSetScore > spec.json   a spec template of any score
   atomscore jobs status atomscore_jobs
 exit codes: 0 done, 2 bad input (nothing computed or written), 1 failed jobs or computation
 """
 
 
 def _configure_logging(verbose, quiet):
-    """Log records of ``atomscore.*`` to stderr: INFO by default, -v DEBUG, -q WARNING, -qq ERROR."""
-    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(max(-2, verbose - quiet), logging.DEBUG)
+    """Log records of ``atomscore.*`` to stderr: INFO by default, -v DEBUG, -vv STEP, -q WARNING, -qq ERROR."""
+    from atomscore.cli.common import STEP
+
+    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}.get(
+        max(-2, verbose - quiet), STEP)
     logger = logging.getLogger("atomscore")
     for handler in [h for h in logger.handlers if getattr(h, "_atomscore_cli", False)]:
         logger.removeHandler(handler)
@@ -116,6 +134,25 @@ def _configure_logging(verbose, quiet):
     handler._atomscore_cli = True
     logger.addHandler(handler)
     logger.setLevel(level)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` of the command: one ``atomscore: warning:`` line, no source line."""
+    text = _one_line(message) if not isinstance(message, Warning) else _one_line(message.args[0] if message.args
+                                                                               else message)
+    log.warning("warning: %s", cli_wording(text))
+
+
+#: library argument names -> the command's flags, for the error and warning lines of the running command
+_FLAG_NAMES: dict = {}
+
+
+def cli_wording(text) -> str:
+    """``text`` with the library's argument names (``size``, ``atoms=``) as the running command's flags."""
+    for name, flag in _FLAG_NAMES.items():
+        text = re.sub(rf"(^|\(or |\(|; | )({re.escape(name)})(=|:)(?=\s|\)|$)",
+                      lambda m: f"{m.group(1)}{flag}{':' if m.group(3) == ':' else ''}", text)
+    return text
 
 
 def _one_line(text) -> str:
@@ -134,21 +171,42 @@ def describe_error(exc) -> tuple[int, str]:
                        "stderr.log and `atomscore jobs status`")
         return 1, _one_line(exc)
     if isinstance(exc, (InputError, MissingExtraError)):
-        return 2, f"error: {_one_line(exc)}"
+        return 2, f"error: {cli_wording(_one_line(exc))}"
     if isinstance(exc, AtomscoreError):
-        return 1, f"error: {_one_line(exc)}"
+        return 1, f"error: {cli_wording(_one_line(exc))}"
     if isinstance(exc, OSError) and exc.filename is not None:
         return 2, f"error: {exc.strerror or exc}: {exc.filename!r}"
     return 1, f"error: {type(exc).__name__}: {_one_line(exc)} (unexpected; run with -T for the traceback)"
 
 
+def _quiet_broken_pipe() -> int:
+    """A reader closed our stdout (``| head``): end quietly with 0, as Unix tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 0
+
+
 def main(argv=None) -> int:
     """The ``atomscore`` command; returns its exit code (see the module docstring)."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a bare command: its help, as git and the quests CLI do
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     _configure_logging(getattr(args, "verbose", 0) or 0, getattr(args, "quiet", 0) or 0)
+    _FLAG_NAMES.clear()
+    _FLAG_NAMES.update(getattr(args, "flag_names", None) or {})
+    show, warnings.showwarning = warnings.showwarning, _show_warning
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("atomscore: interrupted; finished job folders are kept", file=sys.stderr)
         return 130
@@ -158,6 +216,8 @@ def main(argv=None) -> int:
         code, line = describe_error(exc)
         print(f"atomscore: {line}", file=sys.stderr)
         return code
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,37 @@ from atomscore.errors import InputError
 from atomscore.quests.defaults import DEFAULT_CUTOFF, DEFAULT_K
 
 log = logging.getLogger(__name__)
+
+#: the log level of ``-vv``: every step of a selection (below DEBUG, the level of ``-v``)
+STEP = 5
+logging.addLevelName(STEP, "STEP")
+
+
+def on_terminal() -> bool:
+    """Whether stderr is a terminal (progress bars there; one log line per stage otherwise)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextmanager
+def stage(what, bar=False, **settings):
+    """Log one stage of a command: its settings at -v, then ``what: done in S s``.
+
+    The closing line is INFO (shown by default) unless the stage showed a progress bar on a
+    terminal (``bar=True``), where it is DEBUG (-v); ``settings`` are logged at -v before
+    the stage starts. The dict yielded takes details for the closing line (``note``).
+    """
+    if settings:
+        log.debug("%s: %s", what, ", ".join(f"{k} {v}" for k, v in settings.items()))
+    start = time.perf_counter()
+    extra = {}
+    yield extra
+    seconds = time.perf_counter() - start
+    level = logging.DEBUG if (bar and on_terminal()) else logging.INFO
+    note = f"; {extra['note']}" if extra.get("note") else ""
+    log.log(level, "%s: done in %.2f s%s", what, seconds, note)
 
 
 def input_file(path, what) -> Path:
@@ -40,6 +74,7 @@ def descriptor_settings(args, *configs_lists):
     """Use the files' ``arrays[key]`` when all have them and no setting was asked; else compute."""
     asked = args.cutoff is not None or args.k is not None
     if not asked and all(has_descriptors(c, args.descriptors_key) for c in configs_lists):
+        log.debug("descriptors: read from arrays[%r] of the input files (no --cutoff/-k given)", args.descriptors_key)
         return None
     return {"cutoff": DEFAULT_CUTOFF if args.cutoff is None else args.cutoff,
             "k": DEFAULT_K if args.k is None else args.k}
@@ -52,9 +87,10 @@ def attach(configs, settings, key):
     from atomscore.quests.descriptor import QUESTSDescriptor
 
     descriptor = QUESTSDescriptor(cutoff=settings["cutoff"], k=settings["k"], key=key)
-    log.info("computing QUESTS descriptors (cutoff %s Å, k %s) of %d configuration(s)", settings["cutoff"],
-             settings["k"], len(configs))
-    return descriptor.attach(configs, progress=None)
+    n_atoms = sum(len(a) for a in configs)
+    with stage(f"QUESTS descriptors of {len(configs)} configuration(s), {n_atoms} atoms", bar=True,
+               cutoff=f"{settings['cutoff']} Å", k=settings["k"], key=repr(key)):
+        return descriptor.attach(configs, progress=None)
 
 
 def provenance(settings, key):
@@ -86,7 +122,9 @@ def reference_descriptors(path, configs, args, what):
     the files when both hold descriptors and no setting was asked, else both are computed.
     """
     if path.suffix.lower() in (".npy", ".txt"):
-        return descriptor_array(path, what), descriptor_settings(args, configs)
+        x = descriptor_array(path, what)
+        log.debug("%s: %d descriptors of dimension %d read from %s", what, x.shape[0], x.shape[1], path)
+        return x, descriptor_settings(args, configs)
     ref_configs = read_input_configs(path, what)
     settings = descriptor_settings(args, configs, ref_configs)
     return stacked(attach(ref_configs, settings, args.descriptors_key), args.descriptors_key, what), settings

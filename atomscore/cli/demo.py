@@ -8,7 +8,10 @@ from pathlib import Path
 def cmd_demo(args):
     from atomscore.demo import run_demo
 
-    summary = run_demo(args.output, quick=args.quick)
+    from atomscore.cli.common import stage
+
+    with stage("demo", output=args.output, quick=args.quick):
+        summary = run_demo(args.output, quick=args.quick)
     print(summary["result"])
     print(f"atomscore: demo finished; report at {Path(args.output) / 'report.html'}")
     return 0

@@ -68,3 +68,9 @@ def add_no_progress(p):
 def add_nprocs(p):
     """``--nprocs``: jobs at once for the local workflow."""
     p.add_argument("--nprocs", type=int_at_least(1), help="jobs at once when run locally (default: cores)")
+
+
+def add_label(p):
+    """``--label KEY``: an ``atoms.info`` key printed as a label column."""
+    p.add_argument("--label", metavar="KEY",
+                   help="atoms.info key shown as a label column (e.g. config_type); '-' where a frame lacks it")

@@ -12,11 +12,14 @@ class recorded in each folder to read its results.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from atomscore.errors import InputError
 from atomscore.jobs.folder import (FILES, JobState, clean_folder, is_cleaned, job_folders_under, read_job,
                                    read_status, resolve_reference, state_of)
+
+log = logging.getLogger(__name__)
 
 
 def _folders(path, what) -> list[Path]:
@@ -26,6 +29,7 @@ def _folders(path, what) -> list[Path]:
     folders = job_folders_under(path)
     if not folders:
         raise InputError(f"jobs {what}: no job folders under {str(path)!r}")
+    log.debug("jobs %s: %d job folder(s) under %s", what, len(folders), path)
     return folders
 
 
@@ -35,7 +39,9 @@ def job_table(root) -> list[dict]:
     if not root.is_dir():
         raise InputError(f"jobs status: no folder {str(root)!r}")
     rows = []
-    for folder in job_folders_under(root):
+    folders = job_folders_under(root)
+    log.debug("jobs status: %d job folder(s) under %s", len(folders), root)
+    for folder in folders:
         status = read_status(folder)
         run = folder.parent.relative_to(root) if folder != root else Path(".")
         rows.append({"run": str(run), "job": folder.name, "folder": str(folder.relative_to(root)),
@@ -64,6 +70,7 @@ def cmd_status(args):
         runs.setdefault(r["run"], []).append(r)
     for run, items in runs.items():
         print(f"run {run}: {_counts(items)}")
+        print(f"  {'job':<6} {'state':<9} {'exit':>4} {'seconds':>8}  error")
         for r in items:
             code = "" if r["exit_code"] is None else r["exit_code"]
             secs = "" if r["seconds"] is None else f"{r['seconds']:.1f}"

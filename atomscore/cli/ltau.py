@@ -6,7 +6,7 @@ import numpy as np
 
 from atomscore.cli import flags
 from atomscore.cli.common import (attach, check_command_output, descriptor_settings, input_file, provenance,
-                                  read_input_configs, reference_descriptors, stacked, write_scored)
+                                  read_input_configs, reference_descriptors, stacked, stage, write_scored)
 
 
 def cmd_uq(args):
@@ -19,10 +19,13 @@ def cmd_uq(args):
     configs = read_input_configs(configs_path, "CONFIGS")
     train, settings = reference_descriptors(train_path, configs, args, "--train-descriptors")
     configs = attach(configs, settings, args.descriptors_key)
-    score = LTAUForcesUQScore(train_descriptors=train, error_pdfs=str(logs_path), from_error_logs=True,
-                              nbins=args.nbins, bin_spacing=args.bin_spacing)
+    with stage(f"LTAU error PDFs and faiss index of {len(train)} training atoms", nbins=args.nbins,
+               bin_spacing=args.bin_spacing, error_logs=logs_path):
+        score = LTAUForcesUQScore(train_descriptors=train, error_pdfs=str(logs_path), from_error_logs=True,
+                                  nbins=args.nbins, bin_spacing=args.bin_spacing)
     compute_args = {"descriptors_key": args.descriptors_key, "num_nearest_neighbors": args.neighbors}
-    values = score.compute_batch(configs, "UNCERTAINTY", **compute_args)
+    with stage(f"k-NN search of {sum(len(a) for a in configs)} atoms", neighbors=args.neighbors):
+        values = score.compute_batch(configs, "UNCERTAINTY", **compute_args)
     metadata = score.get_metadata("UNCERTAINTY", **compute_args)
     metadata.update(descriptors=provenance(settings, args.descriptors_key), train_descriptors=str(train_path),
                     error_logs=str(logs_path))
@@ -60,4 +63,7 @@ def add_uq_command(subparsers):
     p.add_argument("--bin-spacing", choices=("log", "linear"), default="log", help="bin spacing (default log)")
     flags.add_descriptor_settings(p)
     flags.add_output(p, "uq.xyz")
-    p.set_defaults(func=cmd_uq)
+    p.set_defaults(func=cmd_uq, flag_names={
+        "num_nearest_neighbors": "--neighbors", "nbins": "--nbins", "bin_spacing": "--bin-spacing",
+        "train_descriptors": "--train-descriptors", "error_pdfs": "--error-logs", "cutoff": "--cutoff", "k": "-k",
+        "descriptors_key": "--descriptors-key"})

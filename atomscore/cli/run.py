@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from atomscore.cli import flags
 from atomscore.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def _resolve_paths(value, base: Path):
@@ -79,6 +82,10 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
     from atomscore.jobs.workflow import DEFAULT_ROOT, LocalWorkflow
 
     spec = load_spec(spec_path, base_dir)
+    log.debug("run: %s on %d configuration(s) of %s, path_type %r, batch_size %s, workflow %s, score_args %s, "
+              "compute_args %s", spec["score_class"].__name__, len(spec["configs"]), spec["configs_path"],
+              spec["path_type"], spec["batch_size"], (spec["workflow"] or {}).get("workflow_type", "LOCAL"),
+              _short_value(spec["score_args"]), _short_value(spec["compute_args"]))
     try:
         score = spec["score_class"](**spec["score_args"])
     except TypeError as exc:
@@ -141,7 +148,28 @@ def _paths_in(value):
     return [value] if isinstance(value, str) and os.path.isfile(value) else []
 
 
+def cmd_example(name) -> int:
+    """Print the spec template of score ``name`` (stdout: JSON) and what to replace in it (stderr)."""
+    import sys
+
+    from atomscore.catalog import SCORE_TYPES
+    from atomscore.cli.templates import NOTES, TEMPLATES
+
+    if not name:
+        print("\n".join(SCORE_TYPES))
+        return 0
+    if name not in TEMPLATES:
+        raise InputError(f"--example: expected one of {', '.join(SCORE_TYPES)}, got {name!r}")
+    print(json.dumps(TEMPLATES[name], indent=2))
+    print(f"atomscore: a {name} spec: replace {NOTES[name]}; then atomscore run spec.json", file=sys.stderr)
+    return 0
+
+
 def cmd_run(args):
+    if args.example is not None:
+        return cmd_example(args.example)
+    if args.spec is None:
+        raise InputError("run: give a spec file (atomscore run --example SCORE prints one to start from)")
     ids, results, output = run_spec(args.spec, root=args.root, base_dir=args.base_dir, output=args.output,
                                     nprocs=args.nprocs, overwrite=args.overwrite)
     print(f"atomscore: {len(ids)} job(s) done; {len(results)} result(s) written to {output}")
@@ -165,7 +193,9 @@ def add_run_command(subparsers):
                          "(score.score_type, score_args, compute_args, query_configs_path or dataset_path, "
                          "batch_size, optional workflow {workflow_type, workflow_args} and job_details); writes "
                          "the gathered results.", epilog=RUN_EXAMPLES)
-    run.add_argument("spec", help="the JSON spec file")
+    run.add_argument("spec", nargs="?", help="the JSON spec file")
+    run.add_argument("--example", nargs="?", const="", metavar="SCORE",
+                     help="print a spec template of SCORE (e.g. FIMTrainingSetScore) and exit; alone: the scores")
     run.add_argument("--root", help="root folder of the job folders (default ./atomscore_jobs, or the "
                      "workflow's root_directory)")
     run.add_argument("--base-dir", help="folder that relative paths in the spec are taken from (default: here)")
@@ -178,6 +208,7 @@ def add_run_command(subparsers):
 
 
 RUN_EXAMPLES = """examples:
+  atomscore run --example QUESTSDeltaEntropyScore > spec.json   a template to edit (--example alone: the scores)
   atomscore run spec.json                      results under atomscore_jobs/<ScoreClass>/<path_type>/<run>/
   atomscore run spec.json -o results.db        an ASE database (scores in data, settings as key-value pairs)
   atomscore run spec.json -o results.xyz --overwrite --nprocs 4

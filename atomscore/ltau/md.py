@@ -89,6 +89,15 @@ class UncertaintyCalculator(Calculator):
     on_exceed : {'raise', 'record'}
         Raise :class:`~atomscore.errors.UncertaintyExceeded` (stops ASE's MD), or append
         the frame to ``flagged`` and go on (write them with :class:`FlaggedFramesWriter`).
+    min_gap : int
+        ``'record'``: steps (evaluations) that must separate two recorded frames; a frame
+        closer to the last recorded one is skipped (default 0: none skipped). Neighbouring MD
+        steps are nearly the same structure: a gap of 10-100 keeps the file small.
+    min_frame_distance : float, optional
+        ``'record'``: descriptor unit; a frame is a duplicate, and skipped, when every one of
+        its atoms has a descriptor within this distance of an atom of a frame already
+        recorded (it brings no new environment). Default None: no de-duplication. A value
+        near the ``max_distance`` you flag at keeps one frame per new region.
     **kwargs
         Passed to ``ase.calculators.calculator.Calculator``.
 
@@ -103,6 +112,8 @@ class UncertaintyCalculator(Calculator):
     flagged : list of ase.Atoms
         Recorded frames (``on_exceed='record'``), each with ``arrays['uncertainty']``,
         ``arrays['descriptor_distance']``, ``info['step']``, energy and forces.
+    skipped : dict
+        Frames above a limit that were not recorded: ``{'gap': n, 'duplicate': n}``.
 
     Examples
     --------
@@ -112,7 +123,8 @@ class UncertaintyCalculator(Calculator):
     """
 
     def __init__(self, calculator, score, descriptor=None, descriptors_key="descriptors",
-                 num_nearest_neighbors=1, threshold=None, max_distance=None, on_exceed="raise", **kwargs):
+                 num_nearest_neighbors=1, threshold=None, max_distance=None, on_exceed="raise", min_gap=0,
+                 min_frame_distance=None, **kwargs):
         if not (callable(getattr(calculator, "get_property", None))
                 and hasattr(calculator, "implemented_properties")):
             raise InputError(f"calculator: expected an ASE calculator (get_property, implemented_properties), "
@@ -127,6 +139,10 @@ class UncertaintyCalculator(Calculator):
         self.threshold = _check_limit(threshold, "threshold")
         self.max_distance = _check_limit(max_distance, "max_distance")
         self.on_exceed = check_choice(on_exceed, "on_exceed", ON_EXCEED)
+        self.min_gap = check_int(min_gap, "min_gap", minimum=0)
+        self.min_frame_distance = _check_limit(min_frame_distance, "min_frame_distance")
+        if self.on_exceed != "record" and (self.min_gap or self.min_frame_distance is not None):
+            raise InputError("min_gap, min_frame_distance: they thin the recorded frames; pass on_exceed='record'")
         if descriptor is None:
             if not isinstance(descriptors_key, str) or not descriptors_key:
                 raise InputError(f"descriptors_key: expected the key of the wrapped calculator's results that "
@@ -148,6 +164,10 @@ class UncertaintyCalculator(Calculator):
         self.flagged = []
         #: index of the next evaluation (0 for the first configuration)
         self.step = 0
+        #: frames above a limit that were not recorded, by reason
+        self.skipped = {"gap": 0, "duplicate": 0}
+        self._last_recorded = None
+        self._recorded_x = []  # descriptors of the recorded frames (min_frame_distance)
 
     # ------------------------------------------------------------------ ASE contract
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -190,9 +210,10 @@ class UncertaintyCalculator(Calculator):
 
     def _uncertainty(self, atoms):
         if len(atoms) == 0:
-            uq, dist = np.zeros(0), np.zeros(0)
+            x, uq, dist = np.zeros((0, self.estimator.dim)), np.zeros(0), np.zeros(0)
         else:
-            pred = self.estimator.predict_full(self._descriptors(atoms), k=self.k, distance=True)
+            x = self._descriptors(atoms)
+            pred = self.estimator.predict_full(x, k=self.k, distance=True)
             uq, dist = pred.errors, pred.distance
         self.results["uncertainty"] = uq
         self.results["descriptor_distance"] = dist
@@ -207,12 +228,33 @@ class UncertaintyCalculator(Calculator):
                            f"({int(np.sum(dist > self.max_distance))} atoms)")
         if not reasons:
             return
-        frame = self._frame(atoms, step, reasons)
         if self.on_exceed == "record":
-            self.flagged.append(frame)
+            if self._last_recorded is not None and step - self._last_recorded < self.min_gap:
+                self.skipped["gap"] += 1
+                return
+            if self.min_frame_distance is not None and self._is_duplicate(x):
+                self.skipped["duplicate"] += 1
+                return
+            self.flagged.append(self._frame(atoms, step, reasons))
+            self._last_recorded = step
+            if self.min_frame_distance is not None:
+                self._recorded_x.append(np.array(x, dtype=np.float64))
             return
+        frame = self._frame(atoms, step, reasons)
         raise UncertaintyExceeded(f"step {step}: " + "; ".join(reasons), frame=frame, step=step,
                                   uncertainty=uq.copy(), descriptor_distance=dist.copy())
+
+    def _is_duplicate(self, x) -> bool:
+        """Whether every row of ``x`` lies within ``min_frame_distance`` of a recorded frame's row."""
+        if not self._recorded_x or len(x) == 0:
+            return False
+        # plain numpy, not faiss: the recorded frames are few (that is the point), and exact L2 is wanted
+        x = np.asarray(x, dtype=np.float64)
+        nearest = np.full(len(x), np.inf)
+        for y in self._recorded_x:
+            d2 = (x * x).sum(1)[:, None] - 2.0 * x @ y.T + (y * y).sum(1)[None, :]
+            nearest = np.minimum(nearest, np.sqrt(np.maximum(d2.min(axis=1), 0.0)))
+        return bool(np.all(nearest <= self.min_frame_distance))
 
     def _frame(self, atoms, step, reasons):
         """A copy of the configuration with its scores, forces and energy (for labelling)."""
@@ -229,7 +271,9 @@ class UncertaintyCalculator(Calculator):
         frame.info["max_descriptor_distance"] = float(self.results["descriptor_distance"].max())
         frame.info["exceeded"] = "; ".join(reasons)
         frame.info["num_nearest_neighbors"] = self.k  # the settings that define the scores
-        for name in ("threshold", "max_distance"):
+        if self.min_gap:
+            frame.info["min_gap"] = self.min_gap
+        for name in ("threshold", "max_distance", "min_frame_distance"):
             if getattr(self, name) is not None:
                 frame.info[name] = getattr(self, name)
         kept = {name: (np.array(value) if isinstance(value, np.ndarray) else value)
@@ -249,7 +293,8 @@ class UncertaintyCalculator(Calculator):
 
     def __repr__(self):
         return (f"UncertaintyCalculator({type(self.calculator).__name__}, k={self.k}, threshold={self.threshold}, "
-                f"max_distance={self.max_distance}, on_exceed={self.on_exceed!r})")
+                f"max_distance={self.max_distance}, on_exceed={self.on_exceed!r}, min_gap={self.min_gap}, "
+                f"min_frame_distance={self.min_frame_distance})")
 
 
 class FlaggedFramesWriter:

@@ -52,11 +52,45 @@ def learning_curve(pool, size=None, *, method="entropy", **select_args) -> dict:
                                                      "stopped_early")}
     if "reference" in sel.summary:
         curve["reference"] = sel.summary["reference"]
+    curve["milestones"] = milestones(curve)
     return curve
+
+
+def milestones(curve, fractions=(0.95, 0.99)) -> dict:
+    """Where the curve first reaches each fraction of the whole pool (configurations selected).
+
+    ``diversity``: the selection's diversity against the pool's (needs the pool summary);
+    ``overlap``: the fraction of the pool's environments covered -- by reference ∪ selection
+    when the curve has a reference (``overlap_with_reference``), else by the selection. None
+    where the curve never gets there.
+
+    Returns
+    -------
+    dict
+        ``{"diversity": {"0.95": n or None, ...}, "overlap": {...}, "overlap_of": ...}``.
+    """
+    def first(values, target):
+        for n, v in zip(curve["n_configs"], values):
+            if v is not None and v >= target:
+                return int(n)
+        return None
+
+    out = {}
+    pool_div = (curve.get("pool") or {}).get("diversity")
+    if pool_div is not None:
+        out["diversity"] = {f"{f:g}": first(curve["diversity"], f * pool_div) for f in fractions}
+    key = "overlap_with_reference" if "overlap_with_reference" in curve else "overlap"
+    out["overlap"] = {f"{f:g}": first(curve[key], f) for f in fractions}
+    out["overlap_of"] = "reference + selection" if key != "overlap" else "selection"
+    return out
 
 
 def plot_curve(curves, path):
     """Plot entropy, diversity and overlap against the number of configurations.
+
+    With a reference, each curve has two lines: the selection alone (solid) and reference +
+    selection (dashed, what the labelled set becomes); grey dotted lines mark the whole pool
+    and black dash-dotted ones the reference alone.
 
     Parameters
     ----------
@@ -70,20 +104,37 @@ def plot_curve(curves, path):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     curves = [curves] if isinstance(curves, dict) else list(curves)
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.3), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
     panels = (("entropy", "entropy H (nats)"), ("diversity", "diversity D (nats)"),
-              ("overlap", "overlap with the pool"))
-    for curve in curves:
+              ("overlap", "fraction of the pool covered"))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, curve in enumerate(curves):
+        colour = colours[i % len(colours)]
+        with_ref = "entropy_with_reference" in curve
         for ax, (key, label) in zip(axes, panels):
             y = [np.nan if v is None else v for v in curve[key]]
-            ax.plot(curve["n_configs"], y, marker="." if len(y) < 60 else None, label=curve["method"])
+            ax.plot(curve["n_configs"], y, color=colour, marker="." if len(y) < 60 else None,
+                    label=f"{curve['method']}: selection")
+            if with_ref:  # what the labelled set becomes: reference + the first n selected
+                y = [np.nan if v is None else v for v in curve[f"{key}_with_reference"]]
+                ax.plot(curve["n_configs"], y, color=colour, ls="--",
+                        label=f"{curve['method']}: reference + selection")
             ax.set_xlabel("configurations selected")
             ax.set_ylabel(label)
     pool = curves[0].get("pool", {})
     if pool.get("entropy") is not None:
-        axes[0].axhline(pool["entropy"], color="grey", ls="--", lw=1, label="whole pool")
-        axes[1].axhline(pool["diversity"], color="grey", ls="--", lw=1)
-    axes[0].legend(fontsize=8)
+        axes[0].axhline(pool["entropy"], color="grey", ls=":", lw=1, label="whole pool")
+        axes[1].axhline(pool["diversity"], color="grey", ls=":", lw=1, label="whole pool")
+    reference = curves[0].get("reference")
+    if reference is not None:
+        axes[0].axhline(reference["entropy"], color="black", ls="-.", lw=1, label="reference alone")
+        axes[1].axhline(reference["diversity"], color="black", ls="-.", lw=1, label="reference alone")
+        if reference.get("overlap_with_pool") is not None:
+            axes[2].axhline(reference["overlap_with_pool"], color="black", ls="-.", lw=1, label="reference alone")
+    axes[2].axhline(1.0, color="grey", ls=":", lw=1, label="whole pool")
+    axes[2].set_ylim(-0.02, 1.05)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
     path = Path(path)
     tmp = temporary_name(path).with_suffix(path.suffix)
     try:

@@ -73,7 +73,8 @@ class Selection:
         ``method``, settings, ``steps`` (one dict per step: ``pool_index``, ``n_configs``,
         ``n_envs``, ``entropy`` and ``diversity`` in nats, ``efficiency``, ``overlap``;
         with a reference also ``*_with_reference``), ``selection`` (the last step),
-        ``pool`` and ``reference`` (their own entropy, diversity, efficiency).
+        ``pool`` and ``reference`` (their own entropy, diversity, efficiency; the reference's
+        ``overlap_with_pool``: the fraction of pool environments it covers before any pick).
     """
 
     indices: list
@@ -735,7 +736,9 @@ def select(pool, size=None, *, method="entropy", reference=None, atoms=None, ban
     if ref_blocks is not None:
         r = np.concatenate(ref_blocks, axis=0)
         summary["reference"] = {"n_configs": len(ref_configs), "n_envs": len(r),
-                                **_measures(state.ref_logp_own, len(r))}
+                                **_measures(state.ref_logp_own, len(r)),
+                                # before any pick: the fraction of the pool's environments it covers
+                                "overlap_with_pool": float(np.mean(state.p_ref > _COVERED))}
     if stop:
         warnings.warn(f"select: stopped after {len(order)} configurations: {stop}", stacklevel=2)
     out = []
