@@ -441,6 +441,14 @@ def run_demo(output="demo_output", quick=False):
     return summary
 
 
+def headline(summary) -> str:
+    """The report's headline: which configurations, with which weights, meet the target together."""
+    chosen = ", ".join(f"{c['name']} (w = {c['weight']:.3g}, {c['trained_on']})" for c in summary["matching"]["selected"])
+    n = len(summary["matching"]["selected"])
+    verb = "together meet" if summary["matching"]["meets_target"] else "together do not meet"
+    return f"These {n} configurations, with these weights, {verb} the target: {chosen}."
+
+
 def result_sentence(summary) -> str:
     """The demo's result in one sentence, e.g. '3 of 42 candidates meet the 10 % target ...'."""
     n_sel, n = len(summary["matching"]["selected"]), summary["candidates"]
@@ -557,6 +565,7 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}} figure{{display
 img{{max-width:58em}} .result{{font-size:1.25em;background:#eef6ee;border-left:4px solid #3a3;padding:.6em}}</style>
 </head><body>
 <h1>Information-matching active learning on SW silicon</h1>
+<h2 id="headline">{esc(headline(summary))}</h2>
 <p class="result" id="result">{esc(summary['result'])}</p>
 <p>Question: which of {summary['candidates']} candidate configurations (64-atom diamond silicon cells at lattice
 constants {summary['lattice_range'][0]:.2f}&ndash;{summary['lattice_range'][1]:.2f} Å, unperturbed ones
@@ -597,10 +606,27 @@ installed SW values by weighted least squares (<code>atomscore.fim.refit</code>)
 against the starting set {esc(', '.join(q['starting_set']))} (figure below, next to the weights).</p>
 
 <h2>LTAU force uncertainty</h2>
-<p>Ensemble of {lt['ensemble_size']} perturbed parameter sets; {lt['heldout_atoms']} held-out atoms; Spearman rank
+<p>The force errors LTAU learns from here are a stand-in: the spread of an ensemble of perturbed SW parameter
+sets plays the part of the per-atom error logs of a training run, which a real potential provides
+(docs/ltau.md walks from a training run to calibrated uncertainties).
+Ensemble of {lt['ensemble_size']} perturbed parameter sets; {lt['heldout_atoms']} held-out atoms; Spearman rank
 correlation of predicted and actual error {lt['spearman_rank_correlation']:.3f}; mean predicted
 {lt['mean_predicted_error']:.3g} eV/Å, mean actual {lt['mean_actual_error']:.3g} eV/Å.</p>
 <h2>Figures</h2>{figs}
+
+<h2 id="own-data">With your own data</h2>
+<p>Each step above is one command or call on your own files (any format ASE reads):</p>
+<pre>
+atomscore descriptors train.xyz -o train_d.xyz          # QUESTS descriptors (docs/quests.md)
+atomscore entropy train_d.xyz                           # how much information the dataset holds
+atomscore dh pool.xyz --reference train_d.xyz -o dh.xyz # which new environments each candidate adds
+atomscore select pool.xyz -n 20 --reference train_d.xyz -o to_label.xyz   (docs/selection.md)
+atomscore run --example FIMTrainingSetScore > fim.json  # FIM of every candidate (docs/fim.md)
+atomscore run --example FIMPropertyScore > target.json  # the target FIM of your property
+atomscore run --example FIMMatchingScore > match.json   # the weights; then atomscore.fim.refit
+atomscore uq md.xyz --train-descriptors train_d.xyz --error-logs errors.npy -o uq.xyz   (docs/ltau.md)
+</pre>
+<p>Coming from the Orchestrator: docs/orchestrator.md. Running many jobs or on SLURM: docs/jobs.md, docs/slurm.md.</p>
 <p><small>Run {esc(summary['date'])}; {vers}.<br>Timings: {esc(timings)}. The QUESTS step includes quests'
 one-time numba compilation (about 30 s) unless it was warmed at set-up, as <code>make</code> does.</small></p>
 </body></html>

@@ -181,3 +181,17 @@ def test_the_loop_is_closed_by_a_refit(demo):
     assert refit["all_within_target"]
     report = (out / "report.html").read_text()
     assert "The loop closed: refit, and the target checked" in report
+
+
+def test_report_has_the_headline_and_the_way_to_your_own_data(demo):
+    """Issue 26: a headline naming the configurations and weights that meet the target, a
+    'with your own data' section, and the LTAU part said to be a stand-in for training logs."""
+    out, _ = demo
+    summary = json.loads((out / "summary.json").read_text())
+    report = (out / "report.html").read_text()
+    n = len(summary["matching"]["selected"])
+    assert f"These {n} configurations, with these weights, together meet the target:" in report
+    for chosen in summary["matching"]["selected"]:
+        assert chosen["name"] in report
+    assert 'id="own-data"' in report and "atomscore run --example FIMTrainingSetScore" in report
+    assert "stand-in" in report and "error logs of a training run" in report
