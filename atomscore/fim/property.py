@@ -26,6 +26,7 @@ import numpy as np
 
 from atomscore.errors import InputError, import_extra
 from atomscore.jobs.calls import job_call
+from atomscore.properties import TARGET_PROPERTY_MODULES
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ModelScore, to_jsonable, records_metadata
 from atomscore.validation import check_keys, load_array
@@ -33,8 +34,8 @@ from atomscore.validation import check_keys, load_array
 #: default finite-difference settings (those of information_matching's FiniteDifference)
 DEFAULT_DERIVATIVE_KWARGS = {"h": 0.1, "method": "FD"}
 
-#: the target-property types this score can compute
-TARGET_PROPERTY_TYPES = ("ElasticConstants",)
+#: the target-property types this score can compute (atomscore.properties registers them)
+TARGET_PROPERTY_TYPES = tuple(TARGET_PROPERTY_MODULES)
 
 _CALC_ARGS = ("workflow",)
 
@@ -65,10 +66,12 @@ def evaluate_target_property(target_property, potential, parameters):
         see :meth:`~atomscore.properties.elastic.ElasticConstants.property_vector`).
     """
     from atomscore.potentials.kim import KIMPotential
-    from atomscore.properties.elastic import ElasticConstants
+    from atomscore.properties import target_property_from_spec
 
     pot = KIMPotential.from_spec(potential)
-    prop = ElasticConstants.from_spec(target_property)
+    prop = target_property_from_spec(target_property)
+    if hasattr(prop, "property_vectors"):  # relaxing properties check the relaxation paths
+        return [v.tolist() for v in prop.property_vectors(pot, parameters)]
     out = []
     for values in parameters:
         pot.set_parameters({k: np.asarray(v, dtype=float) for k, v in values.items()})
@@ -128,7 +131,7 @@ def _n_jobs(workflow, n_points):
 
 # ---------------------------------------------------------------------- input checks
 def _target_properties(list_of_target_property):
-    from atomscore.properties.elastic import ElasticConstants
+    from atomscore.properties import target_property_from_spec
 
     items = list_of_target_property
     if isinstance(items, dict):
@@ -150,7 +153,7 @@ def _target_properties(list_of_target_property):
             raise InputError(f"{where}['init_args']['target_property_type']: unknown target property "
                              f"{ptype!r}{extra}; expected one of: {', '.join(map(repr, TARGET_PROPERTY_TYPES))}")
         try:
-            prop = ElasticConstants.from_spec(init)
+            prop = target_property_from_spec(init)
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
         calc = item.get("calculate_property_args") or {}

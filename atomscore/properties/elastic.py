@@ -296,12 +296,20 @@ def _stress(pot, atoms):
     return pot.compute(atoms, energy=False, forces=True, stress=True)["stress"]
 
 
-def relax_lattice(pot, element, lattice_type, a_guess):
-    """Equilibrium lattice constant (Å) at zero pressure, with relaxed atoms."""
+def relax_lattice(pot, element, lattice_type, a_guess, make=None):
+    """Equilibrium lattice constant (Å) at zero pressure, with relaxed atoms.
+
+    ``make(a)`` builds the crystal at lattice constant ``a`` (default: the conventional
+    cubic cell of ``element``).
+    """
     from scipy.optimize import brentq
 
+    if make is None:
+        def make(a):
+            return _bulk(element, lattice_type, a)
+
     def press(a):
-        atoms = _relax_positions(pot, _bulk(element, lattice_type, a))
+        atoms = _relax_positions(pot, make(a))
         return _pressure(pot, atoms)
 
     lo, hi = a_guess * 0.98, a_guess * 1.02
@@ -330,28 +338,13 @@ def embedded_elastic(pot, element, lattice_type, lattice_param, deformation_mag)
         ``lattice_constant`` (Å), ``energy_per_atom`` (eV), ``isolated_atom_energy`` (eV),
         ``elastic_constants`` (6x6, GPa, unsymmetrised).
     """
-    from ase import Atoms
     from ase.units import GPa
+
+    from atomscore.properties.base import isolated_atom_energy, strain_stress
 
     a0 = relax_lattice(pot, element, lattice_type, lattice_param)
     ref = _relax_positions(pot, _bulk(element, lattice_type, a0))
     energy = pot.compute(ref, energy=True)["energy"] / len(ref)
-    c = np.zeros((6, 6))
-    pairs = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
-    for j, (k, l) in enumerate(pairs):
-        sig = []
-        for sign in (1.0, -1.0):
-            eps = np.zeros((3, 3))
-            if k == l:
-                eps[k, k] = sign * deformation_mag
-            else:  # engineering shear strain gamma = 2 eps_kl
-                eps[k, l] = eps[l, k] = 0.5 * sign * deformation_mag
-            strained = ref.copy()
-            strained.set_cell(ref.get_cell() @ (np.eye(3) + eps).T, scale_atoms=True)
-            strained = _relax_positions(pot, strained)
-            sig.append(_stress(pot, strained))
-        c[:, j] = (sig[0] - sig[1]) / (2.0 * deformation_mag) / GPa
-    atom = Atoms(element, positions=[[0.0, 0.0, 0.0]], cell=[40.0] * 3, pbc=False)
-    e_atom = pot.compute(atom, energy=True)["energy"]
-    return {"lattice_constant": a0, "energy_per_atom": energy, "isolated_atom_energy": e_atom,
-            "elastic_constants": c}
+    c = strain_stress(pot, ref, deformation_mag) / GPa
+    return {"lattice_constant": a0, "energy_per_atom": energy,
+            "isolated_atom_energy": isolated_atom_energy(pot, element), "elastic_constants": c}
