@@ -5,7 +5,8 @@ A target property is built from ``target_property_args`` (``lattice_type``,
 ``lattice_param``, ``elements`` plus its own arguments), computes a dict of named values
 with their units (:meth:`TargetProperty.calculate_property`) and the FIM's vector
 (:meth:`TargetProperty.property_vector`). Subclasses implement ``_evaluate(pot)``, which
-returns the values and the *states* it relaxed: ``(label, atoms, energy)`` triples. The
+returns the values and the *states* it relaxed: ``(label, atoms, energy)`` triples, or
+``(label, atoms, energy, residual_force)`` for a state stationary only to a tolerance. The
 states make the path check of :meth:`TargetProperty.property_vectors` possible: a relaxed
 (or saddle) energy is stationary in the atomic coordinates, so its change between two
 parameter sets θa, θb must equal, to second order in the displacement, the change of the
@@ -363,10 +364,13 @@ class TargetProperty:
             ``{name: values}`` per point (all extents, as :meth:`KIMPotential.set_parameters`).
         rtol, atol : float
             Path check: for two points a, b that differ in one parameter entry, each relaxed
-            state's energy change ``E_b(x_b) − E_a(x_a)`` lies between the fixed-coordinate
-            predictions ``E_b(x_a) − E_a(x_a)`` and ``E_b(x_b) − E_a(x_b)``, which differ by
-            a second-order amount (the gap). A gap above ``rtol·|change| + atol`` (eV) means
-            one relaxation ended elsewhere: :class:`PathChangeError`.
+            (stationary) state's energy change ``E_b(x_b) − E_a(x_a)`` equals, up to terms
+            second order in the displacement x_b − x_a, the change at fixed fractional
+            coordinates (``E_b(x_a) − E_a(x_a)`` with x_a in b's cell, and ``E_b(x_b) −
+            E_a(x_b)`` with x_b in a's cell; Hellmann-Feynman). A
+            mismatch above ``rtol·|fixed-coordinate change| + atol`` (eV) means a relaxation
+            ended elsewhere: :class:`PathChangeError`. The comparisons are kept in
+            :attr:`last_path_check`.
 
         Returns
         -------
@@ -410,24 +414,37 @@ def _check_paths(pot, sets, states, rtol, atol, what):
     report = []
     last = sets[-1] if sets else None
     for a, b in _neighbour_pairs(sets):
-        for (label, xa, ea), (label_b, xb, eb) in zip(states[a], states[b]):
+        for state_a, state_b in zip(states[a], states[b]):
+            (label, xa, ea), (label_b, xb, eb) = state_a[:3], state_b[:3]
             if label != label_b:  # pragma: no cover - every evaluation relaxes the same states
                 raise PotentialError(f"{what}: states {label!r} and {label_b!r} do not pair")
+            # each configuration in the other's cell (fractional coordinates kept): the cell
+            # follows the crystal's lattice constant, and the energy is not stationary in it
+            xa_in_b, xb_in_a = xa.copy(), xb.copy()
+            xa_in_b.set_cell(xb.cell, scale_atoms=True)
+            xb_in_a.set_cell(xa.cell, scale_atoms=True)
             pot.set_parameters(sets[b])
-            e_b_at_a = energy(pot, xa)
+            e_b_at_a = energy(pot, xa_in_b)
             pot.set_parameters(sets[a])
-            e_a_at_b = energy(pot, xb)
+            e_a_at_b = energy(pot, xb_in_a)
             change = eb - ea
-            gap = (e_b_at_a - ea) - (eb - e_a_at_b)
-            report.append({"points": (a, b), "state": label, "change": change, "gap": gap})
-            if abs(gap) > rtol * abs(change) + atol:
+            from_a, from_b = e_b_at_a - ea, eb - e_a_at_b  # fixed-coordinate (first-order) changes
+            mismatch = change - 0.5 * (from_a + from_b)
+            allowed = rtol * max(abs(from_a), abs(from_b)) + atol
+            # a state stationary only to a residual force f (eV/Å, e.g. a NEB's fmax) adds up to
+            # f · Σ|x_b − x_a| to each side's first-order term
+            residual = (state_a[3] if len(state_a) > 3 else 0.0) + (state_b[3] if len(state_b) > 3 else 0.0)
+            if residual:
+                allowed += residual * float(np.sum(np.linalg.norm(xb.positions - xa_in_b.positions, axis=1)))
+            report.append({"points": (a, b), "state": label, "change": change, "predicted": 0.5 * (from_a + from_b),
+                           "mismatch": mismatch})
+            if abs(mismatch) > allowed:
                 raise PathChangeError(
                     f"{what}: the relaxation of {label!r} changed path between finite-difference points "
-                    f"{a} and {b}: its energy changed by {change:.6g} eV, while at fixed coordinates the "
-                    f"change is {e_b_at_a - ea:.6g} eV (from point {a}'s) and {eb - e_a_at_b:.6g} eV "
-                    f"(from point {b}'s), {abs(gap):.3g} eV apart (allowed {rtol * abs(change) + atol:.3g}). "
-                    "The property is not differentiable there; use a smaller step h or another "
-                    "starting structure.")
+                    f"{a} and {b}: its energy changed by {change:.6g} eV, while at fixed coordinates it "
+                    f"changes by {from_a:.6g} eV (point {a}'s) and {from_b:.6g} eV (point {b}'s); "
+                    f"{abs(mismatch):.3g} eV apart, allowed {allowed:.3g}. The property is not "
+                    "differentiable there; use a smaller step h or another starting structure.")
     if last is not None:
         pot.set_parameters(last)
     return report

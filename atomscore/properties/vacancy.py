@@ -194,9 +194,7 @@ class VacancyMigrationEnergy(_VacancyBase):
         neb.interpolate(mic=True)
         # ASE's ODE integrator for NEBs (Makri et al. 2019): FIRE diverges here below ~1e-2 eV/Å
         opt = NEBOptimizer(neb, method="ode", logfile=None)
-        if not opt.run(fmax=self.fmax, steps=self.max_steps):
-            raise PotentialError(f"VacancyMigrationEnergy: the NEB did not reach fmax {self.fmax} eV/Å in "
-                                 f"{self.max_steps} steps; raise max_steps or fmax")
+        converged = opt.run(fmax=self.fmax, steps=self.max_steps)
         energies = np.array([energy(pot, im) for im in images])
         top = int(np.argmax(energies))
         low = float(np.min(energies[1:-1]) - max(energies[0], energies[-1]))
@@ -205,6 +203,9 @@ class VacancyMigrationEnergy(_VacancyBase):
                 f"VacancyMigrationEnergy: the path passes a state {-low:.4g} eV below its end states: the "
                 "relaxed lattice-site vacancy is not this model's ground state (e.g. SW silicon's split "
                 "vacancy), so the hop is not one barrier between equivalent minima")
+        if not converged:
+            raise PotentialError(f"VacancyMigrationEnergy: the NEB did not reach fmax {self.fmax} eV/Å in "
+                                 f"{self.max_steps} steps; raise max_steps or fmax")
         if top in (0, len(images) - 1):
             raise PotentialError("VacancyMigrationEnergy: the highest image is an end state; the path "
                                  "has no barrier (check the crystal and the supercell)")
@@ -213,7 +214,7 @@ class VacancyMigrationEnergy(_VacancyBase):
         values = {"migration_energy": float(energies[top] - energies[0]),
                   "reaction_energy": float(energies[-1] - energies[0]),
                   "path_energies": (energies - energies[0]).tolist(), "n_atoms": len(initial) + 1}
-        states = [("initial", initial, float(energies[0])), ("saddle", saddle, float(energies[top]))]
+        states = [("initial", initial, float(energies[0])), ("saddle", saddle, float(energies[top]), self.fmax)]
         for image in images:
             image.calc = None
         return values, states
