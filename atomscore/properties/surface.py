@@ -4,7 +4,7 @@ A periodic slab is cut from the zero-stress crystal with ``ase.build.surface`` (
 indices of the conventional cubic cell, or of the hexagonal cell for hcp/wurtzite),
 ``layers`` repeats of the surface unit thick, with ``vacuum`` Å of vacuum on each side.
 ``γ = (E_slab − N · e_bulk) / (2 A)`` with A the slab's in-plane area; the relaxed value
-relaxes the atoms at fixed cell to 1e-6 eV/Å. The relaxation starts from the bulk-truncated
+relaxes the atoms at fixed cell to 1e-5 eV/Å. The relaxation starts from the bulk-truncated
 surface and keeps its symmetry: reconstructions (Si(100) dimers) are not searched for.
 """
 

@@ -3,7 +3,7 @@ and migration energy (nudged elastic band, ``ase.mep.NEB``).
 
 The supercell is the conventional cubic cell (orthorhombic for hcp) of the zero-stress
 crystal, repeated ``supercell`` times; the vacancy replaces atom 0. Energies are at constant
-volume (the perfect crystal's cell); atoms are relaxed to a max force of 1e-6 eV/Å. The
+volume (the perfect crystal's cell); atoms are relaxed to a max force of 1e-5 eV/Å. The
 relaxation volume comes from the residual stress σ of the relaxed vacancy cell and the
 crystal's compliance S = C⁻¹: ``Ω_rel = V · tr(−S σ)`` (the strain that brings the cell to
 zero stress, linear elasticity; the LAMMPS backend instead relaxes the box). Supercell sizes,
@@ -125,7 +125,7 @@ class VacancyMigrationEnergy(_VacancyBase):
     """Monovacancy migration energy by a climbing-image nudged elastic band (``ase.mep.NEB``).
 
     The vacancy sits at atom 0 of the supercell; the nearest neighbour with the lowest index
-    jumps into it. Both end states are relaxed (max force 1e-6 eV/Å), the path is linearly
+    jumps into it. Both end states are relaxed (max force 1e-5 eV/Å), the path is linearly
     interpolated through ``n_images`` images and relaxed by ASE's ODE NEB optimizer to ``fmax``.
 
     Parameters
