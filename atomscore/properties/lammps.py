@@ -366,8 +366,10 @@ def lammps_runs(lmp, kim_id, species, structures, parameters=None, timeout=None,
         for i, (atoms, mode, fixed) in enumerate(structures):
             if mode not in RELAX_MODES:
                 raise InputError(f"relax mode {mode!r}; expected one of {RELAX_MODES}")
+            skew = bool(np.any(np.abs(atoms.cell.cellpar()[3:] - 90.0) > 1e-9))
+            # reduce_cell: the same lattice with tilts LAMMPS accepts (at most half a box length)
             write(Path(tmp) / f"s{i}.data", atoms, format="lammps-data", specorder=list(species),
-                  force_skew=bool(np.any(np.abs(atoms.cell.cellpar()[3:] - 90.0) > 1e-9)))
+                  force_skew=skew, reduce_cell=skew)
             lines += ["clear", *head, f"read_data s{i}.data", *tail,
                       "thermo_style custom step pe press vol lx ly lz", "thermo_modify format float %.17g"]
             if fixed:
