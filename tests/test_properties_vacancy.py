@@ -158,4 +158,4 @@ def test_derivatives_match_central_differences():
     far below one table cell, h = 2e-6 of 0.0845: at 1e-4 the differences straddle spline knots
     and miss by 18 %, see docs/properties.md)."""
     check_derivative("VacancyFormationEnergy", {**W_BCC, "supercell": 2}, W, ["deltaRho"], 2e-6, 1e-3)
-    check_derivative("VacancyMigrationEnergy", {**W_BCC, "supercell": 2, "n_images": 3}, W, ["deltaRho"], 2e-6, 1e-3)
+    check_derivative("VacancyMigrationEnergy", {**W_BCC, "supercell": 2}, W, ["deltaRho"], 2e-6, 1e-3)
