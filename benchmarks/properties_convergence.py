@@ -36,11 +36,8 @@ def table(header, rows):
 
 
 def strains(pots):
-    from ase.eos import EquationOfState
-    from ase.units import GPa
-
     from atomscore.properties import BulkModulus, CrystalElasticConstants
-    from atomscore.properties.base import bulk_cell
+    from atomscore.properties.crystal import eos_fit
 
     print("### Elastic constants and bulk modulus against the strain (GPa)\n")
     rows = []
@@ -58,13 +55,8 @@ def strains(pots):
 
         a0 = LatticeConstant(**args).calculate_property(pot)["lattice_constant"]
         for span in (2e-4, 5e-4, 1e-3, 2e-3, 6e-3):
-            vols, ens = [], []
-            for a in np.linspace(1 - span, 1 + span, 9) * a0:
-                atoms = bulk_cell(args["elements"], args["lattice_type"], a)
-                vols.append(atoms.get_volume())
-                ens.append(pot.compute(atoms)["energy"])
-            _, _, b = EquationOfState(vols, ens, eos="birchmurnaghan").fit()
-            rows.append([name, f"±{span:g}", f"{b / GPa:.2f}"])
+            _, b = eos_fit(pot, args["elements"], args["lattice_type"], a0, span)
+            rows.append([name, f"±{span:g}", f"{b:.2f}"])
     table(["crystal", "span of a", "B (ase.eos)"], rows)
 
 

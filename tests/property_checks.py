@@ -1,11 +1,26 @@
 """Shared checks of the built-in target properties (imported by tests/test_properties_*.py)."""
 
+import shutil
+
 import numpy as np
+import pytest
 
 W = "EAM_Dynamo_ZhouJohnsonWadley_2004_W__MO_524392058194_005"
 SW = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
 W_BCC = {"lattice_param": 3.16, "lattice_type": "bcc", "elements": ["W"]}
 SI_DIAMOND = {"lattice_param": 5.43, "lattice_type": "diamond", "elements": ["Si"]}
+
+
+LMP = shutil.which("lmp")
+needs_lmp = pytest.mark.skipif(LMP is None, reason="LAMMPS (Debian package lammps) not installed")
+
+
+@pytest.fixture(scope="module")
+def pots():
+    """The W and Si models, opened once per test module."""
+    from atomscore.potentials.kim import KIMPotential
+
+    return {"W": KIMPotential(W), "Si": KIMPotential(SW)}
 
 
 def spec(kim_id):

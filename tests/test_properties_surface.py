@@ -6,25 +6,12 @@ the pair minimum and tetrahedral angles: γ = E_coh / a², 0.1470 eV/Å² = 2.36
 convergence in slab thickness, and central differences of the property (derivative).
 """
 
-import shutil
-
 import pytest
 
 from atomscore.errors import InputError
-from property_checks import SI_DIAMOND, SW, W, W_BCC, check_derivative
+from property_checks import LMP, SI_DIAMOND, SW, W, W_BCC, check_derivative, needs_lmp, pots  # noqa: F401
 
 pytest.importorskip("kimpy")
-
-LMP = shutil.which("lmp")
-needs_lmp = pytest.mark.skipif(LMP is None, reason="LAMMPS (Debian package lammps) not installed")
-
-
-@pytest.fixture(scope="module")
-def pots():
-    from atomscore.potentials.kim import KIMPotential
-
-    return {"W": KIMPotential(W), "Si": KIMPotential(SW)}
-
 
 def test_sw_si_100_is_the_bond_count(pots):
     from atomscore.properties import CohesiveEnergy, SurfaceEnergy

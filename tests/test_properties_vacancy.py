@@ -8,26 +8,13 @@ eigenvalue by finite differences of the forces), LAMMPS relaxing with the hoppin
 the path's midpoint (the NEB's middle image), and central differences of the property.
 """
 
-import shutil
-
 import numpy as np
 import pytest
 
 from atomscore.errors import PotentialError
-from property_checks import SI_DIAMOND, SW, W, W_BCC, check_derivative
+from property_checks import LMP, SI_DIAMOND, W, W_BCC, check_derivative, needs_lmp, pots  # noqa: F401
 
 pytest.importorskip("kimpy")
-
-LMP = shutil.which("lmp")
-needs_lmp = pytest.mark.skipif(LMP is None, reason="LAMMPS (Debian package lammps) not installed")
-
-
-@pytest.fixture(scope="module")
-def pots():
-    from atomscore.potentials.kim import KIMPotential
-
-    return {"W": KIMPotential(W), "Si": KIMPotential(SW)}
-
 
 @pytest.fixture(scope="module")
 def w_neb(pots):

@@ -187,7 +187,47 @@ def fixed_parameter_calculator(pot):
     return _Fixed()
 
 
-class TargetProperty:
+class SpecForm:
+    """The spec form every target property shares: built from ``target_property_args``,
+    re-created from :meth:`to_spec`; ``simulator_path`` selects the LAMMPS backend."""
+
+    target_property_type = None
+    simulator_path = None
+
+    @classmethod
+    def from_spec(cls, spec):
+        """Build from ``{'target_property_type': ..., 'target_property_args': {...}}`` (or the
+        FIM module's list entry ``{'init_args': {...}}``, or an instance, returned as is)."""
+        if isinstance(spec, cls):
+            return spec
+        if isinstance(spec, dict) and "init_args" in spec:
+            spec = spec["init_args"]
+        if not isinstance(spec, dict):
+            raise InputError(f"target property: expected a dict with 'target_property_type' and "
+                             f"'target_property_args', got {type(spec).__name__}")
+        if spec.get("target_property_type") != cls.target_property_type:
+            raise InputError(f"target_property_type: expected {cls.target_property_type!r}, "
+                             f"got {spec.get('target_property_type')!r}")
+        args = spec.get("target_property_args")
+        if not isinstance(args, dict):
+            raise InputError(f"target_property_args: expected a dict, got {type(args).__name__}")
+        try:
+            return cls(**args)
+        except TypeError as exc:
+            raise InputError(f"target_property_args of {cls.target_property_type}: {exc}") from None
+
+    def to_spec(self):
+        """The JSON-able dict that re-creates this target property."""
+        args = {k: v for k, v in self._init_args.items() if v is not None}
+        return {"target_property_type": self.target_property_type, "target_property_args": args}
+
+    @property
+    def backend(self):
+        """``'lammps'`` when a ``simulator_path`` was given, else ``'embedded'``."""
+        return "lammps" if self.simulator_path else "embedded"
+
+
+class TargetProperty(SpecForm):
     """Base of the built-in target properties of a crystal (see the module docstring).
 
     Parameters
@@ -207,7 +247,6 @@ class TargetProperty:
         Seconds a LAMMPS run may take.
     """
 
-    target_property_type = None
     #: units of each value of the property vector, in :attr:`fim_quantities` order
     quantity_units: dict = {}
     #: what the property vector holds by default
@@ -252,39 +291,6 @@ class TargetProperty:
                                  f"expected some of: {', '.join(map(repr, self.quantity_units))}")
         self.fim_quantities = tuple(fim_quantities)
         self.last_path_check = []
-
-    # ------------------------------------------------------------------ spec form
-    @classmethod
-    def from_spec(cls, spec):
-        """Build from ``{'target_property_type': ..., 'target_property_args': {...}}`` (or the
-        FIM module's list entry ``{'init_args': {...}}``, or an instance, returned as is)."""
-        if isinstance(spec, cls):
-            return spec
-        if isinstance(spec, dict) and "init_args" in spec:
-            spec = spec["init_args"]
-        if not isinstance(spec, dict):
-            raise InputError(f"target property: expected a dict with 'target_property_type' and "
-                             f"'target_property_args', got {type(spec).__name__}")
-        if spec.get("target_property_type") != cls.target_property_type:
-            raise InputError(f"target_property_type: expected {cls.target_property_type!r}, "
-                             f"got {spec.get('target_property_type')!r}")
-        args = spec.get("target_property_args")
-        if not isinstance(args, dict):
-            raise InputError(f"target_property_args: expected a dict, got {type(args).__name__}")
-        try:
-            return cls(**args)
-        except TypeError as exc:
-            raise InputError(f"target_property_args of {cls.target_property_type}: {exc}") from None
-
-    def to_spec(self):
-        """The JSON-able dict that re-creates this target property."""
-        args = {k: v for k, v in self._init_args.items() if v is not None}
-        return {"target_property_type": self.target_property_type, "target_property_args": args}
-
-    @property
-    def backend(self):
-        """``'lammps'`` when a ``simulator_path`` was given, else ``'embedded'``."""
-        return "lammps" if self.simulator_path else "embedded"
 
     @property
     def units(self):

@@ -235,3 +235,24 @@ class CrystalElasticConstants(_Modulus):
                 spread = np.maximum(spread, np.abs(0.5 * (other + other.T) - mat))
             values["elastic_constants_spread"] = spread
         return values, states
+
+
+def eos_fit(pot, elements, lattice_type, a0, span, points=9):
+    """Lattice constant (Å) and bulk modulus (GPa) of a cubic crystal from ``ase.eos``.
+
+    A Birch-Murnaghan fit of E(V) with a in ``a0·(1 ± span)`` (``points`` cells, atoms at
+    their lattice sites): the energy route, independent of :class:`BulkModulus`'s stresses.
+    Tabulated models need a narrow span (see docs/properties.md).
+    """
+    from ase.eos import EquationOfState
+    from ase.units import GPa
+
+    from atomscore.properties.base import bulk_cell
+
+    vols, ens = [], []
+    for a in np.linspace(1 - span, 1 + span, points) * a0:
+        atoms = bulk_cell(elements, lattice_type, a)
+        vols.append(atoms.get_volume())
+        ens.append(pot.compute(atoms)["energy"])
+    v0, _, b = EquationOfState(vols, ens, eos="birchmurnaghan").fit()
+    return float((v0 / bulk_cell(elements, lattice_type, 1.0).get_volume()) ** (1 / 3)), float(b / GPa)

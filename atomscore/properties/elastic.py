@@ -21,6 +21,7 @@ import copy
 import numpy as np
 
 from atomscore.errors import InputError, PotentialError
+from atomscore.properties.base import SpecForm
 from atomscore.validation import check_positive
 
 #: lattice types and their ``ase.build.bulk`` crystal structure (conventional cubic cell)
@@ -56,7 +57,7 @@ def _resolve_potential(potential):
     return KIMPotential.from_spec(potential)
 
 
-class ElasticConstants:
+class ElasticConstants(SpecForm):
     """Elastic constants, lattice constant and cohesive energy of a cubic crystal.
 
     Parameters
@@ -134,43 +135,6 @@ class ElasticConstants:
 
             self.simulator_path = check_lammps(simulator_path)
         self.timeout = None if timeout is None else check_positive(timeout, "timeout", allow_array=False)
-
-    # ------------------------------------------------------------------ spec form
-    @classmethod
-    def from_spec(cls, spec):
-        """Build from ``{'target_property_type': 'ElasticConstants', 'target_property_args': {...}}``.
-
-        Also accepts the whole list entry of the FIM module (``{'init_args': {...}, ...}``)
-        or an :class:`ElasticConstants` (returned as is).
-        """
-        if isinstance(spec, cls):
-            return spec
-        if isinstance(spec, dict) and "init_args" in spec:
-            spec = spec["init_args"]
-        if not isinstance(spec, dict):
-            raise InputError(f"target property: expected a dict with 'target_property_type' and "
-                             f"'target_property_args', got {type(spec).__name__}")
-        ptype = spec.get("target_property_type")
-        if ptype != cls.target_property_type:
-            raise InputError(f"target_property_type: unknown target property {ptype!r}; expected one of: "
-                             f"{cls.target_property_type!r}")
-        args = spec.get("target_property_args")
-        if not isinstance(args, dict):
-            raise InputError(f"target_property_args: expected a dict, got {type(args).__name__}")
-        try:
-            return cls(**args)
-        except TypeError as exc:
-            raise InputError(f"target_property_args: {exc}") from None
-
-    def to_spec(self):
-        """The JSON-able dict that re-creates this target property."""
-        args = {k: v for k, v in self._init_args.items() if v is not None}
-        return {"target_property_type": self.target_property_type, "target_property_args": args}
-
-    @property
-    def backend(self):
-        """``'lammps'`` when a ``simulator_path`` was given, else ``'embedded'``."""
-        return "lammps" if self.simulator_path else "embedded"
 
     # ------------------------------------------------------------------ computation
     def check_potential(self, potential):
