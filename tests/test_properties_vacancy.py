@@ -146,3 +146,20 @@ def test_derivatives_match_central_differences():
     and miss by 18 %, see docs/properties.md)."""
     check_derivative("VacancyFormationEnergy", {**W_BCC, "supercell": 2}, W, ["deltaRho"], 2e-6, 1e-3)
     check_derivative("VacancyMigrationEnergy", {**W_BCC, "supercell": 2}, W, ["deltaRho"], 2e-6, 1e-3)
+
+
+@pytest.mark.parametrize("cls, change, match", [
+    ("VacancyFormationEnergy", {"supercell": 0}, "supercell: expected a positive integer or three"),
+    ("VacancyFormationEnergy", {"supercell": [2, 2]}, "supercell"),
+    ("VacancyFormationEnergy", {"rattle": 0.5}, "rattle: expected a small displacement"),
+    ("VacancyFormationEnergy", {"lattice_type": "rocksalt", "elements": ["Na", "Cl"]}, "need one species"),
+    ("VacancyMigrationEnergy", {"n_images": 0}, "n_images: expected a positive integer"),
+    ("VacancyMigrationEnergy", {"fmax": float("inf")}, "fmax"),
+    ("VacancyMigrationEnergy", {"simulator_path": "lmp"}, "unexpected keyword"),
+])
+def test_bad_arguments(cls, change, match):
+    from atomscore.errors import InputError
+    from atomscore.properties import target_property_from_spec
+
+    with pytest.raises(InputError, match=match):
+        target_property_from_spec({"target_property_type": cls, "target_property_args": {**W_BCC, **change}})
