@@ -159,3 +159,18 @@ def test_spec_round_trip_and_species_check(pots):
         prop.calculate_property(pots["Si"])
     with pytest.raises(InputError, match="has no LAMMPS backend"):
         TargetProperty(simulator_path="lmp", **W_BCC)
+
+
+@needs_lmp
+def test_two_species_b2_nial_matches_lammps():
+    """B2 NiAl (cesiumchloride, Mishin 2002 EAM): a and Ec equal LAMMPS's (two atom types)."""
+    from atomscore.potentials.kim import KIMPotential
+    from atomscore.properties import CohesiveEnergy
+
+    pot = KIMPotential("EAM_Dynamo_MishinMehlPapaconstantopoulos_2002_NiAl__MO_109933561507_005")
+    args = {"lattice_param": 2.88, "lattice_type": "cesiumchloride", "elements": ["Ni", "Al"]}
+    ours = CohesiveEnergy(**args).calculate_property(pot)
+    lmp = CohesiveEnergy(simulator_path=LMP, **args).calculate_property(pot)
+    assert ours["cohesive_energy"] == pytest.approx(lmp["cohesive_energy"], rel=1e-9)
+    assert ours["lattice_constant"] == pytest.approx(lmp["lattice_constant"], rel=1e-9)
+    assert 4.0 < ours["cohesive_energy"] < 5.0 and 2.8 < ours["lattice_constant"] < 2.9
