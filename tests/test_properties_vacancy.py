@@ -163,3 +163,20 @@ def test_bad_arguments(cls, change, match):
 
     with pytest.raises(InputError, match=match):
         target_property_from_spec({"target_property_type": cls, "target_property_args": {**W_BCC, **change}})
+
+
+@needs_lmp
+def test_hcp_ti_formation_energies_match_lammps():
+    """hcp Ti (ZJW EAM), 3x3x3 orthorhombic cells (108 atoms): energies equal LAMMPS's.
+    (Ω_rel is not compared: LAMMPS's anisotropic box relaxation scatters here, docs.)"""
+    from atomscore.potentials.kim import KIMPotential
+    from atomscore.properties import VacancyFormationEnergy
+
+    pot = KIMPotential("EAM_Dynamo_ZhouJohnsonWadley_2004_Ti__MO_723456820410_005")
+    args = {"lattice_param": 2.95, "lattice_type": "hcp", "elements": ["Ti"], "c_over_a": 1.59, "supercell": 3}
+    ours = VacancyFormationEnergy(**args).calculate_property(pot)
+    lmp = VacancyFormationEnergy(simulator_path=LMP, **args).calculate_property(pot)
+    assert ours["n_atoms"] == 108
+    for key in ("unrelaxed_formation_energy", "relaxed_formation_energy"):
+        assert ours[key] == pytest.approx(lmp[key], abs=1e-6)
+    assert ours["relaxation_volume"] < 0

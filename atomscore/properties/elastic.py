@@ -251,6 +251,17 @@ def _relax_positions(pot, atoms, gtol=1e-10, maxiter=2000, fmax_tol=1e-6):
             break
         x0 = res.x
     if fmax > fmax_tol:
+        # a line search needs forces that are the energy's exact gradient; some tabulated
+        # models' are not to ~1e-3 eV/Å, so the last stretch goes by forces only (ASE's FIRE)
+        from ase.optimize import FIRE
+
+        from atomscore.properties.base import fixed_parameter_calculator
+
+        atoms.calc = fixed_parameter_calculator(pot)
+        FIRE(atoms, logfile=None, maxstep=0.01).run(fmax=fmax_tol, steps=20 * maxiter)
+        atoms.calc = None
+        fmax = np.max(np.abs(pot.compute(atoms, energy=False, forces=True)["forces"]))
+    if fmax > fmax_tol:
         raise PotentialError(f"internal relaxation did not converge: max force {fmax:.3g} eV/Å "
                              f"({res.message})")
     return atoms
