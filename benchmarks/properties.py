@@ -86,11 +86,11 @@ def main():
 
     from atomscore.fim.property import FIMPropertyScore
     from atomscore.potentials.kim import KIMPotential
-    from atomscore.properties import target_property_class
+    import atomscore.properties as properties
 
     lmp = shutil.which("lmp")
     # warm-up: imports and first-use set-up (scipy, information_matching) are not timed
-    warm = target_property_class("CohesiveEnergy")(**W_BCC)
+    warm = getattr(properties, "CohesiveEnergy")(**W_BCC)
     FIMPropertyScore().compute([{"init_args": warm.to_spec()}], "SENSITIVITY", np.eye(1),
                                {"potential_type": "KIM", "potential_args": {"kim_id": W}}, {"deltaRho": [["default"]]},
                                derivative_kwargs={"h": 2e-6, "method": "CD"})
@@ -99,7 +99,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for crystal, name, args in cases(opts.small):
         kim_id, free, h = FREE[crystal]
-        cls = target_property_class(name)
+        cls = getattr(properties, name)
         prop = cls(**args)
         pot = KIMPotential(kim_id)
         with Counter() as c1:

@@ -30,9 +30,9 @@ def spec(kim_id):
 def fim_jacobian(ptype, args, kim_id, free, h):
     """J = d(property vector)/dθ from FIMPropertyScore (central differences at step h)."""
     from atomscore.fim.property import FIMPropertyScore
-    from atomscore.properties import target_property_class
+    import atomscore.properties as properties
 
-    n = target_property_class(ptype)(**args).property_size
+    n = getattr(properties, ptype)(**args).property_size
     score = FIMPropertyScore()
     score.compute([{"init_args": {"target_property_type": ptype, "target_property_args": args}}],
                   "SENSITIVITY", np.eye(n), spec(kim_id), {name: [["default"]] for name in free},
@@ -43,9 +43,9 @@ def fim_jacobian(ptype, args, kim_id, free, h):
 def central_differences(ptype, args, kim_id, free, h):
     """The reference: property vectors at θ ± h e_k computed directly (parameters set in place)."""
     from atomscore.potentials.kim import KIMPotential
-    from atomscore.properties import target_property_class
+    import atomscore.properties as properties
 
-    prop = target_property_class(ptype)(**args)
+    prop = getattr(properties, ptype)(**args)
     pot = KIMPotential(kim_id)
     cols = []
     for name in free:

@@ -149,11 +149,11 @@ def test_bad_arguments(change, match):
 
 
 def test_spec_round_trip_and_species_check(pots):
-    from atomscore.properties import BulkModulus, target_property_from_spec
+    from atomscore.properties import BulkModulus, from_spec
     from atomscore.properties.base import TargetProperty
 
     prop = BulkModulus(units="GPa", **W_BCC)
-    again = target_property_from_spec({"init_args": prop.to_spec()})
+    again = from_spec({"init_args": prop.to_spec()})
     assert again.to_spec() == prop.to_spec() and again.modulus_units == "GPa"
     with pytest.raises(InputError, match="does not support"):
         prop.calculate_property(pots["Si"])

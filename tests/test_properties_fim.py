@@ -15,12 +15,13 @@ pytest.importorskip("kimpy")
 
 def test_every_registered_property_is_accepted():
     from atomscore.fim.property import TARGET_PROPERTY_TYPES
-    from atomscore.properties import TARGET_PROPERTY_MODULES, target_property_class
+    import atomscore.properties as properties
+    from atomscore.properties import TARGET_PROPERTIES
 
-    assert set(TARGET_PROPERTY_TYPES) == set(TARGET_PROPERTY_MODULES)
+    assert set(TARGET_PROPERTY_TYPES) == set(TARGET_PROPERTIES)
     for name in ("LatticeConstant", "CohesiveEnergy", "BulkModulus", "CrystalElasticConstants",
                  "VacancyFormationEnergy", "VacancyMigrationEnergy", "SurfaceEnergy", "ElasticConstants"):
-        assert target_property_class(name).target_property_type == name
+        assert getattr(properties, name).target_property_type == name
 
 
 def test_stacked_properties_fim_equals_hand_assembly():

@@ -159,10 +159,10 @@ def test_derivatives_match_central_differences():
 ])
 def test_bad_arguments(cls, change, match):
     from atomscore.errors import InputError
-    from atomscore.properties import target_property_from_spec
+    from atomscore.properties import from_spec
 
     with pytest.raises(InputError, match=match):
-        target_property_from_spec({"target_property_type": cls, "target_property_args": {**W_BCC, **change}})
+        from_spec({"target_property_type": cls, "target_property_args": {**W_BCC, **change}})
 
 
 @needs_lmp

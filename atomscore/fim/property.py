@@ -26,7 +26,7 @@ import numpy as np
 
 from atomscore.errors import InputError, import_extra
 from atomscore.jobs.calls import job_call
-from atomscore.properties import TARGET_PROPERTY_MODULES
+from atomscore.properties import TARGET_PROPERTIES
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ModelScore, to_jsonable, records_metadata
 from atomscore.validation import check_keys, load_array
@@ -35,7 +35,7 @@ from atomscore.validation import check_keys, load_array
 DEFAULT_DERIVATIVE_KWARGS = {"h": 0.1, "method": "FD"}
 
 #: the target-property types this score can compute (atomscore.properties registers them)
-TARGET_PROPERTY_TYPES = tuple(TARGET_PROPERTY_MODULES)
+TARGET_PROPERTY_TYPES = tuple(TARGET_PROPERTIES)
 
 _CALC_ARGS = ("workflow",)
 
@@ -66,10 +66,10 @@ def evaluate_target_property(target_property, potential, parameters):
         see :meth:`~atomscore.properties.elastic.ElasticConstants.property_vector`).
     """
     from atomscore.potentials.kim import KIMPotential
-    from atomscore.properties import target_property_from_spec
+    from atomscore.properties import from_spec
 
     pot = KIMPotential.from_spec(potential)
-    prop = target_property_from_spec(target_property)
+    prop = from_spec(target_property)
     if hasattr(prop, "property_vectors"):  # relaxing properties check the relaxation paths
         return [v.tolist() for v in prop.property_vectors(pot, parameters)]
     out = []
@@ -131,7 +131,7 @@ def _n_jobs(workflow, n_points):
 
 # ---------------------------------------------------------------------- input checks
 def _target_properties(list_of_target_property):
-    from atomscore.properties import target_property_from_spec
+    from atomscore.properties import from_spec
 
     items = list_of_target_property
     if isinstance(items, dict):
@@ -153,7 +153,7 @@ def _target_properties(list_of_target_property):
             raise InputError(f"{where}['init_args']['target_property_type']: unknown target property "
                              f"{ptype!r}{extra}; expected one of: {', '.join(map(repr, TARGET_PROPERTY_TYPES))}")
         try:
-            prop = target_property_from_spec(init)
+            prop = from_spec(init)
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
         calc = item.get("calculate_property_args") or {}

@@ -1,51 +1,80 @@
-"""Target properties of the FIM modules, imported on first use.
+"""Target properties of the FIM modules (elastic constants, OpenKIM tests, the built-in
+crystal, defect and surface properties of docs/properties.md), imported on first use."""
 
-Each class is built from ``target_property_args`` and named by ``target_property_type``
-(its class name); :func:`target_property_from_spec` builds any of them.
-"""
+#: target_property_type -> "module:class"
+TARGET_PROPERTIES = {"ElasticConstants": "atomscore.properties.elastic:ElasticConstants",
+                     "LatticeConstant": "atomscore.properties.crystal:LatticeConstant",
+                     "CohesiveEnergy": "atomscore.properties.crystal:CohesiveEnergy",
+                     "BulkModulus": "atomscore.properties.crystal:BulkModulus",
+                     "CrystalElasticConstants": "atomscore.properties.crystal:CrystalElasticConstants",
+                     "VacancyFormationEnergy": "atomscore.properties.vacancy:VacancyFormationEnergy",
+                     "VacancyMigrationEnergy": "atomscore.properties.vacancy:VacancyMigrationEnergy",
+                     "SurfaceEnergy": "atomscore.properties.surface:SurfaceEnergy"}
 
-#: target_property_type -> module that defines the class of that name
-TARGET_PROPERTY_MODULES = {
-    "ElasticConstants": "atomscore.properties.elastic",
-    "LatticeConstant": "atomscore.properties.crystal",
-    "CohesiveEnergy": "atomscore.properties.crystal",
-    "BulkModulus": "atomscore.properties.crystal",
-    "CrystalElasticConstants": "atomscore.properties.crystal",
-    "VacancyFormationEnergy": "atomscore.properties.vacancy",
-    "VacancyMigrationEnergy": "atomscore.properties.vacancy",
-    "SurfaceEnergy": "atomscore.properties.surface",
-}
-
-__all__ = [*TARGET_PROPERTY_MODULES, "target_property_from_spec"]
+__all__ = [*TARGET_PROPERTIES, "from_spec"]
 
 
-def target_property_class(name):
-    """The class of the target property type ``name``."""
+def _class(name):
     import importlib
 
+    module, cls = TARGET_PROPERTIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def from_spec(spec, calculate_property_args=None):
+    """The target property of ``{'target_property_type': ..., 'target_property_args': {...}}``.
+
+    ``calculate_property_args`` (the FIM module's per-property dict) is passed to the types
+    that take picks from it (``KIMRun``'s ``get_test_result_args``).
+    """
     from atomscore.errors import InputError
 
-    if name not in TARGET_PROPERTY_MODULES:
-        raise InputError(f"target_property_type: unknown target property {name!r}; expected one of: "
-                         f"{', '.join(map(repr, TARGET_PROPERTY_MODULES))}")
-    return getattr(importlib.import_module(TARGET_PROPERTY_MODULES[name]), name)
+    if isinstance(spec, dict) and "init_args" in spec:
+        calculate_property_args = spec.get("calculate_property_args") or calculate_property_args
+        spec = spec["init_args"]
+    ptype = spec.get("target_property_type") if isinstance(spec, dict) else getattr(spec, "target_property_type", None)
+    if ptype not in TARGET_PROPERTIES:
+        raise InputError(f"target_property_type: unknown target property {ptype!r}; expected one of: "
+                         f"{', '.join(map(repr, TARGET_PROPERTIES))}")
+    cls = _class(ptype)
+    if ptype == "KIMRun":
+        return cls.from_spec(spec, calculate_property_args)
+    return cls.from_spec(spec)
 
 
-def target_property_from_spec(spec):
-    """Build a target property from ``{'target_property_type': ..., 'target_property_args': {...}}``
-    (or the FIM module's list entry with ``'init_args'``, or an instance, returned as is)."""
+def build_from_spec(cls, spec, extra_args=None):
+    """``cls(**target_property_args)`` from ``{'target_property_type': ..., 'target_property_args':
+    {...}}`` (or the FIM module's ``{'init_args': {...}, ...}``, or an instance, returned as is);
+    ``extra_args`` join the arguments. Every refusal is an InputError naming what came."""
     from atomscore.errors import InputError
 
-    if hasattr(spec, "property_vector") and hasattr(spec, "to_spec"):
+    if isinstance(spec, cls):
         return spec
-    init = spec.get("init_args", spec) if isinstance(spec, dict) else spec
-    if not isinstance(init, dict):
+    if isinstance(spec, dict) and "init_args" in spec:
+        spec = spec["init_args"]
+    if not isinstance(spec, dict):
         raise InputError(f"target property: expected a dict with 'target_property_type' and "
                          f"'target_property_args', got {type(spec).__name__}")
-    return target_property_class(init.get("target_property_type")).from_spec(init)
+    ptype = spec.get("target_property_type")
+    if ptype != cls.target_property_type:
+        raise InputError(f"target_property_type: unknown target property {ptype!r}; expected one of: "
+                         f"{cls.target_property_type!r}")
+    args = spec.get("target_property_args")
+    if not isinstance(args, dict):
+        raise InputError(f"target_property_args: expected a dict, got {type(args).__name__}")
+    try:
+        return cls(**{**args, **(extra_args or {})})
+    except TypeError as exc:
+        raise InputError(f"target_property_args: {exc}") from None
+
+
+def spec_of(prop):
+    """The JSON-able spec that re-creates ``prop`` (its ``_init_args`` that are not None)."""
+    args = {k: v for k, v in prop._init_args.items() if v is not None}
+    return {"target_property_type": prop.target_property_type, "target_property_args": args}
 
 
 def __getattr__(name):
-    if name in TARGET_PROPERTY_MODULES:
-        return target_property_class(name)
+    if name in TARGET_PROPERTIES:
+        return _class(name)
     raise AttributeError(f"module 'atomscore.properties' has no attribute {name!r}")

@@ -198,28 +198,15 @@ class SpecForm:
     def from_spec(cls, spec):
         """Build from ``{'target_property_type': ..., 'target_property_args': {...}}`` (or the
         FIM module's list entry ``{'init_args': {...}}``, or an instance, returned as is)."""
-        if isinstance(spec, cls):
-            return spec
-        if isinstance(spec, dict) and "init_args" in spec:
-            spec = spec["init_args"]
-        if not isinstance(spec, dict):
-            raise InputError(f"target property: expected a dict with 'target_property_type' and "
-                             f"'target_property_args', got {type(spec).__name__}")
-        if spec.get("target_property_type") != cls.target_property_type:
-            raise InputError(f"target_property_type: expected {cls.target_property_type!r}, "
-                             f"got {spec.get('target_property_type')!r}")
-        args = spec.get("target_property_args")
-        if not isinstance(args, dict):
-            raise InputError(f"target_property_args: expected a dict, got {type(args).__name__}")
-        try:
-            return cls(**args)
-        except TypeError as exc:
-            raise InputError(f"target_property_args of {cls.target_property_type}: {exc}") from None
+        from atomscore.properties import build_from_spec
+
+        return build_from_spec(cls, spec)
 
     def to_spec(self):
         """The JSON-able dict that re-creates this target property."""
-        args = {k: v for k, v in self._init_args.items() if v is not None}
-        return {"target_property_type": self.target_property_type, "target_property_args": args}
+        from atomscore.properties import spec_of
+
+        return spec_of(self)
 
     @property
     def backend(self):

@@ -21,7 +21,6 @@ import copy
 import numpy as np
 
 from atomscore.errors import InputError, PotentialError
-from atomscore.properties.base import SpecForm
 from atomscore.validation import check_positive
 
 #: lattice types and their ``ase.build.bulk`` crystal structure (conventional cubic cell)
@@ -57,7 +56,7 @@ def _resolve_potential(potential):
     return KIMPotential.from_spec(potential)
 
 
-class ElasticConstants(SpecForm):
+class ElasticConstants:
     """Elastic constants, lattice constant and cohesive energy of a cubic crystal.
 
     Parameters
@@ -135,6 +134,29 @@ class ElasticConstants(SpecForm):
 
             self.simulator_path = check_lammps(simulator_path)
         self.timeout = None if timeout is None else check_positive(timeout, "timeout", allow_array=False)
+
+    # ------------------------------------------------------------------ spec form
+    @classmethod
+    def from_spec(cls, spec):
+        """Build from ``{'target_property_type': 'ElasticConstants', 'target_property_args': {...}}``.
+
+        Also accepts the whole list entry of the FIM module (``{'init_args': {...}, ...}``)
+        or an :class:`ElasticConstants` (returned as is).
+        """
+        from atomscore.properties import build_from_spec
+
+        return build_from_spec(cls, spec)
+
+    def to_spec(self):
+        """The JSON-able dict that re-creates this target property."""
+        from atomscore.properties import spec_of
+
+        return spec_of(self)
+
+    @property
+    def backend(self):
+        """``'lammps'`` when a ``simulator_path`` was given, else ``'embedded'``."""
+        return "lammps" if self.simulator_path else "embedded"
 
     # ------------------------------------------------------------------ computation
     def check_potential(self, potential):
