@@ -25,6 +25,7 @@ import numpy as np
 
 from atomscore.errors import InputError, import_extra
 from atomscore.jobs.calls import job_call
+from atomscore.properties import TARGET_PROPERTIES
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ModelScore, to_jsonable, records_metadata
 from atomscore.validation import check_int, check_keys, load_array
@@ -32,8 +33,8 @@ from atomscore.validation import check_int, check_keys, load_array
 #: default finite-difference settings (those of information_matching's FiniteDifference)
 DEFAULT_DERIVATIVE_KWARGS = {"h": 0.1, "method": "FD"}
 
-#: the target-property types this score can compute
-TARGET_PROPERTY_TYPES = ("ElasticConstants", "KIMRun")
+#: the target-property types this score can compute (atomscore.properties registers them)
+TARGET_PROPERTY_TYPES = tuple(TARGET_PROPERTIES)
 
 _CALC_ARGS = ("workflow",)
 #: more calculate_property_args of a type (KIMRun's picks; flatten=True is what the FIM uses)
@@ -70,6 +71,8 @@ def evaluate_target_property(target_property, potential, parameters):
 
     pot = KIMPotential.from_spec(potential)
     prop = from_spec(target_property)
+    if hasattr(prop, "property_vectors"):  # relaxing properties check the relaxation paths
+        return [v.tolist() for v in prop.property_vectors(pot, parameters)]
     out = []
     for values in parameters:
         pot.set_parameters({k: np.asarray(v, dtype=float) for k, v in values.items()})

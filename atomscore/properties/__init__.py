@@ -1,10 +1,18 @@
-"""Target properties of the FIM modules (elastic constants, OpenKIM tests), imported on first use."""
-
-__all__ = ["ElasticConstants", "KIMRun", "from_spec"]
+"""Target properties of the FIM modules (elastic constants, OpenKIM tests, the built-in
+crystal, defect and surface properties of docs/properties.md), imported on first use."""
 
 #: target_property_type -> "module:class"
 TARGET_PROPERTIES = {"ElasticConstants": "atomscore.properties.elastic:ElasticConstants",
-                     "KIMRun": "atomscore.properties.kimrun:KIMRun"}
+                     "KIMRun": "atomscore.properties.kimrun:KIMRun",
+                     "LatticeConstant": "atomscore.properties.crystal:LatticeConstant",
+                     "CohesiveEnergy": "atomscore.properties.crystal:CohesiveEnergy",
+                     "BulkModulus": "atomscore.properties.crystal:BulkModulus",
+                     "CrystalElasticConstants": "atomscore.properties.crystal:CrystalElasticConstants",
+                     "VacancyFormationEnergy": "atomscore.properties.vacancy:VacancyFormationEnergy",
+                     "VacancyMigrationEnergy": "atomscore.properties.vacancy:VacancyMigrationEnergy",
+                     "SurfaceEnergy": "atomscore.properties.surface:SurfaceEnergy"}
+
+__all__ = [*TARGET_PROPERTIES, "from_spec"]
 
 
 def _class(name):

@@ -106,13 +106,16 @@ def _param_lines(parameters) -> list[str]:
 
 
 def _setup(kim_id, species, mass, params):
+    """Deck lines before and after the box is made; ``species``/``mass`` one or a list of each."""
+    species = [species] if isinstance(species, str) else list(species)
+    masses = np.atleast_1d(mass)
     return [
         f"kim init {kim_id} metal",
         "boundary p p p",
         "atom_modify map array",
     ], [
-        f"mass 1 {_fmt(mass)}",
-        f"kim interactions {species}",
+        *[f"mass {i + 1} {_fmt(m)}" for i, m in enumerate(masses)],
+        f"kim interactions {' '.join(species)}",
         *params,
     ]
 
@@ -315,3 +318,146 @@ def lammps_elastic(lmp, kim_id, species, lattice_type, lattice_param, deformatio
     a0, e, e_atom, c = parse_log(text, deformation_mag)
     return {"lattice_constant": a0, "energy_per_atom": e, "isolated_atom_energy": e_atom,
             "elastic_constants": c}
+
+
+# ---------------------------------------------------------------------- any structure
+#: how each structure of :func:`lammps_runs` is relaxed: not at all, atoms at fixed box, or
+#: atoms and box to zero pressure (isotropic or per axis)
+RELAX_MODES = ("none", "positions", "iso", "aniso")
+
+
+def lammps_runs(lmp, kim_id, species, structures, parameters=None, timeout=None, ftol=1e-10):
+    """Energies and cells of ASE structures relaxed by LAMMPS ``minimize`` with a KIM model.
+
+    Parameters
+    ----------
+    lmp, kim_id : str
+        LAMMPS executable and OpenKIM model id.
+    species : list of str
+        Chemical symbols, in LAMMPS type order.
+    structures : list of (ase.Atoms, str, list of int)
+        Each structure, its relax mode (see :data:`RELAX_MODES`) and the indices of atoms
+        held fixed (``fix setforce 0 0 0``).
+    parameters : dict, optional
+        Model parameters set with ``kim param set``.
+    ftol : float
+        ``minimize`` force tolerance, eV/Å.
+
+    Returns
+    -------
+    list of dict
+        Per structure: ``energy`` (eV), ``volume`` (Å³), ``lx``, ``ly``, ``lz`` (Å),
+        ``pressure`` (GPa), ``atoms`` (count).
+    """
+    from ase.data import atomic_masses, atomic_numbers
+    from ase.io import write
+
+    lmp = check_lammps(lmp)
+    if not _KIM_ID.match(str(kim_id)):
+        raise InputError(f"kim_id: {kim_id!r} is not an OpenKIM model id")
+    for sp in species:
+        if not _SPECIES.match(str(sp)) or sp not in atomic_numbers:
+            raise InputError(f"elements: {sp!r} is not a chemical symbol")
+    masses = [float(atomic_masses[atomic_numbers[sp]]) for sp in species]
+    head, tail = _setup(kim_id, species, masses, _param_lines(parameters))
+    minimize = f"minimize 0.0 {_fmt(ftol)} 100000 1000000"
+    lines = ["# atomscore: relaxations with kim param set (generated)"]
+    with tempfile.TemporaryDirectory(prefix="atomscore-lammps-") as tmp:
+        for i, (atoms, mode, fixed) in enumerate(structures):
+            if mode not in RELAX_MODES:
+                raise InputError(f"relax mode {mode!r}; expected one of {RELAX_MODES}")
+            skew = bool(np.any(np.abs(atoms.cell.cellpar()[3:] - 90.0) > 1e-9))
+            # reduce_cell: the same lattice with tilts LAMMPS accepts (at most half a box length)
+            write(Path(tmp) / f"s{i}.data", atoms, format="lammps-data", specorder=list(species),
+                  force_skew=skew, reduce_cell=skew)
+            lines += ["clear", *head, f"read_data s{i}.data", *tail,
+                      "thermo_style custom step pe press vol lx ly lz", "thermo_modify format float %.17g"]
+            if fixed:
+                lines += [f"group held id {' '.join(str(int(k) + 1) for k in fixed)}",
+                          "fix hold held setforce 0.0 0.0 0.0"]
+            if mode in ("iso", "aniso"):
+                lines += ["min_modify line quadratic", f"fix relax all box/relax {mode} 0.0 vmax 0.001",
+                          minimize, "unfix relax"]
+            if mode != "none":
+                lines += ["min_modify line quadratic", minimize]
+            lines += ["run 0", f'print "ATOMSCORE_RUN {i} $(pe:%.17g) $(vol:%.17g) $(lx:%.17g) $(ly:%.17g) '
+                               f'$(lz:%.17g) $(press:%.17g) $(atoms)"']
+        text = run_lammps(lmp, "\n".join(lines) + "\n", tmp, timeout=timeout)
+    num = _NUMBER
+    rows = re.findall(rf"^ATOMSCORE_RUN (\d+) " + " ".join([num] * 6) + r" (\d+)\s*$", text, re.M | re.I)
+    if len(rows) != len(structures):
+        tail_text = "\n".join(text.strip().splitlines()[-_LOG_TAIL_LINES:])
+        raise PotentialError(f"LAMMPS log has {len(rows)} of {len(structures)} results; log tail:\n{tail_text}")
+    out = []
+    for row in rows:
+        e, v, lx, ly, lz, p = (_float(x, "a result") for x in row[1:7])
+        out.append({"energy": e, "volume": v, "lx": lx, "ly": ly, "lz": lz, "pressure": p * BAR_TO_GPA,
+                    "atoms": int(row[7])})
+    return out
+
+
+def _runs(prop, pot, structures):
+    from atomscore.properties.elastic import _double_parameters
+
+    return lammps_runs(prop.simulator_path, pot.kim_id, prop.elements, structures,
+                       parameters=_double_parameters(pot), timeout=prop.timeout)
+
+
+def lammps_bulk(prop, pot):
+    """Zero-pressure crystal of a target property through LAMMPS (its conventional cell).
+
+    Returns ``a``, ``c`` (Å, None unless hexagonal), ``energy_per_atom`` (eV) and
+    ``isolated_atom_energy`` (eV, mean over the crystal's atoms).
+    """
+    from ase import Atoms
+
+    from atomscore.properties.base import HEXAGONAL, bulk_cell
+
+    hexagonal = prop.lattice_type in HEXAGONAL
+    c0 = None
+    if hexagonal:
+        c0 = prop.lattice_param * (prop.c_over_a or np.sqrt(8.0 / 3.0))
+    conv = bulk_cell(prop.elements, prop.lattice_type, prop.lattice_param, c0, cubic=True)
+    singles = [Atoms(el, positions=[[0.0, 0.0, 0.0]], cell=[40.0] * 3, pbc=True) for el in prop.elements]
+    res = _runs(prop, pot, [(conv, "aniso" if hexagonal else "iso", [])] + [(s, "none", []) for s in singles])
+    cell0 = conv.cell.lengths()
+    a = res[0]["lx"] / cell0[0] * prop.lattice_param
+    c = res[0]["lz"] / cell0[2] * c0 if hexagonal else None
+    iso = {el: r["energy"] for el, r in zip(prop.elements, res[1:])}
+    symbols = conv.get_chemical_symbols()
+    return {"a": a, "c": c, "energy_per_atom": res[0]["energy"] / res[0]["atoms"],
+            "isolated_atom_energy": float(np.mean([iso[s] for s in symbols]))}
+
+
+def lammps_vacancy(prop, pot):
+    """Vacancy formation energies through LAMMPS; the relaxation volume from a box relaxation.
+
+    ``relaxation_volume`` = V(vacancy cell relaxed to zero pressure) − V(perfect cell), box
+    relaxed isotropically (per axis for hexagonal crystals).
+    """
+    from atomscore.properties.base import HEXAGONAL, bulk_cell
+
+    bulk = lammps_bulk(prop, pot)
+    perfect = bulk_cell(prop.elements, prop.lattice_type, bulk["a"], bulk["c"], cubic=True).repeat(prop.supercell)
+    vac = perfect.copy()
+    del vac[0]
+    box = "aniso" if prop.lattice_type in HEXAGONAL else "iso"
+    r_perf, r_unrel, r_rel, r_box = _runs(prop, pot, [(perfect, "positions", []), (vac, "none", []),
+                                                      (vac, "positions", []), (vac, box, [])])
+    n = r_perf["atoms"]
+    ref = (n - 1) / n * r_perf["energy"]
+    omega = r_box["volume"] - r_perf["volume"]
+    return {"unrelaxed_formation_energy": r_unrel["energy"] - ref, "relaxed_formation_energy": r_rel["energy"] - ref,
+            "relaxation_volume": omega, "relaxation_volume_per_atom_volume": omega / (r_perf["volume"] / n),
+            "n_atoms": n}
+
+
+def lammps_surface(prop, pot):
+    """Surface energies (eV/Å²) of a target property's slab through LAMMPS."""
+    bulk = lammps_bulk(prop, pot)
+    slab = prop.slab(bulk["a"], bulk["c"])
+    r_unrel, r_rel = _runs(prop, pot, [(slab, "none", []), (slab, "positions", [])])
+    area = prop.area(slab)
+    ref = len(slab) * bulk["energy_per_atom"]
+    return {"surface_energy": (r_rel["energy"] - ref) / (2 * area),
+            "unrelaxed_surface_energy": (r_unrel["energy"] - ref) / (2 * area), "area": area, "n_atoms": len(slab)}
