@@ -590,7 +590,7 @@ forces to 0.1 eV/Å. Candidates not listed have weight 0: they add nothing the t
 
 <h2>The loop closed: refit, and the target checked</h2>
 <p>To check the promise, the selected configurations were labelled by a "true" model (SW with its parameters scaled
-by {esc(', '.join(f"{k} &times;{v:g}" for k, v in summary['refit']['truth_factors'].items()))}), each label with
+by {esc(', '.join(f"{k} ×{v:g}" for k, v in summary['refit']['truth_factors'].items()))}), each label with
 random noise of the precision its weight asks for (1/&radic;w), and the five parameters were refitted from the
 installed SW values by weighted least squares (<code>atomscore.fim.refit</code>). With the refitted parameters:</p>
 <table><tr><th>property</th><th>truth</th><th>refitted model</th><th>error</th><th>predicted &plusmn;</th>
