@@ -28,7 +28,8 @@ from ase.build import bulk
 
 from atomscore.errors import InputError, JobFailedError
 from atomscore.jobs.folder import read_status
-from atomscore.jobs.workflow import LocalWorkflow, make_workflow
+from atomscore.jobs import make_workflow
+from atomscore.jobs.workflow import LocalWorkflow
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ConfigurationScore
 
