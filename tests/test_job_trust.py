@@ -71,8 +71,9 @@ def _wait(wf, ids):
 # --------------------------------------------------------------------------- 1. runs never mix
 def test_row_blocks_of_two_runs_never_make_one_efficiency(tmp_path):
     """Two datasets of the same size and settings, 2 row blocks each: any mix is refused,
-    through data_from_calc_ids (naming the folders), the reduction itself, and `jobs collect`
-    of a run folder holding another run's block (main: a number between the two, exit 0)."""
+    through data_from_calc_ids (naming the folders), the reduction itself, a results file
+    copied from the other run, and `jobs collect` of a run folder holding another run's block
+    (main: a number between the two, exit 0)."""
     a, b = _dataset(seed=0), _dataset(seed=1)
     wf = LocalWorkflow(tmp_path / "jobs", nprocs=2)
     args = {"score_quantity": "EFFICIENCY", "bandwidth": H}
@@ -89,25 +90,16 @@ def test_row_blocks_of_two_runs_never_make_one_efficiency(tmp_path):
     results = [json.loads((Path(i) / FILES.results_json).read_text()) for i in (ids_a[0], ids_b[1])]
     with pytest.raises(InputError, match="different datasets"):
         QUESTSEfficiencyScore.reduce_job_results(results)
+    # another run's results file copied over a block's own: not the file its runner wrote (sha256)
+    shutil.copyfile(Path(ids_b[1]) / FILES.results_json, Path(ids_a[1]) / FILES.results_json)
+    with pytest.raises(InputError, match="not the one its job wrote"):
+        QUESTSEfficiencyScore.data_from_calc_ids(ids_a)
     # a block of run b copied into run a's folder: `jobs collect` refuses, naming it
     shutil.rmtree(ids_a[1])
     shutil.copytree(ids_b[1], ids_a[1])
     out = _cli("jobs", "collect", str(Path(ids_a[0]).parent), "-o", str(tmp_path / "eff.json"), cwd=tmp_path)
     assert out.returncode == 2 and "do not belong to one run" in out.stderr and ids_a[1] in out.stderr, out.stderr
     assert not (tmp_path / "eff.json").exists()
-
-
-def test_a_results_file_its_job_did_not_write_is_refused(tmp_path):
-    """Another run's score_results.json copied over a block's own (same run id in job.json):
-    its sha256 is not the one the runner recorded (main: gathered)."""
-    wf = LocalWorkflow(tmp_path / "jobs", nprocs=2)
-    args = {"score_quantity": "EFFICIENCY", "bandwidth": H}
-    ids_a = QUESTSEfficiencyScore().run("eff", _dataset(seed=0), args, workflow=wf, batch_size=4)
-    ids_b = QUESTSEfficiencyScore().run("eff", _dataset(seed=1), args, workflow=wf, batch_size=4)
-    _wait(wf, ids_a + ids_b)
-    shutil.copyfile(Path(ids_b[1]) / FILES.results_json, Path(ids_a[1]) / FILES.results_json)
-    with pytest.raises(InputError, match="not the one its job wrote"):
-        QUESTSEfficiencyScore.data_from_calc_ids(ids_a)
 
 
 def _reference(seed, n=12):
@@ -217,6 +209,17 @@ def test_a_module_named_by_job_json_is_never_imported(tmp_path, how):
         proc = _cli("jobs", "collect", str(folder.parent), "-o", str(tmp_path / "out.xyz"), cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
     assert not marker.exists(), "the folder's module was imported"
+
+
+def test_a_command_module_of_atomscore_is_not_a_job(tmp_path):
+    """job.json naming atomscore.cli.__main__ (which runs the command line on import) is refused
+    before import (main: imported, running `atomscore <folder>` inside the runner)."""
+    folder = _hand_made(tmp_path / "jobs" / "S" / "x" / "run" / "00000",
+                        {"kind": "score", "score": {"target": "atomscore.cli.__main__:main"}, "init_args": {},
+                         "compute_args": {}, "score_quantity": "SENSITIVITY", "score_kind": "atom"})
+    proc = _runner(folder)
+    assert proc.returncode == 2 and "a command, not a score" in read_status(folder)["error"]
+    assert "usage: atomscore" not in proc.stderr
 
 
 USER_SCORE = '''

@@ -372,6 +372,9 @@ def class_reference(obj) -> dict:
            "module_file": str(Path(module_file).resolve()) if module_file else None}
     if trust.is_builtin_module(obj.__module__):
         return {"target": ref["target"], "import_path": None, "module_file": None}  # by name only
+    if not module_file:
+        raise InputError(f"{qualname}: its module {obj.__module__!r} has no file; a job can only re-create "
+                         "classes and functions defined in a .py file")
     ref["files"] = trust.module_files(obj.__module__, module_file, import_path)  # checked before import
     return ref
 
@@ -421,6 +424,8 @@ def resolve_reference(ref, what="score", job=None):
         raise trust.UntrustedJob(f"job.json: expected a target 'module:QualName', got {target!r}")
     module_name, qualname = target.split(":")
     if trust.is_builtin_module(module_name):
+        if module_name.rpartition(".")[2] == "__main__":  # the one kind of atomscore module that acts on import
+            raise trust.UntrustedJob(f"job.json names {target!r}, a command, not a score or job call; {trust.REFUSAL}")
         module = importlib.import_module(module_name)  # by name: never from a path the folder names
     else:
         trust.check_user_code(ref, job or {}, target)

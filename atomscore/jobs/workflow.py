@@ -556,7 +556,7 @@ class LocalWorkflow(Workflow):
                 except InputError as exc:
                     update_status(folder, state=JobState.FAILED, reason="not runnable", error=str(exc),
                                   end_time=now())
-            elif state is JobState.RUNNING and not is_runner_of(status, folder) \
+            elif state is JobState.RUNNING and not _runner_alive(status, folder) \
                     and not _alive(status.get("owner_pid")):
                 update_status(folder, expect={"attempt": status.get("attempt")}, state=JobState.FAILED,
                               reason="runner process disappeared", end_time=now(),
@@ -583,6 +583,11 @@ def _group_alive(pgid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _runner_alive(status, folder) -> bool:
+    """The runner ``status`` names is alive and, where ``/proc`` can tell, is that folder's runner."""
+    return is_runner_of(status, folder) if os.path.isdir("/proc") else _alive(status.get("pid"))
 
 
 def _alive(pid) -> bool:
