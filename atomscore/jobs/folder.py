@@ -10,7 +10,10 @@ A job is a folder a person can read by hand::
         stdout.log  stderr.log
         score_results.xyz | score_results.json
 
-Every ``run()`` writes its own ``<run>`` folder (with ``run.json``), so two runs never mix.
+Every ``run()`` writes its own ``<run>`` folder (with ``run.json``), and every ``job.json`` of it
+records the run id, the SHA-256 of each of its inputs and the run's digest; gathering refuses
+jobs of two runs (:func:`check_one_run`), the runner inputs changed since (:func:`verify_inputs`).
+What a folder may make this process import or run is bounded by :mod:`atomscore.jobs.trust`.
 The file names are those of :data:`FILES`; the states those of :class:`JobState`; a status
 is read by :func:`read_status` only. The run plan (what goes into the folders) lives with
 the scores (``atomscore.score``); this module imports nothing above it.
