@@ -509,6 +509,10 @@ def new_run_folder(base: Path) -> Path:
     before anything is written); those made here are made private.
     """
     base = Path(base)
+    try:
+        trust.user_key(create=True)  # a key others can read is refused here, before anything is written
+    except OSError:
+        pass  # no key can be made (read-only home): the run's folders are unsealed
     levels = [base.parent.parent, base.parent, base]
     made = [p for p in levels if not p.exists()]
     for path in levels:
