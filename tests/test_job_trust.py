@@ -344,3 +344,19 @@ def test_a_job_root_others_can_write_is_refused(tmp_path):
     proc = _runner(calc_id)
     assert proc.returncode == 2 and "writable by others" in read_status(calc_id)["error"]
     assert not (Path(calc_id) / FILES.results_json).exists()
+
+
+def test_a_key_others_can_read_is_refused_before_a_run_writes(tmp_path, monkeypatch):
+    """The key that seals job folders: made 0600 on first use; opened to others, refused (as
+    ssh refuses an open private key) before run() writes anything."""
+    key = tmp_path / "cfg" / "job-key"
+    monkeypatch.setenv(trust.KEY_ENV, str(key))
+    job = {"x": 1}
+    job["seal"] = trust.seal(job)
+    assert trust.is_sealed(job) and (key.stat().st_mode & 0o777) == 0o600
+    assert not trust.is_sealed({**job, "x": 2})  # the seal covers the content
+    key.chmod(0o644)
+    with pytest.raises(InputError, match="readable by you alone"):
+        QUESTSEfficiencyScore().run("e", _dataset(), {"score_quantity": "EFFICIENCY"},
+                                    workflow=_NoStart(tmp_path / "jobs"))
+    assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").rglob("job.json"))
