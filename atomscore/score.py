@@ -392,11 +392,12 @@ class ScoreBase:
         folder stays runnable (``atomscore jobs clean`` removes them).
         """
         from atomscore.errors import JobFailedError
-        from atomscore.jobs.folder import job_folder, remove_temporary_files
+        from atomscore.jobs.folder import check_one_run, job_folder, remove_temporary_files
         from atomscore.jobs.workflow import check_finished
 
         folders = [job_folder(calc_id, workflow) for calc_id in calc_ids]
         check_finished(folders, calc_ids)
+        check_one_run(folders, f"{getattr(self_or_cls, '__name__', type(self_or_cls).__name__)}.data_from_calc_ids")
         name = _results_filename(self_or_cls.kind)
         out = []
         for folder in folders:
@@ -603,9 +604,9 @@ class PreparedJobs:
         JobWriteError
             When the disk refuses (full, read-only): the partial run folder is removed.
         """
-        from atomscore.io import write_json_atomic, write_text_atomic
-        from atomscore.jobs.folder import (FILES, ARGS_DIR, abandon_run, finish_job_folder, new_numbered_folder,
-                                           new_run_folder, now, save_arrays)
+        from atomscore.io import write_text_atomic
+        from atomscore.jobs.folder import (ARGS_DIR, abandon_run, finish_run, new_numbered_folder, new_run_folder,
+                                           save_arrays)
 
         run = new_run_folder(Path(root) / self.score_name / self.path_type)
         folders = []
@@ -618,15 +619,19 @@ class PreparedJobs:
                 save_arrays(folder / ARGS_DIR, job.compute_arrays)  # per batch: never linked
                 save_arrays(folder / ARGS_DIR, job.shared_arrays, shared_paths)
                 write_text_atomic(folder / job.input_name, job.input_text)
-                finish_job_folder(folder, {**self.header, "run": run.name, "compute_args": job.compute_args,
-                                           "input": job.input_name})
                 folders.append(folder)
-            write_json_atomic(run / FILES.run, {"run": run.name, "score": self.header["score"],
-                                                "path_type": self.path_type, "created": now(),
-                                                "jobs": [f.name for f in folders]})
+            # one run id and the digests of every job's inputs, in every job.json (written last)
+            finish_run(run, folders, [{**self.header, "compute_args": job.compute_args, "input": job.input_name}
+                                      for job in self.jobs],
+                       {"score": self.header["score"], "path_type": self.path_type})
         except OSError as exc:
             abandon_run(run, exc)
         return folders
+
+
+def _same_array(first, value) -> bool:
+    """The same array object, or a copy of the same file (:class:`~atomscore.jobs.folder.FileCopy`)."""
+    return first is value or (not isinstance(value, np.ndarray) and first == value)
 
 
 def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> PreparedJobs:
@@ -672,7 +677,7 @@ def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> P
     for batch_configs, batch_args in score.plan_jobs(configs, args, batch_size):
         compute_data, compute_arrays = encode_args(batch_args, "compute", f"{name}.run compute_args")
         # the same array object in every job (a reference set, a dataset's descriptors): written once, linked
-        shared = {k: a for k, a in compute_arrays.items() if first_arrays.setdefault(k, a) is a}
+        shared = {k: a for k, a in compute_arrays.items() if _same_array(first_arrays.setdefault(k, a), a)}
         own = {k: a for k, a in compute_arrays.items() if k not in shared}
         jobs.append(PreparedJob(*serialize_inputs(score.kind, batch_configs), compute_data, own, shared))
     header = {

@@ -294,3 +294,60 @@ def check_same_descriptor_settings(settings_a, label_a, settings_b, label_b):
     if _canonical(settings_a) != _canonical(settings_b):
         raise InputError(f"descriptor settings differ: {label_a} were computed with {_canonical(settings_a)}, "
                          f"{label_b} with {_canonical(settings_b)}; compute both with the same descriptor")
+
+
+# --------------------------------------------------------------------------- executables
+#: environment variable holding the user's allow-list of executables a job may run
+#: (paths or names on PATH, separated by ``os.pathsep``)
+EXECUTABLES_ENV = "ATOMSCORE_EXECUTABLES"
+#: None: this process runs what its caller names (the user's own process); a set of real
+#: paths: the only executables it may run (set by the job runner, see docs/jobs.md)
+_allowed_executables: frozenset | None = None
+#: executables this process checked while unrestricted: the user named them, so a job this
+#: process writes (and seals) may run them
+_named_by_user: set = set()
+
+
+def _real_executable(value):
+    import shutil
+
+    found = shutil.which(value) if os.sep not in value else value
+    return os.path.realpath(found) if found else None
+
+
+def executables_from_env(env=None) -> set:
+    """The real paths of the executables listed in ``ATOMSCORE_EXECUTABLES`` (missing ones skipped)."""
+    text = (os.environ if env is None else env).get(EXECUTABLES_ENV, "")
+    return {p for p in (_real_executable(v) for v in text.split(os.pathsep) if v.strip()) if p}
+
+
+def restrict_executables(allowed):
+    """Allow this process to run only ``allowed`` (real paths); None lifts the restriction."""
+    global _allowed_executables
+    _allowed_executables = None if allowed is None else frozenset(os.path.realpath(p) for p in allowed)
+
+
+def user_executables() -> list:
+    """The executables the user's own process checked (recorded into the jobs it seals)."""
+    return sorted(_named_by_user)
+
+
+def check_executable_allowed(value, name) -> None:
+    """Refuse to run ``value`` unless it is on the allow-list in force (call it before running
+    any executable a user's input names).
+
+    Raises
+    ------
+    InputError
+        Inside a job: the executable is neither in ``ATOMSCORE_EXECUTABLES`` nor named by the
+        user's own process that wrote the (sealed) job.
+    """
+    real = _real_executable(str(value))
+    if _allowed_executables is None:
+        if real:
+            _named_by_user.add(real)
+        return
+    if real is None or real not in _allowed_executables:
+        raise InputError(f"{name}: {str(value)!r} is not on your allow-list of executables, so a job does not run "
+                         f"it; list it in {EXECUTABLES_ENV} (paths separated by {os.pathsep!r}), or name it in the "
+                         "run() of your own process (see docs/jobs.md, trust boundary)")

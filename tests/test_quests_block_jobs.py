@@ -118,7 +118,7 @@ def test_missing_or_foreign_blocks_refused(tmp_path):
     wf.block_until_completed(ids + other, timeout=300)
     with pytest.raises(InputError, match="row blocks"):
         score.data_from_calc_ids(ids[:-1], workflow=wf)
-    with pytest.raises(InputError, match="row blocks"):
+    with pytest.raises(InputError, match="do not belong to one run"):  # names the folders of each run (issue 21)
         score.data_from_calc_ids(ids + other[:1], workflow=wf)
 
 

@@ -26,7 +26,9 @@ import pytest
 from ase.build import bulk
 
 from atomscore.errors import InputError, JobFailedError
-from atomscore.jobs.folder import (FILES, JobState, JobWriteError, read_status, tail_text, update_status)
+from atomscore.jobs import trust
+from atomscore.jobs.folder import (FILES, JobState, JobWriteError, folder_inputs, read_status, tail_text,
+                                   update_status)
 from atomscore.jobs.workflow import LocalWorkflow, SubmissionError, failure_report
 
 TESTS = Path(__file__).resolve().parent
@@ -452,6 +454,7 @@ def test_an_array_reference_outside_the_folder_is_refused(tmp_path):
                                                            workflow=_NoStart(tmp_path / "jobs"))
         job = json.loads((Path(calc_id) / FILES.job).read_text())
         job["compute_args"]["centre"] = {"__ndarray__": bad}
+        job["seal"] = trust.seal(job)  # as if the user edited it: an unsealed edit is refused before (issue 21)
         (Path(calc_id) / FILES.job).write_text(json.dumps(job))
         proc = subprocess.run([sys.executable, "-m", "atomscore.job", calc_id], capture_output=True, text=True,
                               timeout=120, env=env_with_tests())
@@ -497,6 +500,7 @@ def test_the_runner_refuses_what_is_not_a_score_or_a_registered_call(tmp_path, k
         (folder / FILES.input_xyz).write_text("")
     else:
         job.update(function=ref, kwargs=args)
+    job.update(run_id="hand-made", inputs=folder_inputs(folder))  # digests as run() records them (issue 21)
     (folder / FILES.job).write_text(json.dumps(job))
     proc = subprocess.run([sys.executable, "-m", "atomscore.job", str(folder)], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)

@@ -16,13 +16,16 @@ import logging
 from pathlib import Path
 
 from atomscore.errors import InputError
-from atomscore.jobs.folder import (FILES, JobState, clean_folder, is_cleaned, job_folders_under, read_job,
-                                   read_status, resolve_reference, state_of)
+from atomscore.jobs.folder import (FILES, JobState, check_one_run, clean_folder, is_cleaned, job_folders_under,
+                                   read_job, read_status, resolve_reference, state_of)
+from atomscore.jobs.trust import check_private_tree
 
 log = logging.getLogger(__name__)
 
 
-def _folders(path, what) -> list[Path]:
+def _folders(path, what, private=False) -> list[Path]:
+    """The job folders under ``path``; with ``private``, each checked to be writable by its
+    owner alone, from the folder up to ``path`` (docs/jobs.md, trust boundary)."""
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"jobs {what}: no folder {str(path)!r}")
@@ -30,6 +33,9 @@ def _folders(path, what) -> list[Path]:
     if not folders:
         raise InputError(f"jobs {what}: no job folders under {str(path)!r}")
     log.debug("jobs %s: %d job folder(s) under %s", what, len(folders), path)
+    if private:
+        for folder in folders:
+            check_private_tree(folder, levels=len(folder.resolve().relative_to(path.resolve()).parts))
     return folders
 
 
@@ -82,7 +88,7 @@ def cmd_status(args):
 
 
 def cmd_collect(args):
-    folders = _folders(args.run, "collect")
+    folders = _folders(args.run, "collect", private=True)
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise InputError(f"--output: {str(output)!r} exists; results never overwrite a file (pass --overwrite)")
@@ -95,7 +101,8 @@ def cmd_collect(args):
     if len(targets) != 1:
         raise InputError(f"jobs collect: the jobs under {args.run} belong to {len(targets)} score classes "
                          f"({', '.join(sorted(targets))}); collect one run at a time")
-    cls = resolve_reference(read_job(folders[0])["score"], "score")
+    check_one_run(folders, "jobs collect")  # one run, results as its jobs wrote them: before any import
+    cls = resolve_reference(read_job(folders[0])["score"], "score", read_job(folders[0]))
     from atomscore.io import CONFIG_SUFFIXES, RESULT_SUFFIXES, check_output
 
     check_output(output, overwrite=args.overwrite, what=f"--output ({cls.__name__} results)",
@@ -141,7 +148,7 @@ def cmd_rerun(args):
     from atomscore.jobs.folder import now, update_status
     from atomscore.jobs.workflow import interrupts_raise
 
-    folders = _folders(args.path, "rerun")
+    folders = _folders(args.path, "rerun", private=True)
     again = [f for f in folders if state_of(read_status(f)) in (JobState.FAILED, JobState.CANCELLED)
              and read_status(f).get("reason") != "folder vanished"]
     cleaned = [f for f in again if is_cleaned(f)]
@@ -172,7 +179,7 @@ def cmd_rerun(args):
 def cmd_cancel(args):
     from atomscore.jobs.workflow import interrupts_deferred
 
-    folders = [f for f in _folders(args.path, "cancel") if not state_of(read_status(f)).final]
+    folders = [f for f in _folders(args.path, "cancel", private=True) if not state_of(read_status(f)).final]
     if not folders:
         print(f"no open jobs under {args.path}")
         return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from atomscore.errors import InputError
 from atomscore.jobs.folder import (FILES, abandon_run, FORMAT_VERSION, check_path_type, class_reference, clean_folder,
-                                   decode_args, encode_args, finish_job_folder, is_job_call, new_numbered_folder,
+                                   decode_args, encode_args, finish_run, is_job_call, new_numbered_folder,
                                    new_run_folder, read_json, save_arrays)
 
 
@@ -75,9 +75,10 @@ def map_calls(func, list_of_kwargs, workflow=None, path_type="calls", job_detail
         for data, arrays in encoded:
             folder = new_numbered_folder(run)
             save_arrays(folder / FILES.args, arrays)
-            finish_job_folder(folder, {"format_version": FORMAT_VERSION, "kind": "call", "function": reference,
-                                       "kwargs": data, "cwd": str(Path.cwd())})
             folders.append(folder)
+        finish_run(run, folders, [{"format_version": FORMAT_VERSION, "kind": "call", "function": reference,
+                                   "kwargs": data, "cwd": str(Path.cwd())} for data, _ in encoded],
+                   {"function": reference})
     except OSError as exc:
         abandon_run(run, exc)
     calc_ids = workflow.submit_run(folders, job_details)

@@ -10,7 +10,10 @@ A job is a folder a person can read by hand::
         stdout.log  stderr.log
         score_results.xyz | score_results.json
 
-Every ``run()`` writes its own ``<run>`` folder (with ``run.json``), so two runs never mix.
+Every ``run()`` writes its own ``<run>`` folder (with ``run.json``), and every ``job.json`` of it
+records the run id, the SHA-256 of each of its inputs and the run's digest; gathering refuses
+jobs of two runs (:func:`check_one_run`), the runner inputs changed since (:func:`verify_inputs`).
+What a folder may make this process import or run is bounded by :mod:`atomscore.jobs.trust`.
 The file names are those of :data:`FILES`; the states those of :class:`JobState`; a status
 is read by :func:`read_status` only. The run plan (what goes into the folders) lives with
 the scores (``atomscore.score``); this module imports nothing above it.
@@ -29,13 +32,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
 from atomscore.errors import AtomscoreError, InputError
+from atomscore.jobs import trust
 from atomscore.io import read_json, to_jsonable, write_json_atomic, write_text_atomic
-from atomscore.validation import check_jsonable
+from atomscore.validation import check_jsonable, is_array_file
 
 FORMAT_VERSION = 1
 
@@ -48,6 +53,8 @@ FILES = SimpleNamespace(
 )
 JOB_FILE, STATUS_FILE, ARGS_DIR = FILES.job, FILES.status, FILES.args
 ARRAY_TAG = "__ndarray__"
+#: a file the caller named (a ``.npy``/``.txt`` path), copied into the folder at run()
+FILE_TAG = "__file__"
 #: environment variable through which a workflow tells the runner which attempt it runs
 ATTEMPT_ENV = "ATOMSCORE_JOB_ATTEMPT"
 #: environment variable holding the workflow root of the job being run (for nested jobs)
@@ -250,23 +257,42 @@ def job_folders_under(path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- arguments
-class _ArgEncoder:
-    """Turns arguments into JSON, collecting arrays to be saved as ``args/<name>.npy``."""
+@dataclass(frozen=True)
+class FileCopy:
+    """An array file named by an argument, to be copied into the job folder (``args/``), so
+    that a job, and any re-run of it, reads what the run started with."""
 
-    def __init__(self, prefix, subdir=FILES.args):
+    source: str
+
+
+class _ArgEncoder:
+    """Turns arguments into JSON, collecting arrays to be saved as ``args/<name>.npy`` (and
+    array files named by path, to be copied there)."""
+
+    def __init__(self, prefix, subdir=FILES.args, copy_files=True):
         self.prefix = prefix
         self.subdir = subdir
-        self.arrays: dict[str, np.ndarray] = {}
+        self.copy_files = copy_files
+        self.arrays: dict[str, np.ndarray | FileCopy] = {}
+
+    def _name(self, path, suffix):
+        name = re.sub(r"[^A-Za-z0-9_]+", "_", path).strip("_")
+        while f"{name}{suffix}" in self.arrays:
+            name += "_"
+        return f"{name}{suffix}"
 
     def encode(self, value, path):
+        if self.copy_files and is_array_file(value) and Path(value).is_file():
+            source = Path(value).resolve()
+            name = self._name(path, source.suffix)
+            self.arrays[name] = FileCopy(str(source))
+            return {FILE_TAG: f"{self.subdir}/{name}"}
         if isinstance(value, np.ndarray):
             if value.dtype == object:
                 raise InputError(f"{path}: a job file cannot hold an object array; pass a numeric array")
-            name = re.sub(r"[^A-Za-z0-9_]+", "_", path).strip("_")
-            while f"{name}.npy" in self.arrays:
-                name += "_"
-            self.arrays[f"{name}.npy"] = value
-            return {ARRAY_TAG: f"{self.subdir}/{name}.npy"}
+            name = self._name(path, ".npy")
+            self.arrays[name] = value
+            return {ARRAY_TAG: f"{self.subdir}/{name}"}
         if isinstance(value, np.generic):
             return value.item()
         if isinstance(value, enum.Enum):
@@ -274,20 +300,22 @@ class _ArgEncoder:
         if isinstance(value, os.PathLike):
             return os.fspath(value)
         if isinstance(value, dict):
-            if ARRAY_TAG in value:
-                raise InputError(f"{path}: the key {ARRAY_TAG!r} is reserved")
+            if ARRAY_TAG in value or FILE_TAG in value:
+                raise InputError(f"{path}: the keys {ARRAY_TAG!r} and {FILE_TAG!r} are reserved")
             return {k: self.encode(v, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.encode(v, f"{path}.{i}") for i, v in enumerate(value)]
         return value
 
 
-def encode_args(args, prefix: str, name: str, subdir: str = FILES.args):
+def encode_args(args, prefix: str, name: str, subdir: str = FILES.args, copy_files: bool = True):
     """Return ``(json_data, arrays)`` for ``args``; JSON-ability is checked here.
 
-    ``arrays`` maps file names to the arrays to save in ``subdir`` of the job folder.
+    ``arrays`` maps file names to the arrays to save in ``subdir`` of the job folder (and,
+    with ``copy_files``, to the :class:`FileCopy` of each existing ``.npy``/``.txt`` file an
+    argument names: the job reads the copy).
     """
-    encoder = _ArgEncoder(prefix, subdir)
+    encoder = _ArgEncoder(prefix, subdir, copy_files)
     data = encoder.encode(args, prefix)
     check_jsonable(data, name)
     return data, encoder.arrays
@@ -302,6 +330,8 @@ def decode_args(data, folder):
     if isinstance(data, dict):
         if set(data) == {ARRAY_TAG}:
             return np.load(_inside(folder, data[ARRAY_TAG]), allow_pickle=False)
+        if set(data) == {FILE_TAG}:
+            return str(_inside(folder, data[FILE_TAG]))
         return {k: decode_args(v, folder) for k, v in data.items()}
     if isinstance(data, list):
         return [decode_args(v, folder) for v in data]
@@ -341,8 +371,15 @@ def class_reference(obj) -> dict:
     if obj.__module__ == "__main__" and not module_file:
         raise InputError(f"{qualname} is defined in an interactive session; define it in a module "
                          "(a .py file) so that a job can import it")
-    return {"target": f"{obj.__module__}:{qualname}", "import_path": import_path,
-            "module_file": str(Path(module_file).resolve()) if module_file else None}
+    ref = {"target": f"{obj.__module__}:{qualname}", "import_path": import_path,
+           "module_file": str(Path(module_file).resolve()) if module_file else None}
+    if trust.is_builtin_module(obj.__module__):
+        return {"target": ref["target"], "import_path": None, "module_file": None}  # by name only
+    if not module_file:
+        raise InputError(f"{qualname}: its module {obj.__module__!r} has no file; a job can only re-create "
+                         "classes and functions defined in a .py file")
+    ref["files"] = trust.module_files(obj.__module__, module_file, import_path)  # checked before import
+    return ref
 
 
 def is_score_class(obj) -> bool:
@@ -359,49 +396,61 @@ def is_job_call(obj) -> bool:
     return inspect.isfunction(obj) and getattr(obj, "__atomscore_job_call__", False) is True
 
 
-def resolve_reference(ref, what="score"):
-    """Import what :func:`class_reference` described, and check it may be run.
+def resolve_reference(ref, what="score", job=None):
+    """Import what :func:`class_reference` described, within the trust boundary, and check it
+    may be run.
 
     Parameters
     ----------
     ref : dict
-        ``{'target': 'module:QualName', 'import_path': ..., 'module_file': ...}``.
+        ``{'target': 'module:QualName', 'import_path': ..., 'module_file': ..., 'files': ...}``.
     what : {'score', 'call'}
         A score job runs ``ScoreBase`` subclasses only; a call job functions registered as
         job calls only.
+    job : dict, optional
+        The whole ``job.json``: a module outside atomscore is imported only when it is sealed
+        with this user's key and its files still have their recorded digests
+        (:mod:`atomscore.jobs.trust`).
 
     Raises
     ------
-    InputError
-        A malformed target, or an object that is not a score class / registered job call.
-        Nothing of the object is called before this check.
+    UntrustedJob
+        A malformed target, a user's module the folder may not name, or an object that is not
+        a score class / registered job call. Nothing outside atomscore is imported before
+        the checks pass.
     """
     import importlib
     import importlib.util
 
     target = ref.get("target") if isinstance(ref, dict) else None
     if not isinstance(target, str) or not _TARGET.match(target):
-        raise InputError(f"job.json: expected a target 'module:QualName', got {target!r}")
+        raise trust.UntrustedJob(f"job.json: expected a target 'module:QualName', got {target!r}")
     module_name, qualname = target.split(":")
-    if ref.get("import_path") and ref["import_path"] not in sys.path:
-        sys.path.insert(0, ref["import_path"])
-    if module_name == "__main__":
-        # A user's script: import it under another name, so its main guard does not run.
-        spec = importlib.util.spec_from_file_location("atomscore_user_script", ref["module_file"])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["atomscore_user_script"] = module
-        spec.loader.exec_module(module)
+    if trust.is_builtin_module(module_name):
+        if module_name.rpartition(".")[2] == "__main__":  # the one kind of atomscore module that acts on import
+            raise trust.UntrustedJob(f"job.json names {target!r}, a command, not a score or job call; {trust.REFUSAL}")
+        module = importlib.import_module(module_name)  # by name: never from a path the folder names
     else:
-        module = importlib.import_module(module_name)
+        trust.check_user_code(ref, job or {}, target)
+        if module_name == "__main__":
+            # A user's script: import it under another name, so its main guard does not run.
+            spec = importlib.util.spec_from_file_location("atomscore_user_script", ref["module_file"])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["atomscore_user_script"] = module
+            spec.loader.exec_module(module)
+        else:
+            trust.find_user_module(module_name, ref.get("import_path"), ref["module_file"])
+            trust.insert_import_path(ref.get("import_path"))
+            module = importlib.import_module(module_name)
     obj = module
     for part in qualname.split("."):
-        obj = getattr(obj, part)
+        obj = getattr(obj, part, None)
     if what == "score" and not is_score_class(obj):
-        raise InputError(f"job.json names {target!r}, which is not a ScoreBase subclass; the job runner "
-                         "runs scores and registered job calls only (see docs/jobs.md)")
+        raise trust.UntrustedJob(f"job.json names {target!r}, which is not a ScoreBase subclass; {trust.REFUSAL} "
+                                 "(see docs/jobs.md)")
     if what == "call" and not is_job_call(obj):
-        raise InputError(f"job.json names {target!r}, which is not a registered job call; the job runner "
-                         "runs scores and functions decorated with atomscore.jobs.calls.job_call only")
+        raise trust.UntrustedJob(f"job.json names {target!r}, which is not a registered job call; "
+                                 f"{trust.REFUSAL} (functions decorated with atomscore.jobs.calls.job_call)")
     return obj
 
 
@@ -453,12 +502,29 @@ def new_numbered_folder(base: Path) -> Path:
 
 def new_run_folder(base: Path) -> Path:
     """Create ``base/<run>`` for one ``run()``: ``YYYYMMDD-HHMMSS-<6 hex>`` (sorts by time,
-    unique across processes and hosts)."""
+    unique across processes and hosts).
+
+    ``base`` is ``root/<ScoreClass or 'calls'>/<path_type>``: each of these folders that
+    exists already must be private (:func:`atomscore.jobs.trust.check_private`, refused
+    before anything is written); those made here are made private.
+    """
+    base = Path(base)
+    try:
+        trust.user_key(create=True)  # a key others can read is refused here, before anything is written
+    except OSError:
+        pass  # no key can be made (read-only home): the run's folders are unsealed
+    levels = [base.parent.parent, base.parent, base]
+    made = [p for p in levels if not p.exists()]
+    for path in levels:
+        if path.exists():
+            trust.check_private(path, "job root")
     base.mkdir(parents=True, exist_ok=True)
+    trust.make_private([p for p in made if p.exists()])
     while True:
         folder = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         try:
             folder.mkdir()
+            trust.make_private([folder])
             return folder
         except FileExistsError:  # pragma: no cover - 1 in 16 million
             continue
@@ -484,8 +550,11 @@ def save_arrays(directory: Path, arrays: dict, first_paths: dict | None = None):
                 pass  # another file system: fall back to a copy
         tmp = path.with_name(f".{name}.tmp")
         try:
-            with open(tmp, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
+            if isinstance(array, FileCopy):
+                shutil.copyfile(array.source, tmp)  # a copy, not a link: the user's file may change in place
+            else:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, array, allow_pickle=False)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -503,12 +572,121 @@ def abandon_run(run: Path, exc: OSError):
 
 
 def finish_job_folder(folder: Path, job: dict) -> dict:
-    """Give a written job folder its identity (a new ``job_id``), mark it pending and write
-    its ``job.json`` last (what the runner reads). Returns the job dict written."""
-    job = {**job, "job_id": uuid.uuid4().hex}
+    """Give a written job folder its identity (a new ``job_id``), the executables the user's
+    process named, its seal, mark it pending and write its ``job.json`` last (what the runner
+    reads). Everything in the folder is made private. Returns the job dict written."""
+    from atomscore.validation import user_executables
+
+    job = {**job, "job_id": uuid.uuid4().hex, "executables": user_executables()}
+    job["seal"] = trust.seal(job)
     update_status(folder, state=JobState.PENDING, created=now(), job_id=job["job_id"])
     write_json_atomic(folder / FILES.job, job)
+    trust.make_private([folder, *folder.rglob("*")])
     return job
+
+
+def _is_input(folder: Path, path: Path) -> bool:
+    rel = path.relative_to(folder).parts
+    return path.is_file() and (rel[0] == FILES.args or rel == (FILES.input_xyz,) or rel == (FILES.input_json,))
+
+
+def folder_inputs(folder, cache=None) -> dict:
+    """``{relative path: sha256}`` of a job's inputs (``input.*`` and ``args/``); ``cache``
+    (a dict kept across one run) hashes a hard-linked file once."""
+    folder = Path(folder)
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if not _is_input(folder, path) or path.name.endswith(".tmp"):
+            continue
+        st = path.stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if cache is None or key not in cache:
+            digest = trust.file_sha256(path)
+            if cache is None:
+                out[path.relative_to(folder).as_posix()] = digest
+                continue
+            cache[key] = digest
+        out[path.relative_to(folder).as_posix()] = cache[key]
+    return out
+
+
+def finish_run(run: Path, folders: list, jobs: list, record: dict) -> list:
+    """Give every job folder of a run (data files written) its ``job.json`` and the run its
+    ``run.json``: one run id, the digests of each job's inputs, and the run's digest (of
+    every job's inputs and settings), the same in every folder. Returns the job dicts."""
+    run_id = uuid.uuid4().hex
+    cache = {}
+    inputs = [folder_inputs(f, cache) for f in folders]
+    ignored = ("cwd", "submitted_from", "python")  # where it was run from, not what
+    run_digest = trust.digest_of([{"job": {k: v for k, v in job.items() if k not in ignored}, "inputs": i}
+                                  for job, i in zip(jobs, inputs)])
+    written = [finish_job_folder(f, {**job, "run": run.name, "run_id": run_id, "run_digest": run_digest,
+                                     "inputs": i})
+               for f, job, i in zip(folders, jobs, inputs)]
+    write_json_atomic(run / FILES.run, {**record, "run": run.name, "run_id": run_id, "run_digest": run_digest,
+                                        "created": now(), "jobs": [f.name for f in folders]})
+    trust.make_private([run, run / FILES.run])
+    return written
+
+
+def verify_inputs(folder, job) -> dict:
+    """Refuse a job whose inputs are not those its run wrote (a file changed, added or gone).
+
+    Raises
+    ------
+    UntrustedJob
+        Naming the file; a job computes only against what its run started with.
+    """
+    recorded = job.get("inputs")
+    if not isinstance(recorded, dict) or not job.get("run_id"):
+        raise trust.UntrustedJob(f"{folder}: job.json records no run id or digests of its inputs (written by an "
+                                 "older atomscore, or not by run()); run the score again")
+    found = folder_inputs(folder)
+    for name in sorted(set(recorded) | set(found)):
+        if recorded.get(name) != found.get(name):
+            what = "is missing" if name not in found else "was added" if name not in recorded else \
+                "changed since run() wrote it"
+            raise trust.UntrustedJob(f"{folder}: input {name} {what}; a job computes only against what its run "
+                                     "started with: run the score again")
+    return recorded
+
+
+def check_one_run(folders, what) -> list:
+    """Refuse to gather jobs that do not belong to one run, or results no job of it wrote.
+
+    Every folder must record the same run id and run digest, and its ``status.json`` must
+    show that its runner computed the results from these inputs (run id, job id, inputs
+    digest) and wrote the results file that is there now (its sha256).
+
+    Raises
+    ------
+    InputError
+        Naming the folders of each run, or the folder whose results do not match.
+    """
+    folders = [Path(f) for f in folders]
+    jobs = [read_job(f) for f in folders]
+    runs: dict = {}
+    for folder, job in zip(folders, jobs):
+        runs.setdefault((job.get("run_id"), job.get("run_digest")), []).append(str(folder))
+    if len(runs) > 1 or None in next(iter(runs)):
+        parts = [f"run {rid or '(none recorded)'} (inputs {str(dig)[:12]}): {', '.join(fs)}"
+                 for (rid, dig), fs in runs.items()]
+        raise InputError(f"{what}: the jobs do not belong to one run; results of different runs never mix. "
+                         + "; ".join(parts))
+    for folder, job in zip(folders, jobs):
+        status = read_status(folder)
+        if status.get("state") != JobState.DONE:
+            continue  # not finished: reported as such by the caller (check_finished)
+        stamp = (status.get("run_id"), status.get("job_id"), status.get("inputs_digest"))
+        if stamp != (job.get("run_id"), job.get("job_id"), trust.digest_of(job.get("inputs"))):
+            raise InputError(f"{what}: {folder}: its status does not show a result computed by this job of run "
+                             f"{job.get('run_id')} (from the inputs its run wrote); run it again")
+        name = status.get("results_file")
+        if not isinstance(name, str) or "/" in name or not (folder / name).is_file() \
+                or trust.file_sha256(folder / name) != status.get("results_sha256"):
+            raise InputError(f"{what}: {folder}: its results file {name!r} is not the one its job wrote "
+                             "(changed, replaced or missing); run the job again")
+    return jobs
 
 
 def check_path_type(path_type):

@@ -27,6 +27,7 @@ from pathlib import Path
 from atomscore.errors import InputError, JobFailedError, SchedulerError
 from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, JOB_FILE, JobState, check_submittable, job_folder,  # noqa: F401
                                    now, open_log, read_status, state_of, tail_text, update_status)
+from atomscore.jobs.trust import is_runner_of
 from atomscore.validation import check_keys
 
 DEFAULT_ROOT = "./atomscore_jobs"
@@ -512,7 +513,17 @@ class LocalWorkflow(Workflow):
                                        error="cancelled (Ctrl-C, SIGTERM or cancel())")
             except OSError:
                 status = None  # disk full: the wait still sees it cancelled through this object
-            pid = proc.pid if proc is not None else (status or {}).get("pid")
+            if proc is not None:
+                pid = proc.pid  # started by this object: its own child
+            else:
+                # named by status.json only: signalled only when /proc proves it is this folder's runner
+                pid = (status or {}).get("pid")
+                if pid and not is_runner_of(status, folder):
+                    if _alive(pid):
+                        log.warning("cancel %s: process %s named by its %s is not this folder's runner "
+                                    "(command line or start time differ); not signalled", folder, pid,
+                                    FILES.status)
+                    pid = None
             if pid and _group_alive(pid):
                 pids.append(int(pid))
         for pid in pids:
@@ -545,7 +556,7 @@ class LocalWorkflow(Workflow):
                 except InputError as exc:
                     update_status(folder, state=JobState.FAILED, reason="not runnable", error=str(exc),
                                   end_time=now())
-            elif state is JobState.RUNNING and not _alive(status.get("pid")) \
+            elif state is JobState.RUNNING and not _runner_alive(status, folder) \
                     and not _alive(status.get("owner_pid")):
                 update_status(folder, expect={"attempt": status.get("attempt")}, state=JobState.FAILED,
                               reason="runner process disappeared", end_time=now(),
@@ -572,6 +583,11 @@ def _group_alive(pgid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _runner_alive(status, folder) -> bool:
+    """The runner ``status`` names is alive and, where ``/proc`` can tell, is that folder's runner."""
+    return is_runner_of(status, folder) if os.path.isdir("/proc") else _alive(status.get("pid"))
 
 
 def _alive(pid) -> bool:

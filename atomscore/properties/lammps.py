@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.errors import InputError, PotentialError
+from atomscore.validation import check_executable_allowed
 
 #: LAMMPS ``lattice`` style of each supported lattice type
 LAMMPS_LATTICES = {"diamond": "diamond", "fcc": "fcc", "bcc": "bcc", "sc": "sc"}
@@ -81,6 +82,7 @@ def check_lammps(simulator_path) -> str:
     """
     if not isinstance(simulator_path, (str, os.PathLike)) or not str(simulator_path).strip():
         raise InputError(f"simulator_path: expected the path of the LAMMPS executable, got {simulator_path!r}")
+    check_executable_allowed(simulator_path, "simulator_path")  # before running it, even with -h
     return _check_executable(str(simulator_path))
 
 

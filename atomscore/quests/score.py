@@ -200,11 +200,26 @@ class _RowBlock(NamedTuple):
     n_environments: int
     scalar: bool
     log_sums: np.ndarray  # (stop - start, H)
+    dataset: str = None  # sha256 of the dataset's rows: blocks of two datasets never mix
 
     def as_dict(self):
         return {"index": self.index, "count": self.count, "rows": [self.start, self.stop],
                 "n_environments": self.n_environments, "scalar_bandwidth": self.scalar,
-                "log_kernel_sums": self.log_sums.tolist()}
+                "dataset": self.dataset, "log_kernel_sums": self.log_sums.tolist()}
+
+
+def _configs_digest(configs, key) -> str:
+    """sha256 of the positions, numbers and ``arrays[key]`` of configurations: what a column
+    block's queries are, so that blocks of other queries are never combined."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for atoms in configs:
+        for arr in (atoms.numbers, atoms.positions, atoms.arrays.get(key)):
+            if arr is not None:
+                digest.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+                digest.update(str(np.shape(arr)).encode())
+    return digest.hexdigest()
 
 
 def _row_blocks(configs, masks, batch_size):
@@ -299,8 +314,9 @@ class _QUESTSDatasetScore(DatasetScore):
         rows, masks = _gather(configs, compute_args.get("descriptors_key", "descriptors"),
                               compute_args.get("apply_mask", False))
         blocks = _row_blocks(configs, masks, batch_size)
+        dataset = array_digest(rows)["sha256"]
         return [(configs[a:b], {**compute_args, _ROWS_ARG: rows,
-                                _BLOCK_ARG: {"index": k, "count": len(blocks), "rows": [r0, r1]}})
+                                _BLOCK_ARG: {"index": k, "count": len(blocks), "rows": [r0, r1], "dataset": dataset}})
                 for k, (a, b, r0, r1) in enumerate(blocks)]
 
     def run_batch(self, configs, score_quantity, compute_args):
@@ -323,9 +339,13 @@ class _QUESTSDatasetScore(DatasetScore):
         precision = _precision(args.get("precision", "float64"))
         options = _kernel_options(args)
         start, stop = block["rows"]
+        dataset = array_digest(rows)["sha256"]
+        if block.get("dataset") != dataset:
+            raise InputError(f"{_ROWS_ARG}: the dataset's rows (sha256 {dataset[:12]}...) are not those the run "
+                             f"planned (sha256 {str(block.get('dataset'))[:12]}...)")
         logp = gaussian.log_kernel_sums(rows[start:stop], rows, np.atleast_1d(h), precision=precision,
                                         backend=options["backend"], device=options["device"])
-        return _RowBlock(block["index"], block["count"], start, stop, len(rows), np.ndim(h) == 0, logp)
+        return _RowBlock(block["index"], block["count"], start, stop, len(rows), np.ndim(h) == 0, logp, dataset)
 
     @classmethod
     def reduce_job_results(cls, results):
@@ -343,6 +363,11 @@ class _QUESTSDatasetScore(DatasetScore):
             raise InputError(f"{cls.__name__}.data_from_calc_ids: expected the {count} row blocks of one run "
                              f"(indices 0..{count - 1}), got indices {indices}; pass every calc id run() returned")
         ordered = sorted(blocks, key=lambda b: b[key]["index"])
+        datasets = [b[key].get("dataset") for b in ordered]
+        if None in datasets or len(set(datasets)) != 1:
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: row blocks of different datasets (sha256 of "
+                             f"the rows by block index: {[str(d)[:12] for d in datasets]}); results of different "
+                             "runs never mix: pass the calc ids of one run")
         meta = ordered[0]["_metadata"]
         if any(b["_metadata"] != meta for b in ordered):
             raise InputError(f"{cls.__name__}.data_from_calc_ids: row blocks with different settings (metadata)")
@@ -669,9 +694,11 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         whole = _provenance(ref, compute_args.get("reference_settings"), compute_args["reference_set"])
         columns = [(c, min(c + size, len(ref))) for c in range(0, len(ref), size)]
         slices = [ref[c0:c1] for c0, c1 in columns]  # one object per block: linked across batches
+        key = compute_args.get("descriptors_key", "descriptors")
+        queries = [_configs_digest(batch, key) for batch, _ in batches]
         return [(batch, {**args, "reference_set": slices[j], "reference_block_size": None,
                          self._COLUMN_ARG: {"row_batch": k, "index": j, "count": len(columns), "rows": [c0, c1],
-                                            "reference_set": whole}})
+                                            "reference_set": whole, "queries": queries[k]}})
                 for k, (batch, args) in enumerate(batches) for j, (c0, c1) in enumerate(columns)]
 
     def run_batch(self, configs, score_quantity, compute_args):
@@ -696,9 +723,29 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             return results
         if any(b is None for b in blocks):
             raise InputError(f"{cls.__name__}.data_from_calc_ids: calc ids mix reference column blocks and whole jobs")
+        def settings(atoms):  # the metadata that defines dH, without the block's own place
+            meta = dict(atoms.info["_metadata"][cls.OUTPUT_KEY])
+            meta.pop("reference_block", None)
+            meta.pop("reference_set", None)  # the block's slice; the whole set is compared below
+            return meta
+
+        where = f"{cls.__name__}.data_from_calc_ids"
+        first = settings(results[0])
+        for i, (atoms, block) in enumerate(zip(results, blocks)):
+            if block.get("reference_set") != blocks[0].get("reference_set"):
+                raise InputError(f"{where}: result {i} is a block of another reference set ({block.get('reference_set')}"
+                                 f" vs {blocks[0].get('reference_set')}); results of different runs never mix")
+            if settings(atoms) != first:
+                raise InputError(f"{where}: result {i} was computed with other settings ({settings(atoms)} vs "
+                                 f"{first}); results of different runs never mix")
         groups: dict = {}
         for atoms, block in zip(results, blocks):
             groups.setdefault(block["row_batch"], {}).setdefault(block["index"], []).append(atoms)
+        for batch, columns in groups.items():
+            queries = {b.get("queries") for b in blocks if b["row_batch"] == batch}
+            if len(queries) != 1 or None in queries:
+                raise InputError(f"{where}: batch {batch} holds reference blocks of different configurations; "
+                                 "results of different runs never mix")
         key, count, out = f"{cls.OUTPUT_KEY}_score", blocks[0]["count"], []
         for batch in sorted(groups):
             columns = groups[batch]
