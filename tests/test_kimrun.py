@@ -7,6 +7,7 @@ ASE's KIM calculator and scipy's brentq, so the built-in ElasticConstants proper
 kimpy code, our relaxation) is an independent reference.
 """
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -184,3 +185,17 @@ def test_cycle_failure_and_runner_errors(tmp_path, models_dir):
     # the failed run's folder is kept for a look: the rendered input is there
     rendered = list(work.glob(f"*/{LATTICE}/output/pipeline.stdin"))
     assert len(rendered) == 1 and rendered[0].read_text().splitlines()[1:3] == [SW, "Si"]
+
+
+def test_inside_a_job_only_allowed_programs_run(monkeypatch):
+    """Issue 21 (trust boundary) for KIMRun: inside a job, a test's runner and python_executable
+    run only when on the allow-list (or named by the user's own process); outside a job they are
+    recorded as named by the user. Reference: validation.check_executable_allowed's own rule."""
+    import atomscore.validation as validation
+
+    monkeypatch.setattr(validation, "_allowed_executables", set())  # as the runner sets it in a job
+    with pytest.raises(InputError, match="not on your allow-list"):
+        KIMRun([str(DATA)], python_executable=sys.executable, get_test_result_args=ARGS)
+    allowed = {os.path.realpath(sys.executable)} | {os.path.realpath(p) for p in DATA.glob("*/runner")}
+    monkeypatch.setattr(validation, "_allowed_executables", allowed)
+    KIMRun([str(DATA)], python_executable=sys.executable, get_test_result_args=ARGS)

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.errors import InputError, PotentialError, import_extra
-from atomscore.validation import check_positive
+from atomscore.validation import check_executable_allowed, check_positive
 
 #: an OpenKIM item folder: name, type (TE test, TD test driver), 12-digit number, version
 ITEM_RE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_]*?)__(?P<type>TE|TD)_(?P<num>\d{12})_(?P<ver>\d{3})$")
@@ -402,6 +402,12 @@ class KIMRun:
                 raise InputError(f"python_executable: {python_executable!r} is not an executable file")
             python_executable = exe
         self.python_executable = python_executable
+        # every program this property will run, checked against the user's allow-list (inside a
+        # job) or recorded as named by the user (in the process that writes the jobs): docs/jobs.md
+        for program in ([python_executable] if python_executable else []) + [
+                it.path / "runner" for it in self.items.values() if (it.path / "runner").is_file()]:
+            check_executable_allowed(program, "KIMRun runner" if program != python_executable
+                                     else "python_executable")
         self.result_args = None if get_test_result_args is None else self._checked(get_test_result_args)
         self.timeout = DEFAULT_TIMEOUT if timeout is None else check_positive(timeout, "timeout", allow_array=False)
         if work_dir is not None and not Path(work_dir).is_dir():
