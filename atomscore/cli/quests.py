@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.cli import flags
-from atomscore.cli.common import (attach, check_command_output, descriptor_settings, input_file, provenance,
-                                  read_input_configs, reference_descriptors, stacked, write_scored)
+from atomscore.cli.common import (attach, check_command_output, descriptor_settings, input_file, naming,
+                                  output_configs, provenance, read_input_configs, recorded_settings, reference_descriptors, stacked,
+                                  write_scored)
 from atomscore.errors import InputError
-from atomscore.validation import check_positive
+from atomscore.validation import check_finite_output, check_positive
 
 
 def cmd_descriptors(args):
@@ -32,7 +33,7 @@ def cmd_descriptors(args):
     configs = read_configs(source, "descriptors: input")
     progress = False if args.no_progress else None
     new = descriptor.attach(configs, progress=progress)
-    write_data(target, new)
+    write_data(target, new, overwrite=args.overwrite)
     n_atoms = sum(len(a) for a in new)
     print(f"atomscore: wrote {len(new)} configurations ({n_atoms} environments, "
           f"arrays[{args.descriptors_key!r}] with {descriptor.n_features} columns) to {target}")
@@ -65,14 +66,22 @@ def dataset_information(args) -> dict:
     check_positive(args.bandwidth, "-b/--bandwidth", allow_array=False)
     configs = read_input_configs(args.dataset, "DATASET")
     settings = descriptor_settings(args, configs)
+    if settings is None:
+        recorded_settings(args, (configs, f"DATASET {str(args.dataset)!r}"))
     configs = attach(configs, settings, args.descriptors_key)
-    x = stacked(configs, args.descriptors_key, "DATASET")
+    x = stacked(configs, args.descriptors_key, f"DATASET {str(args.dataset)!r}")
     if len(x) < 2:
         raise InputError(f"DATASET: {str(args.dataset)!r} has {len(x)} atomic environment(s); the efficiency "
                          "H / log N needs at least 2")
     result = {"units": {"entropy": "nats", "diversity": "nats", "efficiency": "dimensionless (entropy / log N)"},
               "n_environments": int(len(x)), "n_configurations": len(configs), "bandwidth": args.bandwidth,
               "descriptors": provenance(settings, args.descriptors_key), "dataset": str(args.dataset)}
+    with naming(f"DATASET {str(args.dataset)!r}"):
+        values = _information_values(x, args, information, result)
+    return {**values, **result}
+
+
+def _information_values(x, args, information, result):
     if args.sample is None:
         info = information(x, args.bandwidth)
         values = {"entropy": float(info.entropy), "diversity": float(info.diversity),
@@ -84,7 +93,7 @@ def dataset_information(args) -> dict:
         values = {name: float(e.value) for name, e in estimates.items()}
         values["standard_error"] = {name: float(e.standard_error) for name, e in estimates.items()}
         result.update(sample_size=min(args.sample, len(x)), seed=args.seed)
-    return {**values, **result}
+    return check_finite_output(values, "entropy, diversity, efficiency")
 
 
 def cmd_entropy(args):
@@ -138,16 +147,17 @@ def cmd_dh(args):
     check_command_output(args, [test_path, ref_path])
     check_positive(args.bandwidth, "-b/--bandwidth", allow_array=False)
     configs = read_input_configs(test_path, "TEST")
-    reference, settings = reference_descriptors(ref_path, configs, args, "--reference")
-    configs = attach(configs, settings, args.descriptors_key)
+    reference, settings = reference_descriptors(ref_path, configs, args, "--reference", f"TEST {str(test_path)!r}")
+    scored = attach(configs, settings, args.descriptors_key)
     score = QUESTSDeltaEntropyScore()
     compute_args = {"reference_set": reference, "descriptors_key": args.descriptors_key,
                     "bandwidth": args.bandwidth}
-    values = score.compute_batch(configs, "DELTA_ENTROPY", **compute_args)
+    with naming(f"TEST {str(test_path)!r} against --reference {str(ref_path)!r}"):
+        values = check_finite_output(score.compute_batch(scored, "DELTA_ENTROPY", **compute_args), "dH")
     metadata = score.get_metadata("DELTA_ENTROPY", **compute_args)
     metadata.update(descriptors=provenance(settings, args.descriptors_key), reference=str(ref_path),
                     n_reference=int(len(reference)))
-    path = write_scored(score, values, configs, metadata, args)
+    path = write_scored(score, values, output_configs(configs, scored, args), metadata, args)
     print(f"{'config':>6} {'atoms':>6} {'mean dH':>10} {'max dH':>10} {'dH > 0':>7}   (nats; dH > 0: "
           "environments the reference lacks)")
     for i, dh in enumerate(values):
@@ -176,5 +186,6 @@ def add_dh_command(subparsers):
                    help="reference configurations (any format ASE reads) or their (n, dim) descriptors (.npy)")
     flags.add_bandwidth(p)
     flags.add_descriptor_settings(p)
+    flags.add_keep_descriptors(p)
     flags.add_output(p, "dh.xyz")
     p.set_defaults(func=cmd_dh)

@@ -91,7 +91,7 @@ def _common(p):
     flags.add_descriptor_settings(p)
     p.add_argument("--no-compute-descriptors", action="store_true",
                    help="never compute descriptors; configurations must carry them")
-    p.add_argument("--seed", type=int, default=0, help="seed of random and k_means (default 0)")
+    p.add_argument("--seed", type=flags.int_at_least(0), default=0, help="seed of random and k_means (default 0)")
     p.add_argument("--reduce", default="mean", choices=REDUCTIONS, help="uncertainty per configuration: mean or max")
     p.add_argument("--min-dh", type=float, help="uncertainty: skip candidates whose largest dH against the "
                    "reference and the selected is below this (nats)")

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from atomscore.errors import InputError, PotentialError, missing_extra
+from atomscore.errors import InputError, PotentialError, UnknownModelError, missing_extra
 from atomscore.validation import check_finite_positions
 
 #: how many configurations keep their padding and neighbour list (least recently used dropped)
@@ -84,7 +84,7 @@ def _unknown_model_error(kim_id, kim_api):
     else:
         msg += f" {len(names)} portable models are installed; none has a similar name."
     msg += f" Install it with: {kim_api or _DEFAULT_KIM_API} install user {kim_id}"
-    return PotentialError(msg)
+    return UnknownModelError(msg)
 
 
 class _Setup:

@@ -19,7 +19,7 @@ from atomscore.errors import InputError
 from atomscore.quests.defaults import DEFAULT_BANDWIDTH
 from atomscore.quests.kernels.tiles import tile_pairs
 from atomscore.threads import blas_single_thread, default_threads, resolve_threads  # noqa: F401 - default_threads re-exported
-from atomscore.validation import check_choice, check_int, check_positive, load_array
+from atomscore.validation import check_choice, check_finite_output, check_int, check_positive, load_array
 
 __all__ = [
     "log_kernel_sums",
@@ -251,6 +251,11 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None):
             rows = [_Operands.build(yc[bad], xc, g, np.float64, lift) for g in 1.0 / (2.0 * h * h)]
         clip64 = (_FLOOR["float64"], lift)
         logp[bad] = tile_pass(rows, tile, False, np.float64, threads, clip64, shifted=True) - lift
+    if not np.all(np.isfinite(logp)):
+        scale = max(float(np.max(np.abs(x))), float(np.max(np.abs(y))))
+        check_finite_output(logp, "Gaussian kernel sums (log p)", "the descriptors",
+                            hint=f"descriptor values up to {scale:.3g} with bandwidth {float(np.min(h)):.3g} overflow "
+                                 "float64 in the squared distances / (2 h^2); check the descriptors (or their units)")
     return logp
 
 
