@@ -255,7 +255,7 @@ def run_demo(output="demo_output", quick=False):
                                                derivative_kwargs={"h": 0.01, "method": "CD"}))
     target_fim = target_fim.reshape(len(PARAMETERS), len(PARAMETERS))
     jacobian = np.asarray(prop_score.jacobian, dtype=float)
-    prop_score.save_results(target_fim, save_dir=output)
+    prop_score.save_results(target_fim, save_dir=output, overwrite=True)  # the demo's own folder, as below
     timings["fim_property"] = time.perf_counter() - t
 
     # 5. information matching -------------------------------------------------------------

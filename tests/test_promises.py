@@ -376,6 +376,19 @@ def test_select_refuses_instead_of_crashing(tmp_path, capsys, monkeypatch, argv,
     assert not (tmp_path / "o.xyz").exists()
 
 
+def test_overwrite_replaces_only_when_asked(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_data("in.xyz", with_descriptors(labelled(3), 4.0))
+    argv = ["select", "in.xyz", "-n", "1", "--method", "random", "-o", "o.xyz", "--summary", "s.json"]
+    assert run(argv, capsys)[0] == 0
+    first = sha("o.xyz")
+    code, _, err = run(argv + ["--seed", "1"], capsys)
+    assert code == 2 and "exists" in err and sha("o.xyz") == first
+    code, _, err = run(argv + ["--seed", "1", "--overwrite"], capsys)
+    assert code == 0, err
+    assert json.loads(Path("s.json").read_text())["seed"] == 1
+
+
 def test_a_hand_edited_status_is_shown_not_a_crash(tmp_path, capsys):
     job = tmp_path / "run" / "00000"
     job.mkdir(parents=True)

@@ -51,9 +51,9 @@ def cmd_select(args):
     if summary_path is not None and summary_path.resolve() == out.resolve():
         raise InputError(f"--summary: {str(summary_path)!r} is also the -o/--output file; choose another name")
     sel = select(args.pool, args.size, method=args.method, atoms=args.atoms, **_select_args(args))
-    write_configs(out, sel.configs)
+    write_configs(out, sel.configs, overwrite=args.overwrite)
     if summary_path is not None:
-        write_json_atomic(summary_path, sel.summary)
+        write_json_atomic(summary_path, sel.summary, overwrite=args.overwrite)
     last = sel.summary["selection"] or {}
     entropy = last.get("entropy_with_reference", last.get("entropy"))
     print(f"atomscore: selected {len(sel.indices)} configurations ({last.get('n_envs', 0)} environments) by "
@@ -70,9 +70,9 @@ def cmd_curve(args):
     out = _check_output(args.output, (args.pool, args.reference), "-o/--output", args.overwrite, RESULT_SUFFIXES)
     plot = _check_output(args.plot, (args.pool, args.reference, args.output), "--plot", args.overwrite, _PLOT_SUFFIXES)
     curve = learning_curve(args.pool, args.size, method=args.method, atoms=args.atoms, **_select_args(args))
-    write_json_atomic(out, curve)
+    write_json_atomic(out, curve, overwrite=args.overwrite)
     if plot is not None:
-        plot_curve(curve, plot)
+        plot_curve(curve, plot, overwrite=args.overwrite)
     print(f"atomscore: curve of {len(curve['indices'])} configurations by {args.method}; wrote {out}"
           + (f" and {plot}" if plot else ""))
     return 0

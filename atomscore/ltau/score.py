@@ -149,8 +149,15 @@ class LTAUForcesUQScore(AtomCenteredScore):
             raise InputError(f"save_index: {str(path)!r} exists; give a new file name")
         if not path.parent.is_dir():
             raise InputError(f"save_index: folder {str(path.parent)!r} not found")
-        self.estimator.save_index(path)
-        return path
+        from atomscore.io import publish, temporary_name
+
+        tmp = temporary_name(path)  # faiss writes by name: a whole file, then linked without clobbering
+        try:
+            self.estimator.save_index(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return publish(tmp, path, overwrite=False)
 
     # ------------------------------------------------------------------ inputs
     def _descriptors(self, configs, descriptors_key, num_nearest_neighbors):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomscore.io import temporary_name
+from atomscore.io import publish, temporary_name
 from atomscore.quests.selection import read_pool, select
 
 CURVE_FIELDS = ("n_envs", "entropy", "diversity", "efficiency", "overlap")
@@ -55,7 +55,7 @@ def learning_curve(pool, size=None, *, method="entropy", **select_args) -> dict:
     return curve
 
 
-def plot_curve(curves, path):
+def plot_curve(curves, path, overwrite=False):
     """Plot entropy, diversity and overlap against the number of configurations.
 
     Parameters
@@ -64,6 +64,8 @@ def plot_curve(curves, path):
         Results of :func:`learning_curve` (one line per curve).
     path : str or os.PathLike
         Image file (``.png``, ``.pdf``, ``.svg``); written via a temporary name.
+    overwrite : bool
+        Replace an existing file (otherwise refused, also one created while plotting).
     """
     import matplotlib
 
@@ -88,8 +90,9 @@ def plot_curve(curves, path):
     tmp = temporary_name(path).with_suffix(path.suffix)
     try:
         fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return publish(tmp, path, overwrite)
