@@ -135,8 +135,21 @@ def write_json_atomic(path, data, overwrite=True):
 
 
 def read_json(path):
-    """The JSON content of ``path``."""
-    return json.loads(Path(path).read_text())
+    """The JSON content of ``path``.
+
+    Raises
+    ------
+    InputError
+        The file is empty or not valid JSON (half written by a killed process, edited by
+        hand), naming the file and the place; ``FileNotFoundError`` when it is missing.
+    """
+    path = Path(path)
+    text = path.read_bytes()
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        state = "empty" if not text.strip() else f"not valid JSON ({exc})"
+        raise InputError(f"{str(path)!r} is {state}; was it cut short or edited by hand?") from None
 
 
 # --------------------------------------------------------------------------- formats by suffix

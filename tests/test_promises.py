@@ -74,6 +74,8 @@ def test_huge_descriptors_and_error_logs_are_refused_not_turned_into_nan(tmp_pat
         gaussian.entropy(x, 0.015)
     with pytest.raises(NonFiniteResultError):
         gaussian.delta_entropy(x[:2], x, 0.015)
+    with pytest.raises(InputError, match="float32"):  # faiss: float32 (1e30 fits, its square does not)
+        gaussian.approx_delta_entropy(x[:2] * 1e-170, x * 1e-170, 0.015)
     pool = labelled(4)
     for atoms in pool:
         atoms.arrays["descriptors"] = rng.normal(size=(len(atoms), 5)) * 1e200
@@ -165,6 +167,12 @@ def test_truncated_empty_and_foreign_files_are_refused_and_never_changed(tmp_pat
     before, mtime = sha(tmp_path / "real.db"), os.stat(tmp_path / "real.db").st_mtime_ns
     assert len(read_data(tmp_path / "real.db")) == 2
     assert sha(tmp_path / "real.db") == before and os.stat(tmp_path / "real.db").st_mtime_ns == mtime
+
+    job = tmp_path / "run" / "00000"
+    job.mkdir(parents=True)
+    (job / "job.json").write_text('{"score": {"target": "atomscore.qu')  # half written
+    code, _, err = run(["jobs", "collect", job.parent, "-o", tmp_path / "c.xyz"], capsys)
+    assert code == 2 and "job.json" in err and "not valid JSON" in err, err
 
     code, _, err = run(["descriptors", tmp_path / "empty.xyz", "-o", tmp_path / "d.xyz"], capsys)
     assert code == 2 and "empty" in err and not (tmp_path / "d.xyz").exists()

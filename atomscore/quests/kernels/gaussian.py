@@ -334,6 +334,10 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
     y = _descriptors(y, "queries")
     x = _descriptors(x, "reference")
     h, scalar = _bandwidths(bandwidth)
+    scale = max(float(np.max(np.abs(x))), float(np.max(np.abs(y))))
+    if not (2.0 * scale) ** 2 * x.shape[1] < np.finfo(np.float32).max:  # faiss' squared distances are float32
+        raise InputError(f"queries/reference: descriptor values up to {scale:.3g} overflow the float32 squared "
+                         "distances of the faiss index; use the exact kernel (approx=False) or check the descriptors")
     d2, _ = knn_squared_distances(y, x, num_nearest_neighbors, index=approx_index, options=approx_options)
     exponents = -d2[:, :, None] / (2.0 * h * h)  # (M, k, H)
     dh = -_logsumexp(exponents, axis=1)
