@@ -10,7 +10,8 @@ atomscore that reads or writes configurations (the CLI, ``save_results``, job fo
 =================  =================================================================
 suffix             written as
 =================  =================================================================
-``.xyz .extxyz``   extended XYZ, floats with 17 significant digits (exact float64)
+``.xyz .extxyz``   extended XYZ, floats with 17 significant digits (exact float64); the
+                   first frame records the number of frames (``atomscore_frames``)
 ``.traj``          ASE trajectory (per-atom arrays ASE does not keep go to ``info``)
 ``.db``            ASE database: per-atom arrays in ``data``, per-configuration
                    scalars as key-value pairs, everything else in ``data``
@@ -264,7 +265,7 @@ def write_data(path, data, overwrite=False) -> Path:
         if images is None:
             tmp.write_text(json.dumps(to_jsonable(data), indent=2))
         elif fmt == "extxyz":
-            write_extxyz(tmp, images)
+            write_extxyz(tmp, images, count=True)
         elif fmt == "traj":
             _write_traj(tmp, images)
         else:
@@ -422,28 +423,50 @@ _COLUMN_TYPES = {"f": ("R", "%.16e"), "i": ("I", "%d"), "u": ("I", "%d"), "b": (
 _NAMES = {"positions": "pos", "numbers": "Z", "symbols": "species"}
 
 
-def write_extxyz(target, images):
-    """Write ``images`` (Atoms or list of Atoms) to ``target`` (path or text file) as exact extxyz."""
+#: ``info`` key of the first frame of an extxyz file written by :func:`write_data`: how many
+#: frames the file holds, so that a file cut at a frame boundary is refused when read
+FRAMES_KEY = "atomscore_frames"
+
+
+def write_extxyz(target, images, count=False):
+    """Write ``images`` (Atoms or list of Atoms) to ``target`` (path or text file) as exact extxyz.
+
+    ``count``: record the number of frames in the first frame's ``info[FRAMES_KEY]``
+    (:func:`read_extxyz` checks it and removes it).
+    """
     from ase import Atoms
 
     images = [images] if isinstance(images, Atoms) else list(images)
+    frames = (_extxyz_frame(atoms, len(images) if count and i == 0 else None) for i, atoms in enumerate(images))
     if hasattr(target, "write"):
-        for atoms in images:
-            target.write(_extxyz_frame(atoms))
+        for frame in frames:
+            target.write(frame)
         return
     with open(target, "w", encoding="utf-8") as f:
-        for atoms in images:
-            f.write(_extxyz_frame(atoms))
+        for frame in frames:
+            f.write(frame)
 
 
 def read_extxyz(source, index=":"):
-    """Read every configuration of an extxyz file (a list of Atoms)."""
+    """Read the configurations of an extxyz file (a list of Atoms).
+
+    A file whose first frame records how many frames it holds (``info[FRAMES_KEY]``, as
+    :func:`write_data` writes) is refused when it holds fewer (cut at a frame boundary);
+    the count is removed from ``info``.
+    """
     import ase.io
 
-    return ase.io.read(source, index=index, format="extxyz")
+    images = ase.io.read(source, index=":", format="extxyz")
+    expected = images[0].info.pop(FRAMES_KEY, None) if images else None
+    if expected is not None and int(expected) != len(images):
+        raise InputError(f"{str(source)!r} holds {len(images)} of the {int(expected)} configurations it was written "
+                         "with: it was cut short (a copy or a write that did not finish)")
+    for atoms in images[1:]:
+        atoms.info.pop(FRAMES_KEY, None)
+    return _pick(images, index)
 
 
-def _extxyz_frame(atoms) -> str:
+def _extxyz_frame(atoms, n_frames=None) -> str:
     from ase.constraints import FixAtoms
     from ase.io.extxyz import key_val_dict_to_str, per_atom_properties, per_config_properties
     from ase.stress import voigt_6_to_full_3x3_stress
@@ -489,6 +512,9 @@ def _extxyz_frame(atoms) -> str:
     for key, value in info.items():
         if isinstance(value, str):
             info[key] = _extxyz_string(key, value)
+    info.pop(FRAMES_KEY, None)
+    if n_frames is not None:
+        info[FRAMES_KEY] = int(n_frames)
     header = {}
     if atoms.cell.any():
         header["Lattice"] = " ".join(repr(float(x)) for x in atoms.cell.array.reshape(9))
@@ -660,6 +686,11 @@ def _read_ase_db(path, db_type, index):
             for slot, key in manifest["info"].items():
                 atoms.info[key] = data[slot]
         images.append(atoms)
+    return _pick(images, index)
+
+
+def _pick(images, index):
+    """``images[index]`` as a list; ``index`` as ASE takes it (``':'``, ``'-1'``, ``'2:5'``, int, slice)."""
     if index == ":" or index is None:
         return images
     if isinstance(index, str):

@@ -154,6 +154,10 @@ def test_truncated_empty_and_foreign_files_are_refused_and_never_changed(tmp_pat
     assert len(ase.io.read(cut, ":")) == 4  # ASE alone reads it, with the cut number as another value
     with pytest.raises(InputError, match="cut short"):
         read_data(cut)
+    lines = text.splitlines(keepends=True)
+    (tmp_path / "frames.xyz").write_text("".join(lines[:-(len(lines) // 4)]))  # cut at a frame boundary
+    with pytest.raises(InputError, match="3 of the 4 configurations"):
+        read_data(tmp_path / "frames.xyz")
     for name in ("empty.db", "empty.xyz", "empty.traj"):
         (tmp_path / name).write_bytes(b"")
         with pytest.raises(InputError, match="empty"):
