@@ -267,7 +267,7 @@ def test_outputs_are_never_written_inside_a_job_folder(tmp_path):
 def test_a_full_disk_names_the_output(tmp_path, monkeypatch, capsys):
     import atomscore.io
 
-    def full(target, images):
+    def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     write_data(tmp_path / "in.xyz", labelled(2))
