@@ -115,6 +115,7 @@ def cutoffs(tmp_path_factory):
     ["entropy", "mixed.xyz"],
     ["dh", "mixed.xyz", "--reference", "mixed.xyz", "-o", "dh_mixed.xyz"],
     ["select", "c4.xyz", "-n", "1", "--reference", "c5.xyz", "-o", "selected.xyz"],
+    ["overlap", "c4.xyz", "c5.xyz"],
 ])
 def test_descriptors_of_other_settings_are_refused_by_every_command(cutoffs, argv, capsys, monkeypatch):
     monkeypatch.chdir(cutoffs)

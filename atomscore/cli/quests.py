@@ -287,10 +287,10 @@ def cmd_overlap(args):
         from atomscore.cli.common import descriptor_array
 
         x = descriptor_array(a_path, "A")
-        y, settings = reference_descriptors(b_path, [], args, "B")
+        y, settings = reference_descriptors(b_path, [], args, "B", "A")
     else:
         configs = read_input_configs(a_path, "A")
-        y, settings = reference_descriptors(b_path, configs, args, "B")
+        y, settings = reference_descriptors(b_path, configs, args, "B", f"A {str(a_path)!r}")
         x = stacked(attach(configs, settings, args.descriptors_key), args.descriptors_key, "A")
     if x.shape[1] != y.shape[1]:
         raise InputError(f"A and B: descriptors of dimension {x.shape[1]} and {y.shape[1]}; compute both with the "
