@@ -252,7 +252,7 @@ def target_step(state: DemoState):
                                                parameters_optimize=PARAMETERS_OPTIMIZE, transform=TRANSFORM,
                                                derivative_kwargs={"h": 0.01, "method": "CD"}))
     target_fim = target_fim.reshape(len(PARAMETERS), len(PARAMETERS))
-    prop_score.save_results(target_fim, save_dir=state.output)
+    prop_score.save_results(target_fim, save_dir=state.output, overwrite=True)  # the demo's own folder
     state.results["target"] = {"quantities": quantities, "nominal": nominal, "fim": target_fim, "cov": cov,
                                "property": target[0], "target_args": target_args,
                                "jacobian": np.asarray(prop_score.jacobian, dtype=float)}

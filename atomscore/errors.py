@@ -28,6 +28,12 @@ class JobFailedError(AtomscoreError, RuntimeError):
         self.failures = list(failures)
 
 
+class NonFiniteResultError(AtomscoreError, ArithmeticError):
+    """A computation gave NaN or infinity (e.g. descriptors of 1e200 whose squared distances
+    overflow float64); raised instead of returning or writing the value, naming the stage
+    and the input."""
+
+
 class SolverError(AtomscoreError, RuntimeError):
     """A convex solver did not reach an optimal, accurate solution (status in the message)."""
 
@@ -42,6 +48,11 @@ class SchedulerError(AtomscoreError, RuntimeError):
 
 class PotentialError(AtomscoreError, RuntimeError):
     """A potential (KIM model, simulator) could not be opened or evaluated."""
+
+
+class UnknownModelError(PotentialError, InputError):
+    """The potential named (a KIM model id) is not installed: bad input (exit code 2), and a
+    :class:`PotentialError` for code that catches those."""
 
 
 class MissingExtraError(AtomscoreError, ImportError):

@@ -10,7 +10,8 @@ atomscore that reads or writes configurations (the CLI, ``save_results``, job fo
 =================  =================================================================
 suffix             written as
 =================  =================================================================
-``.xyz .extxyz``   extended XYZ, floats with 17 significant digits (exact float64)
+``.xyz .extxyz``   extended XYZ, floats with 17 significant digits (exact float64); the
+                   first frame records the number of frames (``atomscore_frames``)
 ``.traj``          ASE trajectory (per-atom arrays ASE does not keep go to ``info``)
 ``.db``            ASE database: per-atom arrays in ``data``, per-configuration
                    scalars as key-value pairs, everything else in ``data``
@@ -20,13 +21,14 @@ suffix             written as
 
 Reading takes any format ASE reads (LAMMPS dumps, VASP, CIF, ...) besides these.
 :func:`check_output` refuses, before anything is computed, an output whose suffix is
-unknown, whose folder is missing or read-only, that is one of the inputs, or that exists
-(unless overwriting was asked for).
+unknown, whose folder is missing or read-only or inside a job folder, that is one of the
+inputs, or that exists (unless overwriting was asked for).
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import numbers
 import os
@@ -64,38 +66,98 @@ def temporary_name(path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
 
 
-def write_text_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary name and a rename.
+def publish(tmp, path, overwrite=True):
+    """Give the finished temporary file ``tmp`` its final name ``path``.
 
-    On any failure (a full disk: ``OSError`` ENOSPC) the temporary file is removed and the
-    error raised; ``path`` is then either its old content or absent, never half written.
+    ``overwrite=True``: an atomic rename (an existing ``path`` is replaced). ``overwrite=False``:
+    a hard link, which fails when ``path`` exists, also when another process created it since
+    it was checked; where links are not supported (some network file systems) the name is
+    reserved with ``O_CREAT | O_EXCL`` first. ``tmp`` is gone afterwards either way.
+
+    Raises
+    ------
+    InputError
+        ``path`` exists and ``overwrite`` is False (the temporary file is removed).
+    """
+    tmp, path = Path(tmp), Path(path)
+    try:
+        if overwrite:
+            os.replace(tmp, path)
+            return path
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise _exists_error(path) from None
+        except OSError:  # no hard links here: reserve the name, then rename onto our own empty file
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                raise _exists_error(path) from None
+            os.replace(tmp, path)
+        return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _exists_error(path):
+    return InputError(f"{str(path)!r} exists (created while this command ran, or before); results never "
+                      "overwrite a file: choose another name or pass --overwrite / overwrite=True")
+
+
+def _named(exc, path):
+    """An OSError without a file name (a full disk while writing) as one that names ``path``."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        return OSError(exc.errno, f"{exc.strerror or exc} while writing", str(path))
+    return exc
+
+
+def write_text_atomic(path, text, overwrite=True):
+    """Write ``text`` to ``path`` through a temporary name and a rename (see :func:`publish`).
+
+    On any failure (a full disk: ``OSError`` ENOSPC, which then names ``path``) the temporary
+    file is removed and the error raised; ``path`` is then either its old content or absent,
+    never half written.
     """
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "w") as handle:
+        with open(tmp, "x") as handle:
             handle.write(text)
             handle.flush()
-        os.replace(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    return path
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _named(exc, path) from None
+    return publish(tmp, path, overwrite)
 
 
-def write_json_atomic(path, data):
+def write_json_atomic(path, data, overwrite=True):
     """Write ``data`` (JSON-able after :func:`to_jsonable`) atomically to ``path``."""
-    return write_text_atomic(path, json.dumps(to_jsonable(data), indent=2))
+    return write_text_atomic(path, json.dumps(to_jsonable(data), indent=2), overwrite)
 
 
 def read_json(path):
-    """The JSON content of ``path``."""
-    return json.loads(Path(path).read_text())
+    """The JSON content of ``path``.
+
+    Raises
+    ------
+    InputError
+        The file is empty or not valid JSON (half written by a killed process, edited by
+        hand), naming the file and the place; ``FileNotFoundError`` when it is missing.
+    """
+    path = Path(path)
+    text = path.read_bytes()
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        state = "empty" if not text.strip() else f"not valid JSON ({exc})"
+        raise InputError(f"{str(path)!r} is {state}; was it cut short or edited by hand?") from None
 
 
 # --------------------------------------------------------------------------- formats by suffix
+
+#: the file that makes a folder a job folder (``atomscore.jobs.folder.FILES.job``; named here
+#: because io sits below jobs): no output of a command goes into such a folder
+JOB_FILE = "job.json"
 
 #: suffix -> format written (and read back exactly)
 WRITE_FORMATS = {".xyz": "extxyz", ".extxyz": "extxyz", ".traj": "traj", ".db": "db", ".json": "json"}
@@ -167,13 +229,18 @@ def check_output(path, *, inputs=(), overwrite=False, what="--output", suffixes=
         raise InputError(f"{what}: folder {str(folder)!r} is not writable")
     if path.is_dir():
         raise InputError(f"{what}: {str(path)!r} is a folder; expected a file name")
+    for above in (folder.resolve(), *folder.resolve().parents):
+        if (above / JOB_FILE).is_file():
+            raise InputError(f"{what}: {str(path)!r} is inside the job folder {str(above)!r}; results are never "
+                             "written into a job folder (they would replace or add to its files); write them "
+                             "next to the run")
     if path.exists() and not overwrite:
         raise InputError(f"{what}: {str(path)!r} exists; results never overwrite a file "
                          "(pass --overwrite to replace it)")
     return path
 
 
-def write_data(path, data) -> Path:
+def write_data(path, data, overwrite=False) -> Path:
     """Write configurations or results to ``path`` in the format of its suffix, atomically.
 
     Parameters
@@ -181,30 +248,37 @@ def write_data(path, data) -> Path:
     path : str or Path
         ``.xyz``/``.extxyz``, ``.traj``, ``.db`` or ``.json``.
     data : list of ase.Atoms, or dict / list of dicts (``.json`` only)
+    overwrite : bool
+        Replace an existing ``path``. Without it an existing file is refused, also one
+        that another process created while this one computed (see :func:`publish`).
 
-    The file is written under a temporary name in the same folder and renamed, so an
-    interrupted write never leaves half a file and never damages an existing one.
+    The file is written under a temporary name in the same folder and renamed (or linked),
+    so an interrupted write never leaves half a file and never damages an existing one.
     """
     path = Path(path)
     fmt = output_format(path, "write_data")
     images = _as_images(data, fmt, path)
+    if path.exists() and not overwrite:  # early, before the work of writing
+        raise _exists_error(path)
     tmp = temporary_name(path)
     try:
         if images is None:
             tmp.write_text(json.dumps(to_jsonable(data), indent=2))
         elif fmt == "extxyz":
-            write_extxyz(tmp, images)
+            write_extxyz(tmp, images, count=True)
         elif fmt == "traj":
             _write_traj(tmp, images)
         else:
             _write_ase_db(tmp, images, "json" if fmt == "json" else "db")
-        os.replace(tmp, path)
-    finally:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-    return path
+        if isinstance(exc, OSError):
+            raise _named(exc, path) from None
+        raise
+    return publish(tmp, path, overwrite)
 
 
-def write_configs(path, images) -> Path:
+def write_configs(path, images, overwrite=False) -> Path:
     """Write configurations (a list of ase.Atoms) to ``path`` by its suffix, atomically.
 
     The suffixes of :data:`WRITE_FORMATS` are written exactly by :func:`write_data`; any
@@ -213,21 +287,19 @@ def write_configs(path, images) -> Path:
     """
     path = Path(path)
     if path.suffix.lower() in WRITE_FORMATS:
-        return write_data(path, images)
+        return write_data(path, images, overwrite)
     import ase.io
 
     images = _as_images(images, "other", path)
+    if path.exists() and not overwrite:
+        raise _exists_error(path)
     tmp = temporary_name(path).with_suffix(path.suffix)
     try:
         ase.io.write(tmp, images)
-        os.replace(tmp, path)
-    except InputError:
-        raise
     except Exception as exc:
-        raise InputError(f"cannot write {str(path)!r}: {type(exc).__name__}: {exc}") from None
-    finally:
         tmp.unlink(missing_ok=True)
-    return path
+        raise InputError(f"cannot write {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    return publish(tmp, path, overwrite)
 
 
 def read_data(path, index=":"):
@@ -241,6 +313,7 @@ def read_data(path, index=":"):
     if not path.is_file():
         raise InputError(f"file not found: {str(path)!r}")
     suffix = path.suffix.lower()
+    _check_whole(path, suffix)
     try:
         if suffix == ".json":
             with open(path, encoding="utf-8") as f:
@@ -267,14 +340,59 @@ def read_data(path, index=":"):
     return images
 
 
+def _check_whole(path, suffix):
+    """Refuse a file that is empty, or a text file cut short (checked before any reader opens it).
+
+    An extended XYZ file written by atomscore (and by ASE and most tools) ends with a newline;
+    one cut in its last line would otherwise be read with the cut number taken as another
+    value. A cut inside a frame is refused by ASE's reader (too few atom lines), which is
+    named here too. An ASE database must start with SQLite's header (it is then opened
+    read-only, so reading never creates or changes a file).
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{str(path)!r} is empty (0 bytes); expected configurations")
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+        handle.seek(max(0, size - 1))
+        last = handle.read(1)
+    if suffix == ".db" and head != b"SQLite format 3\x00":
+        raise InputError(f"{str(path)!r} is not an ASE database (no SQLite header); expected a .db file "
+                         "written by ASE or atomscore")
+    if suffix in (".xyz", ".extxyz") and last not in (b"\n", b"\r"):
+        raise InputError(f"{str(path)!r} does not end with a line break: it looks cut short (a copy or a write "
+                         "that did not finish); if it is whole, add a final newline")
+
+
 def read_configs(path, what="configurations", index=":"):
     """Read configurations (a list of ase.Atoms) from any file :func:`read_data` reads."""
     from ase import Atoms
 
-    data = read_data(path, index)
+    try:
+        data = read_data(path, index)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from None
     if not isinstance(data, list) or not all(isinstance(a, Atoms) for a in data):
         raise InputError(f"{what}: {str(path)!r} holds {type(data).__name__} data, not configurations")
+    if not data:
+        raise InputError(f"{what}: {str(path)!r} holds no configurations")
     return data
+
+
+def copy_with_labels(atoms):
+    """A copy of ``atoms`` that keeps its calculator's results (energy, forces, stress: the labels).
+
+    ``Atoms.copy()`` drops the calculator, and with it the labels an extxyz or database file
+    was read with; the copy gets them back in an ASE ``SinglePointCalculator`` (copied arrays).
+    """
+    new = atoms.copy()
+    results = getattr(atoms.calc, "results", None)
+    if results:
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        new.calc = SinglePointCalculator(new, **{k: np.copy(v) if isinstance(v, np.ndarray) else v
+                                                 for k, v in results.items()})
+    return new
 
 
 def _as_images(data, fmt, path):
@@ -305,28 +423,50 @@ _COLUMN_TYPES = {"f": ("R", "%.16e"), "i": ("I", "%d"), "u": ("I", "%d"), "b": (
 _NAMES = {"positions": "pos", "numbers": "Z", "symbols": "species"}
 
 
-def write_extxyz(target, images):
-    """Write ``images`` (Atoms or list of Atoms) to ``target`` (path or text file) as exact extxyz."""
+#: ``info`` key of the first frame of an extxyz file written by :func:`write_data`: how many
+#: frames the file holds, so that a file cut at a frame boundary is refused when read
+FRAMES_KEY = "atomscore_frames"
+
+
+def write_extxyz(target, images, count=False):
+    """Write ``images`` (Atoms or list of Atoms) to ``target`` (path or text file) as exact extxyz.
+
+    ``count``: record the number of frames in the first frame's ``info[FRAMES_KEY]``
+    (:func:`read_extxyz` checks it and removes it).
+    """
     from ase import Atoms
 
     images = [images] if isinstance(images, Atoms) else list(images)
+    frames = (_extxyz_frame(atoms, len(images) if count and i == 0 else None) for i, atoms in enumerate(images))
     if hasattr(target, "write"):
-        for atoms in images:
-            target.write(_extxyz_frame(atoms))
+        for frame in frames:
+            target.write(frame)
         return
     with open(target, "w", encoding="utf-8") as f:
-        for atoms in images:
-            f.write(_extxyz_frame(atoms))
+        for frame in frames:
+            f.write(frame)
 
 
 def read_extxyz(source, index=":"):
-    """Read every configuration of an extxyz file (a list of Atoms)."""
+    """Read the configurations of an extxyz file (a list of Atoms).
+
+    A file whose first frame records how many frames it holds (``info[FRAMES_KEY]``, as
+    :func:`write_data` writes) is refused when it holds fewer (cut at a frame boundary);
+    the count is removed from ``info``.
+    """
     import ase.io
 
-    return ase.io.read(source, index=index, format="extxyz")
+    images = ase.io.read(source, index=":", format="extxyz")
+    expected = images[0].info.pop(FRAMES_KEY, None) if images else None
+    if expected is not None and int(expected) != len(images):
+        raise InputError(f"{str(source)!r} holds {len(images)} of the {int(expected)} configurations it was written "
+                         "with: it was cut short (a copy or a write that did not finish)")
+    for atoms in images[1:]:
+        atoms.info.pop(FRAMES_KEY, None)
+    return _pick(images, index)
 
 
-def _extxyz_frame(atoms) -> str:
+def _extxyz_frame(atoms, n_frames=None) -> str:
     from ase.constraints import FixAtoms
     from ase.io.extxyz import key_val_dict_to_str, per_atom_properties, per_config_properties
     from ase.stress import voigt_6_to_full_3x3_stress
@@ -369,6 +509,12 @@ def _extxyz_frame(atoms) -> str:
             value = value.astype(str)
         fmts.extend([fmt] * value.shape[1])
         cols.extend(value.T.tolist())
+    for key, value in info.items():
+        if isinstance(value, str):
+            info[key] = _extxyz_string(key, value)
+    info.pop(FRAMES_KEY, None)
+    if n_frames is not None:
+        info[FRAMES_KEY] = int(n_frames)
     header = {}
     if atoms.cell.any():
         header["Lattice"] = " ".join(repr(float(x)) for x in atoms.cell.array.reshape(9))
@@ -385,6 +531,21 @@ def _extxyz_frame(atoms) -> str:
     lines = [str(n), comment]
     lines.extend(row % values for values in zip(*cols))
     return "\n".join(lines) + "\n"
+
+
+@functools.lru_cache(maxsize=4096)
+def _extxyz_string(key, value):
+    """How the info string ``value`` is written so that ASE's extxyz reader gives it back as
+    that string: as is when it does, else in ASE's own ``_JSON`` form (``'007'``, ``'1.5'``,
+    ``'True'``, ``'1 2'`` would otherwise come back as numbers, booleans or arrays)."""
+    from ase.io.extxyz import key_val_dict_to_str, key_val_str_to_dict
+
+    for form in (value, "_JSON " + json.dumps(value)):
+        back = key_val_str_to_dict(key_val_dict_to_str({key: form})).get(key)
+        if isinstance(back, str) and back == value:
+            return form
+    raise InputError(f"write_extxyz: info[{key!r}] = {value!r} cannot be written to extended XYZ so that it "
+                     "is read back as the same string; write a .db or .json file instead")
 
 
 # --------------------------------------------------------------------------- ASE trajectory
@@ -432,6 +593,8 @@ def _db_rows(images):
                 data[name] = np.array(value)
                 manifest["arrays"].append(name)
         for key, value in atoms.info.items():
+            if isinstance(value, np.generic):  # numpy.int64 from an extxyz reader: ASE's database cannot encode it
+                value = value.item()
             if _key_value_pair(key, value):
                 kvp[key] = value
                 manifest["kvp"].append(key)
@@ -479,10 +642,33 @@ def _write_ase_json(path, images):
     JSONDatabase._write_json(db, *db._rows)
 
 
+def _read_only_sqlite(path):
+    """An ASE SQLite database opened read-only (SQLite's ``mode=ro``): reading never writes.
+
+    ``ase.db.connect`` opens read-write and creates its tables in any file it is given (an
+    empty file became a 69 KB database by being read); ASE has no read-only option, so its
+    connection method is replaced here, the one line that opens the file.
+    """
+    import sqlite3
+    from urllib.parse import quote
+
+    from ase.db.sqlite import SQLite3Database
+
+    uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro"
+
+    class _ReadOnly(SQLite3Database):
+        def _connect(self):
+            return sqlite3.connect(uri, uri=True, timeout=20)
+
+    return _ReadOnly(str(path), create_indices=False, use_lock_file=False)
+
+
 def _read_ase_db(path, db_type, index):
     import ase.db
 
-    with ase.db.connect(str(path), type=db_type, use_lock_file=False) as db:
+    db = _read_only_sqlite(path) if db_type == "db" else ase.db.connect(str(path), type=db_type,
+                                                                         use_lock_file=False)
+    with db:
         rows = list(db.select())
     images = []
     for row in rows:
@@ -500,6 +686,11 @@ def _read_ase_db(path, db_type, index):
             for slot, key in manifest["info"].items():
                 atoms.info[key] = data[slot]
         images.append(atoms)
+    return _pick(images, index)
+
+
+def _pick(images, index):
+    """``images[index]`` as a list; ``index`` as ASE takes it (``':'``, ``'-1'``, ``'2:5'``, int, slice)."""
     if index == ":" or index is None:
         return images
     if isinstance(index, str):

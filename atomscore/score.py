@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.errors import InputError
-from atomscore.io import to_jsonable  # noqa: F401 - also importable from here, as before
+from atomscore.io import copy_with_labels, to_jsonable  # to_jsonable: also importable from here, as before
 from atomscore.quantity import ScoreQuantity
 from atomscore.validation import check_configs, check_finite_configs, check_int
 
@@ -288,7 +288,8 @@ class ScoreBase:
         """
         raise NotImplementedError
 
-    def save_results(self, compute_results, save_dir=".", list_of_configs=None, metadata=None, filename=None):
+    def save_results(self, compute_results, save_dir=".", list_of_configs=None, metadata=None, filename=None,
+                     overwrite=False):
         """Write results to ``save_dir/filename`` (default ``score_results.xyz`` or ``.json``).
 
         The format follows the suffix of ``filename`` (see :mod:`atomscore.io`): ``.xyz``,
@@ -296,7 +297,8 @@ class ScoreBase:
         scores. The metadata stored is the one of the call that returned ``compute_results``
         (or ``metadata`` when given); a result no call can be found for is refused. The file
         is written under a temporary name and renamed, so an interrupted save never leaves
-        half a file. Returns the path written.
+        half a file. An existing file is refused unless ``overwrite=True`` (also one another
+        process created while this one computed). Returns the path written.
         """
         from atomscore.io import CONFIG_SUFFIXES, RESULT_SUFFIXES, output_format
 
@@ -306,22 +308,22 @@ class ScoreBase:
         data = self.parse_for_storage(compute_results, list_of_configs, metadata=metadata)
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        return self.write_data(save_dir / name, data)
+        return self.write_data(save_dir / name, data, overwrite=overwrite)
 
     @property
     def results_filename(self) -> str:
         return _results_filename(self.kind)
 
     @staticmethod
-    def write_data(path, data):
+    def write_data(path, data, overwrite=False):
         """Write results atomically to ``path`` in the format of its suffix (:func:`atomscore.io.write_data`):
         ``.xyz``/``.extxyz``, ``.traj``, ``.db`` or ``.json`` for a list of Atoms, ``.json``
-        for a dict or a list of them."""
+        for a dict or a list of them; an existing file only with ``overwrite=True``."""
         from atomscore.io import write_data
 
         if not isinstance(data, list) or not data or not hasattr(data[0], "positions"):
             data = to_jsonable(data)
-        return write_data(path, data)
+        return write_data(path, data, overwrite=overwrite)
 
     @staticmethod
     def read_data(path):
@@ -502,7 +504,7 @@ class _ConfigsScore(ScoreBase):
         meta = self._metadata_or(metadata, compute_results)
         out = []
         for i, (atoms, result) in enumerate(zip(configs, results)):
-            new = atoms.copy()
+            new = copy_with_labels(atoms)
             self._attach(new, result, i)
             all_meta = copy.deepcopy(new.info.get("_metadata", {}))
             if not isinstance(all_meta, dict):

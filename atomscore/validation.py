@@ -351,3 +351,93 @@ def check_executable_allowed(value, name) -> None:
         raise InputError(f"{name}: {str(value)!r} is not on your allow-list of executables, so a job does not run "
                          f"it; list it in {EXECUTABLES_ENV} (paths separated by {os.pathsep!r}), or name it in the "
                          "run() of your own process (see docs/jobs.md, trust boundary)")
+
+
+def check_finite_output(value, stage, source=None, hint=None):
+    """Refuse a result that holds NaN or infinity, before it is returned or written; return it.
+
+    Parameters
+    ----------
+    value : float, array_like, or lists / tuples / dicts of them
+        The result (non-numeric entries are skipped).
+    stage : str
+        What was computed (e.g. ``"Gaussian kernel sums"``), for the message.
+    source : str, optional
+        The input it was computed from (a file, an argument), for the message.
+    hint : str, optional
+        What to check, appended to the message.
+
+    Raises
+    ------
+    NonFiniteResultError
+        Naming the stage, the input, how many values and the first one's place.
+    """
+    def first_bad(v, where):
+        if v is None or isinstance(v, (str, bytes)):
+            return None
+        if isinstance(v, dict):
+            items = v.items()
+        elif isinstance(v, (list, tuple)) and not (v and all(isinstance(x, (int, float)) for x in v)):
+            items = enumerate(v)
+        else:
+            try:
+                arr = np.asarray(v, dtype=float)
+            except (TypeError, ValueError):
+                return None
+            bad = ~np.isfinite(arr)
+            if not bad.any():
+                return None
+            at = tuple(int(i) for i in np.argwhere(bad)[0]) if arr.ndim else ()
+            return int(bad.sum()), arr[at] if at else float(arr), f"{where}{list(at) if at else ''}"
+        for k, item in items:
+            found = first_bad(item, f"{where}[{k!r}]")
+            if found:
+                return found
+        return None
+
+    found = first_bad(value, "result")
+    if found:
+        count, bad, where = found
+        of = f" of {source}" if source else ""
+        raise NonFiniteResultError(f"{stage}{of}: the result holds {count} non-finite value(s) (first: {bad} at "
+                                   f"{where}); nothing was returned or written"
+                                   + (f"; {hint}" if hint else ""))
+    return value
+
+
+
+def common_descriptor_settings(groups, key):
+    """The descriptor settings recorded by every group of configurations, checked to agree.
+
+    The one check of descriptor provenance, used by every command and score that compares
+    descriptors of several sources (a test set and its reference, a pool and its training set).
+
+    Parameters
+    ----------
+    groups : list of (list of ase.Atoms, str)
+        Configurations and their name for messages (e.g. ``"--reference 'train.xyz'"``).
+    key : str
+        The ``atoms.arrays`` key of the descriptors; settings are read from ``info[key + '_settings']``.
+
+    Returns
+    -------
+    dict or None
+        The settings, or None when no configuration records any.
+
+    Raises
+    ------
+    InputError
+        Settings differ within one group (both configurations named) or between two groups
+        (both named): e.g. descriptors of cutoff 4 Å and 5 Å, which have the same width.
+    """
+    first, first_label = None, None
+    for configs, label in groups:
+        settings = descriptor_settings([a for a in configs if key in a.arrays], key, label)
+        if settings is None:
+            continue
+        if first is None:
+            first, first_label = settings, label
+        else:
+            check_same_descriptor_settings(first, f"the descriptors of {first_label}", settings, f"those of {label}")
+    return first
+

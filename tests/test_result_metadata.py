@@ -59,7 +59,7 @@ def test_single_values_are_attributed_by_identity(tmp_path):
     assert e1 != e2
     data = score.read_data(score.save_results(e1, tmp_path))
     assert data["_metadata"]["bandwidth"] == 0.1 and data["quests_efficiency_score"] == pytest.approx(float(e1))
-    data = score.read_data(score.save_results(e2, tmp_path))
+    data = score.read_data(score.save_results(e2, tmp_path, overwrite=True))  # replacing is asked for
     assert data["_metadata"]["bandwidth"] == 0.2
     assert score.metadata_of(e1)["bandwidth"] == 0.1
 

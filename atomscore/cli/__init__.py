@@ -189,6 +189,24 @@ def _quiet_broken_pipe() -> int:
     return 0
 
 
+def _is_interrupt(exc) -> bool:
+    """Whether ``exc`` is a Ctrl-C in disguise: the interrupt raised inside compiled code (quests'
+    numba kernel, a C extension) comes out as ``SystemError: ... returned a result with an exception
+    set`` whose cause (or context) is the KeyboardInterrupt."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted() -> int:
+    print("atomscore: interrupted; nothing more was written (finished job folders are kept)", file=sys.stderr)
+    return 130
+
+
 def main(argv=None) -> int:
     """The ``atomscore`` command; returns its exit code (see the module docstring)."""
     parser = build_parser()
@@ -201,16 +219,20 @@ def main(argv=None) -> int:
     _FLAG_NAMES.clear()
     _FLAG_NAMES.update(getattr(args, "flag_names", None) or {})
     show, warnings.showwarning = warnings.showwarning, _show_warning
+    from atomscore.jobs.workflow import interrupts_raise
+
     try:
-        code = args.func(args)
+        with interrupts_raise():  # SIGTERM (a scheduler's or `kill`'s stop) ends the command as Ctrl-C does
+            code = args.func(args)
         sys.stdout.flush()
         return code
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except KeyboardInterrupt:
-        print("atomscore: interrupted; finished job folders are kept", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as exc:
+        if _is_interrupt(exc):
+            return _interrupted()
         if getattr(args, "traceback", False):
             raise
         code, line = describe_error(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomscore.errors import InputError
+from atomscore.errors import InputError, NonFiniteResultError
 from atomscore.quests.defaults import DEFAULT_CUTOFF, DEFAULT_K
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,10 @@ def stacked(configs, key, what):
     """The per-atom ``arrays[key]`` of all configurations, stacked."""
     from atomscore.validation import per_atom_array
 
-    blocks = [per_atom_array(atoms, key, index=i, name=what) for i, atoms in enumerate(configs)]
+    blocks = []
+    for i, atoms in enumerate(configs):  # every configuration as wide as the first (named when not)
+        blocks.append(per_atom_array(atoms, key, index=i, ncols=blocks[0].shape[1] if blocks else None,
+                                     name=what))
     return np.concatenate(blocks, axis=0)
 
 
@@ -115,19 +119,48 @@ def descriptor_array(path, what):
     return load_array(str(path), what, ndim=2)
 
 
-def reference_descriptors(path, configs, args, what):
+def reference_descriptors(path, configs, args, what, configs_what):
     """Descriptors of a reference (``.npy``, or configurations) and the settings used for both sides.
 
     A configurations file gets the same descriptor settings as ``configs``: both are read from
     the files when both hold descriptors and no setting was asked, else both are computed.
+    Descriptors read from files must record the same settings (one check,
+    :func:`atomscore.validation.common_descriptor_settings`), also within each file.
     """
     if path.suffix.lower() in (".npy", ".txt"):
         x = descriptor_array(path, what)
         log.debug("%s: %d descriptors of dimension %d read from %s", what, x.shape[0], x.shape[1], path)
-        return x, descriptor_settings(args, configs)
+        settings = descriptor_settings(args, configs)
+        if settings is None:
+            recorded_settings(args, (configs, configs_what))
+        return x, settings
     ref_configs = read_input_configs(path, what)
     settings = descriptor_settings(args, configs, ref_configs)
+    if settings is None:
+        recorded_settings(args, (configs, configs_what), (ref_configs, f"{what} {str(path)!r}"))
     return stacked(attach(ref_configs, settings, args.descriptors_key), args.descriptors_key, what), settings
+
+
+def recorded_settings(args, *groups):
+    """The settings the files' descriptors record, checked to agree within and between files."""
+    from atomscore.validation import common_descriptor_settings
+
+    return common_descriptor_settings(list(groups), args.descriptors_key)
+
+
+@contextlib.contextmanager
+def naming(source):
+    """Inside, a NaN or infinite result is refused with ``source`` (the command's input files) named."""
+    try:
+        yield
+    except NonFiniteResultError as exc:
+        raise NonFiniteResultError(f"{source}: {exc}") from None
+
+
+def output_configs(inputs, scored, args):
+    """What a scoring command writes: the input configurations as read (labels, info, arrays),
+    or with ``--keep-descriptors`` the copies that carry the descriptors computed for them."""
+    return scored if getattr(args, "keep_descriptors", False) else inputs
 
 
 def write_scored(score, results, configs, metadata, args):
@@ -135,7 +168,7 @@ def write_scored(score, results, configs, metadata, args):
     from atomscore.io import write_data
 
     data = score.parse_for_storage(results, configs, metadata=metadata)
-    path = write_data(args.output, data)
+    path = write_data(args.output, data, overwrite=args.overwrite)
     log.info("wrote %d configuration(s) with arrays[%r] to %s", len(data), score.result_key, path)
     return path
 

@@ -48,6 +48,13 @@ def add_descriptor_settings(p, always_computed=False):
                    help="atoms.arrays key of the descriptors, read or written (default 'descriptors')")
 
 
+def add_keep_descriptors(p):
+    """``--keep-descriptors``: write the computed descriptors with the scores."""
+    p.add_argument("--keep-descriptors", action="store_true",
+                   help="also write the descriptors computed for the configurations (arrays[KEY], one row per "
+                        "atom; default: the output holds the input as read plus the scores)")
+
+
 def add_output(p, example, required=True, suffixes=".xyz/.extxyz, .traj, .db or .json"):
     """``-o/--output`` and ``--overwrite``."""
     p.add_argument("-o", "--output", required=required,

@@ -50,11 +50,23 @@ def job_table(root) -> list[dict]:
     for folder in folders:
         status = read_status(folder)
         run = folder.parent.relative_to(root) if folder != root else Path(".")
+        state = state_of(status) if isinstance(status.get("state", ""), str) else JobState.FAILED
         rows.append({"run": str(run), "job": folder.name, "folder": str(folder.relative_to(root)),
-                     "state": state_of(status).value, "reason": status.get("reason") or "",
-                     "exit_code": status.get("exit_code"), "seconds": status.get("seconds"),
-                     "error": status.get("error") or "", "cleaned": is_cleaned(folder)})
+                     "state": state.value, "reason": _text(status.get("reason")),
+                     "exit_code": _typed(status.get("exit_code"), int), "seconds": _typed(status.get("seconds"), float),
+                     "error": _text(status.get("error")), "cleaned": is_cleaned(folder)})
     return rows
+
+
+def _text(value) -> str:
+    """A status entry shown as text (a hand-edited status.json may hold anything)."""
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def _typed(value, kind):
+    """A status number, or None when a hand-edited status.json holds something else there."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        (kind is float or isinstance(value, int)) else None
 
 
 def _counts(rows) -> str:
@@ -108,7 +120,7 @@ def cmd_collect(args):
     check_output(output, overwrite=args.overwrite, what=f"--output ({cls.__name__} results)",
                  suffixes=CONFIG_SUFFIXES if cls.kind in ("atom", "configuration") else RESULT_SUFFIXES)
     results = cls.data_from_calc_ids([str(f) for f in folders])
-    cls.write_data(output, results)
+    cls.write_data(output, results, overwrite=args.overwrite)
     print(f"atomscore: {len(results)} result(s) of {len(folders)} job(s) written to {output}")
     return 0
 

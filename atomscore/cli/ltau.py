@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from atomscore.cli import flags
-from atomscore.cli.common import (attach, check_command_output, descriptor_settings, input_file, provenance,
-                                  read_input_configs, reference_descriptors, stacked, stage, write_scored)
+from atomscore.cli.common import (attach, check_command_output, input_file, naming, output_configs, provenance,
+                                  read_input_configs, reference_descriptors, stage, write_scored)
+from atomscore.validation import check_finite_output
 
 
 def cmd_uq(args):
@@ -17,19 +18,22 @@ def cmd_uq(args):
     logs_path = input_file(args.error_logs, "--error-logs")
     check_command_output(args, [configs_path, train_path, logs_path])
     configs = read_input_configs(configs_path, "CONFIGS")
-    train, settings = reference_descriptors(train_path, configs, args, "--train-descriptors")
-    configs = attach(configs, settings, args.descriptors_key)
+    train, settings = reference_descriptors(train_path, configs, args, "--train-descriptors",
+                                            f"CONFIGS {str(configs_path)!r}")
+    scored = attach(configs, settings, args.descriptors_key)
     with stage(f"LTAU error PDFs and faiss index of {len(train)} training atoms", nbins=args.nbins,
-               bin_spacing=args.bin_spacing, error_logs=logs_path):
+               bin_spacing=args.bin_spacing, error_logs=logs_path), \
+            naming(f"--train-descriptors {str(train_path)!r} with --error-logs {str(logs_path)!r}"):
         score = LTAUForcesUQScore(train_descriptors=train, error_pdfs=str(logs_path), from_error_logs=True,
                                   nbins=args.nbins, bin_spacing=args.bin_spacing)
     compute_args = {"descriptors_key": args.descriptors_key, "num_nearest_neighbors": args.neighbors}
-    with stage(f"k-NN search of {sum(len(a) for a in configs)} atoms", neighbors=args.neighbors):
-        values = score.compute_batch(configs, "UNCERTAINTY", **compute_args)
+    with stage(f"k-NN search of {sum(len(a) for a in configs)} atoms", neighbors=args.neighbors), \
+            naming(f"CONFIGS {str(configs_path)!r}"):
+        values = check_finite_output(score.compute_batch(scored, "UNCERTAINTY", **compute_args), "uncertainties")
     metadata = score.get_metadata("UNCERTAINTY", **compute_args)
     metadata.update(descriptors=provenance(settings, args.descriptors_key), train_descriptors=str(train_path),
                     error_logs=str(logs_path))
-    path = write_scored(score, values, configs, metadata, args)
+    path = write_scored(score, values, output_configs(configs, scored, args), metadata, args)
     print(f"{'config':>6} {'atoms':>6} {'mean UQ':>10} {'max UQ':>10}   (expected force error, eV/Å)")
     for i, uq in enumerate(values):
         mean = f"{np.mean(uq):>10.4g}" if len(uq) else f"{'-':>10}"
@@ -62,6 +66,7 @@ def add_uq_command(subparsers):
     p.add_argument("--nbins", type=int, default=100, help="histogram bins of the error logs (default 100)")
     p.add_argument("--bin-spacing", choices=("log", "linear"), default="log", help="bin spacing (default log)")
     flags.add_descriptor_settings(p)
+    flags.add_keep_descriptors(p)
     flags.add_output(p, "uq.xyz")
     p.set_defaults(func=cmd_uq, flag_names={
         "num_nearest_neighbors": "--neighbors", "nbins": "--nbins", "bin_spacing": "--bin-spacing",

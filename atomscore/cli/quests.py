@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.cli import flags
-from atomscore.cli.common import (attach, check_command_output, descriptor_settings, input_file, provenance,
-                                  read_input_configs, reference_descriptors, stacked, stage, write_scored)
+from atomscore.cli.common import (attach, check_command_output, descriptor_settings, input_file, naming,
+                                  output_configs, provenance, read_input_configs, recorded_settings,
+                                  reference_descriptors, stacked, stage, write_scored)
 from atomscore.errors import InputError
 from atomscore.quests.defaults import DEFAULT_BANDWIDTH
-from atomscore.validation import check_positive
+from atomscore.validation import check_finite_output, check_positive
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def cmd_descriptors(args):
     with stage(f"QUESTS descriptors of {len(configs)} configuration(s), {sum(len(a) for a in configs)} atoms",
                bar=not args.no_progress, cutoff=f"{args.cutoff} Å", k=args.k, key=repr(args.descriptors_key)):
         new = descriptor.attach(configs, progress=progress)
-    write_data(target, new)
+    write_data(target, new, overwrite=args.overwrite)
     n_atoms = sum(len(a) for a in new)
     print(f"atomscore: wrote {len(new)} configurations ({n_atoms} environments, "
           f"arrays[{args.descriptors_key!r}] with {descriptor.n_features} columns) to {target}")
@@ -72,14 +73,28 @@ def dataset_information(args) -> dict:
     check_positive(args.bandwidth, "-b/--bandwidth", allow_array=False)
     configs = read_input_configs(args.dataset, "DATASET")
     settings = descriptor_settings(args, configs)
+    if settings is None:
+        recorded_settings(args, (configs, f"DATASET {str(args.dataset)!r}"))
     configs = attach(configs, settings, args.descriptors_key)
-    x = stacked(configs, args.descriptors_key, "DATASET")
+    x = stacked(configs, args.descriptors_key, f"DATASET {str(args.dataset)!r}")
     if len(x) < 2:
         raise InputError(f"DATASET: {str(args.dataset)!r} has {len(x)} atomic environment(s); the efficiency "
                          "H / log N needs at least 2")
     result = {"units": {"entropy": "nats", "diversity": "nats", "efficiency": "dimensionless (entropy / log N)"},
               "n_environments": int(len(x)), "n_configurations": len(configs), "bandwidth": args.bandwidth,
               "descriptors": provenance(settings, args.descriptors_key), "dataset": str(args.dataset)}
+    with naming(f"DATASET {str(args.dataset)!r}"):
+        values = _information_values(x, args, information, result)
+    # what the numbers mean: effective numbers of distinct environments (see docs/quests.md)
+    values["effective_environments"] = {"exp_entropy": math.exp(values["entropy"]),
+                                        "exp_diversity": math.exp(values["diversity"])}
+    suggested = volume_bandwidths(configs)
+    if suggested["dataset"] is not None:
+        result["volume_rule_bandwidth"] = suggested["dataset"]
+    return {**values, **result}
+
+
+def _information_values(x, args, information, result):
     if args.sample is None:
         with stage(f"kernel sums of {len(x)} x {len(x)} environments", bandwidth=args.bandwidth,
                    dimension=x.shape[1]):
@@ -96,13 +111,7 @@ def dataset_information(args) -> dict:
         values = {name: float(e.value) for name, e in estimates.items()}
         values["standard_error"] = {name: float(e.standard_error) for name, e in estimates.items()}
         result.update(sample_size=n, seed=args.seed)
-    # what the numbers mean: effective numbers of distinct environments (see docs/quests.md)
-    values["effective_environments"] = {"exp_entropy": math.exp(values["entropy"]),
-                                        "exp_diversity": math.exp(values["diversity"])}
-    suggested = volume_bandwidths(configs)
-    if suggested["dataset"] is not None:
-        result["volume_rule_bandwidth"] = suggested["dataset"]
-    return {**values, **result}
+    return check_finite_output(values, "entropy, diversity, efficiency")
 
 
 def cmd_entropy(args):
@@ -216,18 +225,19 @@ def cmd_dh(args):
         keys = sorted({k for atoms in configs for k in atoms.info})
         raise InputError(f"--label: no configuration of TEST has info[{args.label!r}]; its info keys: "
                          f"{', '.join(keys) or 'none'}")
-    reference, settings = reference_descriptors(ref_path, configs, args, "--reference")
-    configs = attach(configs, settings, args.descriptors_key)
+    reference, settings = reference_descriptors(ref_path, configs, args, "--reference", f"TEST {str(test_path)!r}")
+    scored = attach(configs, settings, args.descriptors_key)
     score = QUESTSDeltaEntropyScore()
     compute_args = {"reference_set": reference, "descriptors_key": args.descriptors_key,
                     "bandwidth": args.bandwidth}
     n_atoms = sum(len(a) for a in configs)
-    with stage(f"dH of {n_atoms} environments against {len(reference)}", bandwidth=args.bandwidth):
-        values = score.compute_batch(configs, "DELTA_ENTROPY", **compute_args)
+    with stage(f"dH of {n_atoms} environments against {len(reference)}", bandwidth=args.bandwidth), \
+            naming(f"TEST {str(test_path)!r} against --reference {str(ref_path)!r}"):
+        values = check_finite_output(score.compute_batch(scored, "DELTA_ENTROPY", **compute_args), "dH")
     metadata = score.get_metadata("DELTA_ENTROPY", **compute_args)
     metadata.update(descriptors=provenance(settings, args.descriptors_key), reference=str(ref_path),
                     n_reference=int(len(reference)))
-    path = write_scored(score, values, configs, metadata, args)
+    path = write_scored(score, values, output_configs(configs, scored, args), metadata, args)
     print_dh_table(dh_rows(values, configs, args.label), args.sort, args.top, args.label, len(values))
     print(f"atomscore: wrote per-atom dH (arrays['{score.result_key}']) of {len(values)} configuration(s) "
           f"to {path}")
@@ -252,6 +262,7 @@ def add_dh_command(subparsers):
                    help="reference configurations (any format ASE reads) or their (n, dim) descriptors (.npy)")
     flags.add_bandwidth(p)
     flags.add_descriptor_settings(p)
+    flags.add_keep_descriptors(p)
     flags.add_output(p, "dh.xyz")
     p.add_argument("--sort", choices=tuple(DH_SORT), default="max",
                    help="rank the table by max dH (default: the most novel environment of each frame), mean dH, "
@@ -276,10 +287,10 @@ def cmd_overlap(args):
         from atomscore.cli.common import descriptor_array
 
         x = descriptor_array(a_path, "A")
-        y, settings = reference_descriptors(b_path, [], args, "B")
+        y, settings = reference_descriptors(b_path, [], args, "B", "A")
     else:
         configs = read_input_configs(a_path, "A")
-        y, settings = reference_descriptors(b_path, configs, args, "B")
+        y, settings = reference_descriptors(b_path, configs, args, "B", f"A {str(a_path)!r}")
         x = stacked(attach(configs, settings, args.descriptors_key), args.descriptors_key, "A")
     if x.shape[1] != y.shape[1]:
         raise InputError(f"A and B: descriptors of dimension {x.shape[1]} and {y.shape[1]}; compute both with the "

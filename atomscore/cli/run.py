@@ -97,9 +97,23 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
     if workflow is None:
         workflow = LocalWorkflow(root or DEFAULT_ROOT, nprocs=nprocs)
     else:
+        if not isinstance(workflow, dict):
+            raise InputError(f"{spec_path}: 'workflow' must be an object with 'workflow_type' and 'workflow_args', "
+                             f"got {workflow!r:.80}")
         workflow = dict(workflow, workflow_args=dict(workflow.get("workflow_args") or {}))
         if root:
             workflow["workflow_args"]["root_directory"] = root
+        if nprocs is not None:  # never dropped: it applies to the local workflow, or it is refused
+            kind = str(workflow.get("workflow_type", "")).upper()
+            if kind != "LOCAL":
+                raise InputError(f"--nprocs {nprocs}: the spec {str(spec_path)!r} names the {kind or 'unnamed'} "
+                                 "workflow, whose scheduler decides how many jobs run at once; --nprocs applies "
+                                 "to the local workflow only")
+            given = workflow["workflow_args"].get("nprocs")
+            if given is not None and given != nprocs:
+                raise InputError(f"--nprocs {nprocs}: the spec {str(spec_path)!r} sets workflow_args.nprocs = "
+                                 f"{given!r}; give one of them")
+            workflow["workflow_args"]["nprocs"] = nprocs
         workflow = make_workflow(workflow)
     from atomscore.jobs.workflow import interrupts_raise
 
@@ -115,7 +129,7 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
     if output is None:
         output = Path(ids[0]).parent / f"results{want}"  # in the run's own folder
     output = Path(output)
-    score.write_data(output, results)
+    score.write_data(output, results, overwrite=overwrite)
     return ids, results, output
 
 

@@ -65,9 +65,9 @@ def cmd_select(args):
                reference=args.reference):
         sel = select(args.pool, args.size, method=args.method, atoms=args.atoms, **_select_args(args))
     _log_steps(sel.summary["steps"])
-    write_configs(out, sel.configs)
+    write_configs(out, sel.configs, overwrite=args.overwrite)
     if summary_path is not None:
-        write_json_atomic(summary_path, sel.summary)
+        write_json_atomic(summary_path, sel.summary, overwrite=args.overwrite)
     print_selection(sel, args.label)
     print(f"atomscore: wrote the {len(sel.indices)} selected configurations (info['pool_index']) to {out}"
           + (f" and the summary to {summary_path}" if summary_path else ""))
@@ -138,9 +138,9 @@ def cmd_curve(args):
                     for n, i, e, h, o in zip(curves[-1]["n_configs"], curves[-1]["indices"], curves[-1]["n_envs"],
                                              curves[-1]["entropy"], curves[-1]["overlap"])])
     if out is not None:
-        write_json_atomic(out, curves[0] if len(curves) == 1 else {"curves": curves})
+        write_json_atomic(out, curves[0] if len(curves) == 1 else {"curves": curves}, overwrite=args.overwrite)
     if plot is not None:
-        plot_curve(curves, plot)
+        plot_curve(curves, plot, overwrite=args.overwrite)
     for curve in curves:
         print_milestones(curve)
     wrote = " and ".join(str(p) for p in (out, plot) if p is not None)
@@ -193,7 +193,7 @@ def _common(p, several=False):
     flags.add_descriptor_settings(p)
     p.add_argument("--no-compute-descriptors", action="store_true",
                    help="never compute descriptors; configurations must carry them")
-    p.add_argument("--seed", type=int, default=0, help="seed of random and k_means (default 0)")
+    p.add_argument("--seed", type=flags.int_at_least(0), default=0, help="seed of random and k_means (default 0)")
     p.add_argument("--reduce", default="mean", choices=REDUCTIONS, help="uncertainty per configuration: mean or max")
     p.add_argument("--min-dh", type=float, help="uncertainty: skip candidates whose largest dH against the "
                    "reference and the selected is below this (nats)")

@@ -16,7 +16,7 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.index import (INDEX_TYPES, as_float32, build_index, check_index_vectors, index_defaults,  # noqa: F401
                              read_index, set_search_args)
-from atomscore.validation import check_choice, check_int, check_keys, load_array
+from atomscore.validation import check_choice, check_finite_output, check_int, check_keys, load_array
 
 #: the bin spacings: 'log' (geometric midpoints) and 'linear' (arithmetic midpoints)
 BIN_SPACINGS = ("log", "linear")
@@ -396,6 +396,9 @@ class LTAUEstimator:
         self.widths = np.diff(self.bins)
         self.midpoints = bin_midpoints(self.bins, bin_spacing)
         self._store, self.expected_errors = self._stored(pdfs, pdf_storage)
+        check_finite_output(self.expected_errors, "LTAU expected error of each training point", "the error "
+                            "logs / PDFs", hint=f"bins up to {float(self.bins[-1]):.3g}: errors this large overflow "
+                            "float64; give the errors in a smaller unit")
         if index is None:
             self.index, self.index_args = build_index(x, index_type, index_args)
         else:

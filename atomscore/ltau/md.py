@@ -21,7 +21,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from atomscore.errors import InputError, UncertaintyExceeded
-from atomscore.validation import check_choice, check_int, load_array
+from atomscore.validation import check_choice, check_finite_positions, check_int, load_array
 
 #: what the wrapper adds to the wrapped calculator's properties
 UQ_PROPERTIES = ("uncertainty", "descriptor_distance")
@@ -173,6 +173,8 @@ class UncertaintyCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        # before any wrapped calculator sees them: ASE's KIM calculator crashes the process on NaN positions
+        check_finite_positions(atoms, f"UncertaintyCalculator (step {self.step})", allow_empty=True)
         base = [p for p in properties if p not in UQ_PROPERTIES]
         need_uq = "uncertainty" not in self.results
         if need_uq and self._describe is None and not base:
@@ -342,12 +344,14 @@ class FlaggedFramesWriter:
         self.path = path
         self.format = format
         self.written = 0
+        self._identity = None  # (device, inode, size) of the file this writer created, after its last write
 
     def __call__(self):
         """Append the frames flagged since the last call; returns how many were written."""
         new = self.calculator.flagged[self.written:]
         if not new:
             return 0
+        first = self._claim()
         if self.format == "extxyz":
             from atomscore.io import write_extxyz
 
@@ -356,12 +360,39 @@ class FlaggedFramesWriter:
         elif self.format == "traj":
             from ase.io import Trajectory
 
-            with Trajectory(self.path, "a") as traj:  # appending through ase.io.write is not supported
+            with Trajectory(self.path, "w" if first else "a") as traj:  # appending through ase.io.write: unsupported
                 for frame in new:
                     traj.write(frame)
         else:
             from ase.io import write
 
-            write(self.path, new, format=self.format, append=self.written > 0)
+            write(self.path, new, format=self.format, append=not first)
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino, st.st_size)
         self.written += len(new)
         return len(new)
+
+    def _claim(self) -> bool:
+        """Before a write: create the file (first write; True) or check it is still ours (False).
+
+        The file is created with ``O_CREAT | O_EXCL``, so a file that appeared after this writer
+        was made is never appended to or replaced; later writes check that the path still
+        names the file created then, as this writer left it (not a file put in its place, or
+        one that something else wrote to).
+        """
+        if self._identity is None:
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                raise InputError(f"filename: {str(self.path)!r} appeared after this FlaggedFramesWriter was made; "
+                                 "flagged frames never replace or extend another file: give a new file name") \
+                    from None
+            return True
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino, st.st_size) != self._identity:
+            raise InputError(f"filename: {str(self.path)!r} was removed or replaced since this FlaggedFramesWriter "
+                             f"wrote {self.written} frame(s) to it; the frames are never written into another file")
+        return False

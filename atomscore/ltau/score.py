@@ -21,7 +21,7 @@ from atomscore.errors import InputError
 from atomscore.ltau.estimator import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator, read_index
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, records_metadata
-from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys,
+from atomscore.validation import (array_digest, check_choice, check_configs, check_finite_output, check_int, check_keys,
                                   check_same_descriptor_settings, descriptor_settings, load_array, per_atom_array)
 
 
@@ -149,8 +149,15 @@ class LTAUForcesUQScore(AtomCenteredScore):
             raise InputError(f"save_index: {str(path)!r} exists; give a new file name")
         if not path.parent.is_dir():
             raise InputError(f"save_index: folder {str(path.parent)!r} not found")
-        self.estimator.save_index(path)
-        return path
+        from atomscore.io import publish, temporary_name
+
+        tmp = temporary_name(path)  # faiss writes by name: a whole file, then linked without clobbering
+        try:
+            self.estimator.save_index(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return publish(tmp, path, overwrite=False)
 
     # ------------------------------------------------------------------ inputs
     def _descriptors(self, configs, descriptors_key, num_nearest_neighbors):
@@ -234,9 +241,14 @@ class LTAUForcesUQScore(AtomCenteredScore):
         # one float32 buffer for one faiss search over every atom (blocks are checked above)
         queries = np.empty((sum(sizes), self.estimator.dim), dtype=np.float32)
         ends = np.cumsum(sizes)
-        for block, end, size in zip(blocks, ends, sizes):
-            queries[end - size:end] = block
+        for i, (block, end, size) in enumerate(zip(blocks, ends, sizes)):
+            with np.errstate(over="ignore"):
+                queries[end - size:end] = block
+            if not np.all(np.isfinite(queries[end - size:end])):  # finite float64, too large for faiss' float32
+                raise InputError(f"arrays[{descriptors_key!r}] (configuration {i}): descriptor values up to "
+                                 f"{float(np.max(np.abs(block))):.3g} do not fit float32 (faiss); check the descriptors")
         values = self.estimator.predict_checked(queries, k)
+        check_finite_output(values, "LTAU uncertainties", "the configurations' descriptors")
         return np.split(values, ends[:-1])
 
     def get_metadata(self, score_quantity, **compute_args):

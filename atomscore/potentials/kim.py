@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from atomscore.errors import InputError, PotentialError
+from atomscore.errors import InputError, PotentialError, UnknownModelError
 from atomscore.potentials.portable import import_kimpy as _import_kimpy
 from atomscore.validation import check_finite_positions
 
@@ -102,7 +102,7 @@ def _unknown_model_error(kim_id, kim_api):
     else:
         msg += f" {len(names)} portable models are installed; none has a similar name."
     msg += f" Install it with: {kim_api or _DEFAULT_KIM_API} install user {kim_id}"
-    return PotentialError(msg)
+    return UnknownModelError(msg)
 
 
 def check_spec(potential, where="potential"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomscore.io import temporary_name
+from atomscore.io import publish, temporary_name
 from atomscore.quests.selection import read_pool, select
 
 CURVE_FIELDS = ("n_envs", "entropy", "diversity", "efficiency", "overlap")
@@ -85,7 +85,7 @@ def milestones(curve, fractions=(0.95, 0.99)) -> dict:
     return out
 
 
-def plot_curve(curves, path):
+def plot_curve(curves, path, overwrite=False):
     """Plot entropy, diversity and overlap against the number of configurations.
 
     With a reference, each curve has two lines: the selection alone (solid) and reference +
@@ -98,6 +98,8 @@ def plot_curve(curves, path):
         Results of :func:`learning_curve` (one line per curve).
     path : str or os.PathLike
         Image file (``.png``, ``.pdf``, ``.svg``); written via a temporary name.
+    overwrite : bool
+        Replace an existing file (otherwise refused, also one created while plotting).
     """
     import matplotlib
 
@@ -139,8 +141,9 @@ def plot_curve(curves, path):
     tmp = temporary_name(path).with_suffix(path.suffix)
     try:
         fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return publish(tmp, path, overwrite)

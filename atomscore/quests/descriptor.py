@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from atomscore.errors import InputError
+from atomscore.io import copy_with_labels
 from atomscore.quests.defaults import DEFAULT_CUTOFF, DEFAULT_K
 from atomscore.validation import (DESCRIPTOR_SETTINGS_SUFFIX, check_configs, check_finite_positions, check_int,
                                   check_positive)
@@ -164,12 +165,7 @@ class QUESTSDescriptor:
         settings = self.settings
         out = []
         for atoms, x in zip(configs, descriptors):
-            new = atoms.copy()
-            if atoms.calc is not None and getattr(atoms.calc, "results", None):
-                from ase.calculators.singlepoint import SinglePointCalculator
-
-                results = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in atoms.calc.results.items()}
-                new.calc = SinglePointCalculator(new, **results)
+            new = copy_with_labels(atoms)
             if self.key in new.arrays:
                 del new.arrays[self.key]  # replaced, possibly with another width
             new.new_array(self.key, x)

@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.errors import InputError
-from atomscore.io import read_configs
+from atomscore.io import copy_with_labels, read_configs
 from atomscore.quests.defaults import DEFAULT_BANDWIDTH
 from atomscore.quests.kernels import gaussian
 from atomscore.threads import resolve_threads
 from atomscore.validation import (check_choice, check_configs, check_int, check_positive, check_same_descriptor_settings,
-                                  descriptor_settings, load_array)
+                                  check_finite_output, common_descriptor_settings, load_array)
 
 __all__ = ["METHODS", "REDUCTIONS", "Selection", "select", "OVERLAP_EPSILON"]
 
@@ -113,12 +113,7 @@ def _descriptor_blocks(pool, reference, key, descriptor):
         raise InputError(f"descriptor: expected 'auto', None or a QUESTSDescriptor, got {descriptor!r}")
     have = {name: [key in a.arrays for a in configs] for name, configs in sets}
     # settings recorded next to the descriptors (info[key + '_settings'], as QUESTSDescriptor.attach writes)
-    recorded = {name: descriptor_settings([a for a in configs if key in a.arrays], key, name)
-                for name, configs in sets}
-    if reference is not None:
-        check_same_descriptor_settings(recorded["pool"], "the pool's descriptors", recorded["reference"],
-                                       "the reference's")
-    settings = recorded.get("pool") or recorded.get("reference")
+    settings = common_descriptor_settings([(configs, f"the {name}") for name, configs in sets], key)
     every = all(all(v) for v in have.values())
     none = not any(any(v) for v in have.values())
     if every:
@@ -646,7 +641,8 @@ def select(pool, size=None, *, method="entropy", reference=None, atoms=None, ban
                 if len(a) == 0:
                     raise InputError(f"reference: configuration {i} has no atoms")
     h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
-    check_int(seed, "seed")
+    if check_int(seed, "seed", minimum=0) > 2**32 - 1:  # what numpy's RandomState (k_means) takes
+        raise InputError(f"seed: expected an integer from 0 to 2**32 - 1, got {seed}")
     check_choice(reduce, "reduce", REDUCTIONS)
     if min_delta_entropy is not None:
         min_delta_entropy = float(np.asarray(min_delta_entropy, dtype=float))
@@ -739,16 +735,14 @@ def select(pool, size=None, *, method="entropy", reference=None, atoms=None, ban
                                 **_measures(state.ref_logp_own, len(r)),
                                 # before any pick: the fraction of the pool's environments it covers
                                 "overlap_with_pool": float(np.mean(state.p_ref > _COVERED))}
+    check_finite_output({k: summary[k] for k in ("steps", "pool", "reference") if k in summary},
+                        f"select ({method}): entropy, diversity and overlap along the selection", "the descriptors",
+                        hint="descriptors this large overflow float64 in the kernel; check them (or their units)")
     if stop:
         warnings.warn(f"select: stopped after {len(order)} configurations: {stop}", stacklevel=2)
     out = []
     for step, c in enumerate(order, 1):
-        new = configs[c].copy()
-        if configs[c].calc is not None and getattr(configs[c].calc, "results", None):
-            from ase.calculators.singlepoint import SinglePointCalculator
-
-            new.calc = SinglePointCalculator(new, **{k: (v.copy() if isinstance(v, np.ndarray) else v)
-                                                     for k, v in configs[c].calc.results.items()})
+        new = copy_with_labels(configs[c])
         new.info["pool_index"] = int(c)
         new.info["selection_step"] = step
         out.append(new)

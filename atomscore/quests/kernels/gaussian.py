@@ -19,7 +19,7 @@ from atomscore.errors import InputError
 from atomscore.quests.defaults import DEFAULT_BANDWIDTH
 from atomscore.quests.kernels.tiles import tile_pairs
 from atomscore.threads import blas_single_thread, default_threads, resolve_threads  # noqa: F401 - default_threads re-exported
-from atomscore.validation import check_choice, check_int, check_positive, load_array
+from atomscore.validation import check_choice, check_finite_output, check_int, check_positive, load_array
 
 __all__ = [
     "log_kernel_sums",
@@ -251,6 +251,11 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None):
             rows = [_Operands.build(yc[bad], xc, g, np.float64, lift) for g in 1.0 / (2.0 * h * h)]
         clip64 = (_FLOOR["float64"], lift)
         logp[bad] = tile_pass(rows, tile, False, np.float64, threads, clip64, shifted=True) - lift
+    if not np.all(np.isfinite(logp)):
+        scale = max(float(np.max(np.abs(x))), float(np.max(np.abs(y))))
+        check_finite_output(logp, "Gaussian kernel sums (log p)", "the descriptors",
+                            hint=f"descriptor values up to {scale:.3g} with bandwidth {float(np.min(h)):.3g} overflow "
+                                 "float64 in the squared distances / (2 h^2); check the descriptors (or their units)")
     return logp
 
 
@@ -329,6 +334,10 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
     y = _descriptors(y, "queries")
     x = _descriptors(x, "reference")
     h, scalar = _bandwidths(bandwidth)
+    scale = max(float(np.max(np.abs(x))), float(np.max(np.abs(y))))
+    if not (2.0 * scale) ** 2 * x.shape[1] < np.finfo(np.float32).max:  # faiss' squared distances are float32
+        raise InputError(f"queries/reference: descriptor values up to {scale:.3g} overflow the float32 squared "
+                         "distances of the faiss index; use the exact kernel (approx=False) or check the descriptors")
     d2, _ = knn_squared_distances(y, x, num_nearest_neighbors, index=approx_index, options=approx_options)
     exponents = -d2[:, :, None] / (2.0 * h * h)  # (M, k, H)
     dh = -_logsumexp(exponents, axis=1)
