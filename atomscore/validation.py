@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomscore.errors import InputError
+from atomscore.errors import InputError, NonFiniteResultError
 
 ARRAY_FILE_SUFFIXES = (".npy", ".txt")
 
