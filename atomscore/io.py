@@ -90,6 +90,24 @@ def write_json_atomic(path, data):
     return write_text_atomic(path, json.dumps(to_jsonable(data), indent=2))
 
 
+def write_npy_atomic(path, array):
+    """Write ``array`` as ``.npy`` to ``path`` through a temporary name and a rename (no pickles)."""
+    import numpy as np
+
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.asarray(array), allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    return path
+
+
 def read_json(path):
     """The JSON content of ``path``."""
     return json.loads(Path(path).read_text())

@@ -5,7 +5,8 @@
 ``atomscore descriptors IN -o OUT`` attach QUESTS descriptors to configurations
 ``atomscore entropy DATASET``      QUESTS entropy, diversity and efficiency of a dataset
 ``atomscore dh TEST --reference R`` QUESTS delta entropy of each atom of TEST against R
-``atomscore uq CONFIGS ...``       LTAU force uncertainty of each atom
+``atomscore uq CONFIGS ...``       LTAU force uncertainty of each atom (calibration: --reference-forces)
+``atomscore ltau-logs TRAIN ...``  LTAU error logs of a MACE run's per-epoch checkpoints
 ``atomscore select POOL -n N -o OUT`` choose configurations to label next (``curve``: its learning curve)
 ``atomscore demo``                 information-matching active learning on SW silicon, as a report
 
@@ -86,13 +87,14 @@ def _optional_commands():
     """The command groups, one module each (their heavy imports happen when a command runs)."""
     from atomscore.cli.demo import add_demo_command
     from atomscore.cli.jobs import add_jobs_command
-    from atomscore.cli.ltau import add_uq_command
+    from atomscore.cli.ltau import add_ltau_logs_command, add_uq_command
     from atomscore.cli.quests import add_descriptors_command, add_dh_command, add_entropy_command
     from atomscore.cli.run import add_run_command
     from atomscore.cli.selection import add_curve_command, add_select_command
 
     return [add_run_command, add_jobs_command, add_entropy_command, add_dh_command, add_uq_command,
-            add_descriptors_command, add_select_command, add_curve_command, add_demo_command]
+            add_descriptors_command, add_select_command, add_curve_command, add_demo_command,
+            add_ltau_logs_command]
 
 
 EXAMPLES = """examples:

@@ -68,3 +68,9 @@ def add_no_progress(p):
 def add_nprocs(p):
     """``--nprocs``: jobs at once for the local workflow."""
     p.add_argument("--nprocs", type=int_at_least(1), help="jobs at once when run locally (default: cores)")
+
+
+def add_mace_model(p, help_text, required=False):
+    """``--mace MODEL``: a trained MACE model file (``atomscore[mace]``)."""
+    p.add_argument("--mace", metavar="MODEL", required=required,
+                   help=f"{help_text} (a .model file of mace_run_train; needs atomscore[mace])")

@@ -267,6 +267,43 @@ def descriptors(model_path, configs, num_layers=-1, batch_size=32):
     return out
 
 
+def model_settings(model_path, num_layers=-1):
+    """The descriptor settings of MACE descriptors (recorded in ``info['<key>_settings']``, compared by LTAU)."""
+    import hashlib
+
+    path = _check_path(model_path, "model_path")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return {"descriptor": "mace", "model": path.name, "model_sha256": digest, "num_layers": int(num_layers),
+            "invariants_only": True}
+
+
+def attach(model_path, configs, key="descriptors", num_layers=-1, batch_size=32):
+    """Copies of ``configs`` with the :func:`descriptors` in ``arrays[key]`` and their settings.
+
+    ``info[key + '_settings']`` holds :func:`model_settings`, so that the LTAU score refuses
+    queries described by another model. The caller's configurations are not modified.
+    """
+    from atomscore.validation import DESCRIPTOR_SETTINGS_SUFFIX
+
+    if not isinstance(key, str) or not key:
+        raise InputError(f"key: expected an atoms.arrays key (string), got {key!r}")
+    values = descriptors(model_path, configs, num_layers=num_layers, batch_size=batch_size)
+    settings = model_settings(model_path, num_layers)
+    out = []
+    for atoms, x in zip(configs, values):
+        new = atoms.copy()
+        if atoms.calc is not None:  # keep the labels a single-point calculator holds (extxyz forces)
+            from ase.calculators.singlepoint import SinglePointCalculator
+
+            new.calc = SinglePointCalculator(new, **{k: v for k, v in atoms.calc.results.items()})
+        if key in new.arrays:
+            del new.arrays[key]
+        new.new_array(key, x)
+        new.info[f"{key}{DESCRIPTOR_SETTINGS_SUFFIX}"] = dict(settings)
+        out.append(new)
+    return out
+
+
 def calculator(model_path, descriptors_key="descriptors", num_layers=-1, **kwargs):
     """A ``MACECalculator`` that also returns the invariant descriptors of its forward pass.
 
