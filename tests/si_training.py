@@ -1,0 +1,33 @@
+"""Labelled silicon for the MACE and NequIP tests and benchmarks: 16-atom cells labelled by SW through KIM.
+
+Stillinger-Weber silicon (the installed OpenKIM model) evaluated through ASE's own KIM
+calculator; the labels go to ``info['REF_energy']`` and ``arrays['REF_forces']`` (MACE's
+default keys). Used by tests/test_ltau_mace.py and benchmarks/ltau_training.py.
+"""
+
+import numpy as np
+from ase.build import bulk
+
+SW = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
+
+
+def si_configs(n, seed, rattle=(0.02, 0.15)):
+    """``n`` diamond Si cells (2x1x1, 16 atoms), lattice 5.35-5.55 Å, rattled by ``rattle`` Å, labelled by SW."""
+    from ase.calculators.kim import KIM
+
+    rng = np.random.default_rng(seed)
+    calc = KIM(SW)
+    out = []
+    for _ in range(n):
+        atoms = bulk("Si", "diamond", a=rng.uniform(5.35, 5.55), cubic=True) * (2, 1, 1)
+        atoms.rattle(rng.uniform(*rattle), seed=int(rng.integers(1 << 30)))
+        atoms.calc = calc
+        atoms.info["REF_energy"] = atoms.get_potential_energy()
+        atoms.arrays["REF_forces"] = atoms.get_forces()
+        atoms.calc = None
+        out.append(atoms)
+    return out
+
+
+#: the tiny MACE of the issue: 16 channels, L = 0, 2 interactions, r_max 4 Å
+TINY_MACE = dict(num_channels=16, max_L=0, num_interactions=2, r_max=4.0, batch_size=5, valid_fraction=0.1)
