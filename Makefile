@@ -26,12 +26,13 @@ system:
 venv: $(STAMP)
 
 # re-installed only when the package's dependencies change; torch pinned first to a CPU
-# build, so CI tests backend='torch' on the CPU (an unpinned torch pulls the CUDA build)
+# build, so CI tests backend='torch' on the CPU (an unpinned torch pulls the CUDA build);
+# [mace] (mace-torch) keeps that torch. [nequip] conflicts with it (e3nn): its test builds its own env.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[all,gpu,test]'
+	$(PY) -m pip install -q -e '.[all,gpu,test,mace]'
 	@echo "compiling the quests descriptor kernels once (numba; about 30 s the first time)"
 	$(PY) -c "from atomscore.quests.descriptor import warm_up; warm_up()"
 	@touch $@

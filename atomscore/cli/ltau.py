@@ -7,6 +7,7 @@ import numpy as np
 from atomscore.cli import flags
 from atomscore.cli.common import (attach, check_command_output, descriptor_settings, input_file, provenance,
                                   read_input_configs, reference_descriptors, stacked, write_scored)
+from atomscore.errors import InputError
 from atomscore.ltau.score import DEFAULT_NEIGHBORS
 from atomscore.validation import load_array, reference_forces
 
@@ -18,6 +19,15 @@ def cmd_uq(args):
     train_path = input_file(args.train_descriptors, "--train-descriptors")
     logs_path = input_file(args.error_logs, "--error-logs")
     check_command_output(args, [configs_path, train_path, logs_path])
+    if getattr(args, "calibration_plot", None) or getattr(args, "dh_reference", None):
+        if not getattr(args, "reference_forces", None):
+            raise InputError("--calibration-plot and --dh-reference need --reference-forces KEY (the true errors)")
+    if getattr(args, "calibration_plot", None):  # refused now, not after the computation
+        from atomscore.io import check_output
+        from atomscore.ltau.calibration import PLOT_SUFFIXES
+
+        check_output(args.calibration_plot, inputs=[configs_path, train_path, logs_path], what="--calibration-plot",
+                     suffixes=PLOT_SUFFIXES)
     configs = read_input_configs(configs_path, "CONFIGS")
     if getattr(args, "mace", None):  # the model's own descriptors of CONFIGS (the training side: a file holding them)
         from atomscore.ltau import mace
