@@ -64,8 +64,8 @@ def temporary_name(path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
 
 
-def write_text_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary name and a rename.
+def _write_atomic(path, mode, write):
+    """Call ``write(handle)`` on a temporary name next to ``path``, then rename it to ``path``.
 
     On any failure (a full disk: ``OSError`` ENOSPC) the temporary file is removed and the
     error raised; ``path`` is then either its old content or absent, never half written.
@@ -73,8 +73,8 @@ def write_text_atomic(path, text):
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
+        with open(tmp, mode) as handle:
+            write(handle)
             handle.flush()
         os.replace(tmp, path)
     finally:
@@ -83,6 +83,11 @@ def write_text_atomic(path, text):
         except FileNotFoundError:
             pass
     return path
+
+
+def write_text_atomic(path, text):
+    """Write ``text`` to ``path`` through a temporary name and a rename (see :func:`_write_atomic`)."""
+    return _write_atomic(path, "w", lambda handle: handle.write(text))
 
 
 def write_json_atomic(path, data):
@@ -94,18 +99,7 @@ def write_npy_atomic(path, array):
     """Write ``array`` as ``.npy`` to ``path`` through a temporary name and a rename (no pickles)."""
     import numpy as np
 
-    path = Path(path)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.asarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    return path
+    return _write_atomic(path, "wb", lambda handle: np.save(handle, np.asarray(array), allow_pickle=False))
 
 
 def read_json(path):
