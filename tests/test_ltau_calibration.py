@@ -121,3 +121,13 @@ def test_uq_command_reports_the_calibration_of_forces_in_the_file(tmp_path):
     os.remove(tmp_path / "uq.xyz")
     again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert again.returncode == 2 and "cal.png" in again.stderr and not (tmp_path / "uq.xyz").exists()
+
+
+def test_import_atomscore_imports_neither_trainer():
+    code = ("import sys, atomscore, atomscore.ltau, atomscore.ltau.calibration, atomscore.cli; "
+            "atomscore.cli.build_parser(); "
+            "print(sorted(m for m in ('mace', 'nequip', 'e3nn', 'lightning') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
