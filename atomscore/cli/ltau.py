@@ -182,7 +182,8 @@ def cmd_ltau_logs(args):
                            what="--output's record", suffixes=(".json",))
     paths = mace.checkpoints(args.checkpoints, tag=args.tag)
     configs = read_input_configs(train_path, "TRAIN")
-    logs = mace.error_logs(model_path, paths, configs, forces_key=args.forces_key, batch_size=args.batch_size)
+    logs = mace.error_logs(model_path, paths, configs, forces_key=args.forces_key, batch_size=args.batch_size,
+                           dtype="float32" if args.float32 else None)
     if args.norms:
         logs = np.linalg.norm(logs, axis=2)
     write_npy_atomic(target, logs)
@@ -193,6 +194,7 @@ def cmd_ltau_logs(args):
         "atom_order": "configuration by configuration, atom by atom, as in the training file",
         "training_file": str(train_path), "n_atoms_per_configuration": sizes,
         "model": str(model_path), "forces_key": args.forces_key,
+        "evaluated_in": "float32" if args.float32 else "the model's precision",
         "checkpoints": [p.name for p in paths], "epochs": [mace.checkpoint_epoch(p) for p in paths]})
     print(f"atomscore: wrote the force errors of {sum(sizes)} training atoms ({len(configs)} configurations) at "
           f"{len(paths)} epochs, shape {logs.shape}, eV/Å, to {target} (order and checkpoints: {sidecar})")
@@ -220,5 +222,7 @@ def add_ltau_logs_command(subparsers):
                    help="atoms.arrays key of the reference forces (default 'forces': the file's forces column)")
     p.add_argument("--norms", action="store_true", help="write |error| (epochs, atoms) instead of vectors")
     p.add_argument("--batch-size", type=flags.int_at_least(1), default=32, help="configurations per model call")
+    p.add_argument("--float32", action="store_true",
+                   help="evaluate a float32 copy of the model: ~4x faster on a CPU, errors moved by ~1e-5 eV/Å")
     flags.add_output(p, "errors.npy", suffixes=".npy")
     p.set_defaults(func=cmd_ltau_logs)
