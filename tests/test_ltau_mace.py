@@ -78,6 +78,16 @@ def test_every_epoch_is_kept_and_logged_in_the_training_atom_order(run):
     np.testing.assert_allclose(back[0, :16], run["logs"][-1, 32:48], atol=1e-10)
 
 
+def test_float32_logging_is_the_float64_logs_to_force_precision(run):
+    # reference: the float64 logs of the same checkpoints (forces of a few eV/Å in float32: ~1e-6 relative)
+    cheap = mace.error_logs(run["model"], run["checkpoints"][-2:], run["train"], forces_key="REF_forces",
+                            dtype="float32")
+    assert 0 < np.abs(cheap - run["logs"][-2:]).max() < 1e-3
+    with pytest.raises(InputError, match="dtype"):
+        mace.error_logs(run["model"], run["checkpoints"][-1:], run["train"][:1], forces_key="REF_forces",
+                        dtype="half")
+
+
 def test_descriptors_are_those_of_get_descriptors_and_of_the_forward_pass(run):
     x = mace.descriptors(run["model"], run["held_out"])
     assert [d.shape for d in x] == [(16, 32)] * 12  # 16 invariant channels x 2 layers
