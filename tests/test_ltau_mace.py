@@ -215,5 +215,9 @@ def test_hostile_inputs_are_refused_with_one_clear_message(run, tmp_path):
         mace.descriptors(run["model"], [copper])
     with pytest.raises(InputError, match="not empty"):
         mace.train(run["folder"] / "train.xyz", run["model"].parent, epochs=1)
-    with pytest.raises(InputError, match="several runs|no per-epoch"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no per-epoch"):
+        mace.checkpoints(tmp_path / "empty")
+    torch.save({}, tmp_path / "second_epoch-1.pt")  # two runs' checkpoints in one folder
+    with pytest.raises(InputError, match="several runs"):
         mace.checkpoints(tmp_path)
