@@ -100,8 +100,7 @@ def main():
           f"{n_atoms / single:.0f} by get_descriptors one configuration at a time; ratio {single / batched:.2f}")
 
     queries = mace.attach(model, held)
-    loaded = mace.load_model(model)
-    predicted = mace.predict_forces(loaded, mace._batches(loaded, queries, 32))
+    predicted = np.concatenate(mace.forces(model, queries))
     true = np.linalg.norm(predicted - np.concatenate([a.arrays["REF_forces"] for a in held]), axis=1)
     errors = np.split(true, len(held))
     score = LTAUForcesUQScore(np.concatenate(train_x), logs, from_error_logs=True, error_logs_norm=True)

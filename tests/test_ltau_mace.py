@@ -104,14 +104,15 @@ def test_descriptors_are_those_of_get_descriptors_and_of_the_forward_pass(run):
     ref = run["held_out"][5].copy()
     ref.calc = calc
     np.testing.assert_allclose(forces, ref.get_forces(), atol=1e-12)
+    # and the batched forces of the held-out cells are MACECalculator's too
+    np.testing.assert_allclose(mace.forces(run["model"], run["held_out"])[5], ref.get_forces(), atol=1e-12)
 
 
 def test_ltau_on_held_out_configurations_and_its_calibration(run):
     train_x = np.concatenate(mace.descriptors(run["model"], run["train"]))
     held = mace.attach(run["model"], run["held_out"])
     assert "descriptors" not in run["held_out"][0].arrays  # the caller's configurations are untouched
-    model = mace.load_model(run["model"])
-    predicted = mace.predict_forces(model, mace._batches(model, held, 32))
+    predicted = np.concatenate(mace.forces(run["model"], held))
     true = np.linalg.norm(predicted - np.concatenate([a.arrays["REF_forces"] for a in held]), axis=1)
     errors = np.split(true, 12)
     score = LTAUForcesUQScore(train_x, run["logs"], from_error_logs=True, error_logs_norm=True, nbins=50)
@@ -185,8 +186,7 @@ def test_the_commands_from_training_files_to_a_calibration_report(run):
     # the printed figures are the function's on the same inputs
     train_x = np.concatenate(mace.descriptors(run["model"], run["train"]))
     held = mace.attach(run["model"], run["held_out"])
-    model = mace.load_model(run["model"])
-    true = np.linalg.norm(mace.predict_forces(model, mace._batches(model, held, 32))
+    true = np.linalg.norm(np.concatenate(mace.forces(run["model"], held))
                           - np.concatenate([a.arrays["REF_forces"] for a in held]), axis=1)
     score = LTAUForcesUQScore(train_x, run["logs"], from_error_logs=True, error_logs_norm=True)
     report, _, _ = calibration.ltau_calibration(score, held, np.split(true, 12))

@@ -71,9 +71,7 @@ def uq_calibration(args, score, configs, compute_args):
     if getattr(args, "mace", None):
         from atomscore.ltau import mace
 
-        model = mace.load_model(args.mace)
-        predicted = np.split(mace.predict_forces(model, mace._batches(model, configs, 32)),
-                             np.cumsum([len(a) for a in configs])[:-1])
+        predicted = mace.forces(args.mace, configs)
         errors = [np.linalg.norm(p - reference_forces(a, args.reference_forces, i), axis=1)
                   for i, (a, p) in enumerate(zip(configs, predicted))]
         source = f"predicted by --mace {args.mace}"

@@ -167,6 +167,17 @@ def _batches(model, configs, batch_size):
         return list(_loader(model, configs, batch_size))
 
 
+def forces(model_path, configs, batch_size=32):
+    """The model's forces (eV/Å) on ``configs``, one ``(n_atoms, 3)`` array per configuration; batched.
+
+    For the true errors of held-out configurations (:mod:`atomscore.ltau.calibration`).
+    """
+    configs, batch_size = _checked_inputs(configs, batch_size)
+    model = load_model(model_path)
+    values = predict_forces(model, _batches(model, configs, batch_size))
+    return np.split(values, np.cumsum([len(a) for a in configs])[:-1])
+
+
 def error_logs(model_path, checkpoints, configs, forces_key="forces", batch_size=32, dtype=None):
     """Force errors of every atom of ``configs`` at every checkpoint: the LTAU error logs.
 
