@@ -89,7 +89,9 @@ CONFIG = textwrap.dedent("""
     global_options: {allow_tf32: false}
 """) % EPOCHS
 
-# runs in the NequIP environment: the direct evaluation, node features, held-out forces
+# runs in the NequIP environment: the direct evaluation, node features, held-out forces. NequIP 0.19
+# builds its ASE calculator from a checkpoint only through _from_saved_model (the public
+# from_compiled_model needs an nequip-compile step first), so that is the reference used.
 CHECK = textwrap.dedent("""
     import json, sys, warnings
     import numpy as np
