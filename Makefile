@@ -58,11 +58,12 @@ _demo-install:
 	@touch $(DEMO_STAMP)
 
 # everything, re-installed only when the package's dependencies change; torch pinned first to
-# a CPU build, so CI tests backend='torch' on the CPU (an unpinned torch pulls the CUDA build)
+# a CPU build, so CI tests backend='torch' on the CPU (an unpinned torch pulls the CUDA build);
+# [mace] (mace-torch) keeps that torch. [nequip] conflicts with it (e3nn): its test builds its own env.
 $(STAMP): pyproject.toml
 	$(make_venv)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[all,gpu,test]'
+	$(PY) -m pip install -q -e '.[all,gpu,test,mace]'
 	$(warm_up)
 	@touch $@ $(DEMO_STAMP)
 

@@ -111,8 +111,8 @@ def _named(exc, path):
     return exc
 
 
-def write_text_atomic(path, text, overwrite=True):
-    """Write ``text`` to ``path`` through a temporary name and a rename (see :func:`publish`).
+def _write_atomic(path, mode, write, overwrite=True):
+    """Call ``write(handle)`` on a new temporary name next to ``path``, then :func:`publish` it.
 
     On any failure (a full disk: ``OSError`` ENOSPC, which then names ``path``) the temporary
     file is removed and the error raised; ``path`` is then either its old content or absent,
@@ -121,8 +121,8 @@ def write_text_atomic(path, text, overwrite=True):
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "x") as handle:
-            handle.write(text)
+        with open(tmp, mode) as handle:
+            write(handle)
             handle.flush()
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -130,9 +130,22 @@ def write_text_atomic(path, text, overwrite=True):
     return publish(tmp, path, overwrite)
 
 
+def write_text_atomic(path, text, overwrite=True):
+    """Write ``text`` to ``path`` through a temporary name (see :func:`_write_atomic`)."""
+    return _write_atomic(path, "x", lambda handle: handle.write(text), overwrite)
+
+
 def write_json_atomic(path, data, overwrite=True):
     """Write ``data`` (JSON-able after :func:`to_jsonable`) atomically to ``path``."""
     return write_text_atomic(path, json.dumps(to_jsonable(data), indent=2), overwrite)
+
+
+def write_npy_atomic(path, array, overwrite=True):
+    """Write ``array`` as ``.npy`` to ``path`` through a temporary name (no pickles)."""
+    import numpy as np
+
+    return _write_atomic(path, "xb", lambda handle: np.save(handle, np.asarray(array), allow_pickle=False),
+                         overwrite)
 
 
 def read_json(path):

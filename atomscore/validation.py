@@ -166,6 +166,27 @@ def per_atom_array(atoms, key, index=None, ncols=None, name=None):
     return arr
 
 
+def reference_forces(atoms, key="forces", index=None):
+    """Per-atom forces of a configuration, ``(n_atoms, 3)`` float64 (eV/Å), checked finite.
+
+    ``atoms.arrays[key]``; for ``key='forces'`` also the forces of an attached calculator that
+    already holds them (ASE's extxyz reader puts a ``forces`` column there). Nothing is computed.
+    """
+    where = f"configuration {index}" if index is not None else "configuration"
+    if not isinstance(key, str) or not key:
+        raise InputError(f"forces key: expected an atoms.arrays key (string), got {key!r}")
+    if key not in atoms.arrays and key == "forces" and atoms.calc is not None:
+        forces = atoms.calc.get_property("forces", atoms, allow_calculation=False) \
+            if "forces" in getattr(atoms.calc, "results", {}) else None
+        if forces is not None:
+            return load_array(forces, "calculator forces", shape=(len(atoms), 3), where=where)
+    if key not in atoms.arrays:
+        have = sorted(k for k in atoms.arrays if k not in ("numbers", "positions"))
+        raise InputError(f"forces key {key!r}: {where} has no atoms.arrays[{key!r}]"
+                         f"{' nor calculator forces' if key == 'forces' else ''}; it has: {have or 'none'}")
+    return load_array(atoms.arrays[key], f"arrays[{key!r}]", shape=(len(atoms), 3), where=where)
+
+
 def check_positive(value, name, where=None, allow_array=True):
     """Check a positive finite number (or, if allowed, an array of them); return it as float/array."""
     label = _where(name, where)

@@ -7,7 +7,8 @@
 ``atomscore bandwidth FILE``       the bandwidth of the QUESTS authors' volume rule (``quests bandwidth``)
 ``atomscore dh TEST --reference R`` QUESTS delta entropy of each atom of TEST against R, ranked
 ``atomscore overlap A B``          fraction of A's environments that B covers (``quests overlap``)
-``atomscore uq CONFIGS ...``       LTAU force uncertainty of each atom
+``atomscore uq CONFIGS ...``       LTAU force uncertainty of each atom (calibration: --reference-forces)
+``atomscore ltau-logs TRAIN ...``  LTAU error logs of a MACE run's per-epoch checkpoints
 ``atomscore select POOL -n N -o OUT`` choose configurations to label next (``curve``: its learning curve)
 ``atomscore run --example SCORE``  a spec template of any score (FIM scores included)
 ``atomscore demo``                 information-matching active learning on SW silicon, as a report
@@ -95,7 +96,7 @@ def _optional_commands():
     """The command groups, one module each (their heavy imports happen when a command runs)."""
     from atomscore.cli.demo import add_demo_command
     from atomscore.cli.jobs import add_jobs_command
-    from atomscore.cli.ltau import add_uq_command
+    from atomscore.cli.ltau import add_ltau_logs_command, add_uq_command
     from atomscore.cli.quests import add_descriptors_command, add_dh_command, add_entropy_command
     from atomscore.cli.run import add_run_command
     from atomscore.cli.quests import add_bandwidth_command, add_overlap_command
@@ -103,7 +104,7 @@ def _optional_commands():
 
     return [add_run_command, add_jobs_command, add_entropy_command, add_dh_command, add_overlap_command,
             add_bandwidth_command, add_uq_command, add_descriptors_command, add_select_command,
-            add_curve_command, add_demo_command]
+            add_curve_command, add_demo_command, add_ltau_logs_command]
 
 
 EXAMPLES = """examples:

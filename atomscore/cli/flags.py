@@ -81,3 +81,9 @@ def add_label(p):
     """``--label KEY``: an ``atoms.info`` key printed as a label column."""
     p.add_argument("--label", metavar="KEY",
                    help="atoms.info key shown as a label column (e.g. config_type); '-' where a frame lacks it")
+
+
+def add_mace_model(p, help_text, required=False):
+    """``--mace MODEL``: a trained MACE model file (``atomscore[mace]``)."""
+    p.add_argument("--mace", metavar="MODEL", required=required,
+                   help=f"{help_text} (a .model file of mace_run_train; needs atomscore[mace])")

@@ -34,6 +34,8 @@ def cmd_descriptors(args):
     if not source.is_file():
         raise InputError(f"descriptors: input file not found: {str(source)!r}")
     target = check_output(args.output, inputs=[source], overwrite=args.overwrite)
+    if getattr(args, "mace", None):
+        return mace_descriptors(args, source, target)
     descriptor = QUESTSDescriptor(cutoff=args.cutoff, k=args.k, key=args.descriptors_key)  # checks before reading
     configs = read_configs(source, "descriptors: input")
     progress = False if args.no_progress else None
@@ -44,6 +46,20 @@ def cmd_descriptors(args):
     n_atoms = sum(len(a) for a in new)
     print(f"atomscore: wrote {len(new)} configurations ({n_atoms} environments, "
           f"arrays[{args.descriptors_key!r}] with {descriptor.n_features} columns) to {target}")
+    return 0
+
+
+def mace_descriptors(args, source, target):
+    """``atomscore descriptors --mace MODEL``: the model's invariant per-atom features instead of QUESTS'."""
+    from atomscore.io import read_configs, write_data
+    from atomscore.ltau import mace
+
+    model = input_file(args.mace, "--mace")
+    new = mace.attach(model, read_configs(source, "descriptors: input"), key=args.descriptors_key)
+    write_data(target, new)
+    print(f"atomscore: wrote {len(new)} configurations ({sum(len(a) for a in new)} environments, "
+          f"arrays[{args.descriptors_key!r}] with {new[0].arrays[args.descriptors_key].shape[1]} MACE invariant "
+          f"features) to {target}")
     return 0
 
 
@@ -61,6 +77,7 @@ def add_descriptors_command(subparsers):
     flags.add_output(p, "train_descriptors.xyz")
     flags.add_descriptor_settings(p, always_computed=True)
     flags.add_no_progress(p)
+    flags.add_mace_model(p, "use this MACE model's invariant node features instead of QUESTS descriptors")
     p.set_defaults(func=cmd_descriptors)
 
 

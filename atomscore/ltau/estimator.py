@@ -604,6 +604,29 @@ class LTAUEstimator:
         cdf = below + pdf_rows[:, b] * (atol - self.bins[b])
         return np.clip(cdf, 0.0, 1.0)
 
+    def cdf_at(self, descriptors, errors, k=1):
+        """``P(error <= errors[i])`` under query ``i``'s averaged PDF, ``(n,)`` within [0, 1].
+
+        The probability integral transform of observed errors (eV/Å): for a calibrated
+        uncertainty it is uniform on [0, 1]. Linear inside a bin, as :meth:`cdf_train`.
+        """
+        x, k = self._check_queries(descriptors, k)
+        errors = load_array(errors, "errors", shape=(x.shape[0],))
+        if np.any(errors < 0):
+            raise InputError(f"errors: expected error magnitudes >= 0, got {errors.min()!r}")
+        _, idx = self.index.search(as_float32(x), k)
+        rows = np.unique(idx[idx >= 0])
+        found = self._store.rows(rows)                                   # (rows, nbins) densities
+        mass = np.concatenate([np.zeros((len(rows), 1)), np.cumsum(found * self.widths, axis=1)], axis=1)
+        local = np.searchsorted(rows, np.where(idx >= 0, idx, rows[0]))  # (n, k) rows of ``found``
+        b = np.searchsorted(self.bins, errors, side="right") - 1         # bin of each error
+        inside = np.clip(b, 0, self.widths.size - 1)[:, None]
+        cdf = mass[local, inside] + found[local, inside] * (errors - self.bins[inside[:, 0]])[:, None]
+        cdf = np.where((b < 0)[:, None], 0.0, np.where((b >= self.widths.size)[:, None], 1.0, cdf))
+        cdf = np.clip(cdf, 0.0, 1.0)
+        present = idx >= 0
+        return np.clip((cdf * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1), 0.0, 1.0)
+
     def predict_full(self, descriptors, k=1, pdfs=False, atol=None, distance=False):
         """Expected errors and, on request, PDFs, CDF at ``atol`` and mean k-NN distance.
 

@@ -21,6 +21,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from atomscore.errors import InputError, UncertaintyExceeded
+from atomscore.ltau.score import DEFAULT_NEIGHBORS
 from atomscore.validation import check_choice, check_finite_positions, check_int, load_array
 
 #: what the wrapper adds to the wrapped calculator's properties
@@ -123,7 +124,7 @@ class UncertaintyCalculator(Calculator):
     """
 
     def __init__(self, calculator, score, descriptor=None, descriptors_key="descriptors",
-                 num_nearest_neighbors=1, threshold=None, max_distance=None, on_exceed="raise", min_gap=0,
+                 num_nearest_neighbors=DEFAULT_NEIGHBORS, threshold=None, max_distance=None, on_exceed="raise", min_gap=0,
                  min_frame_distance=None, **kwargs):
         if not (callable(getattr(calculator, "get_property", None))
                 and hasattr(calculator, "implemented_properties")):
