@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.errors import InputError, PotentialError
+from atomscore.properties.common import HEXAGONAL, bulk_cell, double_parameters
 
 #: LAMMPS ``lattice`` style of each supported lattice type
 LAMMPS_LATTICES = {"diamond": "diamond", "fcc": "fcc", "bcc": "bcc", "sc": "sc"}
@@ -397,10 +398,8 @@ def lammps_runs(lmp, kim_id, species, structures, parameters=None, timeout=None,
 
 
 def _runs(prop, pot, structures):
-    from atomscore.properties.elastic import _double_parameters
-
     return lammps_runs(prop.simulator_path, pot.kim_id, prop.elements, structures,
-                       parameters=_double_parameters(pot), timeout=prop.timeout)
+                       parameters=double_parameters(pot), timeout=prop.timeout)
 
 
 def lammps_bulk(prop, pot):
@@ -410,8 +409,6 @@ def lammps_bulk(prop, pot):
     ``isolated_atom_energy`` (eV, mean over the crystal's atoms).
     """
     from ase import Atoms
-
-    from atomscore.properties.base import HEXAGONAL, bulk_cell
 
     hexagonal = prop.lattice_type in HEXAGONAL
     c0 = None
@@ -435,8 +432,6 @@ def lammps_vacancy(prop, pot):
     ``relaxation_volume`` = V(vacancy cell relaxed to zero pressure) − V(perfect cell), box
     relaxed isotropically (per axis for hexagonal crystals).
     """
-    from atomscore.properties.base import HEXAGONAL, bulk_cell
-
     bulk = lammps_bulk(prop, pot)
     perfect = bulk_cell(prop.elements, prop.lattice_type, bulk["a"], bulk["c"], cubic=True).repeat(prop.supercell)
     vac = perfect.copy()
