@@ -32,6 +32,10 @@ PATH_RTOL = 0.1
 PATH_ATOL = 1e-6  # eV: well above the energy error of a relaxation (RELAX_FMAX)
 
 
+class PathChangeError(PotentialError):
+    """A relaxation changed path between two finite-difference points (not differentiable)."""
+
+
 def relax_bulk(pot, elements, lattice_type, a_guess, c_guess=None):
     """Zero-stress primitive crystal, atoms relaxed: ``(a, c, atoms)`` (c None if cubic).
 
