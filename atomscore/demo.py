@@ -639,8 +639,9 @@ def _tungsten_section(w) -> str:
                    f"<td>± {p:.3g}</td><td>{'yes' if p <= t * (1 + 1e-3) else '<b>no</b>'}</td></tr>"
                    for q, u, v, t, p in zip(w["quantities"], w["units"], w["values"], w["target_sigma"],
                                             w["predicted_sigma"]))
-    dirs = "".join(f"<tr><td>{d['relative_eigenvalue']:.2e}</td><td>{esc(d['direction'])}</td>"
-                   f"<td>{'yes' if d['identifiable'] else '<b>no</b>'}</td></tr>" for d in reversed(w["directions"]))
+    dirs = "".join(f"<tr><td>{e:.4g}</td><td>{d['relative_eigenvalue']:.2e}</td><td>{esc(d['direction'])}</td>"
+                   f"<td>{'yes' if d['identifiable'] else '<b>no</b>'}</td></tr>"
+                   for e, d in reversed(list(zip(w["fim_eigenvalues"], w["directions"]))))
     cands = "".join(f"<tr><td>{esc(c['name'])}</td><td>{c['atoms']}</td><td>{c['weight']:.4g}</td><td>"
                     + (f"{1 / np.sqrt(c['weight']):.3g} eV/Å" if c["weight"] > 0 else "not needed") + "</td></tr>"
                     for c in w["candidates"])
@@ -657,7 +658,8 @@ values generated from three physical ones, so the FIM is 3&times;3 (derivatives 
 <p>Eigen-directions of the target FIM (largest first). With {len(w['quantities'])} target properties and
 {len(w['parameters'])} parameters, {n_free} direction(s) are not constrained by the targets (eigenvalue below
 {TINY_EIGENVALUE:g} of the largest): the training data need not pin them down.</p>
-<table id="tungsten-directions"><tr><th>eigenvalue / largest</th><th>direction</th><th>identifiable</th></tr>
+<table id="tungsten-directions"><tr><th>eigenvalue (per log-scale²)</th><th>/ largest</th><th>direction</th>
+<th>identifiable</th></tr>
 {dirs}</table>
 <p>Candidate W configurations (rattled, trained on their forces) and the weights that match the target
 ({'met' if w['meets_target'] else 'not met'}):</p>

@@ -279,3 +279,4 @@ def test_tungsten_directions_and_matching(demo):
     assert "Tungsten: a vacancy and a surface" in report and W_EAM in report
     assert f"{w['values'][0]:.5g} eV" in report and f"{w['values'][1]:.5g} eV/Å²" in report
     assert all(name in report for name in chosen)
+    assert f"<td>{eig[-1]:.4g}</td>" in report  # the largest eigenvalue, in the directions table
