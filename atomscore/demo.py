@@ -1,8 +1,9 @@
-"""The demo behind ``atomscore demo``: information-matching active learning on SW silicon.
+"""The demo behind ``atomscore demo``: information-matching active learning on SW silicon,
+and the targets of EAM tungsten (a vacancy and a surface).
 
 Step functions (:data:`STEPS`) pass a :class:`DemoState` on: QUESTS on a candidate pool, the
-FIM of every candidate (jobs), the target FIM, information matching, LTAU; then the summary,
-the figures and ``report.html``. What each step does and shows: docs/README.md ("The demo").
+FIM of every candidate (jobs), the target FIM, information matching, LTAU, tungsten's target
+FIM and matching; then the summary, the figures and ``report.html``. What each step does and shows: docs/README.md ("The demo").
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ RELATIVE_ERROR = 0.1  # the target: 10 % on each target property
 #: the "true" model of the closed loop: SW with each parameter scaled by this factor
 TRUTH_FACTORS = {"A": 1.03, "B": 0.97, "sigma": 1.005, "gamma": 1.02, "lambda": 0.95}
 EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa
+W_EAM = "EAM_Dynamo_ZhouJohnsonWadley_2004_W__MO_524392058194_005"
+#: tungsten's crystal (the starting lattice constant, Å; the zero-stress one is relaxed)
+W_BCC = {"lattice_param": 3.165, "lattice_type": "bcc", "elements": ["W"]}
+W_MILLER = (1, 1, 0)
+W_LAYERS = 8  # the (110) energy is the same to 1e-8 eV/Å² with 6 layers
+#: finite-difference step in the log scale factors of W's tables (dimensionless): 0.1 % scales,
+#: far above the tables' round-off and below where the relaxed vacancy changes path
+W_STEP = 1e-3
 #: eigenvalues of a FIM below this fraction of its largest are "unidentifiable" directions
 TINY_EIGENVALUE = 1e-8
 log = logging.getLogger(__name__)
@@ -42,11 +51,14 @@ class DemoSettings:
     ensemble_spread: float  # relative spread of the perturbed SW parameters
     heldout: int  # held-out rattled configurations for LTAU
     seed: int = 7
+    #: W vacancy supercell (conventional cells per side): 4 (127 atoms) is within 0.03 eV of
+    #: converged (docs/properties.md); 3 (53 atoms, +0.03 eV) halves the time
+    w_supercell: int = 4
 
     @classmethod
     def make(cls, quick=False):
         if quick:
-            return cls(tuple(np.linspace(5.0, 6.0, 5)), (0.03, 0.08, 0.15), 6, 0.05, 3)
+            return cls(tuple(np.linspace(5.0, 6.0, 5)), (0.03, 0.08, 0.15), 6, 0.05, 3, w_supercell=3)
         return cls(tuple(np.round(np.linspace(5.0, 6.0, 21), 3)), (0.02, 0.05, 0.1, 0.15), 12, 0.05, 8)
 
 
@@ -113,17 +125,22 @@ def predicted_uncertainties(weights, fims, jacobian, nominal, relative_error=REL
     return predicted, relative_error * np.abs(np.asarray(nominal, dtype=float))
 
 
-def weak_directions(fim, names, tiny=TINY_EIGENVALUE):
-    """Eigenvectors of ``fim`` whose eigenvalue is below ``tiny`` times the largest: (ratio, text) each."""
+def fim_directions(fim, names):
+    """Every eigenvector of ``fim``, smallest eigenvalue first: (eigenvalue / largest, text) each,
+    the text naming the log parameters it moves (components of at least 0.1)."""
     values, vectors = np.linalg.eigh(np.asarray(fim, dtype=float))
     top = max(values.max(), np.finfo(float).tiny)
     out = []
     for value, vector in zip(values, vectors.T):
-        if value < tiny * top:
-            order = np.argsort(-np.abs(vector))
-            terms = [f"{vector[i]:+.2f} log {names[i]}" for i in order if abs(vector[i]) >= 0.1]
-            out.append((float(value / top), " ".join(terms)))
+        order = np.argsort(-np.abs(vector))
+        terms = [f"{vector[i]:+.2f} log {names[i]}" for i in order if abs(vector[i]) >= 0.1]
+        out.append((float(value / top), " ".join(terms)))
     return out
+
+
+def weak_directions(fim, names, tiny=TINY_EIGENVALUE):
+    """Eigenvectors of ``fim`` whose eigenvalue is below ``tiny`` times the largest: (ratio, text) each."""
+    return [(r, d) for r, d in fim_directions(fim, names) if r < tiny]
 
 
 def versions() -> dict:
@@ -340,6 +357,68 @@ def ltau_step(state: DemoState):
                              "rho": float(spearmanr(predicted_all, actual).statistic)}
 
 
+def build_w_candidates(settings: DemoSettings):
+    """A few W configurations, each trained on its forces: rattled bulk at three lattice
+    constants, a rattled vacancy cell and a rattled (110) slab."""
+    from ase.build import bcc110, bulk
+
+    out = []
+    for a in (3.10, 3.165, 3.23):
+        atoms = bulk("W", "bcc", a=a, cubic=True).repeat(2)  # 16 atoms
+        atoms.info["name"] = f"W16_a{a:.3f}"
+        out.append(atoms)
+    vacancy = bulk("W", "bcc", a=W_BCC["lattice_param"], cubic=True).repeat(3)
+    del vacancy[0]
+    vacancy.info["name"] = "W53_vacancy"
+    slab = bcc110("W", size=(2, 2, 6), a=W_BCC["lattice_param"], vacuum=6.0, periodic=True)
+    slab.info["name"] = "W24_slab110"
+    out += [vacancy, slab]
+    for k, atoms in enumerate(out):
+        atoms.rattle(stdev=0.05, seed=settings.seed + 3000 + k)
+        atoms.info["trained_on"] = "forces"
+    return out
+
+
+@_timed("tungsten")
+def tungsten_step(state: DemoState):
+    """EAM W: the target FIM of the relaxed vacancy formation energy and the (110) surface energy
+    (10 % each) in the log scale factors of the model's three tables, the FIMs of a few W
+    configurations and the weights that match the target."""
+    from atomscore import FIMMatchingScore, FIMPropertyScore, FIMTrainingSetScore
+    from atomscore.fim.transforms import eam_table_scales
+    from atomscore.potentials.kim import KIMPotential
+    from atomscore.properties import SurfaceEnergy, VacancyFormationEnergy
+
+    n = state.settings.w_supercell
+    _step(f"tungsten: target FIM of the relaxed vacancy formation energy ({n}x{n}x{n} cells) and the "
+          f"({''.join(map(str, W_MILLER))}) surface energy with {RELATIVE_ERROR:.0%} error bars")
+    pot = KIMPotential(W_EAM)
+    transform, parameters, _ = eam_table_scales(pot)
+    props = [VacancyFormationEnergy(supercell=n, fim_quantities=["relaxed_formation_energy"], **W_BCC),
+             SurfaceEnergy(miller=list(W_MILLER), layers=W_LAYERS, **W_BCC)]
+    nominal = np.concatenate([p.property_vector(pot) for p in props])
+    spec = {"potential_type": "KIM", "potential_args": {"kim_id": W_EAM}}
+    fim, jacobian = FIMPropertyScore().compute(
+        [{"init_args": p.to_spec()} for p in props], "SENSITIVITY", [np.diag([(RELATIVE_ERROR * v) ** 2]) for v in nominal],
+        spec, parameters, transform=transform, derivative_kwargs={"h": W_STEP, "method": "CD"}, return_jacobian=True)
+    jacobian = np.concatenate([np.atleast_2d(j) for j in jacobian])
+    fim = np.asarray(fim, dtype=float)
+    _step("tungsten: FIMs of a few W configurations (forces) and information matching")
+    pool = build_w_candidates(state.settings)
+    fim_score = FIMTrainingSetScore()
+    fims = fim_score.compute_batch(pool, "SENSITIVITY", spec, parameters, transform=transform,
+                                   evaluate_kwargs={"compute_energy": [False] * len(pool),
+                                                    "compute_forces": [True] * len(pool)})
+    pool = fim_score.parse_for_storage(fims, pool)
+    fims = [np.asarray(f, dtype=float) for f in fims]
+    weights = np.asarray(FIMMatchingScore().compute_batch(pool, fim_property=fim, score_quantity="IMPORTANCE"),
+                         dtype=float)
+    predicted, target_sigma = predicted_uncertainties(weights, fims, jacobian, nominal)
+    state.results["tungsten"] = {"props": props, "nominal": nominal, "fim": fim, "jacobian": jacobian,
+                                 "names": [f"{t} scale" for t in parameters], "pool": pool, "fims": fims,
+                                 "weights": weights, "predicted_sigma": predicted, "target_sigma": target_sigma}
+
+
 def summarize(state: DemoState) -> dict:
     """The demo's summary (summary.json): every number the report shows."""
     pool, q, target = state.pool, state.results["quests"], state.results["target"]
@@ -372,6 +451,7 @@ def summarize(state: DemoState) -> dict:
                                   for i in match["selected"]],
                      "meets_target": all(c["meets"] for c in checks)},
         "refit": _refit_summary(state),
+        "tungsten": _tungsten_summary(state),
         "ltau": {"ensemble_size": state.settings.ensemble_size, "heldout_configurations": len(lt["heldout"]),
                  "heldout_atoms": int(lt["actual"].size), "spearman_rank_correlation": lt["rho"],
                  "mean_predicted_error": float(lt["predicted"].mean()), "mean_actual_error": float(lt["actual"].mean())},
@@ -398,6 +478,30 @@ def _refit_summary(state: DemoState) -> dict:
             "properties": rows, "all_within_target": all(r["within_target"] for r in rows)}
 
 
+def _tungsten_summary(state: DemoState) -> dict:
+    """W's target properties, their target FIM and its directions, the candidates' weights."""
+    w = state.results["tungsten"]
+    vacancy, surface = w["props"]
+    fim = w["fim"]
+    quantities = [q for p in w["props"] for q in p.fim_quantities]
+    directions = [{"relative_eigenvalue": r, "direction": d, "identifiable": bool(r >= TINY_EIGENVALUE)}
+                  for r, d in fim_directions(fim, w["names"])]
+    return {"model": W_EAM, "parameters": w["names"],
+            "transform": "log of one scale factor per table (atomscore.fim.transforms.eam_table_scales)",
+            "settings": {"supercell": list(vacancy.supercell),  # bcc: 2 atoms per conventional cell
+                         "vacancy_cell_sites": 2 * int(np.prod(vacancy.supercell)),
+                         "miller": list(W_MILLER), "layers": surface.layers, "h": W_STEP},
+            "quantities": quantities, "units": [p.units for p in w["props"]], "values": w["nominal"].tolist(),
+            "relative_error": RELATIVE_ERROR, "target_sigma": w["target_sigma"].tolist(),
+            "jacobian": w["jacobian"].tolist(), "fim": fim.tolist(),
+            "fim_eigenvalues": np.linalg.eigvalsh(fim).tolist(), "directions": directions,
+            "candidates": [{"name": a.info["name"], "atoms": len(a), "trained_on": a.info["trained_on"],
+                            "weight": float(wt), "fim": f.tolist()}
+                           for a, wt, f in zip(w["pool"], w["weights"], w["fims"])],
+            "predicted_sigma": w["predicted_sigma"].tolist(),
+            "meets_target": bool(np.all(w["predicted_sigma"] <= w["target_sigma"] * (1 + 1e-3)))}
+
+
 def write_outputs(state: DemoState, summary: dict):
     """extxyz files with every score, summary.json, the figures and report.html."""
     from atomscore.io import write_extxyz
@@ -412,7 +516,7 @@ def write_outputs(state: DemoState, summary: dict):
 
 
 #: the steps of the demo, in order; each takes the state and adds to it
-STEPS = (quests_step, fim_step, target_step, matching_step, refit_step, ltau_step)
+STEPS = (quests_step, fim_step, target_step, matching_step, refit_step, ltau_step, tungsten_step)
 
 
 def run_demo(output="demo_output", quick=False):
@@ -521,6 +625,50 @@ def write_figures(folder: Path, pool, weights, dh_mean, predicted, actual, rho):
     return figures
 
 
+def _unit_html(unit):
+    return html.escape(unit.replace("A^2", "Å²").replace("A^3", "Å³"))
+
+
+def _tungsten_section(w) -> str:
+    """The report's section "Tungsten: a vacancy and a surface" (HTML)."""
+    esc = html.escape
+    st = w["settings"]
+    label = {"relaxed_formation_energy": f"relaxed vacancy formation energy ({st['vacancy_cell_sites']}-site cell)",
+             "surface_energy": f"({''.join(map(str, st['miller']))}) surface energy ({st['layers']} layers)"}
+    rows = "".join(f"<tr><td>{esc(label.get(q, q))}</td><td>{v:.5g} {_unit_html(u)}</td><td>± {t:.3g}</td>"
+                   f"<td>± {p:.3g}</td><td>{'yes' if p <= t * (1 + 1e-3) else '<b>no</b>'}</td></tr>"
+                   for q, u, v, t, p in zip(w["quantities"], w["units"], w["values"], w["target_sigma"],
+                                            w["predicted_sigma"]))
+    dirs = "".join(f"<tr><td>{e:.4g}</td><td>{d['relative_eigenvalue']:.2e}</td><td>{esc(d['direction'])}</td>"
+                   f"<td>{'yes' if d['identifiable'] else '<b>no</b>'}</td></tr>"
+                   for e, d in reversed(list(zip(w["fim_eigenvalues"], w["directions"]))))
+    cands = "".join(f"<tr><td>{esc(c['name'])}</td><td>{c['atoms']}</td><td>{c['weight']:.4g}</td><td>"
+                    + (f"{1 / np.sqrt(c['weight']):.3g} eV/Å" if c["weight"] > 0 else "not needed") + "</td></tr>"
+                    for c in w["candidates"])
+    n_free = sum(not d["identifiable"] for d in w["directions"])
+    pct = f"{w['relative_error'] * 100:g} %"
+    return f"""<h2 id="tungsten">Tungsten: a vacancy and a surface</h2>
+<p>Model <code>{esc(w['model'])}</code>, a tabulated EAM potential (embedding, pair and density tables). Its
+parameters here are the log of one scale factor per table ({esc(', '.join(w['parameters']))}): the 6000 tabulated
+values generated from three physical ones, so the FIM is 3&times;3 (derivatives by central differences, step
+{st['h']:g}). Targets, each to {pct}:</p>
+<table id="tungsten-targets"><tr><th>property</th><th>EAM value</th><th>target</th><th>predicted from the weights</th>
+<th>meets</th></tr>
+{rows}</table>
+<p>Eigen-directions of the target FIM (largest first). With {len(w['quantities'])} target properties and
+{len(w['parameters'])} parameters, {n_free} direction(s) are not constrained by the targets (eigenvalue below
+{TINY_EIGENVALUE:g} of the largest): the training data need not pin them down.</p>
+<table id="tungsten-directions"><tr><th>eigenvalue (per log-scale²)</th><th>/ largest</th><th>direction</th>
+<th>identifiable</th></tr>
+{dirs}</table>
+<p>Candidate W configurations (rattled, trained on their forces) and the weights that match the target
+({'met' if w['meets_target'] else 'not met'}):</p>
+<table id="tungsten-candidates"><tr><th>configuration</th><th>atoms</th><th>weight w</th>
+<th>required precision 1/&radic;w</th></tr>
+{cands}</table>
+"""
+
+
 def write_report(path: Path, summary: dict, figures: dict):
     """A self-contained HTML report (figures as relative PNG links)."""
     esc = html.escape
@@ -554,12 +702,13 @@ def write_report(path: Path, summary: dict, figures: dict):
     refit_sentence = ("Every property of the refitted model is within the target precision of the truth."
                       if rf["all_within_target"] else "Not every property of the refitted model is within the target "
                       "precision of the truth: one draw of the label noise can land outside one standard deviation.")
+    tungsten = _tungsten_section(summary["tungsten"])
     figs = "".join(f'<figure><img src="{esc(f)}" alt="{esc(n)}"><figcaption>{esc(c)}</figcaption></figure>'
                    for n, (f, c) in figures.items())
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings_seconds"].items())
     vers = ", ".join(f"{esc(k)} {esc(v)}" for k, v in summary["versions"].items())
     path.write_text(f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>atomscore demo: information matching on SW silicon</title>
+<html lang="en"><head><meta charset="utf-8"><title>atomscore demo: information matching on SW silicon and EAM tungsten</title>
 <style>body{{font-family:sans-serif;max-width:62em;margin:2em auto;color:#222}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}} figure{{display:inline-block;margin:1em}}
 img{{max-width:58em}} .result{{font-size:1.25em;background:#eef6ee;border-left:4px solid #3a3;padding:.6em}}</style>
@@ -612,6 +761,8 @@ sets plays the part of the per-atom error logs of a training run, which a real p
 Ensemble of {lt['ensemble_size']} perturbed parameter sets; {lt['heldout_atoms']} held-out atoms; Spearman rank
 correlation of predicted and actual error {lt['spearman_rank_correlation']:.3f}; mean predicted
 {lt['mean_predicted_error']:.3g} eV/Å, mean actual {lt['mean_actual_error']:.3g} eV/Å.</p>
+
+{tungsten}
 <h2>Figures</h2>{figs}
 
 <h2 id="own-data">With your own data</h2>

@@ -115,19 +115,19 @@ def migration(pots, quick):
 
 
 def tolerance(pots):
-    import atomscore.properties.base as base
+    import atomscore.properties.common as common
     from atomscore.properties import VacancyFormationEnergy
 
     print("### Relaxed vacancy formation energy of W (4x4x4) against the relaxation tolerance\n")
     rows = []
-    saved = base.RELAX_FMAX
+    saved = common.RELAX_FMAX
     try:
         for fmax in (1e-3, 1e-4, 1e-5):
-            base.RELAX_FMAX = fmax
+            common.RELAX_FMAX = fmax
             r = VacancyFormationEnergy(supercell=4, **W_BCC).calculate_property(pots["W"])
             rows.append([f"{fmax:g}", f"{r['relaxed_formation_energy']:.8f}", f"{r['relaxation_volume']:.6f}"])
     finally:
-        base.RELAX_FMAX = saved
+        common.RELAX_FMAX = saved
     table(["max force (eV/Å)", "E_f relaxed (eV)", "Ω_rel (Å³)"], rows)
 
 

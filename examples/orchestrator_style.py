@@ -5,8 +5,8 @@ tabulated parameters generated from a few physical ones), with only the import p
 (``orchestrator.computer.score.fim`` -> ``atomscore.fim``):
 
 1. candidate FIMs: ``FIMTrainingSetScore.compute_batch`` with a dimension-changing transform
-   (6000 tabulated values theta from 3 log-scale factors phi: a user ``TransformBase``
-   composed with ``LogTransform``), masks read from ``.txt`` files, ``nprocs=2``;
+   (6000 tabulated values theta from 3 log-scale factors phi: ``TableScales``, a
+   ``TransformBase`` from atomscore.fim.transforms, composed with ``LogTransform``), masks read from ``.txt`` files, ``nprocs=2``;
 2. target FIM: ``FIMPropertyScore.compute_batch`` of two properties (C11/C12/C44 and the
    lattice constant) with a list ``cov`` and ``return_jacobian=True``;
 3. weights: ``FIMMatchingScore().fim_match(...)`` with SDPA options;
@@ -28,33 +28,12 @@ from pathlib import Path
 import numpy as np
 from ase.build import bulk
 from ase.io import read, write
-from information_matching.transform import ComposedTransform, LogTransform, TransformBase
 
 from atomscore.fim import FIMMatchingScore, FIMPropertyScore, FIMTrainingSetScore
+from atomscore.fim.transforms import eam_table_scales
 from atomscore.potentials.kim import KIMPotential
 
 KIM_ID = "EAM_Dynamo_ZhouJohnsonWadley_2004_W__MO_524392058194_005"
-TABLES = ("embeddingData", "rPhiData", "densityData")
-
-
-class TableScales(TransformBase):
-    """theta: the three tables of the EAM model, concatenated; phi: one scale factor per
-    table. As the group's EAM transform, it maps many tabulated values to a few physical
-    parameters, and its state (the reference tables) is not in its ``jsonable_kwargs``."""
-
-    def __init__(self, tables):
-        super().__init__()
-        self.tables = [np.asarray(t, dtype=float).copy() for t in tables]
-
-    def transform(self, x):
-        x, out, start = np.asarray(x, dtype=float), [], 0
-        for t in self.tables:
-            out.append(x[start:start + t.size] @ t / (t @ t))  # least squares: exact on its own tables
-            start += t.size
-        return np.array(out)
-
-    def inverse_transform(self, x):
-        return np.concatenate([s * t for s, t in zip(np.asarray(x, dtype=float), self.tables)])
 
 
 def write_candidates(config_dir):
@@ -80,13 +59,12 @@ def main(out):
     nconfigs = write_candidates(config_dir)
 
     # Parameter transformation: theta (6000 tabulated values) -> scale factors -> their logs
-    tables = [KIMPotential(KIM_ID).get_parameter(name) for name in TABLES]
-    transform = ComposedTransform([TableScales(tables), LogTransform(np.ones(3))])
+    transform, parameters_optimize, _ = eam_table_scales(KIMPotential(KIM_ID))
     potential_dict = {
         "potential": {"potential_type": "KIM",
                       "potential_args": {"kim_id": KIM_ID, "kim_api": "kim-api-collections-management",
                                          "species": ["W"]}},
-        "parameters_optimize": {name: [["default"]] * 2000 for name in TABLES},
+        "parameters_optimize": parameters_optimize,
     }
 
     # 1. FIMs of the candidates

@@ -195,3 +195,88 @@ def test_report_has_the_headline_and_the_way_to_your_own_data(demo):
         assert chosen["name"] in report
     assert 'id="own-data"' in report and "atomscore run --example FIMTrainingSetScore" in report
     assert "stand-in" in report and "error logs of a training run" in report
+
+
+W_EAM = "EAM_Dynamo_ZhouJohnsonWadley_2004_W__MO_524392058194_005"
+W_BCC = {"lattice_param": 3.165, "lattice_type": "bcc", "elements": ["W"]}
+
+
+def test_tungsten_targets_match_lammps(demo):
+    """Issue 23 item 3: the demo's W values against LAMMPS (``minimize`` with the same KIM model,
+    the properties' LAMMPS backend, an independent relaxation), to 1e-6 eV and 1e-6 relative; the
+    error bars are 10 % of them."""
+    from atomscore.potentials.kim import KIMPotential
+    from atomscore.properties import SurfaceEnergy, VacancyFormationEnergy
+
+    lmp = shutil.which("lmp")
+    assert lmp, "LAMMPS is installed by make (scripts/install-system)"
+    out, _ = demo
+    w = json.loads((out / "summary.json").read_text())["tungsten"]
+    assert w["quantities"] == ["relaxed_formation_energy", "surface_energy"]
+    assert w["settings"]["miller"] == [1, 1, 0]
+    pot = KIMPotential(W_EAM)
+    vac = VacancyFormationEnergy(supercell=w["settings"]["supercell"], simulator_path=lmp, **W_BCC)
+    surf = SurfaceEnergy(miller=[1, 1, 0], layers=w["settings"]["layers"], simulator_path=lmp, **W_BCC)
+    ref_vac = vac.calculate_property(pot)
+    assert ref_vac["n_atoms"] == w["settings"]["vacancy_cell_sites"]  # the perfect cell's atoms
+    assert w["values"][0] == pytest.approx(ref_vac["relaxed_formation_energy"], abs=1e-6)
+    assert w["values"][1] == pytest.approx(surf.calculate_property(pot)["surface_energy"], rel=1e-6)
+    assert 3.5 < w["values"][0] < 3.7 and 0.15 < w["values"][1] < 0.17  # 3.58 eV (128 sites), 0.160 eV/Å²
+    np.testing.assert_allclose(w["target_sigma"], 0.1 * np.abs(w["values"]), rtol=1e-12)
+
+
+def test_tungsten_jacobian_matches_scaled_tables(demo):
+    """The target FIM's Jacobian in the log table scales against central differences of the
+    properties computed directly with each table scaled by exp(±h/2) (no transform, no FIM
+    module); the FIM is J^T C^-1 J with C the 10 % error bars."""
+    from atomscore.potentials.kim import KIMPotential
+    from atomscore.properties import SurfaceEnergy, VacancyFormationEnergy
+
+    out, _ = demo
+    w = json.loads((out / "summary.json").read_text())["tungsten"]
+    jac = np.asarray(w["jacobian"])
+    assert jac.shape == (2, 3)
+    tables = [name.split()[0] for name in w["parameters"]]
+    pot = KIMPotential(W_EAM)
+    refs = {t: np.asarray(pot.get_parameter(t), dtype=float) for t in tables}
+    props = [VacancyFormationEnergy(supercell=w["settings"]["supercell"], fim_quantities=["relaxed_formation_energy"],
+                                    **W_BCC), SurfaceEnergy(miller=[1, 1, 0], layers=w["settings"]["layers"], **W_BCC)]
+    h = w["settings"]["h"] / 2
+
+    def value(prop, table, step):
+        pot.set_parameter(table, refs[table] * np.exp(step))
+        try:
+            return prop.property_vector(pot)[0]
+        finally:
+            pot.set_parameter(table, refs[table])
+
+    # the surface energy in every direction; the vacancy in its largest one (rPhiData), for time
+    for row, columns in ((1, range(3)), (0, [tables.index("rPhiData")])):
+        for k in columns:
+            ref = (value(props[row], tables[k], h) - value(props[row], tables[k], -h)) / (2 * h)
+            assert jac[row, k] == pytest.approx(ref, rel=2e-3, abs=1e-3 * np.abs(jac[row]).max()), (row, k)
+    sigma = np.asarray(w["target_sigma"])
+    np.testing.assert_allclose(w["fim"], jac.T @ np.diag(sigma ** -2) @ jac, rtol=1e-8, atol=1e-10)
+
+
+def test_tungsten_directions_and_matching(demo):
+    """Two targets and three parameters: one unidentifiable direction (numpy's eigenvalues of
+    the written FIM); the weights satisfy the matching condition sum_i w_i I_i >= target FIM,
+    and the report's section shows the values and the chosen configurations."""
+    out, _ = demo
+    w = json.loads((out / "summary.json").read_text())["tungsten"]
+    fim = np.asarray(w["fim"])
+    eig = np.linalg.eigvalsh(fim)
+    np.testing.assert_allclose(w["fim_eigenvalues"], eig, rtol=1e-10, atol=1e-12 * eig.max())
+    assert [d["identifiable"] for d in w["directions"]] == [False, True, True]
+    total = sum(c["weight"] * np.asarray(c["fim"]) for c in w["candidates"])
+    scale = np.sqrt(np.outer(np.diag(fim), np.diag(fim)))
+    assert np.linalg.eigvalsh((total - fim) / scale).min() > -1e-3
+    assert w["meets_target"] and all(p <= t * 1.001 for p, t in zip(w["predicted_sigma"], w["target_sigma"]))
+    chosen = [c["name"] for c in w["candidates"] if c["weight"] > 0]
+    assert chosen
+    report = (out / "report.html").read_text()
+    assert "Tungsten: a vacancy and a surface" in report and W_EAM in report
+    assert f"{w['values'][0]:.5g} eV" in report and f"{w['values'][1]:.5g} eV/Å²" in report
+    assert all(name in report for name in chosen)
+    assert f"<td>{eig[-1]:.4g}</td>" in report  # the largest eigenvalue, in the directions table

@@ -23,41 +23,19 @@ from ase.build import bulk  # noqa: E402
 
 from atomscore.errors import InputError  # noqa: E402
 from atomscore.fim import FIMPropertyScore, FIMTrainingSetScore  # noqa: E402
+from atomscore.fim.transforms import EAM_TABLES as TABLES, TableScales, eam_table_scales  # noqa: E402
 from atomscore.potentials.kim import KIMPotential  # noqa: E402
 from ase_reference import ase_lattice_constant  # noqa: E402
 
 W = "EAM_Dynamo_ZhouJohnsonWadley_2004_W__MO_524392058194_005"
 W_SPEC = {"potential_type": "KIM", "potential_args": {"kim_id": W}}
-TABLES = ("embeddingData", "rPhiData", "densityData")
 SW = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
 SW_SPEC = {"potential_type": "KIM", "potential_args": {"kim_id": SW}}
 
 
-class TableScales(transform_module.TransformBase):
-    """theta: the concatenated tables; phi: one scale factor per table (a least-squares fit
-    of each table to its reference, exact on the tables it generates). Its jsonable_kwargs
-    are empty: the reference tables are state a job could not rebuild."""
-
-    def __init__(self, tables):
-        super().__init__()
-        self.tables = [np.asarray(t, dtype=float).copy() for t in tables]
-
-    def transform(self, x):
-        x = np.asarray(x, dtype=float)
-        out, start = [], 0
-        for t in self.tables:
-            out.append(x[start:start + t.size] @ t / (t @ t))
-            start += t.size
-        return np.array(out)
-
-    def inverse_transform(self, x):
-        return np.concatenate([s * t for s, t in zip(np.asarray(x, dtype=float), self.tables)])
-
-
 def eam_transform():
-    pot = KIMPotential(W)
-    tables = [pot.get_parameter(name) for name in TABLES]
-    return tables, transform_module.ComposedTransform([TableScales(tables), transform_module.LogTransform(np.ones(3))])
+    transform, _, tables = eam_table_scales(KIMPotential(W))
+    return tables, transform
 
 
 EAM_OPT = {name: [["default"]] * 2000 for name in TABLES}

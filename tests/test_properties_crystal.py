@@ -83,7 +83,7 @@ def test_hcp_elastic_constants_symmetry_and_energy_route(pots):
     from ase.units import GPa
 
     from atomscore.properties import CrystalElasticConstants
-    from atomscore.properties.base import relax_positions
+    from atomscore.properties.common import relax_positions
 
     # strain 1e-5: the Ti table's curvature already varies at 1e-4 (C66 vs (C11 − C12)/2: 5e-4)
     prop = CrystalElasticConstants(units="GPa", deformation_mag=1e-5, **TI_HCP)

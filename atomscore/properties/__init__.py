@@ -14,6 +14,9 @@ TARGET_PROPERTIES = {"ElasticConstants": "atomscore.properties.elastic:ElasticCo
 
 __all__ = [*TARGET_PROPERTIES, "from_spec"]
 
+# the spec form lives in the lowest module (no other properties module imported); kept here too
+from atomscore.properties.common import build_from_spec, spec_of  # noqa: E402,F401
+
 
 def _class(name):
     import importlib
@@ -41,38 +44,6 @@ def from_spec(spec, calculate_property_args=None):
     if ptype == "KIMRun":
         return cls.from_spec(spec, calculate_property_args)
     return cls.from_spec(spec)
-
-
-def build_from_spec(cls, spec, extra_args=None):
-    """``cls(**target_property_args)`` from ``{'target_property_type': ..., 'target_property_args':
-    {...}}`` (or the FIM module's ``{'init_args': {...}, ...}``, or an instance, returned as is);
-    ``extra_args`` join the arguments. Every refusal is an InputError naming what came."""
-    from atomscore.errors import InputError
-
-    if isinstance(spec, cls):
-        return spec
-    if isinstance(spec, dict) and "init_args" in spec:
-        spec = spec["init_args"]
-    if not isinstance(spec, dict):
-        raise InputError(f"target property: expected a dict with 'target_property_type' and "
-                         f"'target_property_args', got {type(spec).__name__}")
-    ptype = spec.get("target_property_type")
-    if ptype != cls.target_property_type:
-        raise InputError(f"target_property_type: unknown target property {ptype!r}; expected one of: "
-                         f"{cls.target_property_type!r}")
-    args = spec.get("target_property_args")
-    if not isinstance(args, dict):
-        raise InputError(f"target_property_args: expected a dict, got {type(args).__name__}")
-    try:
-        return cls(**{**args, **(extra_args or {})})
-    except TypeError as exc:
-        raise InputError(f"target_property_args: {exc}") from None
-
-
-def spec_of(prop):
-    """The JSON-able spec that re-creates ``prop`` (its ``_init_args`` that are not None)."""
-    args = {k: v for k, v in prop._init_args.items() if v is not None}
-    return {"target_property_type": prop.target_property_type, "target_property_args": args}
 
 
 def __getattr__(name):

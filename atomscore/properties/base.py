@@ -1,5 +1,6 @@
-"""What every built-in target property shares: the spec form, the crystal, the relaxations
-and the check that a finite difference does not straddle a change of relaxation path.
+"""The base of the built-in target properties: the zero-stress crystal, the value/vector
+contract and the check that a finite difference does not straddle a change of relaxation path
+(the crystal cells, relaxations and the spec form are in :mod:`atomscore.properties.common`).
 
 A target property is built from ``target_property_args`` (``lattice_type``,
 ``lattice_param``, ``elements`` plus its own arguments), computes a dict of named values
@@ -21,13 +22,10 @@ import copy
 import numpy as np
 
 from atomscore.errors import InputError, PotentialError
+from atomscore.properties.common import (HEXAGONAL, LATTICE_SPECIES, SpecForm, bulk_cell, check_elements, energy,
+                                         relax_lattice, relax_positions, stress)
+from atomscore.properties.lammps import check_lammps
 from atomscore.validation import check_positive
-
-#: ``ase.build.bulk`` crystal structures we relax, and how many species each holds
-LATTICE_SPECIES = {"sc": 1, "fcc": 1, "bcc": 1, "diamond": 1, "hcp": 1, "rocksalt": 2,
-                   "zincblende": 2, "cesiumchloride": 2, "fluorite": 2, "wurtzite": 2}
-#: structures with an independent c axis (a and c are relaxed; the rest have one length)
-HEXAGONAL = ("hcp", "wurtzite")
 
 #: the path check's tolerances (see TargetProperty.property_vectors)
 PATH_RTOL = 0.1
@@ -38,59 +36,6 @@ class PathChangeError(PotentialError):
     """A relaxation changed path between two finite-difference points (not differentiable)."""
 
 
-def check_elements(elements, lattice_type):
-    """``elements`` as a list of chemical symbols of the length the structure needs."""
-    need = LATTICE_SPECIES[lattice_type]
-    if isinstance(elements, str):
-        elements = [elements]
-    if not isinstance(elements, (list, tuple)) or len(elements) != need or \
-            not all(isinstance(e, str) for e in elements):
-        raise InputError(f"elements: a {lattice_type} crystal holds {need} species; expected a list of "
-                         f"{need} chemical symbol(s), e.g. {['W'] if need == 1 else ['Na', 'Cl']}, got {elements!r}")
-    from ase.data import atomic_numbers
-
-    for e in elements:
-        if e not in atomic_numbers:
-            raise InputError(f"elements: {e!r} is not a chemical symbol")
-    return list(elements)
-
-
-def bulk_cell(elements, lattice_type, a, c=None, cubic=False, orthorhombic=False):
-    """The crystal from ``ase.build.bulk`` (primitive, or its cubic/orthorhombic cell)."""
-    from ase.build import bulk
-
-    name = "".join(elements)
-    kw = {"a": a}
-    if lattice_type in HEXAGONAL:
-        kw["c"] = c
-        if lattice_type == "wurtzite":
-            kw["u"] = 0.375
-        kw["orthorhombic"] = orthorhombic or cubic
-    elif lattice_type != "sc":
-        kw["cubic"] = cubic or orthorhombic
-    return bulk(name, lattice_type, **kw)
-
-
-#: max force component (eV/Å) of a relaxation: cells of a few atoms reach 1e-10, but in cells
-#: of hundreds of atoms the energy's round-off (1e-13 eV) stalls line searches near 1e-6;
-#: 1e-5 leaves an energy error ~f²/k below 1e-10 eV
-RELAX_FMAX = 1e-5
-
-
-def relax_positions(pot, atoms, gtol=1e-10, maxiter=5000):
-    """Atoms relaxed at fixed cell to :data:`RELAX_FMAX` (see elastic._relax_positions)."""
-    from atomscore.properties.elastic import _relax_positions
-
-    return _relax_positions(pot, atoms, gtol=gtol, maxiter=maxiter, fmax_tol=RELAX_FMAX)
-
-
-def stress(pot, atoms):
-    """Stress (eV/Å³, ASE Voigt order and sign) of a periodic cell."""
-    from atomscore.properties.elastic import _stress
-
-    return _stress(pot, atoms)
-
-
 def relax_bulk(pot, elements, lattice_type, a_guess, c_guess=None):
     """Zero-stress primitive crystal, atoms relaxed: ``(a, c, atoms)`` (c None if cubic).
 
@@ -99,8 +44,6 @@ def relax_bulk(pot, elements, lattice_type, a_guess, c_guess=None):
     ``xtol`` 1e-13), from c = a·sqrt(8/3) unless ``c_guess`` is given.
     """
     if lattice_type not in HEXAGONAL:
-        from atomscore.properties.elastic import relax_lattice
-
         a = relax_lattice(pot, elements, lattice_type, a_guess,
                           make=lambda a_: bulk_cell(elements, lattice_type, a_))
         return a, None, relax_positions(pot, bulk_cell(elements, lattice_type, a))
@@ -120,98 +63,6 @@ def relax_bulk(pot, elements, lattice_type, a_guess, c_guess=None):
     if not np.all(np.abs(residual(sol.x)) < 1e-9):
         raise PotentialError(f"no zero-stress {lattice_type} cell found near a = {a_guess} Å ({sol.message})")
     return float(a), float(c), relax_positions(pot, bulk_cell(elements, lattice_type, a, c))
-
-
-def strain_stress(pot, atoms, deformation_mag, columns=range(6), states=None):
-    """Relaxed-ion elastic constants ``C[:, j]`` (eV/Å³) for the Voigt strains ``columns``.
-
-    Each strain is applied as ±``deformation_mag`` (engineering shear for yz, xz, xy), the
-    atoms are relaxed at fixed cell, and ``C[:, j] = (σ(+) − σ(−)) / (2 deformation_mag)``.
-    The relaxed strained cells are appended to ``states`` (a list) when one is given.
-    """
-    pairs = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
-    c = np.zeros((6, 6))
-    for j in columns:
-        k, l = pairs[j]
-        sig = []
-        for sign in (1.0, -1.0):
-            eps = np.zeros((3, 3))
-            if k == l:
-                eps[k, k] = sign * deformation_mag
-            else:  # engineering shear strain gamma = 2 eps_kl
-                eps[k, l] = eps[l, k] = 0.5 * sign * deformation_mag
-            strained = atoms.copy()
-            strained.set_cell(atoms.get_cell() @ (np.eye(3) + eps).T, scale_atoms=True)
-            strained = relax_positions(pot, strained)
-            sig.append(stress(pot, strained))
-            if states is not None:
-                states.append((f"strain {j} {sign:+.0f}", strained, energy(pot, strained)))
-        c[:, j] = (sig[0] - sig[1]) / (2.0 * deformation_mag)
-    return c
-
-
-def reuss_bulk_modulus(c):
-    """Bulk modulus under uniform pressure, ``1 / Σ_{i,j<3} S_ij`` (S = C⁻¹ of the normal block)."""
-    return float(1.0 / np.sum(np.linalg.inv(np.asarray(c)[:3, :3])))
-
-
-def isolated_atom_energy(pot, element):
-    """Energy (eV) of one atom alone in a 40 Å box."""
-    from ase import Atoms
-
-    atom = Atoms(element, positions=[[0.0, 0.0, 0.0]], cell=[40.0] * 3, pbc=False)
-    return float(pot.compute(atom, energy=True)["energy"])
-
-
-def energy(pot, atoms):
-    return float(pot.compute(atoms, energy=True)["energy"])
-
-
-def fixed_parameter_calculator(pot):
-    """An ASE calculator on ``pot`` for a run during which its parameters do not change.
-
-    :meth:`KIMPotential.get_calculator` compares every parameter value at every call (to
-    notice changes made in place), which costs ~0.15 s per call for a tabulated EAM model
-    (6000 values); a NEB's thousands of calls at fixed parameters do not need that.
-    """
-    from ase.calculators.calculator import Calculator, all_changes
-
-    class _Fixed(Calculator):
-        implemented_properties = ["energy", "free_energy", "forces"]
-
-        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-            super().calculate(atoms, properties, system_changes)
-            res = pot.compute(self.atoms, energy=True, forces=True)
-            self.results = {"energy": res["energy"], "free_energy": res["energy"], "forces": res["forces"]}
-
-    return _Fixed()
-
-
-class SpecForm:
-    """The spec form every target property shares: built from ``target_property_args``,
-    re-created from :meth:`to_spec`; ``simulator_path`` selects the LAMMPS backend."""
-
-    target_property_type = None
-    simulator_path = None
-
-    @classmethod
-    def from_spec(cls, spec):
-        """Build from ``{'target_property_type': ..., 'target_property_args': {...}}`` (or the
-        FIM module's list entry ``{'init_args': {...}}``, or an instance, returned as is)."""
-        from atomscore.properties import build_from_spec
-
-        return build_from_spec(cls, spec)
-
-    def to_spec(self):
-        """The JSON-able dict that re-creates this target property."""
-        from atomscore.properties import spec_of
-
-        return spec_of(self)
-
-    @property
-    def backend(self):
-        """``'lammps'`` when a ``simulator_path`` was given, else ``'embedded'``."""
-        return "lammps" if self.simulator_path else "embedded"
 
 
 class TargetProperty(SpecForm):
@@ -263,8 +114,6 @@ class TargetProperty(SpecForm):
             if not self.has_lammps:
                 raise InputError(f"simulator_path: {self.target_property_type} has no LAMMPS backend; "
                                  "leave simulator_path out (the embedded backend is used)")
-            from atomscore.properties.lammps import check_lammps
-
             self.simulator_path = check_lammps(simulator_path)
         self.timeout = None if timeout is None else check_positive(timeout, "timeout", allow_array=False)
         if fim_quantities is None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from atomscore.errors import InputError
-from atomscore.properties.base import (HEXAGONAL, TargetProperty, energy, isolated_atom_energy,
-                                       reuss_bulk_modulus, strain_stress)
+from atomscore.properties.base import TargetProperty
+from atomscore.properties.common import HEXAGONAL, energy, isolated_atom_energy, reuss_bulk_modulus, strain_stress
 from atomscore.validation import check_positive
 
 _VOIGT_NAMES = [f"c{i + 1}{j + 1}" for i in range(6) for j in range(i, 6)]
@@ -247,7 +247,7 @@ def eos_fit(pot, elements, lattice_type, a0, span, points=9):
     from ase.eos import EquationOfState
     from ase.units import GPa
 
-    from atomscore.properties.base import bulk_cell
+    from atomscore.properties.common import bulk_cell
 
     vols, ens = [], []
     for a in np.linspace(1 - span, 1 + span, points) * a0:

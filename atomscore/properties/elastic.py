@@ -20,7 +20,10 @@ import copy
 
 import numpy as np
 
-from atomscore.errors import InputError, PotentialError
+from atomscore.errors import InputError
+from atomscore.properties.common import (LATTICE_FMAX, LATTICE_MAXITER, SpecForm, cubic_cell, double_parameters,
+                                         isolated_atom_energy, relax_lattice, relax_positions, strain_stress)
+from atomscore.properties.lammps import check_lammps, lammps_elastic
 from atomscore.validation import check_positive
 
 #: lattice types and their ``ase.build.bulk`` crystal structure (conventional cubic cell)
@@ -56,7 +59,7 @@ def _resolve_potential(potential):
     return KIMPotential.from_spec(potential)
 
 
-class ElasticConstants:
+class ElasticConstants(SpecForm):
     """Elastic constants, lattice constant and cohesive energy of a cubic crystal.
 
     Parameters
@@ -130,33 +133,8 @@ class ElasticConstants:
         self.units = None if units is None else _check_units(units)
         self.simulator_path = None
         if simulator_path is not None:
-            from atomscore.properties.lammps import check_lammps
-
             self.simulator_path = check_lammps(simulator_path)
         self.timeout = None if timeout is None else check_positive(timeout, "timeout", allow_array=False)
-
-    # ------------------------------------------------------------------ spec form
-    @classmethod
-    def from_spec(cls, spec):
-        """Build from ``{'target_property_type': 'ElasticConstants', 'target_property_args': {...}}``.
-
-        Also accepts the whole list entry of the FIM module (``{'init_args': {...}, ...}``)
-        or an :class:`ElasticConstants` (returned as is).
-        """
-        from atomscore.properties import build_from_spec
-
-        return build_from_spec(cls, spec)
-
-    def to_spec(self):
-        """The JSON-able dict that re-creates this target property."""
-        from atomscore.properties import spec_of
-
-        return spec_of(self)
-
-    @property
-    def backend(self):
-        """``'lammps'`` when a ``simulator_path`` was given, else ``'embedded'``."""
-        return "lammps" if self.simulator_path else "embedded"
 
     # ------------------------------------------------------------------ computation
     def check_potential(self, potential):
@@ -190,11 +168,9 @@ class ElasticConstants:
         units = _check_units(units) if units is not None else (self.units or "GPa")
         pot = self.check_potential(potential)
         if self.backend == "lammps":
-            from atomscore.properties.lammps import lammps_elastic
-
             raw = lammps_elastic(self.simulator_path, pot.kim_id, self.elements[0], self.lattice_type,
                                  self.lattice_param, self.deformation_mag,
-                                 parameters=_double_parameters(pot), timeout=self.timeout)
+                                 parameters=double_parameters(pot), timeout=self.timeout)
         else:
             raw = embedded_elastic(pot, self.elements[0], self.lattice_type, self.lattice_param,
                                    self.deformation_mag)
@@ -230,108 +206,7 @@ class ElasticConstants:
         return np.concatenate([np.asarray(parts[q], dtype=float) for q in self.fim_quantities])
 
 
-def _double_parameters(pot):
-    """Every floating-point parameter of ``pot`` at its live value (for ``kim param set``)."""
-    info = pot.parameter_info()
-    return {name: pot.get_parameter(name).tolist() for name, meta in info.items() if meta["dtype"] == "Double"}
-
-
 # ---------------------------------------------------------------------- embedded backend
-def _bulk(element, lattice_type, a):
-    from ase.build import bulk
-
-    if lattice_type == "sc":
-        return bulk(element, "sc", a=a)
-    return bulk(element, lattice_type, a=a, cubic=True)
-
-
-def _relax_positions(pot, atoms, gtol=1e-10, maxiter=2000, fmax_tol=1e-6):
-    """Relax the atoms at fixed cell (L-BFGS on the energy, scipy) to a max force component
-    of ``fmax_tol`` eV/Å; return a relaxed copy."""
-    from scipy.optimize import minimize
-
-    atoms = atoms.copy()
-    x0 = atoms.get_positions().ravel()
-    first = pot.compute(atoms, energy=True, forces=True)
-    if np.max(np.abs(first["forces"])) < gtol:
-        return atoms
-
-    def fun(x):
-        atoms.set_positions(x.reshape(-1, 3))
-        r = pot.compute(atoms, energy=True, forces=True)
-        return r["energy"], -r["forces"].ravel()
-
-    # L-BFGS from scipy: a well-kept optimiser with analytic gradients (no ASE optimiser
-    # reaches forces of 1e-10 eV/Å as reliably on a few atoms)
-    for _ in range(4):  # a restart (fresh curvature memory) gets past a line search stalled by
-        # the energy's round-off in cells of a few hundred atoms
-        res = minimize(fun, x0, jac=True, method="L-BFGS-B",
-                       options={"gtol": gtol, "ftol": 0.0, "maxiter": maxiter, "maxcor": 30})
-        atoms.set_positions(res.x.reshape(-1, 3))
-        fmax = np.max(np.abs(pot.compute(atoms, energy=False, forces=True)["forces"]))
-        if fmax <= fmax_tol:
-            break
-        x0 = res.x
-    if fmax > fmax_tol:
-        # a line search needs forces that are the energy's exact gradient; some tabulated
-        # models' are not to ~1e-3 eV/Å, so the last stretch goes by forces only (ASE's FIRE)
-        from ase.optimize import FIRE
-
-        from atomscore.properties.base import fixed_parameter_calculator
-
-        atoms.calc = fixed_parameter_calculator(pot)
-        FIRE(atoms, logfile=None, maxstep=0.01).run(fmax=fmax_tol, steps=20 * maxiter)
-        atoms.calc = None
-        fmax = np.max(np.abs(pot.compute(atoms, energy=False, forces=True)["forces"]))
-    if fmax > fmax_tol:
-        raise PotentialError(f"internal relaxation did not converge: max force {fmax:.3g} eV/Å "
-                             f"({res.message})")
-    return atoms
-
-
-def _pressure(pot, atoms):
-    return -float(np.mean(_stress(pot, atoms)[:3]))
-
-
-def _stress(pot, atoms):
-    # forces are requested with the stress: some KIM models (EAM) give the virial only
-    # from the force pass, and a stress-only request returns zeros
-    return pot.compute(atoms, energy=False, forces=True, stress=True)["stress"]
-
-
-def relax_lattice(pot, element, lattice_type, a_guess, make=None):
-    """Equilibrium lattice constant (Å) at zero pressure, with relaxed atoms.
-
-    ``make(a)`` builds the crystal at lattice constant ``a`` (default: the conventional
-    cubic cell of ``element``).
-    """
-    from scipy.optimize import brentq
-
-    if make is None:
-        def make(a):
-            return _bulk(element, lattice_type, a)
-
-    def press(a):
-        atoms = _relax_positions(pot, make(a))
-        return _pressure(pot, atoms)
-
-    lo, hi = a_guess * 0.98, a_guess * 1.02
-    plo, phi = press(lo), press(hi)
-    for _ in range(20):  # widen until the pressure changes sign
-        if plo > 0 > phi:
-            break
-        if plo <= 0:
-            lo, hi, phi = lo * 0.95, lo, plo
-            plo = press(lo)
-        else:
-            lo, hi, plo = hi, hi * 1.05, phi
-            phi = press(hi)
-    else:
-        raise PotentialError(f"no zero-pressure {lattice_type} lattice found near a = {a_guess} Å")
-    # brentq (scipy): bracketed root of p(a), to machine precision
-    return brentq(press, lo, hi, xtol=1e-13, rtol=4 * np.finfo(float).eps)
-
-
 def embedded_elastic(pot, element, lattice_type, lattice_param, deformation_mag):
     """Elastic constants in process (see the module docstring).
 
@@ -343,10 +218,9 @@ def embedded_elastic(pot, element, lattice_type, lattice_param, deformation_mag)
     """
     from ase.units import GPa
 
-    from atomscore.properties.base import isolated_atom_energy, strain_stress
-
     a0 = relax_lattice(pot, element, lattice_type, lattice_param)
-    ref = _relax_positions(pot, _bulk(element, lattice_type, a0))
+    ref = relax_positions(pot, cubic_cell(element, lattice_type, a0), maxiter=LATTICE_MAXITER,
+                          fmax_tol=LATTICE_FMAX)
     energy = pot.compute(ref, energy=True)["energy"] / len(ref)
     c = strain_stress(pot, ref, deformation_mag) / GPa
     return {"lattice_constant": a0, "energy_per_atom": energy,

@@ -430,7 +430,7 @@ class KIMRun:
         """Build from ``{'target_property_type': 'KIMRun', 'target_property_args': {...}}`` (or
         the FIM module's ``{'init_args': ..., 'calculate_property_args': ...}``); a
         ``get_test_result_args`` in ``calculate_property_args`` joins the init arguments."""
-        from atomscore.properties import build_from_spec
+        from atomscore.properties.common import build_from_spec
 
         if isinstance(spec, dict) and "init_args" in spec:
             calculate_property_args = spec.get("calculate_property_args") or calculate_property_args
@@ -440,7 +440,7 @@ class KIMRun:
 
     def to_spec(self):
         """The JSON-able dict that re-creates this property (picks included)."""
-        from atomscore.properties import spec_of
+        from atomscore.properties.common import spec_of
 
         spec = spec_of(self)
         spec["target_property_args"]["test_dirs"] = self.test_dirs

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.errors import InputError, PotentialError
+from atomscore.properties.common import HEXAGONAL, bulk_cell, double_parameters
 from atomscore.validation import check_executable_allowed
 
 #: LAMMPS ``lattice`` style of each supported lattice type
@@ -399,10 +400,8 @@ def lammps_runs(lmp, kim_id, species, structures, parameters=None, timeout=None,
 
 
 def _runs(prop, pot, structures):
-    from atomscore.properties.elastic import _double_parameters
-
     return lammps_runs(prop.simulator_path, pot.kim_id, prop.elements, structures,
-                       parameters=_double_parameters(pot), timeout=prop.timeout)
+                       parameters=double_parameters(pot), timeout=prop.timeout)
 
 
 def lammps_bulk(prop, pot):
@@ -412,8 +411,6 @@ def lammps_bulk(prop, pot):
     ``isolated_atom_energy`` (eV, mean over the crystal's atoms).
     """
     from ase import Atoms
-
-    from atomscore.properties.base import HEXAGONAL, bulk_cell
 
     hexagonal = prop.lattice_type in HEXAGONAL
     c0 = None
@@ -437,8 +434,6 @@ def lammps_vacancy(prop, pot):
     ``relaxation_volume`` = V(vacancy cell relaxed to zero pressure) − V(perfect cell), box
     relaxed isotropically (per axis for hexagonal crystals).
     """
-    from atomscore.properties.base import HEXAGONAL, bulk_cell
-
     bulk = lammps_bulk(prop, pot)
     perfect = bulk_cell(prop.elements, prop.lattice_type, bulk["a"], bulk["c"], cubic=True).repeat(prop.supercell)
     vac = perfect.copy()

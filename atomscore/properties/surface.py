@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from atomscore.errors import InputError
-from atomscore.properties.base import HEXAGONAL, TargetProperty, bulk_cell, energy, relax_positions
+from atomscore.properties.base import TargetProperty
+from atomscore.properties.common import HEXAGONAL, bulk_cell, energy, relax_positions
 from atomscore.validation import check_positive
 
 

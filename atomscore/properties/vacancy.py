@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from atomscore.errors import InputError, PotentialError
-from atomscore.properties.base import (LATTICE_SPECIES, TargetProperty, bulk_cell, energy,
-                                       fixed_parameter_calculator, relax_positions, strain_stress, stress)
+from atomscore.properties.base import TargetProperty
+from atomscore.properties.common import (LATTICE_SPECIES, bulk_cell, energy, fixed_parameter_calculator,
+                                         relax_positions, strain_stress, stress)
 from atomscore.validation import check_positive
 
 #: strain of the compliance used for the relaxation volume
