@@ -68,8 +68,14 @@ def forbidden(source, target):
         return "workflow.py sits below the scheduler workflows"
     if source == "atomscore.score" and _in(target, *SCORE_PACKAGES, "atomscore.potentials", "atomscore.properties"):
         return "the contract knows no score"
-    if _in(source, "atomscore.potentials", "atomscore.properties") and _in(target, "atomscore.score", "atomscore.jobs"):
+    if _in(source, "atomscore.potentials", "atomscore.properties") and _in(target, "atomscore.score", "atomscore.jobs",
+                                                                           *SCORE_PACKAGES):
         return "potentials and properties sit below the scores and jobs"
+    if source == "atomscore.properties.common" and _in(target, "atomscore.properties"):
+        return "properties/common.py is the bottom of the properties"
+    if source == "atomscore.properties.lammps" and _in(target, "atomscore.properties") \
+            and target != "atomscore.properties.common":
+        return "the LAMMPS backend sits below the property classes"
     if _in(source, *LOW) and not _in(target, *LOW):
         return "errors, quantity, validation, io and threads sit at the bottom"
     for package in SCORE_PACKAGES:
