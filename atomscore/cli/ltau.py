@@ -23,10 +23,13 @@ def cmd_uq(args):
                bin_spacing=args.bin_spacing, error_logs=logs_path):
         score = LTAUForcesUQScore(train_descriptors=train, error_pdfs=str(logs_path), from_error_logs=True,
                                   nbins=args.nbins, bin_spacing=args.bin_spacing)
-    compute_args = {"descriptors_key": args.descriptors_key, "num_nearest_neighbors": args.neighbors}
-    with stage(f"k-NN search of {sum(len(a) for a in configs)} atoms", neighbors=args.neighbors):
+    compute_args = {"descriptors_key": args.descriptors_key}
+    if args.neighbors is not None:  # else the score's default
+        compute_args["num_nearest_neighbors"] = args.neighbors
+    k = {**score.compute_defaults(), **compute_args}["num_nearest_neighbors"]
+    with stage(f"k-NN search of {sum(len(a) for a in configs)} atoms", neighbors=k):
         values = score.compute_batch(configs, "UNCERTAINTY", **compute_args)
-    metadata = score.get_metadata("UNCERTAINTY", **compute_args)
+    metadata = score.metadata_of(values)
     metadata.update(descriptors=provenance(settings, args.descriptors_key), train_descriptors=str(train_path),
                     error_logs=str(logs_path))
     path = write_scored(score, values, configs, metadata, args)
@@ -58,7 +61,8 @@ def add_uq_command(subparsers):
                         "(.npy)")
     p.add_argument("--error-logs", required=True,
                    help="(epochs, n_train_atoms) force-error magnitudes in eV/Å logged during training (.npy)")
-    p.add_argument("--neighbors", type=int, default=1, help="training atoms averaged per query atom (default 1)")
+    p.add_argument("--neighbors", type=int, default=None,
+                   help="training atoms averaged per query atom (default: that of LTAUForcesUQScore.compute)")
     p.add_argument("--nbins", type=int, default=100, help="histogram bins of the error logs (default 100)")
     p.add_argument("--bin-spacing", choices=("log", "linear"), default="log", help="bin spacing (default log)")
     flags.add_descriptor_settings(p)
