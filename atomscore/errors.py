@@ -13,6 +13,11 @@ class InputError(AtomscoreError, ValueError):
     """Bad input: says what was expected, what came, and where (argument, configuration)."""
 
 
+class RefusedJobError(InputError):
+    """A job folder names something the job runner never runs (not a score, not a registered
+    job call); the runner exits with its ``REFUSED`` code."""
+
+
 class JobFailedError(AtomscoreError, RuntimeError):
     """One or more jobs failed, were killed, cancelled or timed out.
 

@@ -1,22 +1,13 @@
-"""The Score contract: ``ScoreBase`` and its four kinds.
+"""The Score contract: ``ScoreBase``, its four kinds, and results that carry their metadata.
 
-A score author writes ``compute`` (and, to vectorise, ``compute_batch``), names its
-``OUTPUT_KEY`` and ``supported_score_quantities``, and passes its constructor arguments to
-``super().__init__`` so that ``self._init_args`` re-creates it. Everything else — saving
-results, job folders, running through a workflow, gathering results — comes from here, the
-same for every score, as ASE calculators share one ``calculate`` contract.
-
-=====================  ===============================  =========================================
-kind                   result of ``compute``            ``save_results`` writes
-=====================  ===============================  =========================================
-AtomCenteredScore      ``(n_atoms, ...)`` array         ``score_results.xyz``, ``arrays[KEY_score]``
-ConfigurationScore     array (e.g. P x P) or scalar     ``score_results.xyz``, ``info[KEY_score]``
-DatasetScore           one value for the dataset        ``score_results.json``
-ModelScore             e.g. the property FIM            ``score_results.json``
-=====================  ===============================  =========================================
-
-The metadata of a result (the arguments that define the numbers) is written to
-``info['_metadata'][OUTPUT_KEY]`` on every configuration and flat as ``info[KEY_field]``.
+A score author writes ``compute`` (decorated with :func:`records_metadata`; to vectorise,
+also ``compute_batch``), names its ``OUTPUT_KEY`` and ``supported_score_quantities``, and
+passes its constructor arguments to ``super().__init__`` so that ``self._init_args``
+re-creates it. The signature of ``compute`` is the one source of the compute arguments and
+their defaults (:meth:`ScoreBase.compute_defaults`). Everything else (saving results, job
+folders, running through a workflow, gathering results) comes from here, the same for every
+score, as ASE calculators share one ``calculate`` contract. The kinds and where each stores
+its results: :class:`~atomscore.jobs.paths.ScoreKind`, and docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -34,18 +25,11 @@ import numpy as np
 
 from atomscore.errors import InputError
 from atomscore.io import copy_with_labels, to_jsonable  # to_jsonable: also importable from here, as before
+from atomscore.jobs.paths import ScoreKind
 from atomscore.quantity import ScoreQuantity
-from atomscore.validation import check_configs, check_finite_configs, check_int
+from atomscore.validation import check_configs, check_finite_configs, check_int, check_keys
 
 log = logging.getLogger(__name__)
-
-RESULTS_XYZ = "score_results.xyz"
-RESULTS_JSON = "score_results.json"
-
-
-def _results_filename(kind) -> str:
-    return RESULTS_XYZ if kind in ("atom", "configuration") else RESULTS_JSON
-
 
 class _class_or_instance_method:
     """A method that works from the class (``Score.data_from_calc_ids(ids)``) and from an
@@ -61,8 +45,8 @@ class _class_or_instance_method:
         return types.MethodType(self.func, obj if obj is not None else cls)
 
 
-#: how many recent single results (a dataset value, a FIM array) a score can still attribute
-SINGLE_RESULTS_KEPT = 8
+#: the default of a compute argument that has none (``compute_defaults`` lists it as required)
+REQUIRED = inspect.Parameter.empty
 
 
 class ScoreResults(list):
@@ -78,17 +62,137 @@ class ScoreResults(list):
         self.metadata = copy.deepcopy(metadata) if metadata is not None else {}
 
 
+class ScoreArray(np.ndarray):
+    """An array result (a per-atom score, a FIM) carrying the metadata of the call that computed it.
+
+    Behaves as the ``numpy.ndarray`` it holds. Views, slices, reshapes and copies keep
+    ``.metadata`` (they hold the computed numbers); ``numpy.asarray(result)`` and views of it
+    still lead back to it; arithmetic and reductions give plain arrays (new numbers).
+    """
+
+    def __new__(cls, values, metadata=None):
+        values = np.asarray(values)
+        obj = np.ndarray.__new__(cls, values.shape, values.dtype)  # owns its data: views lead back here
+        obj[...] = values
+        obj.metadata = metadata
+        return obj
+
+    def __array_finalize__(self, obj):
+        self.metadata = getattr(obj, "metadata", None)
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        plain = np.asarray(array).view(np.ndarray)
+        return plain[()] if return_scalar else plain
+
+    def __reduce__(self):
+        return _restore, (np.asarray(self).copy(), self.metadata)
+
+
+class ScoreFloat(np.float64):
+    """A scalar result (a dataset's value) carrying the metadata of the call that computed it.
+
+    A ``numpy.float64`` (so also a ``float``); arithmetic gives plain numbers.
+    """
+
+    def __new__(cls, value, metadata=None):
+        obj = super().__new__(cls, value)
+        obj.metadata = metadata
+        return obj
+
+    def __reduce__(self):
+        return _restore, (float(self), self.metadata)
+
+    def __repr__(self):
+        return repr(float(self))  # as the Python float users had before
+
+
+_CARRIER_TYPES: dict = {}
+
+
+def _carrier_type(base):
+    """A subclass of ``base`` (a tuple such as ``Estimate``, a dict) whose instances carry ``.metadata``."""
+    if base not in _CARRIER_TYPES:
+        def __reduce__(self):
+            return _restore, (base(*self) if issubclass(base, tuple) else base(self), self.metadata)
+
+        _CARRIER_TYPES[base] = type(base.__name__, (base,), {"__module__": base.__module__, "metadata": None,
+                                                            "__reduce__": __reduce__, "__doc__": base.__doc__})
+    return _CARRIER_TYPES[base]
+
+
+def with_metadata(result, metadata):
+    """``result`` as a value carrying ``metadata`` (a copy of it; the same numbers, the same behaviour).
+
+    A list becomes a :class:`ScoreResults`, an array a :class:`ScoreArray`, a number a
+    :class:`ScoreFloat`, a named tuple (``Estimate``) or dict an instance of a subclass with
+    ``.metadata``; a plain tuple (several results of one call) carries it in each item.
+    Other values (None, bool) are returned as they are.
+    """
+    if isinstance(result, list):
+        return ScoreResults(result, metadata)
+    if isinstance(result, np.ndarray):
+        return ScoreArray(result, metadata)
+    if isinstance(result, (float, np.floating)):
+        return ScoreFloat(result, metadata)
+    if isinstance(result, (bool, np.bool_)) or not isinstance(result, (int, np.integer, dict, tuple)):
+        return result
+    if isinstance(result, tuple) and not hasattr(result, "_fields"):  # several results, e.g. (fim, jacobians)
+        return tuple(with_metadata(item, metadata) for item in result)
+    carrier = _carrier_type(type(result))
+    out = carrier(*result) if isinstance(result, tuple) else carrier(result)
+    out.metadata = metadata
+    return out
+
+
+def _restore(value, metadata):
+    return with_metadata(value, metadata)
+
+
+def carried_metadata(result):
+    """The metadata ``result`` carries (also through numpy views of an array result), or None."""
+    value = result
+    while value is not None:
+        meta = getattr(value, "metadata", None)
+        if isinstance(meta, dict) and isinstance(value, (ScoreResults, ScoreArray, ScoreFloat,
+                                                         *_CARRIER_TYPES.values())):
+            return meta
+        value = value.base if isinstance(value, np.ndarray) else None
+    return None
+
+
+def _call_arguments(score, signature, args, kwargs):
+    """``(score_quantity, {name: value})`` of one call of a compute method, defaults filled in
+    (private ``_name`` arguments left out)."""
+    params = list(signature.parameters)
+    bound = signature.bind(score, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    arguments.pop(params[0])  # self
+    if len(params) > 1:
+        arguments.pop(params[1], None)  # the data: atoms, dataset, list of properties
+    extra = {}
+    for name, param in signature.parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            extra = arguments.pop(name, {}) or {}
+        elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+            arguments.pop(name, None)
+    arguments.update(extra)
+    quantity = arguments.pop("score_quantity", None)
+    # names starting with '_' are the run plan's (a row block's rows), not settings of the number
+    return quantity, {k: v for k, v in arguments.items() if not k.startswith("_")}
+
+
 def records_metadata(method):
     """Decorate a score's ``compute``/``compute_batch`` so that its result carries its metadata.
 
-    After the call, ``score.get_metadata(score_quantity, **arguments)`` plus the fields the
-    call noted with :meth:`ScoreBase.note_metadata` form the call's metadata, recorded once
-    per call (a ``compute_batch`` that calls ``compute`` per configuration records once).
-    A list result comes back as :class:`ScoreResults` with ``.metadata``; a single value
-    (a dataset's number, a FIM array) is attributed by identity (see ``metadata_of``).
+    After the call, ``score.get_metadata(score_quantity, **arguments)`` (every argument,
+    defaults from the signatures filled in) plus the fields the call noted with
+    :meth:`ScoreBase.note_metadata` form the call's metadata, recorded once per call (a
+    ``compute_batch`` that calls ``compute`` per configuration records once). The result
+    comes back as a value that carries it (:func:`with_metadata`): a :class:`ScoreResults`,
+    :class:`ScoreArray` or :class:`ScoreFloat`.
     """
     signature = inspect.signature(method)
-    params = list(signature.parameters)
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -100,44 +204,18 @@ def records_metadata(method):
             result = method(self, *args, **kwargs)
         finally:
             self._metadata_call = None
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        arguments.pop(params[0])  # self
-        if len(params) > 1:
-            arguments.pop(params[1], None)  # the data: atoms, dataset, list of properties
-        extra = {}
-        for name, param in signature.parameters.items():
-            if param.kind is inspect.Parameter.VAR_KEYWORD:
-                extra = arguments.pop(name, {}) or {}
-            elif param.kind is inspect.Parameter.VAR_POSITIONAL:
-                arguments.pop(name, None)
-        arguments.update(extra)
-        quantity = arguments.pop("score_quantity", None)
-        if quantity is None and len(self.supported_score_quantities) == 1:
-            quantity = self.supported_score_quantities[0]
-        meta = dict(self.get_metadata(self.parse_quantity(quantity), **arguments))
-        meta.update(noted)
-        return self._with_metadata(result, to_jsonable(meta))
+        quantity, arguments = _call_arguments(self, signature, args, kwargs)
+        return self._with_metadata(result, self._call_metadata(quantity, arguments, noted))
 
     wrapper._records_metadata = True
     return wrapper
 
 
-def _recorded(method):
-    """``method`` if it records its metadata, else ``method`` decorated here: a job of a score
-    whose own ``compute``/``compute_batch`` lacks :func:`records_metadata` still saves its
-    results with the metadata of the call that made them."""
-    return method if getattr(method, "_records_metadata", False) else records_metadata(method)
-
-
-def _same_result(value, recorded):
-    """True if ``value`` is ``recorded`` or a numpy view of it (``reshape``, ``np.asarray``)."""
-    while value is not None:
-        if value is recorded:
-            return True
-        value = value.base if isinstance(value, np.ndarray) else None
-    return False
+def _same_default(a, b):
+    try:
+        return a is b or (type(a) is type(b) and bool(a == b))
+    except (TypeError, ValueError):
+        return False
 
 
 class ScoreBase:
@@ -153,24 +231,27 @@ class ScoreBase:
     OUTPUT_KEY : str
         Results are stored under ``<OUTPUT_KEY>_score``.
     supported_score_quantities : tuple of ScoreQuantity
-    kind : str
-        ``'atom'``, ``'configuration'``, ``'dataset'`` or ``'model'``.
+    kind : ScoreKind
+        ``ATOM``, ``CONFIGURATION``, ``DATASET`` or ``MODEL`` (a ``str`` enum).
     single_job : bool
         If true, :meth:`run` writes one job holding every configuration.
+    job_root : pathlib.Path or None
+        Inside a job, the workflow root it was written under (set by the job runner): where
+        a score that starts jobs of its own puts them. None outside a job.
     """
 
     OUTPUT_KEY: str = ""
     supported_score_quantities: tuple = ()
-    kind: str = ""
+    kind: ScoreKind | None = None
     #: all configurations go into one job, whatever ``batch_size`` says (the score needs
     #: them together: a dataset value, weights over every candidate)
     single_job: bool = False
+    job_root: Path | None = None
 
     def __init__(self, **init_args):
         self._init_args = dict(init_args)
         #: metadata of the last recorded call, for reading only (results carry their own)
         self._last_metadata = {}
-        self._recent_results = []  # (single result, its metadata), newest last
         self._metadata_call = None
         self._run_folders: list[Path] = []
 
@@ -208,34 +289,84 @@ class ScoreBase:
         if call is not None:
             call.update(copy.deepcopy(fields))
 
+    def _call_metadata(self, quantity, arguments, noted=None) -> dict:
+        """The metadata of a call with ``arguments`` (defaults filled in here) and the fields it noted."""
+        if quantity is None and len(self.supported_score_quantities) == 1:
+            quantity = self.supported_score_quantities[0]
+        meta = dict(self.get_metadata(self.parse_quantity(quantity), **self._with_defaults(arguments)))
+        meta.update(noted or {})
+        return to_jsonable(meta)
+
     def _with_metadata(self, result, metadata):
+        """``result`` carrying ``metadata`` (:func:`with_metadata`)."""
         self._last_metadata = metadata
-        if isinstance(result, list):
-            return ScoreResults(result, metadata)
-        recent = [(r, m) for r, m in getattr(self, "_recent_results", []) if r is not result]
-        self._recent_results = (recent + [(result, metadata)])[-SINGLE_RESULTS_KEPT:]
-        return result
+        return with_metadata(result, metadata)
+
+    @classmethod
+    def compute_defaults(cls) -> dict:
+        """``{name: default}`` of every compute argument, read from the signatures of
+        ``compute`` and ``compute_batch`` (as scikit-learn reads ``__init__``).
+
+        The one source of the arguments a score accepts and of their defaults: :meth:`run`
+        checks names against it, the metadata fills in from it, the command line reads its
+        defaults here. An argument without a default maps to :data:`REQUIRED`.
+
+        Raises
+        ------
+        TypeError
+            If ``compute`` and ``compute_batch`` give one argument two defaults.
+        """
+        out = {}
+        for method in ("compute", "compute_batch"):
+            owner = next(k for k in cls.__mro__ if method in k.__dict__)
+            if owner.__module__ == __name__:  # the contract's own: (data, score_quantity, **compute_args)
+                continue
+            for i, param in enumerate(inspect.signature(getattr(cls, method)).parameters.values()):
+                if i < 2 or param.name == "score_quantity" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                    continue  # self, the data
+                if param.name in out and not _same_default(out[param.name], param.default):
+                    raise TypeError(f"{cls.__name__}: compute and compute_batch give {param.name!r} the defaults "
+                                    f"{out[param.name]!r} and {param.default!r}; a default is written once")
+                out.setdefault(param.name, param.default)
+        return out
+
+    def _with_defaults(self, compute_args) -> dict:
+        """``compute_args`` (names checked) completed with the signature's defaults (required ones left out)."""
+        defaults = self.compute_defaults()
+        if defaults:
+            check_keys(compute_args, defaults, f"{type(self).__name__} compute_args", ignore=("score_quantity",))
+        given = {k: v for k, v in compute_args.items() if k != "score_quantity"}
+        return {**{k: v for k, v in defaults.items() if v is not REQUIRED}, **given}
+
+    def _check_argument_names(self, compute_args, where):
+        """Unknown names and missing required arguments, against :meth:`compute_defaults` (a
+        score whose ``compute``/``compute_batch`` name no argument accepts any)."""
+        defaults = self.compute_defaults()
+        if defaults:
+            check_keys(compute_args, defaults, where, ignore=("score_quantity",))
+        missing = [k for k, v in defaults.items() if v is REQUIRED and k not in compute_args]
+        if missing:
+            raise InputError(f"{where}: missing required argument(s) {missing}")
 
     def metadata_of(self, compute_results):
-        """The metadata of a result returned by this score's ``compute``/``compute_batch``.
+        """The metadata a result returned by ``compute``/``compute_batch`` carries.
 
         Raises
         ------
         InputError
-            If the result cannot be attributed to a call (a list built by hand, a slice, a
-            copied number, or a single result older than the last few calls).
+            If the result carries none (a list built by hand, a slice of a list, a number
+            computed from a result, a result of a compute not decorated with
+            :func:`records_metadata`).
         """
-        if isinstance(compute_results, ScoreResults):
-            return copy.deepcopy(compute_results.metadata)
-        for result, metadata in reversed(getattr(self, "_recent_results", [])):
-            if _same_result(compute_results, result):
-                return copy.deepcopy(metadata)
+        meta = carried_metadata(compute_results)
+        if meta is not None:
+            return copy.deepcopy(meta)
         raise InputError(
             f"{type(self).__name__}.save_results: cannot tell which call computed these results "
-            f"(got a {type(compute_results).__name__} that this score did not just return, e.g. a list "
-            "built by hand, a slice or a copy); pass the object compute/compute_batch returned, or "
-            "give metadata=... explicitly (e.g. metadata=score.metadata_of(original_result)); a score's "
-            "own compute/compute_batch records its metadata when decorated with @records_metadata")
+            f"(got a {type(compute_results).__name__} that carries no metadata, e.g. a list "
+            "built by hand, a slice or a number computed from a result); pass the object compute/compute_batch "
+            "returned, or give metadata=... explicitly (e.g. metadata=score.metadata_of(original_result)); a "
+            "score's own compute/compute_batch records its metadata when decorated with @records_metadata")
 
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Check compute arguments before :meth:`run` writes anything (override to add checks).
@@ -258,11 +389,12 @@ class ScoreBase:
     def get_metadata(self, score_quantity, **compute_args) -> dict:
         """The arguments that define the numbers, stored with every result.
 
-        The default keeps the quantity and every scalar, string or boolean argument;
-        subclasses override to add what their constructor fixed (bins, index, ...).
+        The default keeps the quantity and every scalar, string, boolean or None argument,
+        of the constructor (``_init_args``) and of the call (defaults from the signature
+        filled in); override for what is not a scalar (an index, a reference's digest).
         """
         meta = {"score_quantity": ScoreQuantity.parse(score_quantity).name}
-        for name, value in compute_args.items():
+        for name, value in {**self._init_args, **self._with_defaults(compute_args)}.items():
             if value is None or isinstance(value, (bool, int, float, str, np.generic)):
                 meta[name] = to_jsonable(value)
         return meta
@@ -302,17 +434,13 @@ class ScoreBase:
         """
         from atomscore.io import CONFIG_SUFFIXES, RESULT_SUFFIXES, output_format
 
-        name = self.results_filename if filename is None else str(filename)
+        name = self.kind.results_file if filename is None else str(filename)
         output_format(name, f"{type(self).__name__}.save_results filename",
-                      RESULT_SUFFIXES if self.kind in ("dataset", "model") else CONFIG_SUFFIXES)
+                      CONFIG_SUFFIXES if self.kind.on_configurations else RESULT_SUFFIXES)
         data = self.parse_for_storage(compute_results, list_of_configs, metadata=metadata)
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         return self.write_data(save_dir / name, data, overwrite=overwrite)
-
-    @property
-    def results_filename(self) -> str:
-        return _results_filename(self.kind)
 
     @staticmethod
     def write_data(path, data, overwrite=False):
@@ -371,7 +499,7 @@ class ScoreBase:
         """
         from atomscore.jobs import make_workflow
 
-        if self.kind != "model":  # NaN/inf or empty configurations never reach a job
+        if self.kind is not ScoreKind.MODEL:  # NaN/inf or empty configurations never reach a job
             check_finite_configs(configs, "configs")
         jobs = prepare_score_jobs(self, path_type, configs, compute_args, batch_size)
         workflow = make_workflow(workflow)
@@ -400,7 +528,7 @@ class ScoreBase:
         folders = [job_folder(calc_id, workflow) for calc_id in calc_ids]
         check_finished(folders, calc_ids)
         check_one_run(folders, f"{getattr(self_or_cls, '__name__', type(self_or_cls).__name__)}.data_from_calc_ids")
-        name = _results_filename(self_or_cls.kind)
+        name = self_or_cls.kind.results_file
         out = []
         for folder in folders:
             if not (folder / name).is_file():
@@ -442,7 +570,7 @@ class ScoreBase:
         and hard-linked into the other folders.
         """
         if self.single_job:
-            if 1 < batch_size < len(configs) and self.kind != "dataset":
+            if 1 < batch_size < len(configs) and self.kind is not ScoreKind.DATASET:
                 import warnings
 
                 warnings.warn(f"{type(self).__name__}.run: batch_size={batch_size} ignored; {type(self).__name__} "
@@ -454,8 +582,17 @@ class ScoreBase:
         return [(configs[a:b], self.slice_compute_args(compute_args, a, b)) for a, b in bounds]
 
     def run_batch(self, configs, score_quantity, compute_args):
-        """What a job does with its configurations (used by the job runner)."""
-        return _recorded(type(self).compute_batch)(self, configs, score_quantity=score_quantity, **compute_args)
+        """What a job does with its configurations (used by the job runner): ``compute_batch``.
+
+        The results carry the metadata of the call; a ``compute_batch`` not decorated with
+        :func:`records_metadata` gets ``get_metadata`` of the job's arguments here.
+        """
+        return self._carrying(self.compute_batch(configs, score_quantity=score_quantity, **compute_args),
+                              score_quantity, compute_args)
+
+    def _carrying(self, result, score_quantity, compute_args):
+        return result if carried_metadata(result) is not None else \
+            self._with_metadata(result, self._call_metadata(score_quantity, dict(compute_args)))
 
     # ------------------------------------------------------------------ helpers
     def _metadata_or(self, metadata, compute_results):
@@ -520,7 +657,7 @@ class _ConfigsScore(ScoreBase):
 class AtomCenteredScore(_ConfigsScore):
     """A score per atom: ``compute`` returns an ``(n_atoms, ...)`` array per configuration."""
 
-    kind = "atom"
+    kind = ScoreKind.ATOM
 
     def _attach(self, atoms, result, index):
         arr = np.asarray(result)
@@ -533,7 +670,7 @@ class AtomCenteredScore(_ConfigsScore):
 class ConfigurationScore(_ConfigsScore):
     """A score per configuration: ``compute`` returns an array (e.g. a P x P FIM) or a scalar."""
 
-    kind = "configuration"
+    kind = ScoreKind.CONFIGURATION
 
     def _attach(self, atoms, result, index):
         atoms.info[self.result_key] = result.item() if np.ndim(result) == 0 and hasattr(result, "item") else result
@@ -548,7 +685,8 @@ class _WholeScore(ScoreBase):
 
     def run_batch(self, configs, score_quantity, compute_args):
         """A job computes the one value of all its items (the dataset, the properties)."""
-        return _recorded(type(self).compute)(self, configs, score_quantity=score_quantity, **compute_args)
+        return self._carrying(self.compute(configs, score_quantity=score_quantity, **compute_args),
+                              score_quantity, compute_args)
 
 
 class DatasetScore(_WholeScore):
@@ -558,7 +696,7 @@ class DatasetScore(_WholeScore):
     always writes a single job holding the whole dataset.
     """
 
-    kind = "dataset"
+    kind = ScoreKind.DATASET
     single_job = True
 
     @records_metadata
@@ -573,7 +711,7 @@ class ModelScore(_WholeScore):
     The items (e.g. target-property dicts) are stored as ``input.json`` in job folders.
     """
 
-    kind = "model"
+    kind = ScoreKind.MODEL
 
 
 # --------------------------------------------------------------------------- the run plan
@@ -606,29 +744,13 @@ class PreparedJobs:
         JobWriteError
             When the disk refuses (full, read-only): the partial run folder is removed.
         """
-        from atomscore.io import write_text_atomic
-        from atomscore.jobs.folder import (ARGS_DIR, abandon_run, finish_run, new_numbered_folder, new_run_folder,
-                                           save_arrays)
+        from atomscore.jobs.folder import JobFiles, write_run
 
-        run = new_run_folder(Path(root) / self.score_name / self.path_type)
-        folders = []
-        first_paths: dict[str, Path] = {}
-        shared_paths: dict[str, Path] = {}
-        try:
-            for job in self.jobs:
-                folder = new_numbered_folder(run)
-                save_arrays(folder / ARGS_DIR, self.init_arrays, first_paths)
-                save_arrays(folder / ARGS_DIR, job.compute_arrays)  # per batch: never linked
-                save_arrays(folder / ARGS_DIR, job.shared_arrays, shared_paths)
-                write_text_atomic(folder / job.input_name, job.input_text)
-                folders.append(folder)
-            # one run id and the digests of every job's inputs, in every job.json (written last)
-            finish_run(run, folders, [{**self.header, "compute_args": job.compute_args, "input": job.input_name}
-                                      for job in self.jobs],
-                       {"score": self.header["score"], "path_type": self.path_type})
-        except OSError as exc:
-            abandon_run(run, exc)
-        return folders
+        jobs = [JobFiles({**self.header, "compute_args": job.compute_args, "input": job.input_name},
+                         arrays=job.compute_arrays, linked={**self.init_arrays, **job.shared_arrays},
+                         input=(job.input_name, job.input_text)) for job in self.jobs]
+        return write_run(Path(root) / self.score_name / self.path_type, jobs,
+                         {"score": self.header["score"], "path_type": self.path_type})
 
 
 def _same_array(first, value) -> bool:
@@ -654,7 +776,7 @@ def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> P
     name = type(score).__name__
     check_path_type(path_type)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    if score.kind == "model":
+    if score.kind is ScoreKind.MODEL:
         if not isinstance(configs, (list, tuple)) or not configs:
             raise InputError(f"{name}.run: configs: expected a non-empty list of items, got {configs!r:.80}")
         configs = list(configs)
@@ -672,6 +794,7 @@ def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> P
     quantity = score.parse_quantity(quantity)
     args = score.prepare_compute_args(args)
     score.check_compute_args(configs, quantity, args)
+    score._check_argument_names(args, f"{name} compute_args")  # also for a score that checks nothing itself
 
     reference = class_reference(type(score))
     init_data, init_arrays = encode_args(score._init_args, "init", f"{name} init args")
@@ -686,7 +809,7 @@ def prepare_score_jobs(score, path_type, configs, compute_args, batch_size) -> P
         "format_version": FORMAT_VERSION,
         "kind": "score",
         "score": reference,
-        "score_kind": score.kind,
+        "score_kind": score.kind.value,
         "init_args": init_data,
         "score_quantity": ScoreQuantity(quantity).name,
         "cwd": os.getcwd(),

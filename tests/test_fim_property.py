@@ -135,7 +135,7 @@ def test_cov_forms_and_singular_cov(tmp_path, fd_a_only, monkeypatch):
     # reuse the computed property vectors: the map returns what the jobs returned before
     g = {}
 
-    def fake_map(func, kwargs, workflow, spec=None):  # in-process, the same evaluation function
+    def fake_map(func, kwargs, workflow, spec=None, root=None):  # in-process, the same evaluation function
         out = []
         for kw in kwargs:
             part = []

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from atomscore.errors import InputError
+from atomscore.jobs.calls import job_call
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, ConfigurationScore, DatasetScore, records_metadata
 from atomscore.validation import load_array, per_atom_array
@@ -77,3 +78,22 @@ class PerConfigFactorScore(ConfigurationScore):
 
     def slice_compute_args(self, compute_args, start, stop):
         return {**compute_args, "factors": list(compute_args["factors"][start:stop])}
+
+
+class JobRootScore(ConfigurationScore):
+    """Configuration score that records where its nested jobs would go (``job_root``)."""
+
+    OUTPUT_KEY = "toy_root"
+    supported_score_quantities = (ScoreQuantity.IMPORTANCE,)
+
+    @records_metadata
+    def compute(self, atoms, score_quantity):
+        self.parse_quantity(score_quantity)
+        self.note_metadata(job_root=None if self.job_root is None else str(self.job_root))
+        return float(len(atoms))
+
+
+@job_call
+def toy_double(x):
+    """A registered job call: twice ``x``."""
+    return 2 * x

@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 
 from atomscore.errors import InputError
-from atomscore.jobs.folder import (FILES, JobState, check_one_run, clean_folder, is_cleaned, job_folders_under,
-                                   read_job, read_status, resolve_reference, state_of)
+from atomscore.jobs.folder import (FILES, FailureReason, JobState, check_one_run, clean_folder, is_cleaned,
+                                   job_folders_under, read_job, read_status, resolve_reference, state_of)
 from atomscore.jobs.trust import check_private_tree
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def cmd_collect(args):
     from atomscore.io import CONFIG_SUFFIXES, RESULT_SUFFIXES, check_output
 
     check_output(output, overwrite=args.overwrite, what=f"--output ({cls.__name__} results)",
-                 suffixes=CONFIG_SUFFIXES if cls.kind in ("atom", "configuration") else RESULT_SUFFIXES)
+                 suffixes=CONFIG_SUFFIXES if cls.kind.on_configurations else RESULT_SUFFIXES)
     results = cls.data_from_calc_ids([str(f) for f in folders])
     cls.write_data(output, results, overwrite=args.overwrite)
     print(f"atomscore: {len(results)} result(s) of {len(folders)} job(s) written to {output}")
@@ -162,7 +162,7 @@ def cmd_rerun(args):
 
     folders = _folders(args.path, "rerun", private=True)
     again = [f for f in folders if state_of(read_status(f)) in (JobState.FAILED, JobState.CANCELLED)
-             and read_status(f).get("reason") != "folder vanished"]
+             and FailureReason.of(read_status(f).get("reason")) is not FailureReason.FOLDER_VANISHED]
     cleaned = [f for f in again if is_cleaned(f)]
     if cleaned:
         raise InputError("jobs rerun: these folders were cleaned and cannot run again (run the score again): "

@@ -8,7 +8,6 @@ from atomscore.cli import flags
 from atomscore.cli.common import (attach, check_command_output, input_file, naming, output_configs, provenance,
                                   read_input_configs, reference_descriptors, stage, write_scored)
 from atomscore.errors import InputError
-from atomscore.ltau.score import DEFAULT_NEIGHBORS
 from atomscore.validation import check_finite_output, load_array, reference_forces
 
 
@@ -43,11 +42,14 @@ def cmd_uq(args):
             naming(f"--train-descriptors {str(train_path)!r} with --error-logs {str(logs_path)!r}"):
         score = LTAUForcesUQScore(train_descriptors=train, error_pdfs=logs, from_error_logs=True,
                                   error_logs_norm=logs.ndim == 3, nbins=args.nbins, bin_spacing=args.bin_spacing)
-    compute_args = {"descriptors_key": args.descriptors_key, "num_nearest_neighbors": args.neighbors}
-    with stage(f"k-NN search of {sum(len(a) for a in configs)} atoms", neighbors=args.neighbors), \
+    compute_args = {"descriptors_key": args.descriptors_key}
+    if args.neighbors is not None:  # else the score's default
+        compute_args["num_nearest_neighbors"] = args.neighbors
+    k = {**score.compute_defaults(), **compute_args}["num_nearest_neighbors"]
+    with stage(f"k-NN search of {sum(len(a) for a in configs)} atoms", neighbors=k), \
             naming(f"CONFIGS {str(configs_path)!r}"):
         values = check_finite_output(score.compute_batch(scored, "UNCERTAINTY", **compute_args), "uncertainties")
-    metadata = score.get_metadata("UNCERTAINTY", **compute_args)
+    metadata = score.metadata_of(values)
     metadata.update(descriptors=provenance(settings, args.descriptors_key), train_descriptors=str(train_path),
                     error_logs=str(logs_path))
     calibration = None
@@ -152,8 +154,8 @@ def add_uq_command(subparsers):
                         "(.npy)")
     p.add_argument("--error-logs", required=True,
                    help="(epochs, n_train_atoms) force-error magnitudes in eV/Å logged during training (.npy)")
-    p.add_argument("--neighbors", type=int, default=DEFAULT_NEIGHBORS,
-                   help=f"training atoms averaged per query atom (default {DEFAULT_NEIGHBORS})")
+    p.add_argument("--neighbors", type=int, default=None,
+                   help="training atoms averaged per query atom (default: that of LTAUForcesUQScore.compute)")
     p.add_argument("--nbins", type=int, default=100, help="histogram bins of the error logs (default 100)")
     p.add_argument("--bin-spacing", choices=("log", "linear"), default="log", help="bin spacing (default log)")
     flags.add_descriptor_settings(p)

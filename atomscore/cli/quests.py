@@ -84,24 +84,41 @@ def add_descriptors_command(subparsers):
 # --------------------------------------------------------------------------- entropy
 
 def dataset_information(args) -> dict:
-    """Entropy, diversity and efficiency of ``args.dataset`` with the settings that define them."""
-    from atomscore.quests.kernels.gaussian import dataset_information as information
+    """Entropy, diversity and efficiency of ``args.dataset``, computed by the dataset scores
+    (:meth:`~atomscore.quests.QUESTSEfficiencyScore.information`), with the settings of the call."""
+    from atomscore.quests.score import QUESTSEfficiencyScore, check_bandwidth
 
-    check_positive(args.bandwidth, "-b/--bandwidth", allow_array=False)
+    check_bandwidth(args.bandwidth, "-b/--bandwidth")  # the scores' own check, before any work
     configs = read_input_configs(args.dataset, "DATASET")
     settings = descriptor_settings(args, configs)
     if settings is None:
         recorded_settings(args, (configs, f"DATASET {str(args.dataset)!r}"))
     configs = attach(configs, settings, args.descriptors_key)
-    x = stacked(configs, args.descriptors_key, f"DATASET {str(args.dataset)!r}")
-    if len(x) < 2:
-        raise InputError(f"DATASET: {str(args.dataset)!r} has {len(x)} atomic environment(s); the efficiency "
+    n = sum(len(a) for a in configs)
+    if n < 2:
+        raise InputError(f"DATASET: {str(args.dataset)!r} has {n} atomic environment(s); the efficiency "
                          "H / log N needs at least 2")
+    score = QUESTSEfficiencyScore()
+    given = {"seed": args.seed} if args.seed is not None else {}  # else the score's default
+    sampled = min(args.sample, n) if args.sample is not None else None
+    what = f"{sampled} sampled x {n}" if sampled is not None else f"{n} x {n}"
+    seed = {**score.compute_defaults(), **given}["seed"]
+    with stage(f"kernel sums of {what} environments", bandwidth=args.bandwidth,
+               **({"seed": seed} if sampled is not None else {})), naming(f"DATASET {str(args.dataset)!r}"):
+        measures = score.information(configs, descriptors_key=args.descriptors_key, bandwidth=args.bandwidth,
+                                     sample_size=args.sample, **given)
+    meta = score.metadata_of(measures)
     result = {"units": {"entropy": "nats", "diversity": "nats", "efficiency": "dimensionless (entropy / log N)"},
-              "n_environments": int(len(x)), "n_configurations": len(configs), "bandwidth": args.bandwidth,
+              "n_environments": n, "n_configurations": len(configs), "bandwidth": meta["bandwidth"],
               "descriptors": provenance(settings, args.descriptors_key), "dataset": str(args.dataset)}
     with naming(f"DATASET {str(args.dataset)!r}"):
-        values = _information_values(x, args, information, result)
+        check_finite_output(measures, "entropy, diversity, efficiency")
+    if "sample_size" not in meta:
+        values = {name: float(v) for name, v in measures.items()}
+    else:
+        values = {name: float(e.value) for name, e in measures.items()}
+        values["standard_error"] = {name: float(e.standard_error) for name, e in measures.items()}
+        result.update(sample_size=min(meta["sample_size"], n), seed=meta["seed"])
     # what the numbers mean: effective numbers of distinct environments (see docs/quests.md)
     values["effective_environments"] = {"exp_entropy": math.exp(values["entropy"]),
                                         "exp_diversity": math.exp(values["diversity"])}
@@ -109,26 +126,6 @@ def dataset_information(args) -> dict:
     if suggested["dataset"] is not None:
         result["volume_rule_bandwidth"] = suggested["dataset"]
     return {**values, **result}
-
-
-def _information_values(x, args, information, result):
-    if args.sample is None:
-        with stage(f"kernel sums of {len(x)} x {len(x)} environments", bandwidth=args.bandwidth,
-                   dimension=x.shape[1]):
-            info = information(x, args.bandwidth)
-        values = {"entropy": float(info.entropy), "diversity": float(info.diversity),
-                  "efficiency": float(info.efficiency)}
-    else:
-        from atomscore.quests.kernels.gaussian import estimate_information
-
-        n = min(args.sample, len(x))
-        with stage(f"kernel sums of {n} sampled x {len(x)} environments", bandwidth=args.bandwidth,
-                   seed=args.seed):
-            estimates = estimate_information(x, args.bandwidth, sample_size=args.sample, seed=args.seed)
-        values = {name: float(e.value) for name, e in estimates.items()}
-        values["standard_error"] = {name: float(e.standard_error) for name, e in estimates.items()}
-        result.update(sample_size=n, seed=args.seed)
-    return check_finite_output(values, "entropy, diversity, efficiency")
 
 
 def cmd_entropy(args):
@@ -179,7 +176,8 @@ def add_entropy_command(subparsers):
     p.add_argument("--sample", type=flags.int_at_least(2), default=None, metavar="N",
                    help="estimate from N sampled environments' kernel sums against all (cost N x all), "
                         "printed with its standard error (default: exact)")
-    p.add_argument("--seed", type=flags.int_at_least(0), default=0, help="random seed of --sample (default 0)")
+    p.add_argument("--seed", type=flags.int_at_least(0), default=None,
+                   help="random seed of --sample (default: that of QUESTSEfficiencyScore.compute)")
     p.add_argument("--json", action="store_true", help="print the values and settings as JSON")
     p.set_defaults(func=cmd_entropy, flag_names=_QUESTS_FLAGS)
 
@@ -231,12 +229,12 @@ def print_dh_table(rows, sort, top, label_key, n_total):
 
 
 def cmd_dh(args):
-    from atomscore.quests import QUESTSDeltaEntropyScore
+    from atomscore.quests.score import QUESTSDeltaEntropyScore, check_bandwidth
 
     test_path = input_file(args.test, "TEST")
     ref_path = input_file(args.reference, "--reference")
     check_command_output(args, [test_path, ref_path])
-    check_positive(args.bandwidth, "-b/--bandwidth", allow_array=False)
+    check_bandwidth(args.bandwidth, "-b/--bandwidth")  # the score's own check, before any work
     configs = read_input_configs(test_path, "TEST")
     if args.label and not any(args.label in atoms.info for atoms in configs):
         keys = sorted({k for atoms in configs for k in atoms.info})
@@ -251,7 +249,7 @@ def cmd_dh(args):
     with stage(f"dH of {n_atoms} environments against {len(reference)}", bandwidth=args.bandwidth), \
             naming(f"TEST {str(test_path)!r} against --reference {str(ref_path)!r}"):
         values = check_finite_output(score.compute_batch(scored, "DELTA_ENTROPY", **compute_args), "dH")
-    metadata = score.get_metadata("DELTA_ENTROPY", **compute_args)
+    metadata = score.metadata_of(values)
     metadata.update(descriptors=provenance(settings, args.descriptors_key), reference=str(ref_path),
                     n_reference=int(len(reference)))
     path = write_scored(score, values, output_configs(configs, scored, args), metadata, args)

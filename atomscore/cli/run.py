@@ -90,7 +90,7 @@ def run_spec(spec_path, root=None, base_dir=None, output=None, nprocs=None, prog
         score = spec["score_class"](**spec["score_args"])
     except TypeError as exc:
         raise InputError(f"score_args of {spec['score_class'].__name__}: {exc}") from None
-    want = ".xyz" if score.kind in ("atom", "configuration") else ".json"
+    want = ".xyz" if score.kind.on_configurations else ".json"
     if output is not None:
         _check_run_output(output, score, spec, overwrite)
     workflow = spec["workflow"]
@@ -148,7 +148,7 @@ def _check_run_output(output, score, spec, overwrite):
 
     inputs = [spec["spec_path"], spec["configs_path"], *_paths_in(spec["score_args"]),
               *_paths_in(spec["compute_args"])]
-    suffixes = CONFIG_SUFFIXES if score.kind in ("atom", "configuration") else RESULT_SUFFIXES
+    suffixes = CONFIG_SUFFIXES if score.kind.on_configurations else RESULT_SUFFIXES
     check_output(output, inputs=inputs, overwrite=overwrite, what=f"--output ({type(score).__name__} results)",
                  suffixes=suffixes)
 

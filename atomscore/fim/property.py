@@ -95,13 +95,13 @@ def _map_forked(func, list_of_kwargs, nprocs):
         return list(pool.map(_call, [(func, kw) for kw in list_of_kwargs]))
 
 
-def _map(func, list_of_kwargs, workflow, spec=None):
+def _map(func, list_of_kwargs, workflow, spec=None, root=None):
     """Evaluate ``func(**kw)`` for each kw through ``workflow`` (job folders, in parallel),
     or in this process when ``workflow`` is None.
 
-    A workflow given without a ``root_directory`` (or none at all) puts its calls under the
-    root of the job this runs in, or, called directly, into a temporary folder removed
-    afterwards: never into the current directory.
+    A workflow given without a ``root_directory`` (or none at all) puts its calls under
+    ``root`` (the root of the job this runs in, the score's ``job_root``), or, called
+    directly, into a temporary folder removed afterwards: never into the current directory.
     """
     if workflow is None:
         return [func(**kw) for kw in list_of_kwargs]
@@ -109,7 +109,6 @@ def _map(func, list_of_kwargs, workflow, spec=None):
 
     from atomscore.jobs import make_workflow
     from atomscore.jobs.calls import map_calls
-    from atomscore.jobs.folder import ROOT_ENV
 
     spec = {"workflow_type": "LOCAL"} if spec is None else spec
     if not isinstance(spec, dict) or (spec.get("workflow_args") or {}).get("root_directory"):
@@ -120,8 +119,8 @@ def _map(func, list_of_kwargs, workflow, spec=None):
         return map_calls(func, list_of_kwargs, workflow=make_workflow(placed), path_type="fim_property",
                          progress=None)
 
-    if os.environ.get(ROOT_ENV):
-        return under(os.environ[ROOT_ENV])
+    if root is not None:
+        return under(str(root))
     with tempfile.TemporaryDirectory(prefix="atomscore-fim-property-") as root:
         return under(root)
 
@@ -352,14 +351,6 @@ class FIMPropertyScore(ModelScore):
         return out
 
     # ------------------------------------------------------------------ compute
-    def _with_metadata(self, result, metadata):
-        # (fim, jacobians) from return_jacobian=True: the FIM is the result that saves with
-        # this call's metadata (save_results(fim)), the Jacobians are extra
-        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], np.ndarray):
-            super()._with_metadata(result[0], metadata)
-            return result
-        return super()._with_metadata(result, metadata)
-
     @records_metadata
     def compute(self, target_property=None, score_quantity="SENSITIVITY", cov=None, potential=None,
                 parameters_optimize=None, transform=None, derivative_kwargs=None, return_jacobian=False,
@@ -491,7 +482,7 @@ class FIMPropertyScore(ModelScore):
             if workflow is None and len(kwargs) > 1:
                 parts = _map_forked(evaluate_target_property, kwargs, nprocs)
             else:
-                parts = _map(evaluate_target_property, kwargs, workflow, workflow_spec)
+                parts = _map(evaluate_target_property, kwargs, workflow, workflow_spec, root=self.job_root)
             results = [vec for part in parts for vec in part]
             preds = {key: np.asarray(r, dtype=float) for key, r in zip(keys, results)}
             if not need_center:

@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from atomscore.errors import InputError
-from atomscore.jobs.folder import (FILES, abandon_run, FORMAT_VERSION, check_path_type, class_reference, clean_folder,
-                                   decode_args, encode_args, finish_run, is_job_call, new_numbered_folder,
-                                   new_run_folder, read_json, save_arrays)
+from atomscore.jobs.folder import (FILES, FORMAT_VERSION, JobFiles, check_path_type, class_reference, clean_folder,
+                                   decode_args, encode_args, is_job_call, read_json, write_run)
 
 
 def job_call(func):
@@ -69,18 +68,9 @@ def map_calls(func, list_of_kwargs, workflow=None, path_type="calls", job_detail
                for i, kwargs in enumerate(list_of_kwargs)]
     workflow = make_workflow(workflow)
     workflow.check_job_details(job_details)
-    run = new_run_folder(workflow.root / "calls" / path_type)
-    folders = []
-    try:
-        for data, arrays in encoded:
-            folder = new_numbered_folder(run)
-            save_arrays(folder / FILES.args, arrays)
-            folders.append(folder)
-        finish_run(run, folders, [{"format_version": FORMAT_VERSION, "kind": "call", "function": reference,
-                                   "kwargs": data, "cwd": str(Path.cwd())} for data, _ in encoded],
-                   {"function": reference})
-    except OSError as exc:
-        abandon_run(run, exc)
+    jobs = [JobFiles({"format_version": FORMAT_VERSION, "kind": "call", "function": reference, "kwargs": data,
+                      "cwd": str(Path.cwd())}, arrays=arrays) for data, arrays in encoded]
+    folders = write_run(workflow.root / "calls" / path_type, jobs, {"function": reference, "path_type": path_type})
     calc_ids = workflow.submit_run(folders, job_details)
     workflow.block_until_completed(calc_ids, progress=progress)
     results = []

@@ -14,7 +14,7 @@ Every ``run()`` writes its own ``<run>`` folder (with ``run.json``), and every `
 records the run id, the SHA-256 of each of its inputs and the run's digest; gathering refuses
 jobs of two runs (:func:`check_one_run`), the runner inputs changed since (:func:`verify_inputs`).
 What a folder may make this process import or run is bounded by :mod:`atomscore.jobs.trust`.
-The file names are those of :data:`FILES`; the states those of :class:`JobState`; a status
+The file names are those of :data:`~atomscore.jobs.paths.FILES`; the states those of :class:`JobState`; a status
 is read by :func:`read_status` only. The run plan (what goes into the folders) lives with
 the scores (``atomscore.score``); this module imports nothing above it.
 """
@@ -31,34 +31,27 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
-from atomscore.errors import AtomscoreError, InputError
-from atomscore.jobs import trust
+from atomscore.errors import AtomscoreError, InputError, RefusedJobError
 from atomscore.io import read_json, to_jsonable, write_json_atomic, write_text_atomic
+from atomscore.jobs import trust
+from atomscore.jobs.paths import FILES, ScoreKind  # noqa: F401 - FILES also importable from here, as before
 from atomscore.validation import check_jsonable, is_array_file
 
 FORMAT_VERSION = 1
 
-#: the one table of the names of the files of a job folder (and of a run folder)
-FILES = SimpleNamespace(
-    job="job.json", status="status.json", args="args", input_xyz="input.xyz", input_json="input.json",
-    results_xyz="score_results.xyz", results_json="score_results.json", call_result="result.json",
-    call_result_arrays="result", stdout="stdout.log", stderr="stderr.log", scheduler="scheduler.json",
-    cleaned="CLEANED", lock=".status.lock", run="run.json",
-)
 JOB_FILE, STATUS_FILE, ARGS_DIR = FILES.job, FILES.status, FILES.args
 ARRAY_TAG = "__ndarray__"
 #: a file the caller named (a ``.npy``/``.txt`` path), copied into the folder at run()
 FILE_TAG = "__file__"
 #: environment variable through which a workflow tells the runner which attempt it runs
 ATTEMPT_ENV = "ATOMSCORE_JOB_ATTEMPT"
-#: environment variable holding the workflow root of the job being run (for nested jobs)
-ROOT_ENV = "ATOMSCORE_JOB_ROOT"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
 
@@ -75,6 +68,48 @@ class JobState(str, enum.Enum):
     @property
     def final(self) -> bool:
         return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class FailureReason(str, enum.Enum):
+    """Why a job ended ``failed`` or ``cancelled``: ``status.json``'s ``reason``, stored as the text.
+
+    Compare members, not strings (``FailureReason.of(status.get('reason'))``). ``TIMED_OUT``
+    and ``KILLED`` are stored with their detail after the text (:meth:`detail`).
+    """
+
+    CANCELLED = "cancelled"
+    NOT_SUBMITTED = "not submitted"
+    COULD_NOT_START = "could not start"
+    NOT_RUNNABLE = "not runnable"
+    #: the local walltime ran out (followed by the walltime)
+    TIMED_OUT = "timed out after walltime"
+    #: the runner process died of a signal (followed by the signal's name)
+    KILLED = "killed by signal"
+    FOLDER_VANISHED = "folder vanished"
+    COULD_NOT_RECORD = "could not record"
+    RUNNER_DISAPPEARED = "runner process disappeared"
+    #: the scheduler's time limit
+    TIMEOUT = "timeout"
+    SCHEDULER_FAILED = "failed in the scheduler"
+    NO_RESULT = "ended without a result"
+    DEPENDENCY_FAILED = "dependency failed"
+
+    def __str__(self):
+        return self.value
+
+    def detail(self, text) -> str:
+        """The stored reason with its detail, e.g. ``killed by signal SIGKILL``."""
+        return f"{self.value} {text}"
+
+    @classmethod
+    def of(cls, reason):
+        """The member a stored reason is (or starts with, for a detailed one); None if none."""
+        if not reason:
+            return None
+        for member in cls:
+            if reason == member.value or str(reason).startswith(member.value + " "):
+                return member
+        return None
 
 
 class JobWriteError(AtomscoreError, OSError):
@@ -105,7 +140,7 @@ def read_status(folder) -> dict:
     """
     folder = Path(folder)
     if not (folder / FILES.job).is_file():
-        return {"state": JobState.FAILED.value, "reason": "folder vanished", "exit_code": None,
+        return {"state": JobState.FAILED.value, "reason": FailureReason.FOLDER_VANISHED.value, "exit_code": None,
                 "error": f"folder vanished: the job folder {str(folder)!r} (or its {FILES.job}) was deleted"}
     return _read_status_file(folder)
 
@@ -457,7 +492,7 @@ def resolve_reference(ref, what="score", job=None):
 # --------------------------------------------------------------------------- inputs
 def serialize_inputs(kind, configs) -> tuple[str, str]:
     """``(filename, text)`` of a job's configurations: extxyz, or JSON for model scores."""
-    if kind == "model":
+    if ScoreKind(kind) is ScoreKind.MODEL:
         data = to_jsonable(list(configs))
         check_jsonable(data, "configs")
         return FILES.input_json, json.dumps(data, indent=2)
@@ -693,3 +728,49 @@ def check_path_type(path_type):
     if not isinstance(path_type, str) or not _SAFE_NAME.match(path_type) or path_type in (".", ".."):
         raise InputError(f"path_type: expected a folder name of letters, digits, '_', '-', '.', got {path_type!r}")
     return path_type
+
+
+# --------------------------------------------------------------------------- the one run-folder writer
+@dataclass
+class JobFiles:
+    """What one job folder of a run holds before its ``job.json`` is written.
+
+    ``job``: the ``job.json`` fields (the run's name and a job id are added); ``arrays``:
+    ``args/*.npy`` of this job only; ``linked``: arrays shared by the run's jobs (written once,
+    hard-linked into the other folders); ``input``: ``(file name, text)`` or None.
+    """
+
+    job: dict
+    arrays: dict = field(default_factory=dict)
+    linked: dict = field(default_factory=dict)
+    input: tuple | None = None
+
+
+def write_run(base, jobs, run_fields) -> list[Path]:
+    """Write a new run folder under ``base`` holding one job folder per :class:`JobFiles`,
+    then (:func:`finish_run`) every ``job.json`` and the ``run.json`` (``run_fields`` plus the
+    run's name and id, the digests, creation time and job names).
+
+    The one writer of run folders (score runs and job calls). Returns the job folders.
+
+    Raises
+    ------
+    JobWriteError
+        When the disk refuses (full, read-only): the partial run folder is removed.
+    """
+    run = new_run_folder(Path(base))
+    folders = []
+    linked_paths: dict[str, Path] = {}
+    try:
+        for files in jobs:
+            folder = new_numbered_folder(run)
+            save_arrays(folder / FILES.args, files.linked, linked_paths)
+            save_arrays(folder / FILES.args, files.arrays)  # per job: never linked
+            if files.input is not None:
+                write_text_atomic(folder / files.input[0], files.input[1])
+            folders.append(folder)
+        # one run id and the digests of every job's inputs, in every job.json (written last)
+        finish_run(run, folders, [files.job for files in jobs], run_fields)
+    except OSError as exc:
+        abandon_run(run, exc)
+    return folders

@@ -25,11 +25,13 @@ import time
 import traceback
 from pathlib import Path
 
+from atomscore.errors import RefusedJobError
 from atomscore.io import write_json_atomic
 from atomscore.jobs import trust
-from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, ROOT_ENV, JobState, decode_args, encode_args, is_cleaned,
-                                   now, read_inputs, read_job, resolve_reference, save_arrays, update_status,
+from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, JobState, decode_args, encode_args, is_cleaned, now,
+                                   read_inputs, read_job, resolve_reference, save_arrays, update_status,
                                    verify_inputs)
+from atomscore.jobs.paths import JobPaths, ScoreKind
 from atomscore.validation import executables_from_env, restrict_executables
 
 #: exit code of a refused job (the folder is not run, its status not changed)
@@ -38,24 +40,22 @@ RESULT_FILE = FILES.call_result
 RESULT_ARRAYS_DIR = FILES.call_result_arrays
 
 
-def _results_exist(folder: Path) -> list[str]:
-    names = (FILES.results_xyz, FILES.results_json, FILES.call_result)
-    return [n for n in names if (folder / n).exists()]
-
-
-def run_score_job(folder: Path, spec: dict) -> Path:
+def run_score_job(paths: JobPaths, spec: dict) -> Path:
+    folder = paths.folder
     cls = resolve_reference(spec["score"], "score", spec)
     score = cls(**decode_args(spec["init_args"], folder))
+    score.job_root = paths.root  # where the score's own nested jobs go
     configs = read_inputs(folder)
     compute_args = decode_args(spec["compute_args"], folder)
     results = score.run_batch(configs, spec["score_quantity"], compute_args)
-    if not (folder / FILES.job).is_file():
+    if not paths.job.is_file():
         raise RuntimeError(f"folder vanished: {folder} was deleted while the job ran; results not written")
     return Path(score.save_results(results, save_dir=folder,
-                                   list_of_configs=configs if score.kind in ("atom", "configuration") else None))
+                                   list_of_configs=configs if ScoreKind(score.kind).on_configurations else None))
 
 
-def run_call_job(folder: Path, spec: dict) -> Path:
+def run_call_job(paths: JobPaths, spec: dict) -> Path:
+    folder = paths.folder
     func = resolve_reference(spec["function"], "call", spec)
     result = func(**decode_args(spec["kwargs"], folder))
     data, arrays = encode_args({"result": result}, "result", f"result of {spec['function']['target']}",
@@ -90,13 +90,14 @@ def main(argv=None) -> int:
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print("usage: python -m atomscore.job FOLDER\n\nRun the job described by FOLDER/job.json.")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    folder = Path(argv[0]).resolve()
-    if not (folder / FILES.job).is_file():
+    paths = JobPaths(Path(argv[0]).resolve())
+    folder = paths.folder
+    if not paths.job.is_file():
         return _refuse(f"no {FILES.job} in {folder}")
     if is_cleaned(folder):
         return _refuse(f"{folder} was cleaned (its argument files were removed by 'atomscore jobs clean'); "
                        "it cannot be run again: run the score again to recompute. Its status is unchanged.")
-    existing = _results_exist(folder)
+    existing = paths.existing_results
     if existing:
         return _refuse(f"{folder} already holds results ({', '.join(existing)}); they are never overwritten. "
                        "Run the score again (a new run folder), or remove the results file by hand to re-run.")
@@ -119,16 +120,15 @@ def main(argv=None) -> int:
     if written is None:
         return _refuse(f"{folder}: this attempt is no longer the folder's current one (cancelled, replaced "
                        "by a newer job or re-submitted); not run")
-    os.environ[ROOT_ENV] = str(folder.parents[3]) if len(folder.parents) > 3 else str(folder.parent)
     try:
         spec = read_job(folder)
         check_trust(folder, spec)
         if spec.get("cwd") and os.path.isdir(spec["cwd"]):
             os.chdir(spec["cwd"])  # relative paths in arguments mean what they meant to the caller
         if spec.get("kind") == "call":
-            results = run_call_job(folder, spec)
+            results = run_call_job(paths, spec)
         else:
-            results = run_score_job(folder, spec)
+            results = run_score_job(paths, spec)
         # what gathering checks: this job of this run computed these results from these inputs
         stamp = {"run_id": spec.get("run_id"), "job_id": spec.get("job_id"),
                  "inputs_digest": trust.digest_of(spec.get("inputs")), "results_file": results.name,
@@ -136,9 +136,8 @@ def main(argv=None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure must be recorded
         traceback.print_exc()
         sys.stderr.flush()
-        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code else 1
-        if isinstance(exc, trust.UntrustedJob):
-            code = REFUSED
+        code = REFUSED if isinstance(exc, RefusedJobError) else \
+            exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code else 1
         try:
             update_status(folder, expect=expect, only_if=not_cancelled, state=JobState.FAILED, exit_code=code,
                           error=f"{type(exc).__name__}: {exc}", end_time=now(), seconds=round(time.time() - start, 3))

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from atomscore.errors import InputError, SchedulerError, missing_extra
 from atomscore.io import write_json_atomic
-from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, JobState, check_submittable, now, read_status, state_of, tail_text,
-                                   update_status)
+from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, FailureReason, JobState, check_submittable, now, read_status,
+                                   state_of, tail_text, update_status)
 from atomscore.jobs.workflow import DEFAULT_ROOT, Workflow, check_env, job_command
 from atomscore.validation import check_choice, check_int, check_keys, check_positive
 
@@ -374,7 +374,7 @@ class PSIJWorkflow(Workflow):
                 native_id = self._reconcile(job)  # timed out: it may have been submitted all the same
                 reconciled = native_id is not None
             if native_id is None:
-                update_status(folder, state=JobState.FAILED, reason="not submitted", exit_code=None,
+                update_status(folder, state=JobState.FAILED, reason=FailureReason.NOT_SUBMITTED, exit_code=None,
                               error=message, end_time=now())
                 raise SchedulerError(f"{folder}: {message}") from None
         record = {
@@ -583,22 +583,22 @@ class PSIJWorkflow(Workflow):
         end_state = record.get("scheduler_end_state", state)
         end_message = message or record.get("scheduler_message")
         if end_state == "CANCELED":
-            reason = "cancelled"
+            reason = FailureReason.CANCELLED
             error = f"{self.executor_name} job {record['native_id']} was cancelled"
         elif end_state == "FAILED" and end_message and _is_time_limit(end_message):
             walltime = record.get("walltime_s")
-            reason = "timeout"
+            reason = FailureReason.TIMEOUT
             error = (f"{self.executor_name} job {record['native_id']} passed its walltime"
                      + (f" of {walltime:g} s" if walltime else "") + f": {end_message}")
         elif end_state == "FAILED":
-            reason = "failed in the scheduler"
+            reason = FailureReason.SCHEDULER_FAILED
             error = f"{self.executor_name} job {record['native_id']}: {end_message or 'failed'}"
         else:
-            reason = "ended without a result"
+            reason = FailureReason.NO_RESULT
             error = (f"{self.executor_name} job {record['native_id']} left the queue but the runner "
                      "recorded no result (killed, out of memory, or past its walltime)")
         tail = _tail(folder / FILES.stderr) or _tail(record.get("scheduler_output") or "")
-        update_status(folder, state=JobState.CANCELLED if reason == "cancelled" else JobState.FAILED,
+        update_status(folder, state=JobState.CANCELLED if reason is FailureReason.CANCELLED else JobState.FAILED,
                       reason=reason, error=error, end_time=now(),
                       exit_code=status_now.get("exit_code"),
                       scheduler_state=end_state, **({"scheduler_output_tail": tail} if tail else {}))
@@ -613,7 +613,7 @@ class PSIJWorkflow(Workflow):
                 age = float("inf")
             if age < self.scheduler_timeout:
                 return  # being submitted right now, by another process
-        update_status(folder, state=JobState.FAILED, reason="not submitted", end_time=now(),
+        update_status(folder, state=JobState.FAILED, reason=FailureReason.NOT_SUBMITTED, end_time=now(),
                       error=f"no {SCHEDULER_FILE}: this job was never submitted to {self.executor_name} "
                             "(submission interrupted, or the folder belongs to another workflow)")
 
@@ -634,7 +634,7 @@ class PSIJWorkflow(Workflow):
                     problems.append(str(exc))
                     continue
             update_status(folder, only_if=lambda s: not state_of(s).final, state=JobState.CANCELLED,
-                          reason="cancelled", end_time=now(),
+                          reason=FailureReason.CANCELLED, end_time=now(),
                           **({"scheduler_state": "CANCELED"} if record else {}),
                           error=(f"{self.executor_name} job {record['native_id']} was cancelled" if record
                                  else "cancelled before it was submitted"))
@@ -725,7 +725,7 @@ def _main(argv=None) -> int:
         if state != JobState.DONE.value:
             message = f"dependency {dep} is {state!r}, not 'done'; this job was not run"
             print(f"atomscore: {message}", file=sys.stderr)
-            update_status(folder, state=JobState.FAILED, reason="dependency failed", exit_code=None,
+            update_status(folder, state=JobState.FAILED, reason=FailureReason.DEPENDENCY_FAILED, exit_code=None,
                           error=message, end_time=now())
             return 1
     sys.stdout.flush()

@@ -28,7 +28,7 @@ import stat
 import sys
 from pathlib import Path
 
-from atomscore.errors import InputError
+from atomscore.errors import InputError, RefusedJobError
 
 #: environment variable naming the key file (default ``$XDG_CONFIG_HOME/atomscore/job-key``)
 KEY_ENV = "ATOMSCORE_KEY_FILE"
@@ -36,7 +36,7 @@ KEY_ENV = "ATOMSCORE_KEY_FILE"
 REFUSAL = "the job runner runs scores and registered job calls only"
 
 
-class UntrustedJob(InputError):
+class UntrustedJob(RefusedJobError):
     """A job folder asked for something outside the trust boundary (refused, exit code 2)."""
 
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from atomscore.errors import InputError, JobFailedError, SchedulerError
-from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, JOB_FILE, JobState, check_submittable, job_folder,  # noqa: F401
-                                   now, open_log, read_status, state_of, tail_text, update_status)
+from atomscore.jobs.folder import (ATTEMPT_ENV, FILES, JOB_FILE, FailureReason, JobState,  # noqa: F401
+                                   check_submittable, job_folder, now, open_log, read_status, state_of, tail_text,
+                                   update_status)
 from atomscore.jobs.trust import is_runner_of
 from atomscore.validation import check_keys
 
@@ -190,7 +191,7 @@ class Workflow:
         for calc_id in calc_ids:
             folder = Path(str(calc_id))
             update_status(folder, only_if=lambda s: not state_of(s).final, state=JobState.CANCELLED,
-                          reason="cancelled", error="cancelled before it ran", end_time=now())
+                          reason=FailureReason.CANCELLED, error="cancelled before it ran", end_time=now())
 
     def check_job_details(self, job_details):
         """Validate ``job_details`` before any folder is written; return them as a dict.
@@ -245,7 +246,7 @@ class Workflow:
         for folder in rest:
             try:
                 update_status(folder, only_if=lambda s: not state_of(s).final, state=JobState.FAILED,
-                              reason="not submitted", exit_code=None, error=why, end_time=now())
+                              reason=FailureReason.NOT_SUBMITTED, exit_code=None, error=why, end_time=now())
             except OSError:
                 shutil.rmtree(folder, ignore_errors=True)  # cannot even mark it (disk full): no orphan
 
@@ -413,14 +414,14 @@ class LocalWorkflow(Workflow):
         try:
             self._run(folder, details, job)
         except BaseException as exc:  # noqa: BLE001 - every start failure ends the job
-            self._finish(folder, job, state=JobState.FAILED, exit_code=None, reason="could not start",
+            self._finish(folder, job, state=JobState.FAILED, exit_code=None, reason=FailureReason.COULD_NOT_START,
                          error=f"could not start: {type(exc).__name__}: {exc}")
 
     def _run(self, folder: Path, details: dict, job: _LocalJob):
         status = read_status(folder)
         if job.cancelled or state_of(status) is JobState.CANCELLED or status.get("attempt") != job.attempt:
             if status.get("attempt") == job.attempt and not state_of(status).final:
-                self._finish(folder, job, state=JobState.CANCELLED, reason="cancelled", exit_code=None,
+                self._finish(folder, job, state=JobState.CANCELLED, reason=FailureReason.CANCELLED, exit_code=None,
                              error="cancelled before it started")
             return
         walltime = details.get("walltime")
@@ -434,7 +435,7 @@ class LocalWorkflow(Workflow):
                                             stdin=subprocess.DEVNULL, start_new_session=True)
                     job.proc = proc
             if proc is None:
-                self._finish(folder, job, state=JobState.CANCELLED, reason="cancelled", exit_code=None,
+                self._finish(folder, job, state=JobState.CANCELLED, reason=FailureReason.CANCELLED, exit_code=None,
                              error="cancelled before it started")
                 return
             reason = None
@@ -443,20 +444,20 @@ class LocalWorkflow(Workflow):
             except subprocess.TimeoutExpired:
                 _kill_group(proc.pid, signal.SIGKILL)
                 code = proc.wait()
-                reason = f"timed out after walltime {walltime:g} s"
+                reason = FailureReason.TIMED_OUT.detail(f"{walltime:g} s")
         status = read_status(folder)
         if status.get("attempt") != job.attempt:
             return  # a newer job (or attempt) owns this path now, or the folder vanished
         if state_of(status) is JobState.CANCELLED:
             return
         if job.cancelled:
-            self._finish(folder, job, state=JobState.CANCELLED, reason="cancelled", exit_code=code,
+            self._finish(folder, job, state=JobState.CANCELLED, reason=FailureReason.CANCELLED, exit_code=code,
                          error="cancelled: its process group was terminated")
             return
         if code == 0 and state_of(status) is JobState.DONE:
             return
         if code < 0:
-            reason = reason or f"killed by signal {signal.Signals(-code).name}"
+            reason = reason or FailureReason.KILLED.detail(signal.Signals(-code).name)
         if state_of(status) is not JobState.FAILED or reason:
             self._finish(folder, job, state=JobState.FAILED, exit_code=code, reason=reason,
                          error=status.get("error") or reason or
@@ -469,14 +470,14 @@ class LocalWorkflow(Workflow):
         job = self._jobs.get(folder)
         if job is None:
             return status
-        if status.get("reason") == "folder vanished":
+        if FailureReason.of(status.get("reason")) is FailureReason.FOLDER_VANISHED:
             self._stop(job)  # nothing to record into; its process must not go on
             return status
         if state_of(status).final or status.get("attempt") != job.attempt:
             return status
         if job.future is not None and job.future.done():
             # Its bookkeeping ended but the disk says it is open: status.json could not be written.
-            return {**status, "state": JobState.FAILED.value, "reason": "could not record",
+            return {**status, "state": JobState.FAILED.value, "reason": FailureReason.COULD_NOT_RECORD.value,
                     **(job.outcome or {"error": "the job ended but its final state could not be recorded"})}
         return status
 
@@ -509,7 +510,7 @@ class LocalWorkflow(Workflow):
                 # Under the status lock: either the runner recorded its pid first (and is killed
                 # below) or it sees 'cancelled' and does not run.
                 status = update_status(folder, only_if=lambda s: not state_of(s).final, state=JobState.CANCELLED,
-                                       reason="cancelled", exit_code=None, end_time=now(),
+                                       reason=FailureReason.CANCELLED, exit_code=None, end_time=now(),
                                        error="cancelled (Ctrl-C, SIGTERM or cancel())")
             except OSError:
                 status = None  # disk full: the wait still sees it cancelled through this object
@@ -554,12 +555,12 @@ class LocalWorkflow(Workflow):
                 try:
                     self.submit(folder)
                 except InputError as exc:
-                    update_status(folder, state=JobState.FAILED, reason="not runnable", error=str(exc),
+                    update_status(folder, state=JobState.FAILED, reason=FailureReason.NOT_RUNNABLE, error=str(exc),
                                   end_time=now())
             elif state is JobState.RUNNING and not _runner_alive(status, folder) \
                     and not _alive(status.get("owner_pid")):
                 update_status(folder, expect={"attempt": status.get("attempt")}, state=JobState.FAILED,
-                              reason="runner process disappeared", end_time=now(),
+                              reason=FailureReason.RUNNER_DISAPPEARED, end_time=now(),
                               error="the runner process ended without recording a result")
 
     def __del__(self):

@@ -21,7 +21,7 @@ from atomscore.errors import InputError
 from atomscore.ltau.estimator import BIN_SPACINGS, INDEX_TYPES, LTAUEstimator, read_index
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, records_metadata
-from atomscore.validation import (array_digest, check_choice, check_configs, check_finite_output, check_int, check_keys,
+from atomscore.validation import (array_digest, check_choice, check_configs, check_finite_output, check_int,
                                   check_same_descriptor_settings, descriptor_settings, load_array, per_atom_array)
 
 
@@ -194,10 +194,8 @@ class LTAUForcesUQScore(AtomCenteredScore):
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Check quantity, descriptors (key, dimension, finite) and k before a run writes anything."""
         self.parse_quantity(score_quantity)
-        check_keys(compute_args, ("descriptors_key", "num_nearest_neighbors"), f"{type(self).__name__} compute_args",
-                   ignore=("score_quantity",))
-        self._descriptors(check_configs(configs), compute_args.get("descriptors_key", "descriptors"),
-                          compute_args.get("num_nearest_neighbors", DEFAULT_NEIGHBORS))
+        args = self._with_defaults(compute_args)
+        self._descriptors(check_configs(configs), args["descriptors_key"], args["num_nearest_neighbors"])
 
     # ------------------------------------------------------------------ compute
     @records_metadata
@@ -225,9 +223,10 @@ class LTAUForcesUQScore(AtomCenteredScore):
         return self._predict(configs, descriptors_key, num_nearest_neighbors)[0]
 
     @records_metadata
-    def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.UNCERTAINTY,
-                      descriptors_key="descriptors", num_nearest_neighbors=DEFAULT_NEIGHBORS):
+    def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.UNCERTAINTY, **compute_args):
         """:meth:`compute` for every configuration, with one faiss search for all atoms.
+
+        Takes the arguments of :meth:`compute` (the defaults are those of its signature).
 
         Returns
         -------
@@ -236,7 +235,8 @@ class LTAUForcesUQScore(AtomCenteredScore):
         """
         self.parse_quantity(score_quantity)
         configs = check_configs(list_of_atoms, "list_of_atoms")
-        return self._predict(configs, descriptors_key, num_nearest_neighbors)
+        args = self._with_defaults(compute_args)
+        return self._predict(configs, args["descriptors_key"], args["num_nearest_neighbors"])
 
     def _predict(self, configs, descriptors_key, num_nearest_neighbors):
         blocks, k = self._descriptors(configs, descriptors_key, num_nearest_neighbors)
@@ -260,11 +260,12 @@ class LTAUForcesUQScore(AtomCenteredScore):
         """Bins, index type and arguments, and k -- flat keys as the reference writes them."""
         est = self.estimator
         resolved = est.index_args if est.index_args else None
+        args = self._with_defaults(compute_args)
         return {
             "bins": est.bins.tolist(),
             "bin_spacing": est.bin_spacing,
             "index_type": est.index_type,
             "index_args": resolved,
-            "num_nearest_neighbors": int(compute_args.get("num_nearest_neighbors", DEFAULT_NEIGHBORS)),
+            "num_nearest_neighbors": int(args["num_nearest_neighbors"]),
             "train_descriptors": dict(self._train_provenance),
         }

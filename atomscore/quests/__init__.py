@@ -5,8 +5,10 @@
 """
 
 from atomscore.quests.defaults import DEFAULT_BANDWIDTH, DEFAULT_CUTOFF, DEFAULT_K
+from atomscore.quests.reference import ReferenceSet
 from atomscore.quests.score import (SELECTION_MASK_KEY, QUESTSDeltaEntropyScore, QUESTSDiversityScore,
                                     QUESTSEfficiencyScore)
 
-__all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore", "SELECTION_MASK_KEY",
+__all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore", "ReferenceSet",
+           "SELECTION_MASK_KEY",
            "DEFAULT_BANDWIDTH", "DEFAULT_CUTOFF", "DEFAULT_K"]

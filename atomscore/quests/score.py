@@ -39,11 +39,12 @@ from atomscore.quests.defaults import DEFAULT_BANDWIDTH
 from atomscore.quests.kernels import gaussian
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, DatasetScore, records_metadata
-from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_keys, check_positive,
-                                  check_same_descriptor_settings, descriptor_settings, is_array_file, load_array,
-                                  per_atom_array)
+from atomscore.quests.reference import ReferenceSet
+from atomscore.validation import (check_choice, check_configs, check_int, check_positive, is_array_file,
+                                  check_same_descriptor_settings, descriptor_settings, load_array, per_atom_array)
 
-__all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore", "SELECTION_MASK_KEY"]
+__all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore", "ReferenceSet",
+           "SELECTION_MASK_KEY"]
 
 #: per-atom boolean array read when ``apply_mask=True``
 SELECTION_MASK_KEY = "selection_mask"
@@ -94,8 +95,10 @@ def _gather(configs, descriptors_key, apply_mask, dim=None, name="dataset"):
     return rows, masks
 
 
-def _bandwidth(bandwidth):
-    return check_positive(bandwidth, "bandwidth", allow_array=True)
+def check_bandwidth(bandwidth, name="bandwidth"):
+    """The kernel bandwidth ``h`` (descriptor units) as every QUESTS score (and command) checks it:
+    a positive number or a 1-D array of them; returns it as a float or array."""
+    return check_positive(bandwidth, name, allow_array=True)
 
 
 def _precision(precision):
@@ -107,80 +110,26 @@ def _metadata_value(value):
     return arr.tolist() if arr.ndim else float(arr)
 
 
-def _is_configurations(value):
-    from ase import Atoms
-
-    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(a, Atoms) for a in value)
-
-
-def _reference(reference_set, descriptors_key, reference_settings=None):
-    """The reference descriptors ``(n, dim)`` and their recorded settings (or None).
-
-    ``reference_set`` is an array or ``.npy``/``.txt`` path, a list of Atoms carrying
-    ``arrays[descriptors_key]``, or a path ASE reads holding such configurations.
-    """
-    if reference_set is None:
-        raise InputError("reference_set: expected the (n_reference, n_features) reference descriptors "
-                         "(array or .npy path), or configurations carrying them, got None")
-    if isinstance(reference_set, (str, os.PathLike)) and not is_array_file(reference_set):
-        path = Path(reference_set)
-        if not path.is_file():
-            raise InputError(f"reference_set: file not found: {str(path)!r}")
-        import ase.io
-
-        try:
-            reference_set = ase.io.read(path, index=":")
-        except Exception as exc:  # unreadable file: one clear message
-            raise InputError(f"reference_set: cannot read {str(path)!r} as configurations (ASE): {exc}") from None
-        if not reference_set:
-            raise InputError(f"reference_set: {str(path)!r} holds no configurations")
-    if _is_configurations(reference_set):
-        blocks = [per_atom_array(a, descriptors_key, index=i, name="reference_set descriptors_key")
-                  for i, a in enumerate(reference_set)]
-        dims = {b.shape[1] for b in blocks}
-        if len(dims) > 1:
-            raise InputError(f"reference_set: configurations carry descriptors of different dimensions {sorted(dims)}")
-        settings = descriptor_settings(reference_set, descriptors_key, "reference_set")
-        if settings is not None and reference_settings is not None:
-            check_same_descriptor_settings(settings, "reference_set's configurations",
-                                           reference_settings, "reference_settings")
-        return np.concatenate(blocks, axis=0), settings if settings is not None else reference_settings
-    if reference_settings is not None and not isinstance(reference_settings, dict):
-        raise InputError(f"reference_settings: expected a dict of descriptor settings, got {reference_settings!r}")
-    return load_array(reference_set, "reference_set", ndim=2), reference_settings
-
-
-def _provenance(ref, settings, given):
-    """Metadata of a reference set: shape, digest, settings when known, and its file if any."""
-    out = array_digest(ref)
-    if settings is not None:
-        out["settings"] = settings
-    if isinstance(given, (str, os.PathLike)):
-        out["path"] = str(given)
-    return out
-
-
-def _kernel_options(compute_args):
+def _kernel_options(backend, device, sample_size=None, seed=None):
     """Check ``backend`` and ``device`` (and ``sample_size``, ``seed`` where given); return them."""
-    backend = check_choice(compute_args.get("backend", "numpy"), "backend", gaussian.BACKENDS)
-    device = compute_args.get("device")
+    backend = check_choice(backend, "backend", gaussian.BACKENDS)
     gaussian._engine(backend, device)  # refuses a device numpy lacks, a missing torch, an absent GPU
     out = {"backend": backend, "device": device}
-    if compute_args.get("sample_size") is not None:
-        out["sample_size"] = check_int(compute_args["sample_size"], "sample_size", minimum=2)
-        seed = compute_args.get("seed", 0)
+    if sample_size is not None:
+        out["sample_size"] = check_int(sample_size, "sample_size", minimum=2)
         out["seed"] = None if seed is None else check_int(seed, "seed", minimum=0)
     return out
 
 
-def _kernel_metadata(compute_args):
-    """The backend (and device), and for a sampled estimate its sample size and seed."""
-    meta = {"backend": compute_args.get("backend", "numpy")}
+def _kernel_metadata(args):
+    """The backend (and device), and for a sampled estimate its sample size and seed
+    (``args``: every compute argument, defaults filled in)."""
+    meta = {"backend": args["backend"]}
     if meta["backend"] != "numpy":
-        meta["device"] = compute_args.get("device") or "cpu"
-    if compute_args.get("sample_size") is not None:
-        meta["sample_size"] = int(compute_args["sample_size"])
-        meta["seed"] = compute_args.get("seed", 0)
+        meta["device"] = args["device"] or "cpu"
+    if args.get("sample_size") is not None:
+        meta["sample_size"] = int(args["sample_size"])
+        meta["seed"] = args["seed"]
     return meta
 
 
@@ -234,10 +183,9 @@ def _row_blocks(configs, masks, batch_size):
 class _QUESTSDatasetScore(DatasetScore):
     """Shared argument handling of the two dataset scores."""
 
-    _ARGS = ("descriptors_key", "bandwidth", "apply_mask", "precision", "sample_size", "seed", "backend", "device")
     _MIN_ENVIRONMENTS = 1
-    #: the exact measure and the sampled estimate of ``gaussian``
-    _MEASURE = _ESTIMATE = None
+    #: the measure of :class:`~atomscore.quests.kernels.gaussian.DatasetInformation` this score gives
+    _MEASURE = None
 
     def __init__(self):
         super().__init__()
@@ -245,7 +193,7 @@ class _QUESTSDatasetScore(DatasetScore):
     def _rows(self, dataset, descriptors_key, bandwidth, apply_mask, precision):
         rows, _ = _gather(dataset, descriptors_key, apply_mask)
         self.note_metadata(descriptor_settings=descriptor_settings(dataset, descriptors_key, "dataset"))
-        h = _bandwidth(bandwidth)
+        h = check_bandwidth(bandwidth)
         _precision(precision)
         if len(rows) < self._MIN_ENVIRONMENTS:
             what = "selected environments (apply_mask=True)" if apply_mask else "environments"
@@ -254,32 +202,96 @@ class _QUESTSDatasetScore(DatasetScore):
         return rows, h
 
     def check_compute_args(self, configs, score_quantity, compute_args):
-        """Quantity, argument names, descriptors, mask and bandwidth: checked before a run writes."""
+        """Quantity, descriptors, mask, bandwidth and kernel options: checked before a run writes."""
         self.parse_quantity(score_quantity)
-        check_keys(compute_args, self._ARGS, f"{type(self).__name__} compute_args", ignore=("score_quantity",))
-        self._rows(configs, compute_args.get("descriptors_key", "descriptors"),
-                   compute_args.get("bandwidth", DEFAULT_BANDWIDTH), compute_args.get("apply_mask", False),
-                   compute_args.get("precision", "float64"))
-        _kernel_options(compute_args)
+        args = self._with_defaults(compute_args)
+        self._rows(configs, args["descriptors_key"], args["bandwidth"], args["apply_mask"], args["precision"])
+        _kernel_options(args["backend"], args["device"], args["sample_size"], args["seed"])
 
     def get_metadata(self, score_quantity, **compute_args):
-        """The bandwidth (and precision) that define the number."""
-        return {"bandwidth": _metadata_value(compute_args.get("bandwidth", DEFAULT_BANDWIDTH)),
-                "precision": compute_args.get("precision", "float64"), **_kernel_metadata(compute_args)}
+        """The bandwidth (and precision, kernel backend, sample) that define the number."""
+        args = self._with_defaults(compute_args)
+        return {"bandwidth": _metadata_value(args["bandwidth"]), "precision": args["precision"],
+                **_kernel_metadata(args)}
 
-    def _value(self, dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
-               seed, backend, device):
-        """The exact measure, or with ``sample_size`` the sampled :class:`~atomscore.quests.kernels.gaussian.Estimate`
-        (its standard error also noted in the metadata)."""
-        self.parse_quantity(score_quantity)
+    def _measures(self, dataset, descriptors_key, bandwidth, apply_mask, precision, sample_size, seed, backend,
+                  device):
+        """Checked inputs, then entropy, diversity and efficiency from one kernel pass: the
+        exact values, or with ``sample_size`` their sampled ``Estimate`` s."""
         rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
-        options = _kernel_options({"backend": backend, "device": device, "sample_size": sample_size, "seed": seed})
+        options = _kernel_options(backend, device, sample_size, seed)
         kernel = dict(precision=precision, backend=backend, device=device)
         if sample_size is None:
-            return self._MEASURE(rows, h, **kernel)
-        estimate = self._ESTIMATE(rows, h, options["sample_size"], options["seed"], **kernel)
-        self.note_metadata(standard_error=_metadata_value(estimate.standard_error))
-        return estimate
+            return gaussian.dataset_information(rows, h, **kernel)._asdict()
+        if len(rows) < 2:
+            raise InputError(f"dataset: a sampled estimate needs at least 2 environments, got {len(rows)}")
+        return gaussian.estimate_information(rows, h, options["sample_size"], options["seed"], **kernel)
+
+    @records_metadata
+    def compute(self, dataset, score_quantity=None, descriptors_key="descriptors",
+                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
+                backend="numpy", device=None):
+        """The score's value for the whole dataset: efficiency (dimensionless) or diversity (nats).
+
+        Parameters
+        ----------
+        dataset : list of ase.Atoms
+            Each with per-atom descriptors in ``arrays[descriptors_key]``; never modified.
+        score_quantity : ScoreQuantity or str, optional
+            ``EFFICIENCY`` or ``DIVERSITY``, the one the score supports (the default).
+        descriptors_key : str
+        bandwidth : float or array_like of float
+            Kernel bandwidth ``h`` (descriptor units); an array gives one value per bandwidth.
+        apply_mask : bool
+            Use only atoms with ``arrays['selection_mask']`` true.
+        precision : {'float64', 'float32'}
+            Kernel arithmetic (float32: about 3x faster, 1e-5 relative).
+        sample_size : int, optional
+            Estimate from the kernel sums of this many environments (drawn without
+            replacement by ``seed``) against all N: cost ``sample_size x N`` instead of
+            ``N^2 / 2`` (:func:`~atomscore.quests.kernels.gaussian.estimate_information`).
+        seed : int
+            Seed of the sample.
+        backend : {'numpy', 'torch'}
+            Kernel backend (``'torch'`` needs ``atomscore[gpu]``).
+        device : str, optional
+            torch device, ``'cpu'`` or ``'cuda'``.
+
+        Returns
+        -------
+        ScoreFloat or ScoreArray or Estimate
+            One value (one per bandwidth for an array), carrying its metadata; with
+            ``sample_size`` an ``Estimate(value, standard_error)``.
+        """
+        return self._value(dataset, score_quantity, descriptors_key=descriptors_key, bandwidth=bandwidth,
+                           apply_mask=apply_mask, precision=precision, sample_size=sample_size, seed=seed,
+                           backend=backend, device=device)
+
+    def _value(self, dataset, score_quantity, **compute_args):
+        """The score's measure, or with ``sample_size`` its sampled ``Estimate`` (the standard
+        error also noted in the metadata)."""
+        self.parse_quantity(self.supported_score_quantities[0] if score_quantity is None else score_quantity)
+        value = self._measures(dataset, **compute_args)[self._MEASURE]
+        if isinstance(value, gaussian.Estimate):
+            self.note_metadata(standard_error=_metadata_value(value.standard_error))
+        return value
+
+    @records_metadata
+    def information(self, dataset, **compute_args):
+        """Entropy (nats), diversity (nats) and efficiency of ``dataset`` from one kernel pass.
+
+        The numbers of :class:`QUESTSEfficiencyScore` and :class:`QUESTSDiversityScore` (and
+        the entropy ``H`` behind the efficiency), with the arguments of :meth:`compute`.
+
+        Returns
+        -------
+        dict
+            ``{'entropy', 'diversity', 'efficiency'}`` (floats, arrays per bandwidth, or
+            ``Estimate`` s with ``sample_size``), carrying the metadata ``compute`` records.
+        """
+        self._check_argument_names(compute_args, f"{type(self).__name__}.information")
+        measures = self._measures(dataset, **self._with_defaults(compute_args))
+        return {name: measures[name] for name in ("entropy", "diversity", "efficiency")}
 
     def parse_for_storage(self, compute_results, list_of_configs=None, metadata=None):
         """``{KEY_score: value, '_metadata': ...}``; a sampled estimate adds ``KEY_standard_error``
@@ -311,8 +323,8 @@ class _QUESTSDatasetScore(DatasetScore):
             raise InputError(f"{type(self).__name__}.run: sample_size (a sampled estimate) runs as one job; "
                              f"got batch_size={batch_size} (use batch_size=1, or drop sample_size for the exact "
                              "value in row blocks)")
-        rows, masks = _gather(configs, compute_args.get("descriptors_key", "descriptors"),
-                              compute_args.get("apply_mask", False))
+        args = self._with_defaults(compute_args)
+        rows, masks = _gather(configs, args["descriptors_key"], args["apply_mask"])
         blocks = _row_blocks(configs, masks, batch_size)
         dataset = array_digest(rows)["sha256"]
         return [(configs[a:b], {**compute_args, _ROWS_ARG: rows,
@@ -332,12 +344,12 @@ class _QUESTSDatasetScore(DatasetScore):
         rows = load_array(args.pop(_ROWS_ARG), _ROWS_ARG, ndim=2)
         block = args.pop(_BLOCK_ARG)
         self.parse_quantity(score_quantity)
-        check_keys(args, self._ARGS, f"{type(self).__name__} compute_args")
-        self.note_metadata(descriptor_settings=descriptor_settings(
-            configs, args.get("descriptors_key", "descriptors"), "dataset"))
-        h = _bandwidth(args.get("bandwidth", DEFAULT_BANDWIDTH))
-        precision = _precision(args.get("precision", "float64"))
-        options = _kernel_options(args)
+        self._check_argument_names(args, f"{type(self).__name__} compute_args")
+        args = self._with_defaults(args)
+        self.note_metadata(descriptor_settings=descriptor_settings(configs, args["descriptors_key"], "dataset"))
+        h = check_bandwidth(args["bandwidth"])
+        precision = _precision(args["precision"])
+        options = _kernel_options(args["backend"], args["device"])
         start, stop = block["rows"]
         dataset = array_digest(rows)["sha256"]
         if block.get("dataset") != dataset:
@@ -377,7 +389,7 @@ class _QUESTSDatasetScore(DatasetScore):
             raise InputError(f"{cls.__name__}.data_from_calc_ids: the blocks hold {len(logp)} rows, "
                              f"the dataset {ordered[0][key]['n_environments']}")
         info = gaussian.information_from_log_sums(logp, ordered[0][key]["scalar_bandwidth"])
-        value = cls._from_information(info)
+        value = getattr(info, cls._MEASURE)
         return [{cls.OUTPUT_KEY + "_score": _metadata_value(value), "_metadata": meta}]
 
 
@@ -396,47 +408,7 @@ class QUESTSEfficiencyScore(_QUESTSDatasetScore):
     OUTPUT_KEY = "quests_efficiency"
     supported_score_quantities = (ScoreQuantity.EFFICIENCY,)
     _MIN_ENVIRONMENTS = 2
-    _MEASURE, _ESTIMATE = staticmethod(gaussian.efficiency), staticmethod(gaussian.estimate_efficiency)
-    _from_information = staticmethod(lambda info: info.efficiency)
-
-    @records_metadata
-    def compute(self, dataset, score_quantity=ScoreQuantity.EFFICIENCY, descriptors_key="descriptors",
-                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
-                backend="numpy", device=None):
-        """Efficiency of the whole dataset.
-
-        Parameters
-        ----------
-        dataset : list of ase.Atoms
-            Each with per-atom descriptors in ``arrays[descriptors_key]``; never modified.
-        score_quantity : ScoreQuantity or str
-            ``EFFICIENCY``.
-        descriptors_key : str
-        bandwidth : float or array_like of float
-            Kernel bandwidth ``h`` (descriptor units); an array gives one value per bandwidth.
-        apply_mask : bool
-            Use only atoms with ``arrays['selection_mask']`` true.
-        precision : {'float64', 'float32'}
-            Kernel arithmetic (float32: about 3x faster, 1e-5 relative).
-        sample_size : int, optional
-            Estimate from the kernel sums of this many environments (drawn without
-            replacement by ``seed``) against all N: cost ``sample_size x N`` instead of
-            ``N^2 / 2`` (:func:`~atomscore.quests.kernels.gaussian.estimate_efficiency`).
-        seed : int
-            Seed of the sample.
-        backend : {'numpy', 'torch'}
-            Kernel backend (``'torch'`` needs ``atomscore[gpu]``).
-        device : str, optional
-            torch device, ``'cpu'`` or ``'cuda'``.
-
-        Returns
-        -------
-        float or numpy.ndarray or Estimate
-            Dimensionless efficiency (one per bandwidth for an array); with ``sample_size``
-            an ``Estimate(value, standard_error)``.
-        """
-        return self._value(dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
-                           seed, backend, device)
+    _MEASURE = "efficiency"
 
 
 class QUESTSDiversityScore(_QUESTSDatasetScore):
@@ -449,26 +421,7 @@ class QUESTSDiversityScore(_QUESTSDatasetScore):
 
     OUTPUT_KEY = "quests_diversity"
     supported_score_quantities = (ScoreQuantity.DIVERSITY,)
-    _MEASURE, _ESTIMATE = staticmethod(gaussian.diversity), staticmethod(gaussian.estimate_diversity)
-    _from_information = staticmethod(lambda info: info.diversity)
-
-    @records_metadata
-    def compute(self, dataset, score_quantity=ScoreQuantity.DIVERSITY, descriptors_key="descriptors",
-                bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
-                backend="numpy", device=None):
-        """Diversity of the whole dataset, in nats.
-
-        Parameters are those of :meth:`QUESTSEfficiencyScore.compute` (quantity ``DIVERSITY``;
-        the estimate is :func:`~atomscore.quests.kernels.gaussian.estimate_diversity`).
-
-        Returns
-        -------
-        float or numpy.ndarray or Estimate
-            Nats (one per bandwidth for an array); with ``sample_size`` an
-            ``Estimate(value, standard_error)``.
-        """
-        return self._value(dataset, score_quantity, descriptors_key, bandwidth, apply_mask, precision, sample_size,
-                           seed, backend, device)
+    _MEASURE = "diversity"
 
 
 # ----------------------------------------------------------------------------- delta entropy
@@ -498,28 +451,24 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
 
     OUTPUT_KEY = "quests_delta_entropy"
     supported_score_quantities = (ScoreQuantity.DELTA_ENTROPY,)
-    _ARGS = ("reference_set", "descriptors_key", "bandwidth", "apply_mask", "approx", "num_nearest_neighbors",
-             "graph_neighbors", "precision", "reference_settings", "approx_index", "approx_options", "backend",
-             "device", "reference_block_size")
     #: compute argument a column-block job gets besides the user's
     _COLUMN_ARG = "_reference_block"
 
     def __init__(self):
         super().__init__()
 
-    def _checked(self, configs, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                 num_nearest_neighbors, graph_neighbors, precision, name, reference_settings=None,
-                 approx_index="flat", approx_options=None, backend="numpy", device=None, reference_block_size=None):
-        ref, ref_settings = _reference(reference_set, descriptors_key, reference_settings)
-        if ref.shape[0] == 0:
-            raise InputError(f"reference_set: expected at least one reference descriptor, got shape {ref.shape}")
+    def _checked(self, configs, name, reference_set, descriptors_key, bandwidth, apply_mask, approx,
+                 num_nearest_neighbors, graph_neighbors, precision, reference_settings, approx_index, approx_options,
+                 backend, device, reference_block_size):
+        """Every argument checked, the reference loaded once (or taken as the ReferenceSet it is)."""
+        ref = ReferenceSet.load(reference_set, descriptors_key, reference_settings)
         rows, masks = _gather(configs, descriptors_key, apply_mask, dim=ref.shape[1], name=name)
         query_settings = descriptor_settings(configs, descriptors_key, name)
         check_same_descriptor_settings(query_settings, f"the {name} descriptors (arrays[{descriptors_key!r}])",
-                                       ref_settings, "the reference_set descriptors")
-        self.note_metadata(reference_set=_provenance(ref, ref_settings, reference_set),
-                           descriptor_settings=query_settings)
-        h = _bandwidth(bandwidth)
+                                       ref.settings, "the reference_set descriptors")
+        if self._metadata_call is not None:  # digested only for a result's metadata
+            self.note_metadata(reference_set=ref.provenance(), descriptor_settings=query_settings)
+        h = check_bandwidth(bandwidth)
         approx = _check_bool(approx, "approx")
         k = check_int(num_nearest_neighbors, "num_nearest_neighbors", minimum=1)
         check_int(graph_neighbors, "graph_neighbors", minimum=1)
@@ -529,7 +478,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             raise InputError(f"num_nearest_neighbors: expected at most the {len(ref)} reference descriptors, got {k}")
         if approx:  # the settings the index runs with (IVF: nlist/nprobe resolved for this reference)
             self.note_metadata(approx_settings=index.index_settings(approx_index, len(ref), approx_options))
-        _kernel_options({"backend": backend, "device": device})
+        _kernel_options(backend, device)
         if approx and backend != "numpy":
             raise InputError(f"backend={backend!r}: applies to the exact sum; approx=True searches with faiss "
                              "(use backend='numpy')")
@@ -538,33 +487,23 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             if approx:
                 raise InputError("reference_block_size: applies to the exact sum; approx=True needs the nearest "
                                  "neighbours over the whole reference set (drop one of them)")
-        return ref, rows, masks, h, approx, k
+        return ref.descriptors, rows, masks, h, approx, k
 
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Everything :meth:`compute_batch` checks, before a run writes any folder."""
         self.parse_quantity(score_quantity)
-        check_keys(compute_args, self._ARGS, f"{type(self).__name__} compute_args", ignore=("score_quantity",))
-        args = {"reference_set": None, "descriptors_key": "descriptors", "bandwidth": DEFAULT_BANDWIDTH,
-                "apply_mask": False, "approx": False, "num_nearest_neighbors": 3, "graph_neighbors": 10,
-                "precision": "float64", "reference_settings": None, "approx_index": "flat",
-                "approx_options": None, "backend": "numpy", "device": None, "reference_block_size": None}
-        args.update({k: v for k, v in compute_args.items() if k != "score_quantity"})
-        self._checked(configs, name="configs", **args)
+        self._checked(configs, "configs", **self._with_defaults(compute_args))
 
     def prepare_compute_args(self, compute_args):
-        """A new dict a job file can hold: a reference given as configurations becomes its
-        descriptor array plus ``reference_settings``; a file path is made absolute."""
-        args = dict(compute_args)
-        ref = args.get("reference_set")
-        key = args.get("descriptors_key", "descriptors")
-        if _is_configurations(ref) or (isinstance(ref, (str, os.PathLike)) and not is_array_file(ref)):
-            arr, settings = _reference(ref, key, args.get("reference_settings"))
-            args["reference_set"] = arr
-            if settings is not None:
-                args["reference_settings"] = settings
-        elif isinstance(ref, (str, os.PathLike)):
-            args["reference_set"] = str(Path(ref).resolve())
-        return args
+        """A new dict whose ``reference_set`` is the checked :class:`ReferenceSet` (loaded once
+        for the whole run; a ``.npy``/``.txt`` path made absolute first)."""
+        args = self._with_defaults(compute_args)
+        given = args["reference_set"]
+        if isinstance(given, (str, os.PathLike)) and is_array_file(given):
+            given = str(Path(given).resolve())
+        out = {k: v for k, v in compute_args.items() if k != "reference_settings"}
+        out["reference_set"] = ReferenceSet.load(given, args["descriptors_key"], args["reference_settings"])
+        return out
 
     @records_metadata
     def compute(self, atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
@@ -626,17 +565,22 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         numpy.ndarray, shape (n_atoms,) (or (n_atoms, n_bandwidths)), nats
         """
         self.parse_quantity(score_quantity)
-        return self._delta_entropy([atoms], "atoms", reference_set, descriptors_key, bandwidth, apply_mask,
-                                   approx, num_nearest_neighbors, graph_neighbors, precision, reference_settings,
-                                   approx_index, approx_options, backend, device, reference_block_size)[0]
+        from ase import Atoms
+
+        if not isinstance(atoms, Atoms):
+            raise InputError(f"atoms: expected ase.Atoms, got {type(atoms).__name__}")
+        return self._delta_entropy(
+            [atoms], "atoms", reference_set=reference_set, descriptors_key=descriptors_key, bandwidth=bandwidth,
+            apply_mask=apply_mask, approx=approx, num_nearest_neighbors=num_nearest_neighbors,
+            graph_neighbors=graph_neighbors, precision=precision, reference_settings=reference_settings,
+            approx_index=approx_index, approx_options=approx_options, backend=backend, device=device,
+            reference_block_size=reference_block_size)[0]
 
     @records_metadata
-    def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
-                      descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
-                      num_nearest_neighbors=3, graph_neighbors=10, precision="float64", reference_settings=None,
-                      approx_index="flat", approx_options=None, backend="numpy", device=None,
-                      reference_block_size=None):
+    def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, **compute_args):
         """:meth:`compute` for every configuration, in one kernel pass over all their atoms.
+
+        Takes the arguments of :meth:`compute` (the defaults are those of its signature).
 
         Returns
         -------
@@ -644,32 +588,20 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             One ``(n_atoms,)`` array (nats) per configuration.
         """
         self.parse_quantity(score_quantity)
-        return self._delta_entropy(list_of_atoms, "list_of_atoms", reference_set, descriptors_key, bandwidth,
-                                   apply_mask, approx, num_nearest_neighbors, graph_neighbors, precision,
-                                   reference_settings, approx_index, approx_options, backend, device,
-                                   reference_block_size)
+        self._check_argument_names(compute_args, f"{type(self).__name__}.compute_batch")
+        return self._delta_entropy(list_of_atoms, "list_of_atoms", **self._with_defaults(compute_args))
 
-    def _delta_entropy(self, configs, name, reference_set, descriptors_key, bandwidth, apply_mask, approx,
-                       num_nearest_neighbors, graph_neighbors, precision, reference_settings=None,
-                       approx_index="flat", approx_options=None, backend="numpy", device=None,
-                       reference_block_size=None):
-        if name == "atoms":
-            from ase import Atoms
-
-            if not isinstance(configs[0], Atoms):
-                raise InputError(f"atoms: expected ase.Atoms, got {type(configs[0]).__name__}")
-        ref, rows, masks, h, approx, k = self._checked(
-            configs, reference_set, descriptors_key, bandwidth, apply_mask, approx, num_nearest_neighbors,
-            graph_neighbors, precision, name, reference_settings, approx_index, approx_options, backend, device,
-            reference_block_size)
+    def _delta_entropy(self, configs, name, **args):
+        ref, rows, masks, h, approx, k = self._checked(configs, name, **args)
+        precision, backend, device = args["precision"], args["backend"], args["device"]
         n_h = np.size(h) if np.ndim(h) else None
         if len(rows) == 0:
             values = np.zeros((0,) if n_h is None else (0, n_h))
         elif approx:
-            values = gaussian.approx_delta_entropy(rows, ref, h, k, approx_index=approx_index,
-                                                   approx_options=approx_options)
+            values = gaussian.approx_delta_entropy(rows, ref, h, k, approx_index=args["approx_index"],
+                                                   approx_options=args["approx_options"])
         else:
-            step = len(ref) if reference_block_size is None else reference_block_size
+            step = args["reference_block_size"] or len(ref)
             blocks = [-gaussian.log_kernel_sums(rows, ref[c:c + step], h, precision=precision, backend=backend,
                                                 device=device) for c in range(0, len(ref), step)]
             values = blocks[0] if len(blocks) == 1 else _combine_columns(blocks)
@@ -686,14 +618,16 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     def plan_jobs(self, configs, compute_args, batch_size):
         """Batches of ``batch_size`` configurations; with ``reference_block_size`` each batch
         once per block of that many reference rows (the folder holds only its block)."""
-        batches = super().plan_jobs(configs, compute_args, batch_size)
-        size = compute_args.get("reference_block_size")
-        ref = None if size is None else load_array(compute_args["reference_set"], "reference_set", ndim=2)
-        if ref is None or size >= len(ref):
+        args = self._with_defaults(compute_args)
+        ref = ReferenceSet.load(args["reference_set"], args["descriptors_key"], args["reference_settings"])
+        batches = [(batch, {**batch_args, **ref.job_arguments()})
+                   for batch, batch_args in super().plan_jobs(configs, compute_args, batch_size)]
+        size = args["reference_block_size"]
+        if size is None or size >= len(ref):
             return batches
-        whole = _provenance(ref, compute_args.get("reference_settings"), compute_args["reference_set"])
+        whole = ref.provenance()
         columns = [(c, min(c + size, len(ref))) for c in range(0, len(ref), size)]
-        slices = [ref[c0:c1] for c0, c1 in columns]  # one object per block: linked across batches
+        slices = [ref.descriptors[c0:c1] for c0, c1 in columns]  # one object per block: linked across batches
         key = compute_args.get("descriptors_key", "descriptors")
         queries = [_configs_digest(batch, key) for batch, _ in batches]
         return [(batch, {**args, "reference_set": slices[j], "reference_block_size": None,
@@ -771,12 +705,10 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
 
     def get_metadata(self, score_quantity, **compute_args):
         """Bandwidth, approx, k and graph neighbours, as the reference writes them (plus precision)."""
-        return {"bandwidth": _metadata_value(compute_args.get("bandwidth", DEFAULT_BANDWIDTH)),
-                "approx": bool(compute_args.get("approx", False)),
-                "num_nearest_neighbors": int(compute_args.get("num_nearest_neighbors", 3)),
-                "graph_neighbors": int(compute_args.get("graph_neighbors", 10)),
-                "precision": compute_args.get("precision", "float64"),
-                "approx_index": compute_args.get("approx_index", "flat"),
-                "approx_options": index.check_index_options(compute_args.get("approx_index", "flat"),
-                                                                compute_args.get("approx_options")),
-                **_kernel_metadata(compute_args)}
+        args = self._with_defaults(compute_args)
+        return {"bandwidth": _metadata_value(args["bandwidth"]), "approx": bool(args["approx"]),
+                "num_nearest_neighbors": int(args["num_nearest_neighbors"]),
+                "graph_neighbors": int(args["graph_neighbors"]), "precision": args["precision"],
+                "approx_index": args["approx_index"],
+                "approx_options": index.check_index_options(args["approx_index"], args["approx_options"]),
+                **_kernel_metadata(args)}
