@@ -146,10 +146,11 @@ def check_finite_configs(configs, name="configs", allow_empty_atoms=False):
     return configs
 
 
-def per_atom_array(atoms, key, index=None, ncols=None, name=None):
+def per_atom_array(atoms, key, index=None, ncols=None, name=None, like="the reference"):
     """Return ``atoms.arrays[key]`` as a float64 (n_atoms, ncols) array, checked.
 
-    ``index`` is the configuration's position in its list, named in messages.
+    ``index`` is the configuration's position in its list, named in messages; ``like`` names
+    what fixed ``ncols`` (e.g. the first configuration).
     """
     where = f"configuration {index}" if index is not None else "configuration"
     label = name or "descriptors_key"
@@ -162,7 +163,7 @@ def per_atom_array(atoms, key, index=None, ncols=None, name=None):
     if arr.ndim != 2:
         raise InputError(f"arrays[{key!r}] ({where}): expected (n_atoms, n_features), got shape {arr.shape}")
     if ncols is not None and arr.shape[1] != ncols:
-        raise InputError(f"arrays[{key!r}] ({where}): expected {ncols} columns (as the reference), got {arr.shape[1]}")
+        raise InputError(f"arrays[{key!r}] ({where}): expected {ncols} columns (as {like}), got {arr.shape[1]}")
     return arr
 
 
@@ -349,8 +350,9 @@ def restrict_executables(allowed):
 
 
 def user_executables() -> list:
-    """The executables the user's own process checked (recorded into the jobs it seals)."""
-    return sorted(_named_by_user)
+    """The executables the user's own process checked (recorded into the jobs it seals); inside
+    a job, those it may run, so that the nested jobs it writes may run them too."""
+    return sorted(_named_by_user | (_allowed_executables or frozenset()))
 
 
 def check_executable_allowed(value, name) -> None:

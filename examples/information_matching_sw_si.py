@@ -158,8 +158,9 @@ def step3_matching():
         # Optional - tolerances for extracting non-zero weights
         weight_tolerance={'zero_tol': 1e-4, 'zero_tol_dual': 1e-4}
     )
-    # Save the results to score_results.xyz
-    myfim_matching.save_results(compute_results=fim_matching, list_of_configs=list_of_atoms)
+    # Save the results to score_results.xyz: the candidates with their FIMs (step 1's file) now with
+    # their weights too. save_results never replaces a file unless asked (the Orchestrator's did).
+    myfim_matching.save_results(compute_results=fim_matching, list_of_configs=list_of_atoms, overwrite=True)
     print(fim_matching)
     return fim_matching
 

@@ -122,7 +122,7 @@ def test_make_demo_installs_only_its_part_and_make_test_completes_it(tmp_path):
     assert _make(demo / ".atomscore-demo-installed", demo).returncode == 0 and _calls(demo) == []  # idempotent
     assert _make(demo / ".atomscore-installed", demo).returncode == 0  # make test's install, after the demo's
     calls = _calls(demo)
-    assert any("torch==" in c for c in calls) and any("-e .[all,gpu,test]" in c for c in calls), calls
+    assert any("torch==" in c for c in calls) and any("-e .[all,gpu,test,mace]" in c for c in calls), calls
     assert _make(demo / ".atomscore-installed", demo).returncode == 0 and _calls(demo) == []
     assert _make(demo / ".atomscore-demo-installed", demo).returncode == 0 and _calls(demo) == []
 

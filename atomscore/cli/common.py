@@ -108,7 +108,7 @@ def stacked(configs, key, what):
     blocks = []
     for i, atoms in enumerate(configs):  # every configuration as wide as the first (named when not)
         blocks.append(per_atom_array(atoms, key, index=i, ncols=blocks[0].shape[1] if blocks else None,
-                                     name=what))
+                                     name=what, like="the first configuration"))
     return np.concatenate(blocks, axis=0)
 
 

@@ -88,7 +88,7 @@ def uq_calibration(args, score, configs, compute_args):
         errors = calibration.force_errors(configs, args.predicted_forces, args.reference_forces)
         source = f"arrays[{args.predicted_forces!r}] (or the file's calculator forces)"
     report, uq, pit = calibration.ltau_calibration(score, configs, errors, args.descriptors_key,
-                                                   compute_args["num_nearest_neighbors"])
+                                                   compute_args.get("num_nearest_neighbors"))
     out = {"ltau": dict(report, predicted_forces=source, reference_forces=args.reference_forces)}
     others = {}
     if getattr(args, "dh_reference", None):

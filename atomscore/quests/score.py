@@ -40,7 +40,7 @@ from atomscore.quests.kernels import gaussian
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import AtomCenteredScore, DatasetScore, records_metadata
 from atomscore.quests.reference import ReferenceSet
-from atomscore.validation import (check_choice, check_configs, check_int, check_positive, is_array_file,
+from atomscore.validation import (array_digest, check_choice, check_configs, check_int, check_positive, is_array_file,
                                   check_same_descriptor_settings, descriptor_settings, load_array, per_atom_array)
 
 __all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore", "ReferenceSet",
@@ -81,13 +81,9 @@ def _gather(configs, descriptors_key, apply_mask, dim=None, name="dataset"):
     apply_mask = _check_bool(apply_mask, "apply_mask")
     blocks, masks = [], []
     for i, atoms in enumerate(configs):
-        x = per_atom_array(atoms, descriptors_key, index=i)
-        if dim is None:
-            dim = x.shape[1]
-        elif x.shape[1] != dim:
-            raise InputError(f"arrays[{descriptors_key!r}] (configuration {i}): expected descriptors of dimension "
-                             f"{dim} (as the {'reference_set' if name != 'dataset' else 'first configuration'}), "
-                             f"got {x.shape[1]}")
+        x = per_atom_array(atoms, descriptors_key, index=i, ncols=dim,
+                           like="the reference_set" if name != "dataset" else "the first configuration")
+        dim = x.shape[1]
         mask = _selection_mask(atoms, i) if apply_mask else np.ones(len(atoms), dtype=bool)
         blocks.append(x[mask])
         masks.append(mask)
