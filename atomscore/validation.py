@@ -191,6 +191,13 @@ def check_int(value, name, minimum=None, where=None):
     return int(value)
 
 
+def check_bool(value, name):
+    """Check a bool (``True``/``False`` or numpy's); return it as bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
 def check_choice(value, name, choices, where=None):
     """Check that ``value`` is one of ``choices``; the message lists them."""
     if value not in choices:
