@@ -390,46 +390,45 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
     return dh[:, 0] if scalar else dh
 
 
-def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbors=32, sample_size=None, seed=0,
-                           *, approx_index="ivf", approx_options=None, precision="float32", tile_size=DEFAULT_TILE,
-                           n_threads=None) -> "Estimate":
-    """``dH`` of each query from its ``k`` nearest reference points plus a sampled remainder, with an error bar.
+def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, seed=0, *, n_cells=None,
+                           n_probe=16, precision="float32", tile_size=DEFAULT_TILE, n_threads=None) -> "Estimate":
+    """``dH`` of each query: its nearest reference cells summed exactly, the rest sampled, with an error bar.
 
-    ``p(y) = sum_{j in kNN(y)} K(y, x_j) + R(y)``: the ``k`` nearest terms exactly (faiss
-    search as :func:`approx_delta_entropy`, float64 distances) and the rest ``R`` estimated
-    from one uniform sample ``S`` of ``sample_size`` reference rows drawn without replacement
-    (shared by all queries): ``R^ = (N/n) sum_{j in S, j not in kNN(y)} K(y, x_j)``
-    (Horvitz-Thompson: unbiased for any neighbour set, also one an approximate index
-    returns). Its standard error is ``N sqrt((1 - n/N) / n) s_z`` with ``s_z`` the sample
-    standard deviation of the terms (kNN members counted as 0), and the one of
-    ``dH = -log(p^)`` is ``se(R^) / p^`` (delta method). Cost: the search plus
-    ``M x n`` kernel terms, instead of ``M x N``. How accurate and when to use which dH:
-    docs/quests.md ("Which dH").
+    The reference is cut into ``n_cells`` k-means cells (faiss, as the IVF index). For each
+    query the terms of its ``n_probe`` nearest cells (by centroid) are summed exactly; the
+    terms of all other cells, ``R``, are estimated from one uniform sample ``S`` of
+    ``sample_size`` reference rows drawn without replacement and shared by all queries:
+    ``R^ = (N/n) sum_{j in S, cell(j) not probed} K(y, x_j)`` (Horvitz-Thompson, unbiased
+    whatever the probed cells). The standard error of ``R^`` is
+    ``N sqrt((1 - n/N) / n) s_z`` (``s_z``: the sample standard deviation of the terms, probed
+    ones counted as 0), and that of ``dH = -log p^`` is ``se(R^) / p^`` (delta method). Cost:
+    about ``M N (n_probe / n_cells + n / N)`` kernel terms instead of ``M N``. Accuracy
+    measured and when to use which dH: docs/quests.md ("Which dH").
 
     Parameters
     ----------
     y, x : array_like, shapes (M, d), (N, d)
-        Queries and reference.
+        Queries and reference descriptors.
     bandwidth : float
         ``h`` in descriptor units.
-    num_nearest_neighbors : int
-        ``k``, summed exactly (default 32).
     sample_size : int, optional
-        ``n`` (default ``max(2000, N // 16)``, at most ``N - k``; ``n >= N - k`` takes every
-        row and the error bar is 0 for an exact search).
+        ``n``, default ``max(2000, N // 16)``; ``n >= N`` takes every row (exact, error 0).
     seed : int
         ``numpy.random.default_rng`` seed of the sample.
-    approx_index, approx_options
-        The neighbour search, as :func:`approx_delta_entropy` (default ``'ivf'``).
+    n_cells, n_probe : int, optional
+        Cells (default ``round(sqrt(N))``, as the IVF index) and exactly summed cells per
+        query (default 16).
     precision : {'float32', 'float64'}
-        Arithmetic of the sampled tiles (the k-NN terms are float64 either way).
+        Arithmetic of the tiles (sums in float64).
 
     Returns
     -------
     Estimate
         ``(value, standard_error)``: ``dH`` in nats, shape (M,), and its standard error.
+        Queries so far from the reference that the float tiles cannot hold them get the
+        exact float64 value and an error of 0.
     """
-    from atomscore.index import knn_squared_distances
+    from atomscore.index import ivf_options, kmeans_cells
 
     y = _descriptors(y, "queries")
     x = _descriptors(x, "reference")
@@ -438,56 +437,90 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighb
                          f"got dimension {x.shape[1]}")
     h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
     n_ref = len(x)
-    k = check_int(num_nearest_neighbors, "num_nearest_neighbors", minimum=1)
-    if k > n_ref:
-        raise InputError(f"num_nearest_neighbors: expected at most the {n_ref} reference rows, got {k}")
-    n = n_ref if sample_size is None and n_ref <= 2000 + k else (
-        max(2000, n_ref // 16) if sample_size is None else check_int(sample_size, "sample_size", minimum=2))
+    n = max(2000, n_ref // 16) if sample_size is None else check_int(sample_size, "sample_size", minimum=2)
     n = min(n, n_ref)
     check_int(seed, "seed", minimum=0)
+    cells_n = ivf_options(n_ref)["nlist"] if n_cells is None else check_int(n_cells, "n_cells", minimum=1)
+    cells_n = min(cells_n, n_ref)
+    probe = min(check_int(n_probe, "n_probe", minimum=1), cells_n)
     precision, tile, threads = _options(precision, tile_size, n_threads)
-    gamma = 1.0 / (2.0 * h * h)
-    d2, idx = knn_squared_distances(y, x, k, index=approx_index, options=approx_options, n_threads=threads)
-    top = -gamma * d2[:, 0]  # log of the largest kNN term: every term below is scaled by exp(-top)
-    near = np.exp(-gamma * d2 - top[:, None]).sum(axis=1)  # kNN sum / exp(top), float64
-    rows = np.arange(n_ref) if n >= n_ref else np.sort(np.random.default_rng(seed).choice(n_ref, n, replace=False))
-    s1, s2 = _sampled_remainder(y, x, rows, idx, gamma, top, precision, tile, threads)
-    scale = n_ref / n
-    remainder = scale * s1
-    var = np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1) if n > 1 else np.zeros_like(s1)
-    se_r = n_ref * math.sqrt(max(1.0 - n / n_ref, 0.0) / n) * np.sqrt(var)
-    total = near + remainder
-    return Estimate(-(top + np.log(total)), se_r / total)
-
-
-def _sampled_remainder(y, x, rows, knn, gamma, top, precision, tile, threads):
-    """``(sum_j t_j, sum_j t_j^2)`` per query over the sampled reference ``rows`` with
-    ``t_j = K(y_i, x_j) / exp(top_i)``, the query's own ``knn`` rows left out (set to 0)."""
     dtype = np.float32 if precision == "float32" else np.float64
+    gamma = 1.0 / (2.0 * h * h)
     centre = x.mean(axis=0)
-    xs, yc = x[rows] - centre, y - centre
-    ops = _Operands.build(yc, xs, gamma, dtype)
-    ops.left[:, -2] -= top.astype(dtype)  # exponents come out of the product already scaled: e - top
-    slot = np.full(len(x), -1, dtype=np.int64)
-    slot[rows] = np.arange(len(rows))
-    knn_slot = slot[knn]  # (M, k): where each neighbour sits in the sample (-1: not drawn)
-    n_rows, n_cols = len(yc), len(xs)
-    pairs = [(a, b) for a in range(0, n_rows, tile) for b in range(0, n_cols, tile)]
+    xc, yc = x - centre, y - centre
+    quantizer, cell_of = kmeans_cells(np.ascontiguousarray(xc, dtype=np.float32), cells_n, threads)
+    probed = quantizer.search(np.ascontiguousarray(yc, dtype=np.float32), probe)[1]  # (M, n_probe)
+    lift = _EXP_MAX[precision] - math.log(n_ref) - 1.0
+    clip = (_FLOOR[precision], lift) if precision == "float64" else None
+    near = _probed_sums(yc, xc, cell_of, probed, gamma, dtype, lift, clip, tile, threads)
+    limit = n_ref * math.exp(_FLOOR[precision]) * _REPAIR_MARGIN[precision]
+    good = near >= limit
+    top = np.full(len(y), 0.0)
+    top[good] = np.log(near[good]) - lift  # log of the exact part: sampled terms are scaled by it
+    rows = np.arange(n_ref) if n >= n_ref else np.sort(np.random.default_rng(seed).choice(n_ref, n, replace=False))
+    mask = np.zeros((len(y), cells_n), dtype=bool)
+    np.put_along_axis(mask, probed, True, axis=1)
+    s1, s2 = _sampled_far_sums(yc, xc[rows], cell_of[rows], mask, gamma, top, dtype, precision, tile, threads)
+    ratio = 1.0 + (n_ref / n) * s1  # p / exp(top)
+    var = np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1)
+    se = n_ref * math.sqrt(max(1.0 - n / n_ref, 0.0) / n) * np.sqrt(var) / ratio
+    value = -(top + np.log(ratio))
+    bad = np.flatnonzero(~good)
+    if bad.size:  # far from every reference point: the exact float64 log-sum-exp, error 0
+        value[bad] = -_log_sums(y[bad], x, False, np.array([h]), "float64", tile, threads)[:, 0]
+        se[bad] = 0.0
+    return Estimate(value, se)
+
+
+def _probed_sums(yc, xc, cell_of, probed, gamma, dtype, lift, clip, tile, threads):
+    """Lifted kernel sums of every query over the reference rows of its probed cells, (M,) float64.
+
+    Inverted: for each cell, one product of the queries probing it with its rows."""
+    order = np.argsort(cell_of, kind="stable")
+    bounds = np.searchsorted(cell_of[order], np.arange(probed.max(initial=0) + 2))
+    ops = _Operands.build(yc, xc[order], gamma, dtype, lift)
+    flat = probed.ravel()
+    by_cell = np.argsort(flat, kind="stable")
+    q_bounds = np.searchsorted(flat[by_cell], np.arange(probed.max(initial=0) + 2))
+    queries_of = by_cell // probed.shape[1]
+    work_cells = [c for c in range(len(q_bounds) - 1) if q_bounds[c + 1] > q_bounds[c] and bounds[c + 1] > bounds[c]]
 
     def work(chunk):
-        s1, s2 = np.zeros(n_rows), np.zeros(n_rows)
+        acc = np.zeros(len(yc))
+        for c in chunk:
+            q = queries_of[q_bounds[c]:q_bounds[c + 1]]
+            right = ops.right[bounds[c]:bounds[c + 1]]
+            for a in range(0, len(q), tile):
+                qa = q[a:a + tile]
+                for b in range(0, len(right), tile):
+                    e = ops.left[qa] @ right[b:b + tile].T
+                    if clip is not None:
+                        np.clip(e, *clip, out=e)
+                    np.exp(e, out=e)
+                    acc[qa] += e.sum(axis=1, dtype=np.float64)
+        return acc
+
+    return sum(_run_tiles(work, work_cells, threads)) if work_cells else np.zeros(len(yc))
+
+
+def _sampled_far_sums(yc, xs, cell_s, mask, gamma, top, dtype, precision, tile, threads):
+    """``(sum_j t_j, sum_j t_j^2)`` per query over the sampled rows ``xs`` outside its probed
+    cells (``mask[i, cell]``), ``t_j = K(y_i, x_j) / exp(top_i)``."""
+    ops = _Operands.build(yc, xs, gamma, dtype)
+    ops.left[:, -2] -= top.astype(dtype)  # exponents come out of the product already scaled: e - top
+    pairs = [(a, b) for a in range(0, len(yc), tile) for b in range(0, len(xs), tile)]
+    cap = _EXP_MAX[precision] - 1.0  # a sampled term may exceed the exact part; only overflow is cut
+
+    def work(chunk):
+        s1, s2 = np.zeros(len(yc)), np.zeros(len(yc))
         buf = np.empty((tile, tile), dtype=dtype)
         for a, b in chunk:
             left, right = ops.left[a:a + tile], ops.right[b:b + tile]
             e = buf[:len(left), :len(right)]
             np.matmul(left, right.T, out=e)
-            # <= 0 up to rounding when the search is exact; an approximate one may have missed a
-            # nearer point (e > 0, a correct term): only exp's overflow is cut off
-            np.minimum(e, _EXP_MAX[precision] - 1.0, out=e)
+            np.minimum(e, cap, out=e)
             np.exp(e, out=e)
-            ks = knn_slot[a:a + len(left)]
-            r, c = np.nonzero((ks >= b) & (ks < b + len(right)))
-            e[r, ks[r, c] - b] = 0.0  # the k nearest are summed exactly, not sampled
+            e[mask[a:a + len(left)][:, cell_s[b:b + len(right)]]] = 0.0  # probed cells: summed exactly
             s1[a:a + len(left)] += e.sum(axis=1, dtype=np.float64)
             np.multiply(e, e, out=e)
             s2[a:a + len(left)] += e.sum(axis=1, dtype=np.float64)
