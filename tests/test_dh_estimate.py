@@ -70,3 +70,27 @@ def test_checks():
         gaussian.estimate_delta_entropy(y, x, -1.0)
     with pytest.raises(InputError, match="sample_size"):
         gaussian.estimate_delta_entropy(y, x, 0.3, sample_size=1)
+
+
+def test_score_reports_the_error_per_query():
+    """QUESTSDeltaEntropyScore(approx='sampled'): values near the exact dH, one standard
+    error per atom in the metadata, NaN-free lists per configuration."""
+    from ase.build import bulk
+
+    from atomscore import QUESTSDeltaEntropyScore
+
+    rng = np.random.default_rng(7)
+    ref = rng.normal(size=(5000, 6))
+    configs = []
+    for i, n in enumerate((4, 3)):
+        atoms = bulk("Cu", "fcc", 3.61, cubic=True).repeat((n, 1, 1))
+        atoms.new_array("descriptors", rng.normal(size=(len(atoms), 6)))
+        configs.append(atoms)
+    out = QUESTSDeltaEntropyScore().compute_batch(configs, "DELTA_ENTROPY", reference_set=ref, bandwidth=0.8,
+                                                  approx="sampled")
+    errors = out.metadata["delta_entropy_standard_error"]
+    assert [len(e) for e in errors] == [len(a) for a in configs]
+    assert out.metadata["approx_settings"]["mode"] == "sampled"
+    for atoms, got, se in zip(configs, out, errors):
+        exact = gaussian.delta_entropy(atoms.arrays["descriptors"], ref, 0.8)
+        assert np.all(np.abs(got - exact) < 6 * np.asarray(se) + 1e-4)
