@@ -78,6 +78,17 @@ def _options(precision, tile_size, n_threads):
     return precision, tile, threads
 
 
+def _queries_and_reference(queries, reference):
+    """``(y, x, symmetric)`` checked: a reference of ``None`` is the queries themselves."""
+    y = _descriptors(queries, "queries")
+    symmetric = reference is None
+    x = y if symmetric else _descriptors(reference, "reference")
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"reference: expected descriptors of dimension {y.shape[1]} (as the queries), "
+                         f"got dimension {x.shape[1]}")
+    return y, x, symmetric
+
+
 def _engine(backend, device, prune=False):
     """The tile pass of ``backend``: ``None`` for numpy (:func:`_tile_pass`), else torch's on ``device``."""
     check_choice(backend, "backend", BACKENDS)
@@ -209,12 +220,7 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
         ``log p_i = log sum_j exp(-|y_i - x_j|^2 / (2 h^2))``, shape (M,) for a scalar
         bandwidth, (M, H) for an array of bandwidths. Always finite.
     """
-    y = _descriptors(queries, "queries")
-    symmetric = reference is None
-    x = y if symmetric else _descriptors(reference, "reference")
-    if x.shape[1] != y.shape[1]:
-        raise InputError(f"reference: expected descriptors of dimension {y.shape[1]} (as the queries), "
-                         f"got dimension {x.shape[1]}")
+    y, x, symmetric = _queries_and_reference(queries, reference)
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
     engine = _engine(backend, device, prune)
@@ -236,12 +242,7 @@ def pruned_log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH,
         few 1e-28 by construction (each skipped cell pair holds below 1e-30 of the row's
         largest term).
     """
-    y = _descriptors(queries, "queries")
-    symmetric = reference is None
-    x = y if symmetric else _descriptors(reference, "reference")
-    if x.shape[1] != y.shape[1]:
-        raise InputError(f"reference: expected descriptors of dimension {y.shape[1]} (as the queries), "
-                         f"got dimension {x.shape[1]}")
+    y, x, symmetric = _queries_and_reference(queries, reference)
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
     report = {}
@@ -430,11 +431,7 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     """
     from atomscore.index import ivf_options, kmeans_cells
 
-    y = _descriptors(y, "queries")
-    x = _descriptors(x, "reference")
-    if x.shape[1] != y.shape[1]:
-        raise InputError(f"reference: expected descriptors of dimension {y.shape[1]} (as the queries), "
-                         f"got dimension {x.shape[1]}")
+    y, x, _ = _queries_and_reference(y, x)
     h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
     n_ref = len(x)
     n = max(2000, n_ref // 16) if sample_size is None else check_int(sample_size, "sample_size", minimum=2)
