@@ -4,7 +4,9 @@ Data with structure: QUESTS descriptors (k = 32, cutoff 5 A, our own descriptors
 phases, in equal parts -- fcc, bcc and hcp metals, diamond Si, a strongly rattled
 (liquid-like) fcc, each strained by 0.96-1.06 and rattled by 0.02-0.12 A (0.35-0.5 A for the
 liquid) -- and uniform noise of the same dimension and spread (every descriptor column drawn
-uniformly over the range it spans in the structured data), where pruning cannot help.
+uniformly over the range it spans in the structured data: its points are far apart, most
+pairs negligible) and ``dense-noise`` (uniform in a cube with typical pair distance ~8 h:
+every pair matters, pruning cannot help).
 Bandwidth 0.015 (the default).
 
 For each size N (interleaved rounds, medians) it prints the time of the dense float32 pass
@@ -65,6 +67,14 @@ def noise_like(x, seed=1):
     return lo + (hi - lo) * rng.random(x.shape)
 
 
+def dense_noise(x, seed=2):
+    """Uniform noise in a cube whose side puts the typical pair distance at ~0.12 (8 h): every
+    pair matters, nothing can be pruned (the case that only pays the k-means)."""
+    rng = np.random.default_rng(seed)
+    side = 0.12 / np.sqrt(x.shape[1] / 6.0)  # mean squared distance of U[0, a]^d is d a^2 / 6
+    return side * rng.random(x.shape)
+
+
 def fit_exponent(sizes, times):
     a, b = np.polyfit(np.log(sizes), np.log(times), 1)
     return a, float(np.exp(b + a * np.log(1e6)))
@@ -74,14 +84,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 50_000, 100_000])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data", nargs="+", default=["phases", "noise"], choices=["phases", "noise"])
+    parser.add_argument("--data", nargs="+", default=["phases", "noise"], choices=["phases", "noise", "dense-noise"])
     args = parser.parse_args(argv)
 
     from atomscore.quests.kernels import cells, gaussian
 
     full = phases(max(args.sizes))
     for kind in args.data:
-        data = full if kind == "phases" else noise_like(full)
+        data = {"phases": full, "noise": noise_like(full), "dense-noise": dense_noise(full)}[kind]
         print(f"\n{kind}: entropy, h = {H}")
         print(f"{'N':>8} {'dense f32 s':>11} {'dense f64 s':>11} {'pruned f64 s':>12} {'pruned f32 s':>12} "
               f"{'f32/pr64':>8} {'f32/pr32':>8} {'pairs kept':>10} {'max dlog p':>10} {'H rel diff':>10} {'skip bound':>10}")

@@ -392,7 +392,7 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
 
 
 def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, seed=0, *, n_cells=None,
-                           n_probe=16, precision="float32", tile_size=DEFAULT_TILE, n_threads=None) -> "Estimate":
+                           n_probe=32, precision="float32", tile_size=DEFAULT_TILE, n_threads=None) -> "Estimate":
     """``dH`` of each query: its nearest reference cells summed exactly, the rest sampled, with an error bar.
 
     The reference is cut into ``n_cells`` k-means cells (faiss, as the IVF index). For each
@@ -418,7 +418,7 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
         ``numpy.random.default_rng`` seed of the sample.
     n_cells, n_probe : int, optional
         Cells (default ``round(sqrt(N))``, as the IVF index) and exactly summed cells per
-        query (default 16).
+        query (default 32).
     precision : {'float32', 'float64'}
         Arithmetic of the tiles (sums in float64).
 
