@@ -102,3 +102,11 @@ def test_engines_agree_and_inputs_untouched():
 def test_unknown_engine_refused():
     with pytest.raises(InputError, match="engine"):
         QUESTSDescriptor(engine="numba")
+
+
+def test_coincident_atoms_refused():
+    # quests returns 1/1e-16 = 1e16 for a neighbour at distance 0; we refuse it, naming both atoms
+    atoms = CASES["periodic fcc"]()
+    atoms += Atoms("Cu", positions=[atoms.positions[3]])
+    with pytest.raises(InputError, match=r"atom 3 and atom \d+ .*same position"):
+        compute_descriptors(atoms)

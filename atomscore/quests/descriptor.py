@@ -258,12 +258,19 @@ def _nearest_neighbours(atoms, k, cutoff, n_threads):
     dist, idx = tree.query(pos, k=m, distance_upper_bound=cutoff, workers=n_threads)
     dist, idx = dist.reshape(n, m), idx.reshape(n, m)
     # drop each atom itself (image 0 of atom i is row i, distance 0); keep k
-    self_hit = idx == np.arange(n)[:, None]
-    if np.any(self_hit.sum(axis=1) != 1):  # can only fail for k + 1 coincident atoms
-        raise InputError("atoms: more than k atoms at the same position; expected distinct positions")
-    order = np.argsort(self_hit, axis=1, kind="stable")[:, :m - 1]
-    dist = np.take_along_axis(dist, order, axis=1)
-    idx = np.take_along_axis(idx, order, axis=1)
+    if np.array_equal(idx[:, 0], np.arange(n)):  # the usual case: each atom first, at distance 0
+        dist, idx = dist[:, 1:], idx[:, 1:]
+    else:  # another atom at distance 0 came first: take each atom out wherever it is
+        self_hit = idx == np.arange(n)[:, None]
+        if np.any(self_hit.sum(axis=1) != 1):  # can only fail for k + 1 coincident atoms
+            raise InputError("atoms: more than k atoms at the same position; expected distinct positions")
+        order = np.argsort(self_hit, axis=1, kind="stable")[:, :m - 1]
+        dist = np.take_along_axis(dist, order, axis=1)
+        idx = np.take_along_axis(idx, order, axis=1)
+    if m > 1 and np.any(dist[:, 0] == 0.0):  # quests divides by 1e-16 here: a descriptor of 1e16
+        i = int(np.flatnonzero(dist[:, 0] == 0.0)[0])
+        raise InputError(f"atoms: atom {i} and atom {int(owner[idx[i, 0]])} (or a periodic image of it) are at "
+                         f"the same position {pos[i].tolist()}; expected distinct positions")
     r = np.full((n, k), np.inf)
     r[:, :m - 1] = dist
     vec = np.zeros((3, n, k))
