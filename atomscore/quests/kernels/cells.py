@@ -19,6 +19,9 @@ PRUNE_TOLERANCE = 1e-30
 # Members per cell: small cells bound tightly, large ones multiply fast; measured on
 # QUESTS descriptors (benchmarks/quests_pruning.py), 256 is near the best of 64..1024.
 CELL_SIZE = 256
+# Above this share of pairs kept, the pruned pass runs the dense tiles instead: its cell-sized
+# tiles cost 1.6-1.8x the dense pass when nothing can be skipped (benchmarks/quests_pruning.py).
+DENSE_ABOVE = 0.75
 
 
 class Partition(NamedTuple):

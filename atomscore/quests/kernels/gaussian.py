@@ -300,6 +300,9 @@ def _pruned_sums(yc, xc, ops_list, symmetric, h, tile, dtype, threads, clip):
     rows = cols if symmetric else _cells.partition(yc, n_threads=threads)
     gammas = 1.0 / (2.0 * h * h)
     pairs = _cells.cell_pairs(rows, cols, gammas, symmetric)
+    kept = float(rows.sizes @ pairs.keep @ cols.sizes) / (len(yc) * len(xc))
+    if kept > _cells.DENSE_ABOVE:  # little to skip: the dense pass' larger tiles are faster
+        return _tile_pass(ops_list, tile, symmetric, dtype, threads, clip), np.zeros((len(yc), len(gammas)))
     lefts = [ops.left[rows.order] for ops in ops_list]
     rights = [ops.right[cols.order] for ops in ops_list]
     p_sorted = _cells.pruned_pass(lefts, rights, rows, cols, pairs, tile, symmetric, dtype, threads, clip)
