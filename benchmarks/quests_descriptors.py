@@ -65,6 +65,7 @@ def main(argv=None):
     from atomscore.quests.descriptor import compute_descriptors
 
     cases = structures(args.max_atoms)
+    growth = {"q": [], "o": [], "n": []}
     get_descriptors([cases[0][1]])  # compile / load quests' numba cache
     compute_descriptors(cases[0][1])
     print(f"{'structure':<12} {'atoms':>7} {'quests s':>9} {'ours s':>8} {'ratio':>6} "
@@ -81,8 +82,16 @@ def main(argv=None):
             err = max(err, float(np.abs(ours - ref).max()))
         wq, wo = statistics.median(walls["q"]), statistics.median(walls["o"])
         cq, co = statistics.median(cpus["q"]), statistics.median(cpus["o"])
+        if name == "Cu fcc":
+            growth["n"].append(len(atoms))
+            growth["q"].append(cq)
+            growth["o"].append(co)
         print(f"{name:<12} {len(atoms):>7} {wq:>9.4f} {wo:>8.4f} {wq / wo:>6.2f} {cq:>10.4f} {co:>9.4f} "
               f"{cq / co:>9.2f} {err:>10.1e}", flush=True)
+    if len(growth["n"]) > 1:
+        fit = {key: np.polyfit(np.log(growth["n"]), np.log(growth[key]), 1)[0] for key in ("q", "o")}
+        print(f"growth of the CPU time with atoms (Cu fcc, time ~ n^a): quests a = {fit['q']:.2f}, "
+              f"ours a = {fit['o']:.2f}")
     if not args.no_end_to_end:
         end_to_end(args.repeats)
 
