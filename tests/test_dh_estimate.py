@@ -21,14 +21,14 @@ def test_whole_sample_is_exact_with_zero_error():
     x, y = _data()
     est = gaussian.estimate_delta_entropy(y, x, 0.3, sample_size=len(x), n_cells=32, n_probe=3, precision="float64")
     np.testing.assert_allclose(est.value, gaussian.delta_entropy(y, x, 0.3), rtol=1e-10)
-    np.testing.assert_array_equal(est.standard_error, 0.0)
+    assert np.all(est.standard_error < 1e-12)  # no sampling error; the float64 rounding term only
 
 
 def test_every_cell_probed_is_exact():
     x, y = _data(1)
     est = gaussian.estimate_delta_entropy(y, x, 0.3, sample_size=100, n_cells=16, n_probe=16, precision="float64")
     np.testing.assert_allclose(est.value, gaussian.delta_entropy(y, x, 0.3), rtol=1e-10)
-    np.testing.assert_array_equal(est.standard_error, 0.0)
+    assert np.all(est.standard_error < 1e-12)  # no sampling error; the float64 rounding term only
 
 
 def test_far_queries_are_exact_and_finite():
@@ -37,7 +37,7 @@ def test_far_queries_are_exact_and_finite():
     far = y + 40.0
     est = gaussian.estimate_delta_entropy(far, x, 0.3, sample_size=200, n_cells=16, n_probe=2)
     np.testing.assert_allclose(est.value, gaussian.delta_entropy(far, x, 0.3), rtol=1e-10)
-    assert np.all(np.isfinite(est.value)) and np.all(est.standard_error == 0.0)
+    assert np.all(np.isfinite(est.value)) and np.all(est.standard_error == 0.0)  # exact rows: no error
 
 
 def test_error_bars_cover_the_true_error_over_seeds():

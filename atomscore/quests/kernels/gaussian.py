@@ -405,7 +405,9 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     ``R^ = (N/n) sum_{j in S, cell(j) not probed} K(y, x_j)`` (Horvitz-Thompson, unbiased
     whatever the probed cells). The standard error of ``R^`` is
     ``N sqrt((1 - n/N) / n) s_z`` (``s_z``: the sample standard deviation of the terms, probed
-    ones counted as 0), and that of ``dH = -log p^`` is ``se(R^) / p^`` (delta method). Cost:
+    ones counted as 0), and that of ``dH = -log p^`` is ``se(R^) / p^`` (delta method),
+    combined in quadrature with the tiles' rounding ``u gamma (|y|^2 + median |x|^2)``
+    (``u``: the unit roundoff of ``precision``, centred descriptors). Cost:
     about ``M N (n_probe / n_cells + n / N)`` kernel terms instead of ``M N``. Accuracy
     measured and when to use which dH: docs/quests.md ("Which dH").
 
@@ -464,6 +466,11 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     ratio = 1.0 + (n_ref / n) * s1  # p / exp(top)
     var = np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1)
     se = n_ref * math.sqrt(max(1.0 - n / n_ref, 0.0) / n) * np.sqrt(var) / ratio
+    # the tiles' rounding: an exponent -gamma |y - x|^2 from the expanded product carries about
+    # u gamma (|y|^2 + |x|^2) (u: unit roundoff, centred descriptors), and so does the log-sum
+    unit = float(np.finfo(dtype).eps) / 2.0
+    rounding = unit * gamma * (np.einsum("ij,ij->i", yc, yc) + float(np.median(np.einsum("ij,ij->i", xc, xc))))
+    se = np.sqrt(se * se + rounding * rounding)
     value = -(top + np.log(ratio))
     bad = np.flatnonzero(~good)
     if bad.size:  # far from every reference point: the exact float64 log-sum-exp, error 0
