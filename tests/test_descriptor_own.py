@@ -110,3 +110,9 @@ def test_coincident_atoms_refused():
     atoms += Atoms("Cu", positions=[atoms.positions[3]])
     with pytest.raises(InputError, match=r"atom 3 and atom \d+ .*same position"):
         compute_descriptors(atoms)
+
+
+def test_periodic_without_a_cell_refused():
+    atoms = Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]], pbc=True)  # no cell given
+    with pytest.raises(InputError, match="no volume"):
+        compute_descriptors(atoms)

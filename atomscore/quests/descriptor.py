@@ -248,6 +248,8 @@ def _nearest_neighbours(atoms, k, cutoff, n_threads):
     n = len(pos)
     if np.all(atoms.pbc):
         cell = np.array(atoms.cell, dtype=np.float64)
+        if not abs(np.linalg.det(cell)) > 0.0:
+            raise InputError(f"atoms: periodic but its cell {cell.tolist()} has no volume; expected a 3-D cell")
         frac = np.round(pos @ _inverse_as_quests(cell), decimals=12) % 1.0
         pos = frac @ cell
         images, owner = _periodic_images(frac, cell, cutoff)
