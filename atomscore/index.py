@@ -296,31 +296,46 @@ def check_index_vectors(index, train_descriptors):
                          f"first row {first}); was it saved from another training set?")
 
 
-def _ivf_flat(x, args, n_threads):
-    """A filled ``IndexIVFFlat``: k-means on a fixed-seed subsample on one OpenMP thread, the
-    cells of the points in our threads' blocks (module docstring)."""
+def kmeans_cells(x, n_cells, n_threads=None):
+    """k-means cells of the rows of ``x`` (float32, C-contiguous): ``(quantizer, cells)``.
+
+    faiss k-means of :data:`IVF_NITER` iterations on a fixed-seed subsample of
+    :data:`IVF_TRAIN_PER_LIST` points per cell, on one OpenMP thread (module docstring);
+    ``quantizer`` is a flat index of the ``n_cells`` centroids, ``cells`` (int64, shape
+    (N,)) the nearest centroid of every row, found in our threads' equal blocks. Used by
+    the IVF index and by the cells of the kernel sums (:mod:`atomscore.quests.kernels.cells`).
+    """
     import faiss
 
-    nlist = args["nlist"]
+    nlist = int(n_cells)
     quantizer = faiss.IndexFlatL2(x.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist, faiss.METRIC_L2)
-    index.cp.niter = IVF_NITER
-    index.cp.seed = IVF_SEED
+    clus = faiss.Clustering(x.shape[1], nlist)
+    clus.niter = IVF_NITER
+    clus.seed = IVF_SEED
     n_train = min(len(x), IVF_TRAIN_PER_LIST * nlist)
-    index.cp.max_points_per_centroid = max(1, -(-n_train // nlist))  # faiss keeps our subsample whole
+    clus.max_points_per_centroid = max(1, -(-n_train // nlist))  # faiss keeps our subsample whole
     train = x
     if n_train < len(x):
         train = x[np.sort(np.random.default_rng(IVF_SEED).choice(len(x), n_train, replace=False))]
     with _omp_threads(1):  # k-means' many short OpenMP loops spin on a loaded machine (10x slower)
-        index.train(train)
-    # the cell of every point (an N x nlist flat search, the costly part) in our threads'
-    # equal blocks; then faiss files the points under their cells
+        clus.train(np.ascontiguousarray(train), quantizer)
+    # the cell of every point (an N x nlist flat search, the costly part) in our threads' equal blocks
     cells = np.empty(len(x), dtype=np.int64)
 
     def assign(start, stop):
         cells[start:stop] = quantizer.search(x[start:stop], 1)[1][:, 0]
 
     in_threads(len(x), assign, n_threads)
+    return quantizer, cells
+
+
+def _ivf_flat(x, args, n_threads):
+    """A filled ``IndexIVFFlat``: :func:`kmeans_cells`, then faiss files the points under their cells."""
+    import faiss
+
+    quantizer, cells = kmeans_cells(x, args["nlist"], n_threads)
+    index = faiss.IndexIVFFlat(quantizer, x.shape[1], args["nlist"], faiss.METRIC_L2)
+    index.is_trained = True
     with _omp_threads(1):
         index.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(cells))
     index.nprobe = args["nprobe"]

@@ -141,6 +141,12 @@ def check_finite_positions(atoms, where="configuration", allow_empty=False):
 def check_finite_configs(configs, name="configs", allow_empty_atoms=False):
     """:func:`check_configs`, then :func:`check_finite_positions` on each (its index named)."""
     configs = check_configs(configs, name)
+    if configs and (allow_empty_atoms or all(len(a) for a in configs)):
+        # one whole-list test first (10,000 configurations: 1 s one by one); the loop below
+        # only runs to name the first bad configuration
+        arrays = [a.positions.ravel() for a in configs] + [a.cell.array.ravel() for a in configs]
+        if np.isfinite(np.concatenate(arrays)).all():
+            return configs
     for i, atoms in enumerate(configs):
         check_finite_positions(atoms, f"{name}: configuration {i}", allow_empty=allow_empty_atoms)
     return configs
@@ -211,6 +217,13 @@ def check_int(value, name, minimum=None, where=None):
     if minimum is not None and value < minimum:
         raise InputError(f"{label}: expected an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def check_bool(value, name):
+    """Check a bool (``True``/``False`` or numpy's); return it as bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
 
 
 def check_choice(value, name, choices, where=None):

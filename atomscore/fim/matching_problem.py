@@ -11,6 +11,8 @@ weights").
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import math
 import warnings
@@ -58,9 +60,15 @@ DEFAULT_WEIGHT_TOLERANCE = {"zero_tol": 1e-4, "zero_tol_dual": 1e-4, "zero_tol_a
 
 def installed_solvers() -> list:
     """Names of the cvxpy solvers installed here (e.g. ``['CLARABEL', 'SCS', 'SDPA']``)."""
+    return list(_installed_solvers())
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_solvers():
+    # cvxpy imports every solver interface to answer (~70 ms): once per process
     cp = import_extra("cvxpy", "FIMMatchingScore", "fim")
 
-    return list(cp.installed_solvers())
+    return tuple(cp.installed_solvers())
 
 
 def default_solver() -> str:

@@ -50,6 +50,18 @@ __all__ = ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyS
 SELECTION_MASK_KEY = "selection_mask"
 
 
+def _per_configuration(values, masks, n_h):
+    """Rows of the masked atoms back into one array per configuration (NaN where masked out)."""
+    out, start = [], 0
+    for mask in masks:
+        full = np.full((len(mask),) if n_h is None else (len(mask), n_h), np.nan)
+        n = int(mask.sum())
+        full[mask] = values[start:start + n]
+        start += n
+        out.append(full)
+    return out
+
+
 # ----------------------------------------------------------------------------- inputs
 
 def _check_bool(value, name):
@@ -465,14 +477,20 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         if self._metadata_call is not None:  # digested only for a result's metadata
             self.note_metadata(reference_set=ref.provenance(), descriptor_settings=query_settings)
         h = check_bandwidth(bandwidth)
-        approx = _check_bool(approx, "approx")
+        approx = approx if isinstance(approx, str) and approx == "sampled" else _check_bool(approx, "approx")
         k = check_int(num_nearest_neighbors, "num_nearest_neighbors", minimum=1)
         check_int(graph_neighbors, "graph_neighbors", minimum=1)
         _precision(precision)
         index.check_index_options(approx_index, approx_options)
         if approx and k > len(ref):
             raise InputError(f"num_nearest_neighbors: expected at most the {len(ref)} reference descriptors, got {k}")
-        if approx:  # the settings the index runs with (IVF: nlist/nprobe resolved for this reference)
+        if approx == "sampled":  # what defines the estimate (gaussian.estimate_delta_entropy's defaults)
+            if np.ndim(h):
+                raise InputError("approx='sampled': takes one bandwidth, got an array of bandwidths")
+            self.note_metadata(approx_settings={"mode": "sampled", "n_cells": index.ivf_options(len(ref))["nlist"],
+                                                "n_probe": 32, "sample_size": min(len(ref), max(2000, len(ref) // 16)),
+                                                "seed": 0, "precision": "float32"})
+        elif approx:  # the settings the index runs with (IVF: nlist/nprobe resolved for this reference)
             self.note_metadata(approx_settings=index.index_settings(approx_index, len(ref), approx_options))
         _kernel_options(backend, device)
         if approx and backend != "numpy":
@@ -524,9 +542,14 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             Kernel bandwidth ``h`` (descriptor units); an array gives one column per bandwidth.
         apply_mask : bool
             Score only atoms with ``arrays['selection_mask']`` true; the others get NaN.
-        approx : bool
-            Sum over the ``num_nearest_neighbors`` nearest reference points only (exact
-            k-NN through faiss; quests uses an approximate pynndescent graph here).
+        approx : bool or 'sampled'
+            ``True``: sum over the ``num_nearest_neighbors`` nearest reference points only
+            (exact k-NN through faiss; quests uses an approximate pynndescent graph here), an
+            upper bound of dH. ``'sampled'``: the nearest k-means cells exactly and the rest
+            from a sample (:func:`atomscore.quests.kernels.gaussian.estimate_delta_entropy`),
+            with a standard error per query in the metadata as
+            ``delta_entropy_standard_error`` (one list per configuration, nats); which to
+            use when: docs/quests.md.
         num_nearest_neighbors : int
             ``k`` of ``approx=True``.
         graph_neighbors : int
@@ -593,6 +616,10 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         n_h = np.size(h) if np.ndim(h) else None
         if len(rows) == 0:
             values = np.zeros((0,) if n_h is None else (0, n_h))
+        elif approx == "sampled":
+            values, errors = gaussian.estimate_delta_entropy(rows, ref, h)
+            self.note_metadata(delta_entropy_standard_error=[[None if np.isnan(v) else float(v) for v in e]
+                                                             for e in _per_configuration(errors, masks, None)])
         elif approx:
             values = gaussian.approx_delta_entropy(rows, ref, h, k, approx_index=args["approx_index"],
                                                    approx_options=args["approx_options"])
@@ -601,14 +628,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             blocks = [-gaussian.log_kernel_sums(rows, ref[c:c + step], h, precision=precision, backend=backend,
                                                 device=device) for c in range(0, len(ref), step)]
             values = blocks[0] if len(blocks) == 1 else _combine_columns(blocks)
-        out, start = [], 0
-        for mask in masks:
-            full = np.full((len(mask),) if n_h is None else (len(mask), n_h), np.nan)
-            n = int(mask.sum())
-            full[mask] = values[start:start + n]
-            start += n
-            out.append(full)
-        return out
+        return _per_configuration(values, masks, n_h)
 
     # -- column-block jobs: reference_block_size smaller than the reference set
     def plan_jobs(self, configs, compute_args, batch_size):

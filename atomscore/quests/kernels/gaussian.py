@@ -9,25 +9,28 @@ from __future__ import annotations
 import functools
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from typing import NamedTuple
 
 import numpy as np
 
 from atomscore.errors import InputError
 from atomscore.quests.defaults import DEFAULT_BANDWIDTH
+from atomscore.quests.kernels import cells as _cells
+from atomscore.quests.kernels.tiles import run_tiles as _run_tiles
 from atomscore.quests.kernels.tiles import tile_pairs
 from atomscore.threads import blas_single_thread, default_threads, resolve_threads  # noqa: F401 - default_threads re-exported
+from atomscore.validation import check_bool as _check_bool
 from atomscore.validation import check_choice, check_finite_output, check_int, check_positive, load_array
 
 __all__ = [
     "log_kernel_sums",
+    "pruned_log_kernel_sums",
     "entropy",
     "diversity",
     "efficiency",
     "delta_entropy",
     "approx_delta_entropy",
+    "estimate_delta_entropy",
     "dataset_information",
     "DatasetInformation",
     "default_threads",
@@ -75,9 +78,22 @@ def _options(precision, tile_size, n_threads):
     return precision, tile, threads
 
 
-def _engine(backend, device):
+def _queries_and_reference(queries, reference):
+    """``(y, x, symmetric)`` checked: a reference of ``None`` is the queries themselves."""
+    y = _descriptors(queries, "queries")
+    symmetric = reference is None
+    x = y if symmetric else _descriptors(reference, "reference")
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"reference: expected descriptors of dimension {y.shape[1]} (as the queries), "
+                         f"got dimension {x.shape[1]}")
+    return y, x, symmetric
+
+
+def _engine(backend, device, prune=False):
     """The tile pass of ``backend``: ``None`` for numpy (:func:`_tile_pass`), else torch's on ``device``."""
     check_choice(backend, "backend", BACKENDS)
+    if prune and backend != "numpy":
+        raise InputError(f"prune=True: runs on the numpy backend only, got backend={backend!r}")
     if backend == "numpy":
         if device not in (None, "cpu"):
             raise InputError(f"device: the numpy backend runs on the CPU only, got device={device!r}; "
@@ -119,16 +135,6 @@ class _Operands:
     def rows(self, index):
         """The same operands for a subset of the query rows."""
         return _Operands(self.left[index], self.right)
-
-
-def _run_tiles(work, pairs, n_threads):
-    """Run ``work(chunk_of_pairs)`` on ``n_threads`` threads; return the list of results."""
-    if n_threads == 1 or len(pairs) == 1:
-        with blas_single_thread() if n_threads == 1 and len(pairs) > 1 else nullcontext():
-            return [work(pairs)]
-    chunks = [pairs[k::n_threads] for k in range(n_threads) if pairs[k::n_threads]]
-    with blas_single_thread(), ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-        return list(pool.map(work, chunks))
 
 
 def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, clip, shifted=False):
@@ -179,7 +185,7 @@ def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, clip, shifted=False)
 
 
 def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64",
-                    tile_size=DEFAULT_TILE, n_threads=None, backend="numpy", device=None):
+                    tile_size=DEFAULT_TILE, n_threads=None, backend="numpy", device=None, prune=False):
     """Log of the Gaussian kernel sums of each query over a reference set.
 
     Parameters
@@ -202,6 +208,11 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
         ``'torch'`` runs the tiles with torch (extra ``atomscore[gpu]``).
     device : str, optional
         torch device, ``'cpu'`` (default) or ``'cuda'`` / ``'cuda:N'``; numpy: CPU only.
+    prune : bool
+        Skip the pairs of descriptor cells (k-means, centre and radius) whose every term is
+        below 1e-30 of its row's largest (numpy backend): equal to the dense sum to ~1e-15
+        relative in float64, faster where the data has structure (docs/internals.md,
+        "Pruned kernel sums"); :func:`pruned_log_kernel_sums` also returns the bound.
 
     Returns
     -------
@@ -209,23 +220,44 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
         ``log p_i = log sum_j exp(-|y_i - x_j|^2 / (2 h^2))``, shape (M,) for a scalar
         bandwidth, (M, H) for an array of bandwidths. Always finite.
     """
-    y = _descriptors(queries, "queries")
-    symmetric = reference is None
-    x = y if symmetric else _descriptors(reference, "reference")
-    if x.shape[1] != y.shape[1]:
-        raise InputError(f"reference: expected descriptors of dimension {y.shape[1]} (as the queries), "
-                         f"got dimension {x.shape[1]}")
+    y, x, symmetric = _queries_and_reference(queries, reference)
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
-    engine = _engine(backend, device)
-    logp = _log_sums(y, x, symmetric, h, precision, tile, threads, engine)
+    engine = _engine(backend, device, prune)
+    logp = _log_sums(y, x, symmetric, h, precision, tile, threads, engine, prune=_check_bool(prune, "prune"))
     return logp[:, 0] if scalar else logp
 
 
-def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None):
+def pruned_log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64",
+                           tile_size=DEFAULT_TILE, n_threads=None):
+    """:func:`log_kernel_sums` with ``prune=True``, and the bound on what the pruning left out.
+
+    Returns
+    -------
+    logp : numpy.ndarray, shape (M,) or (M, H)
+        As :func:`log_kernel_sums`.
+    skipped_bound : numpy.ndarray, same shape
+        For every row, an upper bound on the skipped terms' sum relative to the row's
+        kernel sum, so ``log p`` is low by at most ``log(1 + skipped_bound)``; at most a
+        few 1e-28 by construction (each skipped cell pair holds below 1e-30 of the row's
+        largest term).
+    """
+    y, x, symmetric = _queries_and_reference(queries, reference)
+    h, scalar = _bandwidths(bandwidth)
+    precision, tile, threads = _options(precision, tile_size, n_threads)
+    report = {}
+    logp = _log_sums(y, x, symmetric, h, precision, tile, threads, prune=True, report=report)
+    bound = report["skipped_bound"]
+    return (logp[:, 0], bound[:, 0]) if scalar else (logp, bound)
+
+
+def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None, prune=False, report=None):
     """``log p`` (n_rows, n_h): a lifted plain pass, then a shifted pass for rows it cannot hold.
 
     ``engine`` is the tile pass (signature of :func:`_tile_pass`); ``None`` is numpy's.
+    ``prune``: the plain pass skips cell pairs that cannot matter (:mod:`.cells`); the bound
+    on the skipped mass (relative to each row's sum, shape (n_rows, n_h)) goes to
+    ``report['skipped_bound']`` when ``report`` is a dict.
     """
     tile_pass = _tile_pass if engine is None else engine
     dtype = np.float32 if precision == "float32" else np.float64
@@ -238,7 +270,12 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None):
     ops_list = [_Operands.build(yc, xc, g, dtype, lift) for g in 1.0 / (2.0 * h * h)]
     floor = _FLOOR[precision]
     clip = (floor, lift) if precision == "float64" else None  # float32 exp is as fast on subnormals
-    p = tile_pass(ops_list, tile, symmetric, dtype, threads, clip)
+    if prune:
+        p, bound = _pruned_sums(yc, xc, ops_list, symmetric, h, tile, dtype, threads, clip)
+        if report is not None:
+            report["skipped_bound"] = bound
+    else:
+        p = tile_pass(ops_list, tile, symmetric, dtype, threads, clip)
     with np.errstate(divide="ignore"):
         logp = np.log(p) - lift
     limit = len(x) * math.exp(floor) * _REPAIR_MARGIN[precision]
@@ -259,50 +296,72 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None):
     return logp
 
 
+def _pruned_sums(yc, xc, ops_list, symmetric, h, tile, dtype, threads, clip):
+    """The plain pass over the cell pairs that can matter: ``(p, skipped_bound)``, rows in input order.
+
+    The bound is on the *true* skipped terms relative to the row's sum (the lift cancels).
+    """
+    cols = _cells.partition(xc, n_threads=threads)
+    rows = cols if symmetric else _cells.partition(yc, n_threads=threads)
+    gammas = 1.0 / (2.0 * h * h)
+    pairs = _cells.cell_pairs(rows, cols, gammas, symmetric)
+    kept = float(rows.sizes @ pairs.keep @ cols.sizes) / (len(yc) * len(xc))
+    if kept > _cells.DENSE_ABOVE:  # little to skip: the dense pass' larger tiles are faster
+        return _tile_pass(ops_list, tile, symmetric, dtype, threads, clip), np.zeros((len(yc), len(gammas)))
+    lefts = [ops.left[rows.order] for ops in ops_list]
+    rights = [ops.right[cols.order] for ops in ops_list]
+    p_sorted = _cells.pruned_pass(lefts, rights, rows, cols, pairs, tile, symmetric, dtype, threads, clip)
+    p = np.empty_like(p_sorted)
+    p[rows.order] = p_sorted
+    bound = np.empty((len(yc), len(gammas)))
+    bound[rows.order] = np.repeat(pairs.skipped_bound, rows.sizes, axis=0)
+    return p, bound
+
+
 # ----------------------------------------------------------------------------- measures
 
 def _reduce(value, scalar):
     return float(value[0]) if scalar else np.asarray(value)
 
 
-def _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend="numpy", device=None):
+def _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend="numpy", device=None, prune=False):
     x = _descriptors(x, "descriptors")
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
-    engine = _engine(backend, device)
-    return x, _log_sums(x, x, True, h, precision, tile, threads, engine), scalar
+    engine = _engine(backend, device, prune)
+    return x, _log_sums(x, x, True, h, precision, tile, threads, engine, prune=_check_bool(prune, "prune")), scalar
 
 
 def entropy(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
-            backend="numpy", device=None):
+            backend="numpy", device=None, prune=False):
     """Information entropy ``H = -(1/N) sum_i log(p_i / N)`` of a descriptor set, in nats.
 
     Same definition as ``quests.entropy.entropy``. Parameters as :func:`log_kernel_sums`;
     returns a float, or one value per bandwidth (shape (H,)).
     """
-    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
+    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device, prune)
     return _reduce(math.log(len(x)) - logp.mean(axis=0), scalar)
 
 
 def efficiency(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
-               backend="numpy", device=None):
+               backend="numpy", device=None, prune=False):
     """Efficiency ``H / log N`` (dimensionless, 1 when no two points overlap); needs N >= 2."""
     x = _descriptors(x, "descriptors")
     if len(x) < 2:
         raise InputError(f"descriptors: efficiency H/log N needs at least 2 environments, got {len(x)}")
     return entropy(x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads,
-                   backend=backend, device=device) / math.log(len(x))
+                   backend=backend, device=device, prune=prune) / math.log(len(x))
 
 
 def diversity(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
-              backend="numpy", device=None):
+              backend="numpy", device=None, prune=False):
     """Diversity ``D = log sum_i 1/p_i`` (nats), as ``quests.entropy.diversity``."""
-    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
+    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device, prune)
     return _reduce(_logsumexp(-logp, axis=0), scalar)
 
 
 def delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE,
-                  n_threads=None, backend="numpy", device=None):
+                  n_threads=None, backend="numpy", device=None, prune=False):
     """Differential entropy ``dH(y_i | X) = -log sum_j K(y_i, x_j)`` of each query, in nats.
 
     As ``quests.entropy.delta_entropy`` where that is finite; where its kernel sum
@@ -310,7 +369,7 @@ def delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", til
     finite value by log-sum-exp. Returns shape (M,) or (M, H) for an array of bandwidths.
     """
     return -log_kernel_sums(y, x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads,
-                            backend=backend, device=device)
+                            backend=backend, device=device, prune=prune)
 
 
 def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbors=3, approx_index="flat",
@@ -342,6 +401,149 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
     exponents = -d2[:, :, None] / (2.0 * h * h)  # (M, k, H)
     dh = -_logsumexp(exponents, axis=1)
     return dh[:, 0] if scalar else dh
+
+
+def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, seed=0, *, n_cells=None,
+                           n_probe=32, precision="float32", tile_size=DEFAULT_TILE, n_threads=None) -> "Estimate":
+    """``dH`` of each query: its nearest reference cells summed exactly, the rest sampled, with an error bar.
+
+    The reference is cut into ``n_cells`` k-means cells (faiss, as the IVF index). For each
+    query the terms of its ``n_probe`` nearest cells (by centroid) are summed exactly; the
+    terms of all other cells, ``R``, are estimated from one uniform sample ``S`` of
+    ``sample_size`` reference rows drawn without replacement and shared by all queries:
+    ``R^ = (N/n) sum_{j in S, cell(j) not probed} K(y, x_j)`` (Horvitz-Thompson, unbiased
+    whatever the probed cells). The standard error of ``R^`` is
+    ``N sqrt((1 - n/N) / n) s_z`` (``s_z``: the sample standard deviation of the terms, probed
+    ones counted as 0), and that of ``dH = -log p^`` is ``se(R^) / p^`` (delta method),
+    combined in quadrature with the tiles' rounding ``u gamma (|y|^2 + median |x|^2)``
+    (``u``: the unit roundoff of ``precision``, centred descriptors). Cost:
+    about ``M N (n_probe / n_cells + n / N)`` kernel terms instead of ``M N``. Accuracy
+    measured and when to use which dH: docs/quests.md ("Which dH").
+
+    Parameters
+    ----------
+    y, x : array_like, shapes (M, d), (N, d)
+        Queries and reference descriptors.
+    bandwidth : float
+        ``h`` in descriptor units.
+    sample_size : int, optional
+        ``n``, default ``max(2000, N // 16)``; ``n >= N`` takes every row (exact, error 0).
+    seed : int
+        ``numpy.random.default_rng`` seed of the sample.
+    n_cells, n_probe : int, optional
+        Cells (default ``round(sqrt(N))``, as the IVF index) and exactly summed cells per
+        query (default 32).
+    precision : {'float32', 'float64'}
+        Arithmetic of the tiles (sums in float64).
+
+    Returns
+    -------
+    Estimate
+        ``(value, standard_error)``: ``dH`` in nats, shape (M,), and its standard error.
+        Queries so far from the reference that the float tiles cannot hold them get the
+        exact float64 value and an error of 0.
+    """
+    from atomscore.index import ivf_options, kmeans_cells
+
+    y, x, _ = _queries_and_reference(y, x)
+    h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
+    n_ref = len(x)
+    n = max(2000, n_ref // 16) if sample_size is None else check_int(sample_size, "sample_size", minimum=2)
+    n = min(n, n_ref)
+    check_int(seed, "seed", minimum=0)
+    cells_n = ivf_options(n_ref)["nlist"] if n_cells is None else check_int(n_cells, "n_cells", minimum=1)
+    cells_n = min(cells_n, n_ref)
+    probe = min(check_int(n_probe, "n_probe", minimum=1), cells_n)
+    precision, tile, threads = _options(precision, tile_size, n_threads)
+    dtype = np.float32 if precision == "float32" else np.float64
+    gamma = 1.0 / (2.0 * h * h)
+    centre = x.mean(axis=0)
+    xc, yc = x - centre, y - centre
+    quantizer, cell_of = kmeans_cells(np.ascontiguousarray(xc, dtype=np.float32), cells_n, threads)
+    probed = quantizer.search(np.ascontiguousarray(yc, dtype=np.float32), probe)[1]  # (M, n_probe)
+    lift = _EXP_MAX[precision] - math.log(n_ref) - 1.0
+    clip = (_FLOOR[precision], lift) if precision == "float64" else None
+    near = _probed_sums(yc, xc, cell_of, probed, gamma, dtype, lift, clip, tile, threads)
+    limit = n_ref * math.exp(_FLOOR[precision]) * _REPAIR_MARGIN[precision]
+    good = near >= limit
+    top = np.full(len(y), 0.0)
+    top[good] = np.log(near[good]) - lift  # log of the exact part: sampled terms are scaled by it
+    rows = np.arange(n_ref) if n >= n_ref else np.sort(np.random.default_rng(seed).choice(n_ref, n, replace=False))
+    mask = np.zeros((len(y), cells_n), dtype=bool)
+    np.put_along_axis(mask, probed, True, axis=1)
+    s1, s2 = _sampled_far_sums(yc, xc[rows], cell_of[rows], mask, gamma, top, dtype, precision, tile, threads)
+    ratio = 1.0 + (n_ref / n) * s1  # p / exp(top)
+    var = np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1)
+    se = n_ref * math.sqrt(max(1.0 - n / n_ref, 0.0) / n) * np.sqrt(var) / ratio
+    # the tiles' rounding: an exponent -gamma |y - x|^2 from the expanded product carries about
+    # u gamma (|y|^2 + |x|^2) (u: unit roundoff, centred descriptors), and so does the log-sum
+    unit = float(np.finfo(dtype).eps) / 2.0
+    rounding = unit * gamma * (np.einsum("ij,ij->i", yc, yc) + float(np.median(np.einsum("ij,ij->i", xc, xc))))
+    se = np.sqrt(se * se + rounding * rounding)
+    value = -(top + np.log(ratio))
+    bad = np.flatnonzero(~good)
+    if bad.size:  # far from every reference point: the exact float64 log-sum-exp, error 0
+        value[bad] = -_log_sums(y[bad], x, False, np.array([h]), "float64", tile, threads)[:, 0]
+        se[bad] = 0.0
+    return Estimate(value, se)
+
+
+def _probed_sums(yc, xc, cell_of, probed, gamma, dtype, lift, clip, tile, threads):
+    """Lifted kernel sums of every query over the reference rows of its probed cells, (M,) float64.
+
+    Inverted: for each cell, one product of the queries probing it with its rows."""
+    order = np.argsort(cell_of, kind="stable")
+    bounds = np.searchsorted(cell_of[order], np.arange(probed.max(initial=0) + 2))
+    ops = _Operands.build(yc, xc[order], gamma, dtype, lift)
+    flat = probed.ravel()
+    by_cell = np.argsort(flat, kind="stable")
+    q_bounds = np.searchsorted(flat[by_cell], np.arange(probed.max(initial=0) + 2))
+    queries_of = by_cell // probed.shape[1]
+    work_cells = [c for c in range(len(q_bounds) - 1) if q_bounds[c + 1] > q_bounds[c] and bounds[c + 1] > bounds[c]]
+
+    def work(chunk):
+        acc = np.zeros(len(yc))
+        for c in chunk:
+            q = queries_of[q_bounds[c]:q_bounds[c + 1]]
+            right = ops.right[bounds[c]:bounds[c + 1]]
+            for a in range(0, len(q), tile):
+                qa = q[a:a + tile]
+                for b in range(0, len(right), tile):
+                    e = ops.left[qa] @ right[b:b + tile].T
+                    if clip is not None:
+                        np.clip(e, *clip, out=e)
+                    np.exp(e, out=e)
+                    acc[qa] += e.sum(axis=1, dtype=np.float64)
+        return acc
+
+    return sum(_run_tiles(work, work_cells, threads)) if work_cells else np.zeros(len(yc))
+
+
+def _sampled_far_sums(yc, xs, cell_s, mask, gamma, top, dtype, precision, tile, threads):
+    """``(sum_j t_j, sum_j t_j^2)`` per query over the sampled rows ``xs`` outside its probed
+    cells (``mask[i, cell]``), ``t_j = K(y_i, x_j) / exp(top_i)``."""
+    ops = _Operands.build(yc, xs, gamma, dtype)
+    ops.left[:, -2] -= top.astype(dtype)  # exponents come out of the product already scaled: e - top
+    pairs = [(a, b) for a in range(0, len(yc), tile) for b in range(0, len(xs), tile)]
+    cap = _EXP_MAX[precision] - 1.0  # a sampled term may exceed the exact part; only overflow is cut
+
+    def work(chunk):
+        s1, s2 = np.zeros(len(yc)), np.zeros(len(yc))
+        buf = np.empty((tile, tile), dtype=dtype)
+        for a, b in chunk:
+            left, right = ops.left[a:a + tile], ops.right[b:b + tile]
+            e = buf[:len(left), :len(right)]
+            np.matmul(left, right.T, out=e)
+            np.minimum(e, cap, out=e)
+            np.exp(e, out=e)
+            e[mask[a:a + len(left)][:, cell_s[b:b + len(right)]]] = 0.0  # probed cells: summed exactly
+            s1[a:a + len(left)] += e.sum(axis=1, dtype=np.float64)
+            np.multiply(e, e, out=e)
+            s2[a:a + len(left)] += e.sum(axis=1, dtype=np.float64)
+        return s1, s2
+
+    parts = _run_tiles(work, pairs, threads)
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
 # ----------------------------------------------------------------------------- sampled estimates
@@ -490,13 +692,13 @@ class DatasetInformation(NamedTuple):
 
 
 def dataset_information(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE,
-                        n_threads=None, backend="numpy", device=None) -> DatasetInformation:
+                        n_threads=None, backend="numpy", device=None, prune=False) -> DatasetInformation:
     """Entropy, diversity, efficiency and self delta entropy ``-log p_i`` from one pass.
 
     ``delta_entropy`` here is each point against the whole set including itself (as the
     third value of ``quests.entropy.get_all_metrics``). Efficiency is NaN for N = 1.
     """
-    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device)
+    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device, prune)
     return information_from_log_sums(logp, scalar)
 
 
