@@ -169,7 +169,8 @@ def per_atom_array(atoms, key, index=None, ncols=None, name=None, like="the refe
     if arr.ndim != 2:
         raise InputError(f"arrays[{key!r}] ({where}): expected (n_atoms, n_features), got shape {arr.shape}")
     if ncols is not None and arr.shape[1] != ncols:
-        raise InputError(f"arrays[{key!r}] ({where}): expected {ncols} columns (as {like}), got {arr.shape[1]}")
+        raise InputError(f"arrays[{key!r}] ({where}): expected {ncols} columns, descriptors of dimension {ncols} "
+                         f"(as {like}), got {arr.shape[1]}")
     return arr
 
 
