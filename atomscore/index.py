@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 

@@ -648,8 +648,8 @@ class _ConfigsScore(ScoreBase):
                 all_meta = {}
             all_meta[self.OUTPUT_KEY] = to_jsonable(meta)
             new.info["_metadata"] = all_meta
-            for field, value in meta.items():
-                new.info[f"{self.OUTPUT_KEY}_{field}"] = _flat_value(value)
+            for name, value in meta.items():
+                new.info[f"{self.OUTPUT_KEY}_{name}"] = _flat_value(value)
             out.append(new)
         return out
 

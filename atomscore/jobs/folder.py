@@ -33,12 +33,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 
-from atomscore.errors import AtomscoreError, InputError, RefusedJobError
+from atomscore.errors import AtomscoreError, InputError
 from atomscore.io import read_json, to_jsonable, write_json_atomic, write_text_atomic
 from atomscore.jobs import trust
 from atomscore.jobs.paths import FILES, ScoreKind  # noqa: F401 - FILES also importable from here, as before
@@ -225,7 +223,7 @@ def open_log(path):
     """Open a log file for appending without following a symlink planted at its name."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
+    except OSError:
         if os.path.islink(path):
             raise InputError(f"{path}: is a symbolic link; a job's log is never written through one") from None
         raise
@@ -504,12 +502,6 @@ def serialize_inputs(kind, configs) -> tuple[str, str]:
     except Exception as exc:
         raise InputError(f"configs: cannot be written as extxyz: {type(exc).__name__}: {exc}") from None
     return FILES.input_xyz, buffer.getvalue()
-
-
-def write_inputs(folder, kind, configs):
-    name, text = serialize_inputs(kind, configs)
-    write_text_atomic(Path(folder) / name, text)
-    return Path(folder) / name
 
 
 def read_inputs(folder):

@@ -16,7 +16,7 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.index import (INDEX_TYPES, as_float32, build_index, check_index_vectors, index_defaults,  # noqa: F401
                              read_index, set_search_args)
-from atomscore.validation import check_choice, check_finite_output, check_int, check_keys, load_array
+from atomscore.validation import check_choice, check_finite_output, check_int, load_array
 
 #: the bin spacings: 'log' (geometric midpoints) and 'linear' (arithmetic midpoints)
 BIN_SPACINGS = ("log", "linear")

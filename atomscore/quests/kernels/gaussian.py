@@ -6,9 +6,7 @@ how and why: docs/internals.md ("Kernel sums").
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 from typing import NamedTuple
 
 import numpy as np
