@@ -264,14 +264,16 @@ def fim_provenance(metadata):
 
 #: (field, info key) of the provenance FIMTrainingSetScore writes as flat info keys
 _FLAT_PROVENANCE_KEYS = tuple((field, f"{CANDIDATE_OUTPUT_KEY}_{field}") for field in PROVENANCE_FIELDS)
+#: the info keys that can hold provenance (most configurations have none of them)
+_PROVENANCE_INFO_KEYS = frozenset(["_metadata"] + [key for _, key in _FLAT_PROVENANCE_KEYS])
 
 
 def candidate_provenance(atoms, fim_key=CANDIDATE_FIM_KEY):
     """What a candidate's FIM rows are, from ``info['_metadata']['fim_training_set']`` or the
     flat ``info['fim_training_set_<field>']`` keys; None when the FIM carries no metadata."""
-    if fim_key != CANDIDATE_FIM_KEY:
-        return None
     info = atoms.info
+    if fim_key != CANDIDATE_FIM_KEY or _PROVENANCE_INFO_KEYS.isdisjoint(info):
+        return None
     meta = info.get("_metadata")
     if isinstance(meta, str):
         try:
