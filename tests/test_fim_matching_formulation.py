@@ -91,3 +91,19 @@ def test_psd_check_tolerance_between_the_two_bounds():
     beyond = ones - 40.0 * PSD_RTOL * np.eye(4)  # lowest eigenvalue -4e-7 < -PSD_RTOL * |I|_2
     with pytest.raises(InputError, match=r"candidate 2: a FIM must be positive semidefinite"):
         _check_fims([np.eye(4), borderline, beyond], "candidate {}")
+
+
+def test_convexopt_arguments_are_all_taken():
+    """Every argument of information_matching.ConvexOpt besides the FIMs (its signature) is one the
+    problem written here takes; an unknown one is refused before anything is solved."""
+    import inspect
+
+    from atomscore.fim.matching import FIMMatchingScore
+    from atomscore.fim.matching_problem import CONVEXOPT_KWARGS
+
+    theirs = [p for p in inspect.signature(information_matching.ConvexOpt.__init__).parameters
+              if p not in ("self", "fim_qoi", "fim_configs")]
+    assert sorted(theirs) == sorted(CONVEXOPT_KWARGS)
+    fims, target = problem()
+    with pytest.raises(InputError, match=r"convexopt_init_kwargs key.*obj_fn"):
+        FIMMatchingScore().fim_match(target, fims, convexopt_init_kwargs={"objective": "sum"})

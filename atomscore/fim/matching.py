@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from atomscore.errors import InputError, import_extra
-from atomscore.fim.matching_problem import (DEFAULT_WEIGHT_TOLERANCE, PRECONDITION_MODES,  # noqa: F401
-                                            MatchingProblem, check_weight_tolerance, default_solver,
+from atomscore.fim.matching_problem import (CONVEXOPT_KWARGS, DEFAULT_WEIGHT_TOLERANCE,  # noqa: F401
+                                            PRECONDITION_MODES, MatchingProblem, check_weight_tolerance, default_solver,
                                             installed_solvers, other_solver)
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ConfigurationScore, records_metadata
@@ -409,12 +409,8 @@ def _check_convexopt_kwargs(convexopt_init_kwargs, nconfigs):
         kwargs = dict(convexopt_init_kwargs)
     else:
         raise InputError(f"convexopt_init_kwargs: expected a dict, got {type(convexopt_init_kwargs).__name__}")
-    ConvexOpt = import_extra("information_matching", "FIMMatchingScore", "fim").ConvexOpt
-
-    allowed = [p for p in inspect.signature(ConvexOpt.__init__).parameters
-               if p not in ("self", "fim_qoi", "fim_configs")]
     for key in kwargs:
-        check_choice(key, "convexopt_init_kwargs key", tuple(allowed))
+        check_choice(key, "convexopt_init_kwargs key", CONVEXOPT_KWARGS)
     kwargs["weight_upper_bound"] = _check_weight_upper_bound(kwargs.get("weight_upper_bound"), nconfigs)
     return kwargs
 

@@ -53,6 +53,9 @@ PREFERRED_SOLVERS = ("CLARABEL", "SDPA")
 FALLBACK_SOLVERS = {"SDPA": "CLARABEL"}
 #: cvxpy ``solve`` arguments that mean the same to every solver (kept for the fallback)
 PORTABLE_SOLVE_KWARGS = ("verbose",)
+#: the arguments of ``information_matching.ConvexOpt`` (besides the FIMs) that the problem
+#: written here takes, with ConvexOpt's meaning (:meth:`MatchingProblem._build`)
+CONVEXOPT_KWARGS = ("weight_upper_bound", "l1norm_obj", "obj_fn", "obj_fn_kwargs")
 #: weight_tolerance keys and their defaults. zero_tol and zero_tol_dual are dimensionless
 #: (see :meth:`MatchingProblem.get_config_weights`); zero_tol_absolute (off by default) is in
 #: the units of the weights themselves.
