@@ -141,11 +141,12 @@ def check_finite_positions(atoms, where="configuration", allow_empty=False):
 def check_finite_configs(configs, name="configs", allow_empty_atoms=False):
     """:func:`check_configs`, then :func:`check_finite_positions` on each (its index named)."""
     configs = check_configs(configs, name)
-    if configs and (allow_empty_atoms or all(len(a) for a in configs)):
+    positions = [a.positions for a in configs]
+    if configs and (allow_empty_atoms or all(map(len, positions))):
         # one whole-list test first (10,000 configurations: 1 s one by one); the loop below
-        # only runs to name the first bad configuration
-        arrays = [a.positions.ravel() for a in configs] + [a.cell.array.ravel() for a in configs]
-        if np.isfinite(np.concatenate(arrays)).all():
+        # only runs to name the first bad configuration. Positions (n, 3) and cells (3, 3)
+        # stack as they are.
+        if np.isfinite(np.concatenate(positions + [a.cell.array for a in configs])).all():
             return configs
     for i, atoms in enumerate(configs):
         check_finite_positions(atoms, f"{name}: configuration {i}", allow_empty=allow_empty_atoms)

@@ -2,11 +2,12 @@
 
 :class:`MatchingProblem` is what ``FIMMatchingScore.convexopt`` holds (the Orchestrator's
 users read ``convexopt.result`` and call ``convexopt.get_config_weights``). It scales the
-FIMs (preconditioning), hands the semidefinite program to ``information_matching.ConvexOpt``
-(which formulates it in cvxpy), solves it with CLARABEL or SDPA (SDPA failing -> CLARABEL,
-with a warning), checks the solution against the target, and picks the non-zero weights
-with tolerances that mean the same at every scale of the target (docs/fim.md, "Zero
-weights").
+FIMs (preconditioning), writes the semidefinite program in cvxpy as
+``information_matching.ConvexOpt`` does (same variable, objective and constraints; see
+:meth:`MatchingProblem._build` for why not through it), solves it with CLARABEL or SDPA
+(SDPA failing -> CLARABEL, with a warning), checks the solution against the target, and
+picks the non-zero weights with tolerances that mean the same at every scale of the target
+(docs/fim.md, "Zero weights").
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ PREFERRED_SOLVERS = ("CLARABEL", "SDPA")
 FALLBACK_SOLVERS = {"SDPA": "CLARABEL"}
 #: cvxpy ``solve`` arguments that mean the same to every solver (kept for the fallback)
 PORTABLE_SOLVE_KWARGS = ("verbose",)
+#: the arguments of ``information_matching.ConvexOpt`` (besides the FIMs) that the problem
+#: written here takes, with ConvexOpt's meaning (:meth:`MatchingProblem._build`)
+CONVEXOPT_KWARGS = ("weight_upper_bound", "l1norm_obj", "obj_fn", "obj_fn_kwargs")
 #: weight_tolerance keys and their defaults. zero_tol and zero_tol_dual are dimensionless
 #: (see :meth:`MatchingProblem.get_config_weights`); zero_tol_absolute (off by default) is in
 #: the units of the weights themselves.
@@ -121,7 +125,7 @@ def parameter_units(target, fims):
     """The outer product d d^T of D = diag(I_target)^(-1/2) (candidates' largest diagonal where
     the target's is 0, 1 where both are), so that D I D has a unit diagonal."""
     diag = np.diag(target).copy()
-    fallback = np.max([np.diag(fim) for fim in fims], axis=0)
+    fallback = np.diagonal(np.asarray(fims), axis1=-2, axis2=-1).max(axis=0)
     diag = np.where(diag > 0, diag, np.where(fallback > 0, fallback, 1.0))
     d = 1.0 / np.sqrt(diag)
     return np.outer(d, d)
@@ -171,16 +175,15 @@ class MatchingProblem:
 
     def __init__(self, target, candidates, ids=None, *, precondition="diagonal", pad=0.0,
                  weight_upper_bound=None, convexopt_kwargs=None):
-        ConvexOpt = import_extra("information_matching", "FIMMatchingScore", "fim").ConvexOpt
-
         self.ids = list(range(len(candidates))) if ids is None else list(ids)
         self.precondition, self.pad = precondition, float(pad)
+        stack = np.asarray(candidates, dtype=float)
         # A zero FIM carries no information: its optimal weight is 0, and leaving it out
         # keeps the per-configuration Frobenius scaling finite.
-        self.active = np.array([i for i, fim in enumerate(candidates) if np.any(fim)], dtype=int)
+        self.active = np.flatnonzero(stack.reshape(len(stack), -1).any(axis=1))
         if not self.active.size:
             raise InputError("FIMMatchingScore: every candidate FIM is zero; no weights can match the target")
-        fims = np.array([candidates[i] for i in self.active], dtype=float)
+        fims = stack[self.active]
         target = np.array(target, dtype=float)
         # Matches and weight shares are judged with parameters in units where the target has
         # a unit diagonal: dimensionless, whatever the parameters' and the property's units.
@@ -206,11 +209,45 @@ class MatchingProblem:
         self.bounded = ub is not None
         extra = dict(convexopt_kwargs or {})
         extra.pop("weight_upper_bound", None)
-        self._opt = ConvexOpt({"fim": target, "fim_scale": self.scale_qoi},
-                              {k: {"fim": fim, "fim_scale": float(self.scale_conf[k])} for k, fim in enumerate(fims)},
-                              weight_upper_bound=ub, **extra)
-        self.problem, self.wm, self.constraints = self._opt.problem, self._opt.wm, self._opt.constraints
+        #: the scaled FIMs, flattened (``(M_active, P*P)`` and ``(P*P,)``), as ConvexOpt's
+        #: ``fim_configs_vec`` and ``fim_qoi_vec``
+        self.fim_configs_vec = (fims * self.scale_conf[:, None, None]).reshape(len(fims), -1)
+        self.fim_qoi_vec = (target * self.scale_qoi).ravel()
+        self._build(target.shape, ub, **extra)
         self.result = None
+
+    def _build(self, shape, weight_upper_bound, l1norm_obj=False, obj_fn=None, obj_fn_kwargs=None):
+        """The cvxpy problem ``information_matching.ConvexOpt`` writes, written here.
+
+        Same variable (``wm``, ``(M, 1)``), objective (``obj_fn``, default the sum; the
+        deprecated ``l1norm_obj`` as there) and constraints (``wm >= 0``, the LMI, ``wm <=``
+        the bound in the scaled units), so CLARABEL returns the same weights bit for bit.
+        Not through ConvexOpt because its set-up was most of the overhead at M = 1,000
+        (issue 27 item 4): it takes one dict per candidate, copies them one by one, and writes
+        the LMI as ``sum(multiply(F, wm), axis=0)``, which cvxpy compiles slower than the one
+        matrix product ``F.T @ wm`` used here.
+        """
+        cp = import_extra("cvxpy", "FIMMatchingScore", "fim")
+        im = import_extra("information_matching.convex_optimization", "FIMMatchingScore", "fim")
+
+        if l1norm_obj:
+            warnings.warn("The argument 'l1norm_obj' of information_matching.ConvexOpt is deprecated; "
+                          "use obj_fn", DeprecationWarning, stacklevel=4)
+        if obj_fn is None:
+            obj_fn = im.obj_fn_l1_norm if l1norm_obj else im.default_obj_fn
+        self.wm = cp.Variable((len(self.fim_configs_vec), 1))
+        objective = obj_fn(self.wm, **(obj_fn_kwargs or {}))
+        if not objective.is_convex():
+            raise InputError(f"convexopt_init_kwargs['obj_fn']: expected a convex function of the weights "
+                             f"(cvxpy), got {obj_fn!r}, not convex")
+        self.objective = cp.Minimize(objective)
+        lmi = cp.reshape(self.fim_configs_vec.T @ self.wm, shape, order="C") - self.fim_qoi_vec.reshape(shape)
+        self.constraints = [self.wm >= 0.0, lmi >> 0]
+        if weight_upper_bound is not None:
+            # in the scaled problem's units, as ConvexOpt scales it
+            bound = np.broadcast_to(np.asarray(weight_upper_bound, dtype=float), (len(self.fim_configs_vec),))
+            self.constraints.append(self.wm <= (bound * self.scale_qoi / self.scale_conf).reshape(-1, 1))
+        self.problem = cp.Problem(self.objective, self.constraints)
 
     # ----------------------------------------------------------------- solving
     def solve(self, **solver_kwargs):
@@ -294,11 +331,14 @@ class MatchingProblem:
         full["dual_wm"] = np.ones(n)  # an all-zero FIM's reduced cost is its objective coefficient, 1
         for name, values in (("wm", wm), ("weights", weights), ("dual_wm", dual)):
             full[name][self.active] = values
-        fim_diff = np.tensordot(wm, self._opt.fim_configs_vec, axes=1) - self._opt.fim_qoi_vec
+        fim_diff = wm @ self.fim_configs_vec - self.fim_qoi_vec
+        # the LMI's violation as cvxpy's PSD.violation() defines it (minus the lowest
+        # eigenvalue of the symmetric part, if negative), from the difference just formed
+        diff = fim_diff.reshape(self.constraints[1].args[0].shape)
+        violation = max(0.0, -float(np.linalg.eigvalsh(0.5 * (diff + diff.T))[0]))
         return {"status": status, "solver": solver, "value": float(self.problem.value),
-                "rel_error": float(np.linalg.norm(fim_diff) / np.linalg.norm(self._opt.fim_qoi_vec)),
-                "violation": float(np.max(self.constraints[1].violation())),
-                "raw_margin": raw_margin, **full}
+                "rel_error": float(np.linalg.norm(fim_diff) / np.linalg.norm(self.fim_qoi_vec)),
+                "violation": violation, "raw_margin": raw_margin, **full}
 
     def _message(self, solver, first, tried=None):
         """The SolverError text; ``tried``: ``(solver, _SolveFailed)`` of the fallback solve."""
