@@ -225,9 +225,9 @@ _EPS_X2 = 1e-15
 _BLOCK_ATOMS = 128  # atoms per vectorised block of the k x k neighbour-pair matrices (1 MB at k = 32: in cache)
 _TASK_ATOMS = 1024  # atoms per thread task: one k-d tree query, then its pair blocks
 _THREADED_ATOMS = 2048  # fewer atoms: one thread (starting threads costs more than the work)
-# Below this nearest-neighbour distance (as a fraction of the cutoff) the pair distances are
-# taken as differences of the neighbour vectors, not from |D_j|^2 + |D_l|^2 - 2 D_j.D_l, whose
-# rounding (~1e-16 cutoff^2) would reach 1e-12 in the descriptor for atoms ~0.01 cutoff apart.
+# When two atoms are closer than this (a fraction of the cutoff), pair distances are taken as
+# differences of the neighbour vectors, not from |D_j|^2 + |D_l|^2 - 2 D_j.D_l, whose rounding
+# (~1e-16 cutoff^2 on r_jl^2) reached 3e-12 in the descriptor for atoms 0.02 Å apart (cutoff 5 Å).
 _CLOSE_PAIR = 0.1
 
 
@@ -326,57 +326,77 @@ def compute_descriptors(atoms, k=DEFAULT_K, cutoff=DEFAULT_CUTOFF, n_threads=Non
     threads = min(threads, len(starts))
     if threads <= 1:
         for a in starts:
-            work(a)
+            work.neighbours(a)
+        work.settle()
+        for a in starts:
+            work.pairs(a)
     else:  # the k-d tree query and numpy's array operations release the GIL: tasks share the cores
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(work, starts))  # in order: the first error is the lowest atom's
+            list(pool.map(work.neighbours, starts))  # in order: the first error is the lowest atom's
+            work.settle()
+            list(pool.map(work.pairs, starts))
     return x
 
 
 class _Work:
-    """One task of :func:`compute_descriptors`: atoms ``a .. a + size`` written into ``x``."""
+    """The tasks of :func:`compute_descriptors` on atoms ``a .. a + size``, writing into ``x``:
+    :meth:`neighbours` (all tasks), then :meth:`settle`, then :meth:`pairs` (all tasks)."""
 
     def __init__(self, tree, pos, points, owner, k, m, cutoff, x, size):
         self.tree, self.pos, self.points, self.owner = tree, pos, points, owner
         self.k, self.m, self.cutoff, self.x, self.size = k, m, cutoff, x, size
+        n = len(pos)
+        self.r = np.full((n, k), np.inf)  # distances to the k nearest (Å), ascending; inf: none
+        self.idx = np.full((n, k), len(points) - 1)  # their points; none: the origin row
+        self.close = self.absent = False
 
-    def __call__(self, a):
-        k, m, x = self.k, self.m, self.x
+    def neighbours(self, a):
+        """The ``k`` nearest neighbours of atoms ``a .. a + size`` and the first ``k`` columns."""
+        m, x = self.m, self.x
         b = min(a + self.size, len(self.pos))
-        r, idx = self._neighbours(a, b)  # (b - a, m - 1): distances, ascending, inf where none
+        r, idx = self._query(a, b)  # (b - a, m - 1): distances, ascending, inf where none
+        self.r[a:b, :m - 1] = r
+        self.idx[a:b, :m - 1] = idx
         w = _weight(r, self.cutoff)  # 0 where none (r = inf), so is w / r
         x[a:b, :m - 1] = w / (r + _EPS_X1)
-        x[a:b, m - 1:k] = 0.0
-        if m - 1 < k:  # fewer points than k + 1: pad with absent neighbours
-            r = np.pad(r, ((0, 0), (0, k - m + 1)), constant_values=np.inf)
-            idx = np.pad(idx, ((0, 0), (0, k - m + 1)), constant_values=len(self.points) - 1)
-            w = np.pad(w, ((0, 0), (0, k - m + 1)))
+        x[a:b, m - 1:self.k] = 0.0
+
+    def settle(self):
+        """What the pair part needs to know of all atoms: whether any two are close (then pair
+        distances come from differences, see :func:`_pair_part`) and whether any neighbour is absent."""
+        nearest = self.r[:, 0]
+        self.close = bool(np.any(nearest < _CLOSE_PAIR * self.cutoff))
+        self.absent = bool(np.isinf(self.r[:, -1]).any())
+
+    def pairs(self, a):
+        """The last ``k - 1`` columns of atoms ``a .. a + size``."""
+        k = self.k
+        b = min(a + self.size, len(self.pos))
         nb = b - a
         # per neighbour: left (D, |D|^2, 1) and right (-2D, 1, |D|^2), D the vector to it (Å), so that
         # r_jl^2 = |D_j|^2 + |D_l|^2 - 2 D_j.D_l = left_j . right_l: one batched product per block
         left = np.empty((nb, k, 5))
         vec = left[:, :, :3]
-        np.subtract(self.points[idx], self.pos[a:b, None, :], out=vec)  # absent: the origin row
-        absent = ~np.isfinite(r)
-        any_absent = bool(absent.any())
-        if any_absent:
-            vec[absent] = 0.0
+        np.subtract(self.points[self.idx[a:b]], self.pos[a:b, None, :], out=vec)
+        r = self.r[a:b]
+        if self.absent:
+            vec[np.isinf(r)] = 0.0  # absent neighbours at the centre: weight 0, as quests' padding
         left[:, :, 3] = np.einsum("bjc,bjc->bj", vec, vec)
         left[:, :, 4] = 1.0
         right = np.empty((nb, k, 5))
         np.multiply(vec, -2.0, out=right[:, :, :3])
         right[:, :, 3] = 1.0
         right[:, :, 4] = left[:, :, 3]
-        sw = np.sqrt(w)
-        close = bool(np.any(r[:, 0] < _CLOSE_PAIR * self.cutoff))
+        sw = np.sqrt(_weight(r, self.cutoff))
         buffer = np.empty((min(_BLOCK_ATOMS, nb), k, k))
         for c in range(0, nb, _BLOCK_ATOMS):
             d = min(c + _BLOCK_ATOMS, nb)
-            x[a + c:a + d, k:] = _pair_part(left[c:d], right[c:d], sw[c:d], close, any_absent, buffer[:d - c])
+            self.x[a + c:a + d, k:] = _pair_part(left[c:d], right[c:d], sw[c:d], self.close, self.absent,
+                                                 buffer[:d - c])
 
-    def _neighbours(self, a, b):
+    def _query(self, a, b):
         """The ``m - 1`` nearest other points within the cutoff of atoms ``a .. b``."""
         n, m = b - a, self.m
         dist, idx = self.tree.query(self.pos[a:b], k=m, distance_upper_bound=self.cutoff, workers=1)
