@@ -6,7 +6,7 @@ environment of each atom by its ``k`` nearest neighbours: the sorted, cutoff-wei
 inverse distances to them (``k`` numbers) and the sorted weighted inverse distances
 between those neighbours (``k - 1`` numbers), ``2k - 1`` in all. The numbers are
 computed here (:func:`compute_descriptors`: a compiled k-d tree for the neighbours and
-vectorised sorting, equal to ``quests.descriptor.get_descriptors`` to ~1e-15 and 3-7x less
+vectorised sorting, equal to ``quests.descriptor.get_descriptors`` to ~1e-15 and 4-7x less
 CPU time, see docs/internals.md) or, with ``engine='quests'``, by quests itself, the
 reference in the tests; around them we add what a workflow needs: checked input, one
 array per configuration, new Atoms with the descriptors attached, a progress bar.
@@ -62,7 +62,7 @@ class QUESTSDescriptor:
         ``atoms.arrays`` key that :meth:`attach` writes (default ``'descriptors'``, the key
         the QUESTS scores read by default).
     engine : {'atomscore', 'quests'}
-        Who computes the numbers: :func:`compute_descriptors` (default; 3-7x less CPU time)
+        Who computes the numbers: :func:`compute_descriptors` (default; 4-7x less CPU time)
         or ``quests.descriptor.get_descriptors``. Both give the same numbers to ~1e-15.
 
     Examples
@@ -274,7 +274,7 @@ def _periodic_images(frac, cell, cutoff):
     reach = np.ceil(skin).astype(int)
     n = len(frac)
     parts, owners = [frac], [np.arange(n)]
-    # only atoms within the skin of a face have images inside (in a large cell, a few of them)
+    # only atoms within the skin of a face have images inside (a quarter of them at 10^5 atoms)
     near = np.nonzero(np.any((frac < skin) | (frac > 1.0 - skin), axis=1))[0]
     near_frac = frac[near]
     for shift in itertools.product(*[range(-m, m + 1) for m in reach]):
