@@ -37,7 +37,7 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.io import copy_with_labels
 from atomscore.quests.defaults import DEFAULT_CUTOFF, DEFAULT_K
-from atomscore.threads import resolve_threads
+from atomscore.threads import blas_single_thread, resolve_threads
 from atomscore.validation import (DESCRIPTOR_SETTINGS_SUFFIX, check_choice, check_configs, check_finite_positions,
                                   check_int, check_positive)
 
@@ -277,12 +277,14 @@ def _periodic_images(frac, cell, cutoff):
     # only atoms within the skin of a face have images inside (a quarter of them at 10^5 atoms)
     near = np.nonzero(np.any((frac < skin) | (frac > 1.0 - skin), axis=1))[0]
     near_frac = frac[near]
+    # inside[d][s]: shifted by s along axis d, the coordinate is within the skin of the cell
+    inside = [{s: (near_frac[:, d] + s > -skin[d]) & (near_frac[:, d] + s < 1.0 + skin[d])
+               for s in range(-reach[d], reach[d] + 1)} for d in range(3)]
     for shift in itertools.product(*[range(-m, m + 1) for m in reach]):
         if not any(shift):
             continue
-        f = near_frac + np.asarray(shift, dtype=np.float64)
-        keep = np.nonzero(np.all((f > -skin) & (f < 1.0 + skin), axis=1))[0]
-        parts.append(f[keep])
+        keep = np.nonzero(inside[0][shift[0]] & inside[1][shift[1]] & inside[2][shift[2]])[0]
+        parts.append(near_frac[keep] + np.asarray(shift, dtype=np.float64))
         owners.append(near[keep])
     parts.append(np.zeros((1, 3)))
     return np.concatenate(parts) @ cell, np.concatenate(owners)
@@ -311,8 +313,16 @@ def compute_descriptors(atoms, k=DEFAULT_K, cutoff=DEFAULT_CUTOFF, n_threads=Non
     x = np.empty((n, 2 * k - 1))
     if n == 0:
         return x
+    # OpenBLAS threads on the (n, 3) x (3, 3) products took 3-50 ms instead of 3 at 10^5 atoms on a
+    # loaded machine, and kept spinning against the work after them
+    with blas_single_thread():
+        return _compute(atoms, k, cutoff, n_threads, x)
+
+
+def _compute(atoms, k, cutoff, n_threads, x):
     from scipy.spatial import cKDTree
 
+    n = len(atoms)
     pos, points, owner = _positions_and_images(atoms, cutoff)
     # the extra last point (index len(points) - 1) is never a neighbour: the tree leaves it out
     tree = cKDTree(points[:-1], balanced_tree=False, compact_nodes=False)  # measured ~15 % faster queries
