@@ -4,10 +4,11 @@ Issue 27 item 3. Same structures, same run, interleaved rounds (ours, quests, ou
 medians: rattled Si diamond (64 atoms), a non-periodic C60 cluster (60 atoms) and Cu fcc
 supercells (500 .. 10^5 atoms). For each it prints the median wall time of both, the ratio
 quests/ours (below 1,000 atoms each sample is 10 calls in a row, per call), the median CPU
-time (all threads: the work, less sensitive to a loaded machine) and its ratio, and the largest absolute difference of the descriptors (must be
-~1e-15). quests' numba kernels are compiled (cached) before the first round. quests' OpenMP
-threads keep spinning for ~10 ms after each call (measured: 8 ms of CPU during a sleep),
-which would be charged to whatever runs next, so every timed call follows a 50 ms pause.
+time (all threads: the work, less sensitive to a loaded machine) and its ratio, and the
+largest absolute difference of the descriptors (must be ~1e-15). quests' numba kernels are
+compiled (cached) before the first round. quests' OpenMP threads keep spinning for ~10 ms
+after each call (measured: 8 ms of CPU during a sleep), which would be charged to whatever
+runs next, so every timed sample follows a 50 ms pause.
 ``--baseline FILE`` times another ``descriptor.py`` (e.g. main's, before a change) in the
 same rounds: the before/after table.
 
@@ -102,7 +103,8 @@ def main(argv=None):
     print(head)
     for name, atoms in cases:
         walls, cpus, out = {s: [] for s in sides}, {s: [] for s in sides}, {}
-        repeats = args.repeats * 2 if len(atoms) < 1000 else args.repeats if len(atoms) < 50_000 else max(3, args.repeats // 2)
+        repeats = args.repeats * 2 if len(atoms) < 1000 else args.repeats if len(atoms) < 50_000 else (
+            max(3, args.repeats // 2))
         inner = 10 if len(atoms) < 1000 else 1  # small structures: each sample times 10 calls in a row
         for _ in range(repeats):
             for side, fn in sides.items():

@@ -6,10 +6,11 @@ environment of each atom by its ``k`` nearest neighbours: the sorted, cutoff-wei
 inverse distances to them (``k`` numbers) and the sorted weighted inverse distances
 between those neighbours (``k - 1`` numbers), ``2k - 1`` in all. The numbers are
 computed here (:func:`compute_descriptors`: a compiled k-d tree for the neighbours and
-vectorised sorting, equal to ``quests.descriptor.get_descriptors`` to ~1e-15 and 4-7x less
-CPU time, see docs/internals.md) or, with ``engine='quests'``, by quests itself, the
-reference in the tests; around them we add what a workflow needs: checked input, one
-array per configuration, new Atoms with the descriptors attached, a progress bar.
+vectorised sorting, equal to ``quests.descriptor.get_descriptors`` to ~1e-15, about 5x
+less CPU time for periodic cells of 64 to 10^5 atoms, see docs/internals.md) or, with
+``engine='quests'``, by quests itself, the reference in the tests; around them we add
+what a workflow needs: checked input, one array per configuration, new Atoms with the
+descriptors attached, a progress bar.
 
 Species
 -------
@@ -29,7 +30,6 @@ uses its atoms only. An environment with fewer than
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import numpy as np
@@ -62,7 +62,7 @@ class QUESTSDescriptor:
         ``atoms.arrays`` key that :meth:`attach` writes (default ``'descriptors'``, the key
         the QUESTS scores read by default).
     engine : {'atomscore', 'quests'}
-        Who computes the numbers: :func:`compute_descriptors` (default; 4-7x less CPU time)
+        Who computes the numbers: :func:`compute_descriptors` (default; ~5x less CPU time)
         or ``quests.descriptor.get_descriptors``. Both give the same numbers to ~1e-15.
 
     Examples
