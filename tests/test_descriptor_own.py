@@ -118,6 +118,13 @@ def test_threads_on_sparse_and_open(periodic):
     np.testing.assert_allclose(ours, get_descriptors([atoms]), rtol=0, atol=TOL)
 
 
+def test_large_k():
+    # k = 64 at a 7 A cutoff: pair blocks of 32 atoms (the block holds k^2 pairs per atom), 16 blocks here
+    atoms = _rattled(bulk("Cu", "fcc", 3.61, cubic=True).repeat((5, 5, 5)), 0.05, 15)
+    np.testing.assert_allclose(compute_descriptors(atoms, k=64, cutoff=7.0), get_descriptors([atoms], k=64, cutoff=7.0),
+                               rtol=0, atol=TOL)
+
+
 def test_isolated_atom_is_zero():
     # no neighbour inside the cutoff: quests pads with zeros, so do we
     atoms = Atoms("Cu", positions=[[0.0, 0.0, 0.0]], cell=np.eye(3) * 20.0, pbc=True)

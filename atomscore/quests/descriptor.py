@@ -222,7 +222,7 @@ def warm_up():
 
 _EPS_X1 = 1e-16  # the small numbers quests adds to distances (descriptor_x1, descriptor_x2 defaults)
 _EPS_X2 = 1e-15
-_BLOCK_ATOMS = 128  # atoms per vectorised block of the k x k neighbour-pair matrices (1 MB at k = 32: in cache)
+_BLOCK_PAIRS = 128 * 32 * 32  # neighbour pairs per vectorised block (1 MB: in cache; 128 atoms at k = 32)
 _TASK_ATOMS = 1024  # atoms per thread task: one k-d tree query, then its pair blocks
 _THREADED_ATOMS = 2048  # fewer atoms: one thread (starting threads costs more than the work)
 # When two atoms are closer than this (a fraction of the cutoff), pair distances are taken as
@@ -330,7 +330,8 @@ def _compute(atoms, k, cutoff, n_threads, x):
     threads = resolve_threads(n_threads) if n >= _THREADED_ATOMS else 1
     # tasks of at most _TASK_ATOMS atoms, at least one per thread, whole pair blocks
     size = min(_TASK_ATOMS, -(-n // threads))
-    size = -(-size // _BLOCK_ATOMS) * _BLOCK_ATOMS if size > _BLOCK_ATOMS else size
+    block = max(1, _BLOCK_PAIRS // (k * k))
+    size = -(-size // block) * block if size > block else size
     work = _Work(tree, pos, points, owner, k, m, cutoff, x, size)
     starts = range(0, n, size)
     threads = min(threads, len(starts))
@@ -400,9 +401,10 @@ class _Work:
         right[:, :, 3] = 1.0
         right[:, :, 4] = left[:, :, 3]
         sw = np.sqrt(_weight(r, self.cutoff))
-        buffer = np.empty((min(_BLOCK_ATOMS, nb), k, k))
-        for c in range(0, nb, _BLOCK_ATOMS):
-            d = min(c + _BLOCK_ATOMS, nb)
+        block = max(1, _BLOCK_PAIRS // (k * k))
+        buffer = np.empty((min(block, nb), k, k))
+        for c in range(0, nb, block):
+            d = min(c + block, nb)
             self.x[a + c:a + d, k:] = _pair_part(left[c:d], right[c:d], sw[c:d], self.close, self.absent,
                                                  buffer[:d - c])
 
