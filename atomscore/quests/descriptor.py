@@ -361,6 +361,7 @@ class _Work:
         n = len(pos)
         self.r = np.full((n, k), np.inf)  # distances to the k nearest (Å), ascending; inf: none
         self.idx = np.full((n, k), len(points) - 1)  # their points; none: the origin row
+        self.sw = np.zeros((n, k))  # square roots of their weights (0: none)
         self.close = self.absent = False
 
     def neighbours(self, a):
@@ -372,6 +373,7 @@ class _Work:
         self.idx[a:b, :m - 1] = idx
         w = _weight(r, self.cutoff)  # 0 where none (r = inf), so is w / r
         x[a:b, :m - 1] = w / (r + _EPS_X1)
+        np.sqrt(w, out=self.sw[a:b, :m - 1])
         x[a:b, m - 1:self.k] = 0.0
 
     def settle(self):
@@ -400,7 +402,7 @@ class _Work:
         np.multiply(vec, -2.0, out=right[:, :, :3])
         right[:, :, 3] = 1.0
         right[:, :, 4] = left[:, :, 3]
-        sw = np.sqrt(_weight(r, self.cutoff))
+        sw = self.sw[a:b]
         block = max(1, _BLOCK_PAIRS // (k * k))
         buffer = np.empty((min(block, nb), k, k))
         for c in range(0, nb, block):
