@@ -324,7 +324,9 @@ def _compute(atoms, k, cutoff, n_threads, x):
 
     n = len(atoms)
     pos, points, owner = _positions_and_images(atoms, cutoff)
-    # the extra last point (index len(points) - 1) is never a neighbour: the tree leaves it out
+    # A k-d tree answers "the k + 1 nearest within the cutoff" sorted; a cell list gives every pair to
+    # sort (matscipy's neighbour_list alone: 0.62 s at 97,556 atoms, this query 0.35 s; docs/internals.md).
+    # The extra last point (index len(points) - 1) is never a neighbour: the tree leaves it out.
     tree = cKDTree(points[:-1], balanced_tree=False, compact_nodes=False)  # measured ~15 % faster queries
     m = min(k + 1, len(points) - 1)
     threads = resolve_threads(n_threads) if n >= _THREADED_ATOMS else 1
