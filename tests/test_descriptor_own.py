@@ -50,6 +50,27 @@ def _slab():
     return atoms
 
 
+def _close_pair():
+    # an extra atom 0.02 A from another: pair distances below 0.1 cutoff are taken as differences of the
+    # neighbour vectors; from |D_j|^2 + |D_l|^2 - 2 D_j.D_l they would be 3e-12 off quests here
+    atoms = _rattled(bulk("Cu", "fcc", 3.61, cubic=True).repeat((3, 3, 3)), 0.05, 10)
+    atoms += Atoms("H", positions=[atoms.positions[5] + [0.02, 0.0, 0.0]])
+    return atoms
+
+
+def _tiny_triclinic():
+    # one atom in a skewed 2.3-2.6 A cell: the cutoff reaches 3 or more cells out along every axis
+    rng = np.random.default_rng(11)
+    cell = np.diag([2.3, 2.5, 2.6]) + rng.uniform(-0.4, 0.4, (3, 3))
+    return Atoms("Cu", positions=[[0.1, 0.2, 0.3]], cell=cell, pbc=True)
+
+
+def _mixed_pbc():
+    atoms = _rattled(bulk("NaCl", "rocksalt", 5.64).repeat((2, 3, 2)), 0.05, 12)
+    atoms.pbc = [True, False, True]
+    return atoms
+
+
 CASES = {
     "periodic fcc": lambda: _rattled(bulk("Cu", "fcc", 3.61, cubic=True).repeat((4, 4, 4)), 0.05, 1),
     "open C60": lambda: _rattled(molecule("C60"), 0.02, 2),
@@ -60,6 +81,9 @@ CASES = {
     "two species": lambda: _rattled(bulk("NaCl", "rocksalt", 5.64).repeat((2, 2, 2)), 0.05, 8),
     "alloy": _alloy,
     "slab (partial pbc)": _slab,
+    "close pair": _close_pair,
+    "one atom, many images": _tiny_triclinic,
+    "mixed pbc": _mixed_pbc,
 }
 
 
@@ -79,6 +103,26 @@ def test_threads_change_nothing():
     one, two = compute_descriptors(atoms, n_threads=1), compute_descriptors(atoms, n_threads=2)
     np.testing.assert_array_equal(one, two)
     np.testing.assert_allclose(one, get_descriptors([atoms]), rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_threads_on_sparse_and_open(periodic):
+    # 2,500 random atoms, many with fewer than k neighbours in the cutoff, in thread tasks: quests' numbers
+    rng = np.random.default_rng(13)
+    pos = rng.uniform(0.0, 60.0, (2500, 3))
+    pos[:1500] *= 0.4  # a dense corner (~50 atoms in a cutoff sphere) in a dilute box
+    atoms = Atoms("Cu2500", positions=pos, cell=np.eye(3) * 60.0, pbc=periodic)
+    ours = compute_descriptors(atoms, n_threads=2)
+    assert np.any(ours[:, 31] == 0.0) and np.any(ours[:, 31] > 0.0)  # some padded, some full
+    np.testing.assert_array_equal(ours, compute_descriptors(atoms, n_threads=1))
+    np.testing.assert_allclose(ours, get_descriptors([atoms]), rtol=0, atol=TOL)
+
+
+def test_large_k():
+    # k = 64 at a 7 A cutoff: pair blocks of 32 atoms (the block holds k^2 pairs per atom), 16 blocks here
+    atoms = _rattled(bulk("Cu", "fcc", 3.61, cubic=True).repeat((5, 5, 5)), 0.05, 15)
+    np.testing.assert_allclose(compute_descriptors(atoms, k=64, cutoff=7.0), get_descriptors([atoms], k=64, cutoff=7.0),
+                               rtol=0, atol=TOL)
 
 
 def test_isolated_atom_is_zero():
@@ -110,6 +154,14 @@ def test_coincident_atoms_refused():
     atoms += Atoms("Cu", positions=[atoms.positions[3]])
     with pytest.raises(InputError, match=r"atom 3 and atom \d+ .*same position"):
         compute_descriptors(atoms)
+
+
+def test_coincident_atoms_refused_in_a_thread_task():
+    # the pair in the last of several thread tasks: the same message, with the atoms' own indices
+    atoms = _rattled(bulk("Cu", "fcc", 3.61, cubic=True).repeat((9, 9, 9)), 0.05, 14)
+    atoms += Atoms("Cu", positions=[atoms.positions[2900]])
+    with pytest.raises(InputError, match=r"atom 2900 and atom 2916 .*same position"):
+        compute_descriptors(atoms, n_threads=2)
 
 
 def test_periodic_without_a_cell_refused():

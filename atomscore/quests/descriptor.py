@@ -6,10 +6,11 @@ environment of each atom by its ``k`` nearest neighbours: the sorted, cutoff-wei
 inverse distances to them (``k`` numbers) and the sorted weighted inverse distances
 between those neighbours (``k - 1`` numbers), ``2k - 1`` in all. The numbers are
 computed here (:func:`compute_descriptors`: a compiled k-d tree for the neighbours and
-vectorised sorting, equal to ``quests.descriptor.get_descriptors`` to ~1e-15 and 3-7x less
-CPU time, see docs/internals.md) or, with ``engine='quests'``, by quests itself, the
-reference in the tests; around them we add what a workflow needs: checked input, one
-array per configuration, new Atoms with the descriptors attached, a progress bar.
+vectorised sorting, equal to ``quests.descriptor.get_descriptors`` to ~1e-15, about 5x
+less CPU time for periodic cells of 64 to 10^5 atoms, see docs/internals.md) or, with
+``engine='quests'``, by quests itself, the reference in the tests; around them we add
+what a workflow needs: checked input, one array per configuration, new Atoms with the
+descriptors attached, a progress bar.
 
 Species
 -------
@@ -29,7 +30,6 @@ uses its atoms only. An environment with fewer than
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import numpy as np
@@ -37,7 +37,7 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.io import copy_with_labels
 from atomscore.quests.defaults import DEFAULT_CUTOFF, DEFAULT_K
-from atomscore.threads import resolve_threads
+from atomscore.threads import blas_single_thread, resolve_threads
 from atomscore.validation import (DESCRIPTOR_SETTINGS_SUFFIX, check_choice, check_configs, check_finite_positions,
                                   check_int, check_positive)
 
@@ -62,7 +62,7 @@ class QUESTSDescriptor:
         ``atoms.arrays`` key that :meth:`attach` writes (default ``'descriptors'``, the key
         the QUESTS scores read by default).
     engine : {'atomscore', 'quests'}
-        Who computes the numbers: :func:`compute_descriptors` (default; 3-7x less CPU time)
+        Who computes the numbers: :func:`compute_descriptors` (default; ~5x less CPU time)
         or ``quests.descriptor.get_descriptors``. Both give the same numbers to ~1e-15.
 
     Examples
@@ -222,24 +222,26 @@ def warm_up():
 
 _EPS_X1 = 1e-16  # the small numbers quests adds to distances (descriptor_x1, descriptor_x2 defaults)
 _EPS_X2 = 1e-15
-_BLOCK_ATOMS = 128  # atoms per vectorised block of the k x k neighbour-pair matrices (1 MB at k = 32: in cache)
+_BLOCK_PAIRS = 128 * 32 * 32  # neighbour pairs per vectorised block (1 MB: in cache; 128 atoms at k = 32)
+_TASK_ATOMS = 1024  # atoms per thread task: one k-d tree query, then its pair blocks
+_THREADED_ATOMS = 2048  # fewer atoms: one thread (starting threads costs more than the work)
+# When two atoms are closer than this (a fraction of the cutoff), pair distances are taken as
+# differences of the neighbour vectors, not from |D_j|^2 + |D_l|^2 - 2 D_j.D_l, whose rounding
+# (~1e-16 cutoff^2 on r_jl^2) reached 3e-12 in the descriptor for atoms 0.02 Å apart (cutoff 5 Å).
+_CLOSE_PAIR = 0.1
 
 
-def _nearest_neighbours(atoms, k, cutoff, n_threads):
-    """Distances (Å, ascending, ``inf`` padding) and vectors to the ``k`` nearest neighbours
-    of every atom inside ``cutoff``: shapes ``(n, k)`` and ``(3, n, k)``.
+def _positions_and_images(atoms, cutoff):
+    """Positions the descriptor sees (Å; periodic ones wrapped as quests wraps them), the
+    points the neighbours are searched among (the atoms first, in order, then periodic
+    images within ``cutoff`` of the cell) with one extra row at the origin (the target of
+    the k-d tree's "not found" index), and the atom each point is an image of.
 
-    A k-d tree (``scipy.spatial.cKDTree``, compiled, multithreaded queries) over the atoms
-    and, for a periodic cell, their images within ``cutoff`` of the cell answers "the k + 1
-    nearest within the cutoff" directly, sorted, so no full neighbour list is built and
-    sorted (measured 1.5x faster than ``matscipy.neighbours.neighbour_list`` plus a sort at
-    7,000 atoms). As ``quests.descriptor.get_descriptors``, a structure is periodic only
-    when all three ``pbc`` flags are set (anything else: its atoms only), and periodic
-    positions are first wrapped into the cell with the fractional coordinates rounded to 12
-    decimals, as quests' ``wrap_pbc`` does, so both see the same numbers.
+    As ``quests.descriptor.get_descriptors``, a structure is periodic only when all three
+    ``pbc`` flags are set (anything else: its atoms only), and periodic positions are first
+    wrapped into the cell with the fractional coordinates rounded to 12 decimals, as quests'
+    ``wrap_pbc`` does, so both see the same numbers.
     """
-    from scipy.spatial import cKDTree
-
     pos = np.asarray(atoms.positions, dtype=np.float64)
     n = len(pos)
     if np.all(atoms.pbc):
@@ -248,34 +250,10 @@ def _nearest_neighbours(atoms, k, cutoff, n_threads):
             raise InputError(f"atoms: periodic but its cell {cell.tolist()} has no volume; expected a 3-D cell")
         frac = np.round(pos @ _inverse_as_quests(cell), decimals=12) % 1.0
         pos = frac @ cell
-        images, owner = _periodic_images(frac, cell, cutoff)
+        points, owner = _periodic_images(frac, cell, cutoff)
     else:
-        images, owner = pos, np.arange(n)
-    tree = cKDTree(images, balanced_tree=False, compact_nodes=False)  # measured ~15 % faster queries here
-    m = min(k + 1, len(images))
-    dist, idx = tree.query(pos, k=m, distance_upper_bound=cutoff, workers=n_threads)
-    dist, idx = dist.reshape(n, m), idx.reshape(n, m)
-    # drop each atom itself (image 0 of atom i is row i, distance 0); keep k
-    if np.array_equal(idx[:, 0], np.arange(n)):  # the usual case: each atom first, at distance 0
-        dist, idx = dist[:, 1:], idx[:, 1:]
-    else:  # another atom at distance 0 came first: take each atom out wherever it is
-        self_hit = idx == np.arange(n)[:, None]
-        if np.any(self_hit.sum(axis=1) != 1):  # can only fail for k + 1 coincident atoms
-            raise InputError("atoms: more than k atoms at the same position; expected distinct positions")
-        order = np.argsort(self_hit, axis=1, kind="stable")[:, :m - 1]
-        dist = np.take_along_axis(dist, order, axis=1)
-        idx = np.take_along_axis(idx, order, axis=1)
-    if m > 1 and np.any(dist[:, 0] == 0.0):  # quests divides by 1e-16 here: a descriptor of 1e16
-        i = int(np.flatnonzero(dist[:, 0] == 0.0)[0])
-        raise InputError(f"atoms: atom {i} and atom {int(owner[idx[i, 0]])} (or a periodic image of it) are at "
-                         f"the same position {pos[i].tolist()}; expected distinct positions")
-    r = np.full((n, k), np.inf)
-    r[:, :m - 1] = dist
-    vec = np.zeros((3, n, k))
-    found = np.isfinite(dist)
-    rows = np.nonzero(found)[0]
-    vec[:, :, :m - 1][:, found] = (images[idx[found]] - pos[rows]).T
-    return r, vec
+        points, owner = np.vstack([pos, np.zeros((1, 3))]), np.arange(n)
+    return pos, points, owner
 
 
 def _inverse_as_quests(cell):
@@ -288,21 +266,27 @@ def _inverse_as_quests(cell):
 
 
 def _periodic_images(frac, cell, cutoff):
-    """The atoms (first, in order) and their periodic images within ``cutoff`` of the cell:
-    Cartesian positions (Å) and the atom each one is an image of."""
+    """The atoms (first, in order), their periodic images within ``cutoff`` of the cell and
+    a last row at the origin: Cartesian positions (Å) and the atom each one is an image of."""
     volume = abs(np.linalg.det(cell))
     heights = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
     skin = cutoff / heights  # the cutoff in fractional units, per axis
     reach = np.ceil(skin).astype(int)
     n = len(frac)
     parts, owners = [frac], [np.arange(n)]
+    # only atoms within the skin of a face have images inside (a quarter of them at 10^5 atoms)
+    near = np.nonzero(np.any((frac < skin) | (frac > 1.0 - skin), axis=1))[0]
+    near_frac = frac[near]
+    # inside[d][s]: shifted by s along axis d, the coordinate is within the skin of the cell
+    inside = [{s: (near_frac[:, d] + s > -skin[d]) & (near_frac[:, d] + s < 1.0 + skin[d])
+               for s in range(-reach[d], reach[d] + 1)} for d in range(3)]
     for shift in itertools.product(*[range(-m, m + 1) for m in reach]):
         if not any(shift):
             continue
-        f = frac + np.asarray(shift, dtype=np.float64)
-        keep = np.nonzero(np.all((f > -skin) & (f < 1.0 + skin), axis=1))[0]
-        parts.append(f[keep])
-        owners.append(keep)
+        keep = np.nonzero(inside[0][shift[0]] & inside[1][shift[1]] & inside[2][shift[2]])[0]
+        parts.append(near_frac[keep] + np.asarray(shift, dtype=np.float64))
+        owners.append(near[keep])
+    parts.append(np.zeros((1, 3)))
     return np.concatenate(parts) @ cell, np.concatenate(owners)
 
 
@@ -317,59 +301,163 @@ def compute_descriptors(atoms, k=DEFAULT_K, cutoff=DEFAULT_CUTOFF, n_threads=Non
 
     The same numbers as ``quests.descriptor.get_descriptors([atoms], k, cutoff)`` (to
     rounding, ~1e-15; checked in ``tests/test_descriptor_own.py``) from a compiled neighbour
-    list and vectorised sorting instead of quests' per-atom numba loops. Only neighbours
+    search and vectorised sorting instead of quests' per-atom numba loops. Only neighbours
     inside the cutoff can contribute (the weight is 0 beyond it), so the ``k`` nearest of
     those are used and the rest is zero padding, as in quests. Where the ``k``-th and
     ``(k+1)``-th nearest neighbours are *exactly* equidistant (unrattled crystals), which
     one is kept is arbitrary in both codes, and the second half of the descriptor (the
-    neighbour-pair part) may differ.
+    neighbour-pair part) may differ. ``n_threads`` (default: all CPUs) share structures of
+    more than a few thousand atoms; the numbers do not depend on it.
     """
     n = len(atoms)
-    x = np.zeros((n, 2 * k - 1))
+    x = np.empty((n, 2 * k - 1))
     if n == 0:
         return x
-    # small structures: one thread (starting threads costs more than the work below ~2,000 atoms)
-    threads = resolve_threads(n_threads) if n >= 4 * _BLOCK_ATOMS * 4 else 1
-    r, disp = _nearest_neighbours(atoms, k, cutoff, threads)
-    valid = np.isfinite(r)
-    w = _weight(r, cutoff)  # 0 for the padding (r = inf)
-    x[:, :k] = np.where(valid, w / np.where(valid, r + _EPS_X1, 1.0), 0.0)
-    sw = np.sqrt(w)
+    # OpenBLAS threads on the (n, 3) x (3, 3) products took 3-50 ms instead of 3 at 10^5 atoms on a
+    # loaded machine, and kept spinning against the work after them
+    with blas_single_thread():
+        return _compute(atoms, k, cutoff, n_threads, x)
 
-    vec = np.ascontiguousarray(disp.transpose(1, 2, 0))  # (n, k, 3)
-    norms = np.einsum("ijc,ijc->ij", vec, vec)
 
-    def block(a):
-        b = min(a + _BLOCK_ATOMS, n)
-        # |D_j - D_l|^2 = |D_j|^2 + |D_l|^2 - 2 D_j.D_l: one batched product, cache-sized blocks
-        # (neighbour distances are >= ~1 A and |D| <= cutoff: the expansion costs ~1e-15 relative)
-        rjl = np.matmul(vec[a:b], vec[a:b].transpose(0, 2, 1))
-        rjl *= -2.0
-        rjl += norms[a:b, :, None]
-        rjl += norms[a:b, None, :]
-        np.maximum(rjl, 0.0, out=rjl)
-        np.sqrt(rjl, out=rjl)
-        rjl += _EPS_X2
-        pair = np.multiply(sw[a:b, :, None], sw[a:b, None, :])
-        pair /= rjl
-        pair[:, _diagonal(k)] = 0.0
-        pair.sort(axis=2)  # each row ascending, as quests' np.sort(rjl)
-        # column l (l >= 1) of the sorted rows, averaged over all k rows, largest first
-        x[a:b, k:] = pair[:, :, 1:].sum(axis=1)[:, ::-1] / k
+def _compute(atoms, k, cutoff, n_threads, x):
+    from scipy.spatial import cKDTree
 
-    starts_blocks = range(0, n, _BLOCK_ATOMS)
-    threads = min(threads, len(starts_blocks))
+    n = len(atoms)
+    pos, points, owner = _positions_and_images(atoms, cutoff)
+    # A k-d tree answers "the k + 1 nearest within the cutoff" sorted; a cell list gives every pair to
+    # sort (matscipy's neighbour_list alone: 0.62 s at 97,556 atoms, this query 0.35 s; docs/internals.md).
+    # The extra last point (index len(points) - 1) is never a neighbour: the tree leaves it out.
+    tree = cKDTree(points[:-1], balanced_tree=False, compact_nodes=False)  # measured ~15 % faster queries
+    m = min(k + 1, len(points) - 1)
+    threads = resolve_threads(n_threads) if n >= _THREADED_ATOMS else 1
+    # tasks of at most _TASK_ATOMS atoms, at least one per thread, whole pair blocks
+    size = min(_TASK_ATOMS, -(-n // threads))
+    block = max(1, _BLOCK_PAIRS // (k * k))
+    size = -(-size // block) * block if size > block else size
+    work = _Work(tree, pos, points, owner, k, m, cutoff, x, size)
+    starts = range(0, n, size)
+    threads = min(threads, len(starts))
     if threads <= 1:
-        for a in starts_blocks:
-            block(a)
-    else:  # numpy releases the GIL in the array operations: blocks share the cores
+        for a in starts:
+            work.neighbours(a)
+        work.settle()
+        for a in starts:
+            work.pairs(a)
+    else:  # the k-d tree query and numpy's array operations release the GIL: tasks share the cores
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(block, starts_blocks))
+            list(pool.map(work.neighbours, starts))  # in order: the first error is the lowest atom's
+            work.settle()
+            list(pool.map(work.pairs, starts))
     return x
 
 
-@functools.lru_cache(maxsize=8)
-def _diagonal(k):
-    return np.eye(k, dtype=bool)
+class _Work:
+    """The tasks of :func:`compute_descriptors` on atoms ``a .. a + size``, writing into ``x``:
+    :meth:`neighbours` (all tasks), then :meth:`settle`, then :meth:`pairs` (all tasks)."""
+
+    def __init__(self, tree, pos, points, owner, k, m, cutoff, x, size):
+        self.tree, self.pos, self.points, self.owner = tree, pos, points, owner
+        self.k, self.m, self.cutoff, self.x, self.size = k, m, cutoff, x, size
+        n = len(pos)
+        self.r = np.full((n, k), np.inf)  # distances to the k nearest (Å), ascending; inf: none
+        self.idx = np.full((n, k), len(points) - 1)  # their points; none: the origin row
+        self.sw = np.zeros((n, k))  # square roots of their weights (0: none)
+        self.close = self.absent = False
+
+    def neighbours(self, a):
+        """The ``k`` nearest neighbours of atoms ``a .. a + size`` and the first ``k`` columns."""
+        m, x = self.m, self.x
+        b = min(a + self.size, len(self.pos))
+        r, idx = self._query(a, b)  # (b - a, m - 1): distances, ascending, inf where none
+        self.r[a:b, :m - 1] = r
+        self.idx[a:b, :m - 1] = idx
+        w = _weight(r, self.cutoff)  # 0 where none (r = inf), so is w / r
+        x[a:b, :m - 1] = w / (r + _EPS_X1)
+        np.sqrt(w, out=self.sw[a:b, :m - 1])
+        x[a:b, m - 1:self.k] = 0.0
+
+    def settle(self):
+        """What the pair part needs to know of all atoms: whether any two are close (then pair
+        distances come from differences, see :func:`_pair_part`) and whether any neighbour is absent."""
+        nearest = self.r[:, 0]
+        self.close = bool(np.any(nearest < _CLOSE_PAIR * self.cutoff))
+        self.absent = bool(np.isinf(self.r[:, -1]).any())
+
+    def pairs(self, a):
+        """The last ``k - 1`` columns of atoms ``a .. a + size``."""
+        k = self.k
+        b = min(a + self.size, len(self.pos))
+        nb = b - a
+        # per neighbour: left (D, |D|^2, 1) and right (-2D, 1, |D|^2), D the vector to it (Å), so that
+        # r_jl^2 = |D_j|^2 + |D_l|^2 - 2 D_j.D_l = left_j . right_l: one batched product per block
+        left = np.empty((nb, k, 5))
+        vec = left[:, :, :3]
+        np.subtract(self.points[self.idx[a:b]], self.pos[a:b, None, :], out=vec)
+        r = self.r[a:b]
+        if self.absent:
+            vec[np.isinf(r)] = 0.0  # absent neighbours at the centre: weight 0, as quests' padding
+        left[:, :, 3] = np.einsum("bjc,bjc->bj", vec, vec)
+        left[:, :, 4] = 1.0
+        right = np.empty((nb, k, 5))
+        np.multiply(vec, -2.0, out=right[:, :, :3])
+        right[:, :, 3] = 1.0
+        right[:, :, 4] = left[:, :, 3]
+        sw = self.sw[a:b]
+        block = max(1, _BLOCK_PAIRS // (k * k))
+        buffer = np.empty((min(block, nb), k, k))
+        for c in range(0, nb, block):
+            d = min(c + block, nb)
+            self.x[a + c:a + d, k:] = _pair_part(left[c:d], right[c:d], sw[c:d], self.close, self.absent,
+                                                 buffer[:d - c])
+
+    def _query(self, a, b):
+        """The ``m - 1`` nearest other points within the cutoff of atoms ``a .. b``."""
+        n, m = b - a, self.m
+        dist, idx = self.tree.query(self.pos[a:b], k=m, distance_upper_bound=self.cutoff, workers=1)
+        dist, idx = dist.reshape(n, m), idx.reshape(n, m)
+        rows = np.arange(a, b)
+        # drop each atom itself (point i is atom i, at distance 0)
+        if np.array_equal(idx[:, 0], rows):  # the usual case: each atom first
+            dist, idx = dist[:, 1:], idx[:, 1:]
+        else:  # another atom at distance 0 came first: take each atom out wherever it is
+            self_hit = idx == rows[:, None]
+            if np.any(self_hit.sum(axis=1) != 1):  # can only fail for k + 1 coincident atoms
+                raise InputError("atoms: more than k atoms at the same position; expected distinct positions")
+            order = np.argsort(self_hit, axis=1, kind="stable")[:, :m - 1]
+            dist = np.take_along_axis(dist, order, axis=1)
+            idx = np.take_along_axis(idx, order, axis=1)
+        if m > 1 and np.any(dist[:, 0] == 0.0):  # quests divides by 1e-16 here: a descriptor of 1e16
+            i = int(np.flatnonzero(dist[:, 0] == 0.0)[0])
+            raise InputError(f"atoms: atom {a + i} and atom {int(self.owner[idx[i, 0]])} (or a periodic image of "
+                             f"it) are at the same position {self.pos[a + i].tolist()}; expected distinct positions")
+        return dist, idx
+
+
+def _pair_part(left, right, sw, close, absent, out):
+    """The last ``k - 1`` columns for a block of atoms, from ``left`` and ``right`` (B, k, 5) of
+    :class:`_Work` (the neighbour vectors in Å are ``left[..., :3]``) and the square-root
+    weights ``sw`` (B, k); ``out`` is a (B, k, k) work array.
+
+    quests' ``sqrt(w_j w_l) / (r_jl + 1e-15)``, rows sorted, averaged over the ``k`` rows: the
+    factor ``sqrt(w_j)`` is the same along row ``j``, so each row ``sqrt(w_l) / r_jl`` is sorted
+    and the rows are averaged with weights ``sqrt(w_j)`` (one product less per pair). ``r_jl``
+    is 1e-15 Å short of quests' ``r_jl + 1e-15`` (1e-16 relative at 1 Å) unless two absent
+    neighbours (both at the origin) meet, where quests' 1e-15 is what avoids 0/0.
+    """
+    nb, k = sw.shape
+    if close:  # r_jl^2 from differences: exact to rounding at any distance
+        vec = left[:, :, :3]
+        diff = vec[:, :, None, :] - vec[:, None, :, :]
+        d2 = np.einsum("bjlc,bjlc->bjl", diff, diff, out=out)
+    else:  # rounding ~1e-16 cutoff^2, ~1e-15 relative for neighbours more than 0.1 cutoff apart
+        d2 = np.matmul(left, right.transpose(0, 2, 1), out=out)
+    d2.reshape(nb, k * k)[:, ::k + 1] = np.inf  # the diagonal: a term of 0, as quests' zero diagonal
+    rjl = np.sqrt(d2, out=d2)
+    if absent:
+        rjl += _EPS_X2
+    q = np.divide(sw[:, None, :], rjl, out=rjl)
+    q.sort(axis=2)  # each row ascending, as quests' np.sort(rjl)
+    # column l (l >= 1) of the sorted rows, weighted by sqrt(w_j), averaged over all k rows, largest first
+    return np.matmul(sw[:, None, :], q)[:, 0, :0:-1] / k
