@@ -51,6 +51,9 @@ _EXP_MAX = {"float64": 709.0, "float32": 88.0}
 # A row whose (lifted) kernel sum is below N * exp(floor) * margin is recomputed by
 # log-sum-exp: elsewhere the floor changes log p by less than 1 / margin.
 _REPAIR_MARGIN = {"float64": 1e12, "float32": 1e7}
+# estimate_delta_entropy: rows whose term may exceed this fraction of the probed cells' sum are
+# summed exactly; it caps what the sample can miss (benchmarks/dh_estimate.py, docs/quests.md).
+EXACT_ABOVE = 1e-3
 
 
 # ----------------------------------------------------------------------------- checks
@@ -402,21 +405,25 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
 
 
 def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, seed=0, *, n_cells=None,
-                           n_probe=32, precision="float32", tile_size=DEFAULT_TILE, n_threads=None) -> "Estimate":
+                           n_probe=32, exact_above=EXACT_ABOVE, precision="float32", tile_size=DEFAULT_TILE,
+                           n_threads=None) -> "Estimate":
     """``dH`` of each query: its nearest reference cells summed exactly, the rest sampled, with an error bar.
 
     The reference is cut into ``n_cells`` k-means cells (faiss, as the IVF index). For each
-    query the terms of its ``n_probe`` nearest cells (by centroid) are summed exactly; the
-    terms of all other cells, ``R``, are estimated from one uniform sample ``S`` of
+    query the terms of its ``n_probe`` nearest cells (by centroid) are summed exactly, giving
+    ``E``, and so is every other reference row whose term could exceed ``exact_above * E``
+    (bound: ``|y - x| >= |y - c| - |x - c|``, ``c`` the row's cell centre). The remaining
+    terms, ``R``, each at most ``cap = exp(-gamma (|y - c| - |x - c|)^2)`` (the largest such
+    bound left, ``<= exact_above * E``), are estimated from one uniform sample ``S`` of
     ``sample_size`` reference rows drawn without replacement and shared by all queries:
-    ``R^ = (N/n) sum_{j in S, cell(j) not probed} K(y, x_j)`` (Horvitz-Thompson, unbiased
-    whatever the probed cells). The standard error of ``R^`` is
-    ``N sqrt((1 - n/N) / n) s_z`` (``s_z``: the sample standard deviation of the terms, probed
-    ones counted as 0), and that of ``dH = -log p^`` is ``se(R^) / p^`` (delta method),
-    combined in quadrature with the tiles' rounding ``u gamma (|y|^2 + median |x|^2)``
-    (``u``: the unit roundoff of ``precision``, centred descriptors). Cost:
-    about ``M N (n_probe / n_cells + n / N)`` kernel terms instead of ``M N``. Accuracy
-    measured and when to use which dH: docs/quests.md ("Which dH").
+    ``R^ = (N/n) sum_{j in S, not exact} K(y, x_j)`` (Horvitz-Thompson, unbiased). The
+    standard error combines in quadrature (relative to ``p^``, i.e. in nats):
+    the sampling error ``N sqrt((1 - n/N) / n) s_z / p^`` (``s_z``: the sample standard
+    deviation of the terms, exact ones counted as 0), ``cap / p^`` (what a sample that
+    missed the rare large terms cannot show; it keeps the bars honest where the remainder
+    is a few large terms) and the tiles' rounding ``u gamma (|y|^2 + median |x|^2)``
+    (``u``: the unit roundoff of ``precision``, centred descriptors). Coverage and cost
+    measured, and when to use which dH: docs/quests.md ("Which dH").
 
     Parameters
     ----------
@@ -431,6 +438,9 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     n_cells, n_probe : int, optional
         Cells (default ``round(sqrt(N))``, as the IVF index) and exactly summed cells per
         query (default 32).
+    exact_above : float
+        Rows whose term may exceed this fraction of the probed cells' sum are summed exactly
+        (default 1e-3); it bounds the ``cap`` part of the error bar (nats).
     precision : {'float32', 'float64'}
         Arithmetic of the tiles (sums in float64).
 
@@ -445,6 +455,7 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
 
     y, x, _ = _queries_and_reference(y, x)
     h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
+    tau = float(check_positive(exact_above, "exact_above", allow_array=False))
     n_ref = len(x)
     n = max(2000, n_ref // 16) if sample_size is None else check_int(sample_size, "sample_size", minimum=2)
     n = min(n, n_ref)
@@ -458,26 +469,59 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     centre = x.mean(axis=0)
     xc, yc = x - centre, y - centre
     quantizer, cell_of = kmeans_cells(np.ascontiguousarray(xc, dtype=np.float32), cells_n, threads)
-    probed = quantizer.search(np.ascontiguousarray(yc, dtype=np.float32), probe)[1]  # (M, n_probe)
+    cells = _Cells.build(xc, cell_of, quantizer.reconstruct_n(0, cells_n).astype(np.float64))
+    dist = cells.centre_distances(yc)  # (M, C) float64
+    probed = np.argpartition(dist, probe - 1, axis=1)[:, :probe] if probe < cells_n else None
     lift = _EXP_MAX[precision] - math.log(n_ref) - 1.0
     clip = (_FLOOR[precision], lift) if precision == "float64" else None
-    near = _probed_sums(yc, xc, cell_of, probed, gamma, dtype, lift, clip, tile, threads)
+    # the exact sums work in each cell's own frame (queries and rows relative to the cell centre):
+    # the expanded product then rounds like |y - c|^2, not like |y|^2 (float32: 10-40x less)
+    local = _LocalOperands(yc, cells, gamma, dtype, lift)
+    # prefix[i, c]: how many rows of cell c (farthest from its centre first) query i sums exactly
+    prefix = np.zeros(dist.shape, dtype=np.int64)
+    if probed is None:
+        prefix[:] = cells.sizes
+    else:
+        np.put_along_axis(prefix, probed, cells.sizes[probed], axis=1)
+    near = _prefix_sums(local, prefix, clip, tile, threads)
     limit = n_ref * math.exp(_FLOOR[precision]) * _REPAIR_MARGIN[precision]
     good = near >= limit
     top = np.full(len(y), 0.0)
     top[good] = np.log(near[good]) - lift  # log of the exact part: sampled terms are scaled by it
+    # every other row whose bound exceeds tau * E: summed exactly too (a prefix of its cell)
+    reach2 = np.maximum(-(math.log(tau) + top) / gamma, 0.0)  # (|y - c| - |x - c|)^2 below this: exact
+    extra = np.where(prefix > 0, 0, cells.rows_within(dist, np.sqrt(reach2)))
+    extra = np.where(extra > 0, np.minimum(np.maximum(_PREFIX_MIN, 2 ** np.ceil(np.log2(np.maximum(extra, 1)))),
+                                           cells.sizes).astype(np.int64), 0)  # fewer, larger products
+    if extra.any():
+        near = near + _prefix_sums(local, extra, clip, tile, threads)
+        prefix += extra
+        top[good] = np.log(near[good]) - lift
+    log_cap = cells.log_largest_left(dist, prefix, gamma)  # log of the largest term no exact sum holds
+    order_of = np.empty(n_ref, dtype=np.int64)
+    order_of[cells.order] = np.arange(n_ref)
     rows = np.arange(n_ref) if n >= n_ref else np.sort(np.random.default_rng(seed).choice(n_ref, n, replace=False))
-    mask = np.zeros((len(y), cells_n), dtype=bool)
-    np.put_along_axis(mask, probed, True, axis=1)
-    s1, s2 = _sampled_far_sums(yc, xc[rows], cell_of[rows], mask, gamma, top, dtype, precision, tile, threads)
+    at = order_of[rows]  # the sample's positions in the cell order
+    s1, s2 = _sampled_far_sums(yc, cells, at, prefix, gamma, top, dtype, precision, tile, threads)
     ratio = 1.0 + (n_ref / n) * s1  # p / exp(top)
     var = np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1)
     se = n_ref * math.sqrt(max(1.0 - n / n_ref, 0.0) / n) * np.sqrt(var) / ratio
+    cap = np.exp(np.minimum(log_cap - top, 0.0)) / ratio if n < n_ref else np.zeros(len(y))
     # the tiles' rounding: an exponent -gamma |y - x|^2 from the expanded product carries about
     # u gamma (|y|^2 + |x|^2) (u: unit roundoff, centred descriptors), and so does the log-sum
+    # (u: unit roundoff, centred descriptors; sqrt(d + 2): the product's d + 2 roundings add up
+    # like a random walk). The exact sums work in the cells' frames (the nearest centre and a
+    # typical radius), the sampled part globally, weighted by its share; and the float64 value
+    # any dense evaluation in the global frame carries (the exact reference's own rounding).
     unit = float(np.finfo(dtype).eps) / 2.0
-    rounding = unit * gamma * (np.einsum("ij,ij->i", yc, yc) + float(np.median(np.einsum("ij,ij->i", xc, xc))))
-    se = np.sqrt(se * se + rounding * rounding)
+    walk = math.sqrt(yc.shape[1] + 2.0)
+    norms = np.einsum("ij,ij->i", yc, yc) + float(np.median(np.einsum("ij,ij->i", xc, xc)))
+    nearest = dist.min(axis=1)
+    radius2 = float(np.median(cells.radius)) ** 2
+    sampled_share = 1.0 - 1.0 / ratio
+    rounding = walk * gamma * (unit * (nearest * nearest + radius2 + sampled_share * norms)
+                               + float(np.finfo(np.float64).eps) / 2.0 * norms)
+    se = np.sqrt(se * se + cap * cap + rounding * rounding)
     value = -(top + np.log(ratio))
     bad = np.flatnonzero(~good)
     if bad.size:  # far from every reference point: the exact float64 log-sum-exp, error 0
@@ -486,43 +530,131 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     return Estimate(value, se)
 
 
-def _probed_sums(yc, xc, cell_of, probed, gamma, dtype, lift, clip, tile, threads):
-    """Lifted kernel sums of every query over the reference rows of its probed cells, (M,) float64.
+class _Cells(NamedTuple):
+    """The reference in k-means cells, each cell's rows farthest from its centre first.
 
-    Inverted: for each cell, one product of the queries probing it with its rows."""
-    order = np.argsort(cell_of, kind="stable")
-    bounds = np.searchsorted(cell_of[order], np.arange(probed.max(initial=0) + 2))
-    ops = _Operands.build(yc, xc[order], gamma, dtype, lift)
-    flat = probed.ravel()
-    by_cell = np.argsort(flat, kind="stable")
-    q_bounds = np.searchsorted(flat[by_cell], np.arange(probed.max(initial=0) + 2))
-    queries_of = by_cell // probed.shape[1]
-    work_cells = [c for c in range(len(q_bounds) - 1) if q_bounds[c + 1] > q_bounds[c] and bounds[c + 1] > bounds[c]]
+    ``rows``: the centred rows in that order; ``starts`` (C + 1,): cell ``c`` is
+    ``rows[starts[c]:starts[c + 1]]``; ``radius`` (N,): each row's distance to its centre,
+    in the same order; ``centres`` (C, d) float64; ``order``: original index of each row.
+    """
 
-    def work(chunk):
-        acc = np.zeros(len(yc))
-        for c in chunk:
-            q = queries_of[q_bounds[c]:q_bounds[c + 1]]
-            right = ops.right[bounds[c]:bounds[c + 1]]
+    rows: np.ndarray
+    starts: np.ndarray
+    radius: np.ndarray
+    centres: np.ndarray
+    order: np.ndarray
+    cell: np.ndarray
+
+    @classmethod
+    def build(cls, xc, cell_of, centres):
+        radius = np.sqrt(np.einsum("ij,ij->i", xc - centres[cell_of], xc - centres[cell_of]))
+        order = np.lexsort((-radius, cell_of))
+        starts = np.searchsorted(cell_of[order], np.arange(len(centres) + 1))
+        return cls(xc[order], starts, radius[order], centres, order, cell_of[order])
+
+    @property
+    def sizes(self):
+        return np.diff(self.starts)
+
+    @property
+    def largest_radius(self):
+        """(C,): each cell's largest distance of a row to its centre (0 for an empty cell)."""
+        return np.where(self.sizes > 0, self.radius[np.minimum(self.starts[:-1], len(self.radius) - 1)], 0.0)
+
+    def centre_distances(self, yc):
+        d2 = (np.einsum("ij,ij->i", yc, yc)[:, None] + np.einsum("ij,ij->i", self.centres, self.centres)[None]
+              - 2.0 * (yc @ self.centres.T))
+        # the expansion's rounding (~1e-15 of the norms) is taken off: the bounds stay bounds
+        slack = 1e-12 * (np.einsum("ij,ij->i", yc, yc)[:, None] + np.einsum("ij,ij->i", self.centres,
+                                                                             self.centres)[None])
+        return np.sqrt(np.maximum(d2 - slack, 0.0)) - 1e-12
+
+    def rows_within(self, dist, reach):
+        """(M, C): how many rows of each cell have ``|x - c| > |y - c| - reach`` (those whose
+        term ``exp(-gamma |y - x|^2)`` the triangle inequality cannot keep below
+        ``exp(-gamma reach^2)``): a prefix of the cell, farthest rows first."""
+        out = np.zeros(dist.shape, dtype=np.int64)
+        for c in range(len(self.centres)):
+            lo, hi = self.starts[c], self.starts[c + 1]
+            if hi > lo:  # radius descending in the cell: count of radius > dist - reach
+                ascending = self.radius[lo:hi][::-1]
+                out[:, c] = (hi - lo) - np.searchsorted(ascending, dist[:, c] - reach, side="right")
+        return out
+
+    def log_largest_left(self, dist, prefix, gamma):
+        """(M,): log of the largest bound ``exp(-gamma (|y - c| - |x - c|)_+^2)`` over the rows
+        that no exact prefix holds (the first row after each prefix); -inf where none is left."""
+        sizes = self.sizes
+        left = prefix < sizes[None]
+        first = np.minimum(self.starts[:-1][None] + prefix, len(self.radius) - 1)
+        gap = np.maximum(dist - self.radius[first], 0.0)
+        return np.where(left, -gamma * gap * gap, -np.inf).max(axis=1, initial=-np.inf)
+
+
+_PREFIX_MIN = 16  # an extra exact prefix is rounded up to a power of 2 of at least this many rows
+
+
+class _LocalOperands:
+    """Kernel operands in each cell's frame: ``right`` holds every row as ``x - c`` (cell
+    order), ``left(q, c)`` the queries ``q`` as ``y - c``; their product is
+    ``lift - gamma |y - x|^2`` as in :class:`_Operands`."""
+
+    def __init__(self, yc, cells, gamma, dtype, lift):
+        self.yc, self.cells, self.gamma, self.dtype, self.lift = yc, cells, gamma, dtype, lift
+        xl = cells.rows - cells.centres[cells.cell]
+        self.right = np.empty((len(xl), xl.shape[1] + 2), dtype=dtype)
+        self.right[:, :-2] = xl
+        self.right[:, -2] = 1.0
+        self.right[:, -1] = -gamma * np.einsum("ij,ij->i", xl, xl)
+
+    def left(self, q, c):
+        yl = self.yc[q] - self.cells.centres[c]
+        out = np.empty((len(q), yl.shape[1] + 2), dtype=self.dtype)
+        out[:, :-2] = (2.0 * self.gamma) * yl
+        out[:, -2] = self.lift - self.gamma * np.einsum("ij,ij->i", yl, yl)
+        out[:, -1] = 1.0
+        return out
+
+
+def _prefix_sums(local, prefix, clip, tile, threads):
+    """Lifted kernel sums of every query over the first ``prefix[i, c]`` rows of each cell,
+    (M,) float64. Inverted: for each cell and prefix length, one product of the queries that
+    need it with those rows, in the cell's frame."""
+    starts = local.cells.starts
+    work = []
+    for c in range(prefix.shape[1]):
+        need = prefix[:, c]
+        for length in np.unique(need[need > 0]):
+            work.append((np.flatnonzero(need == length), c, starts[c], starts[c] + int(length)))
+
+    def run(chunk):
+        acc = np.zeros(len(local.yc))
+        for q, c, lo, hi in chunk:
+            right = local.right[lo:hi]
             for a in range(0, len(q), tile):
                 qa = q[a:a + tile]
+                left = local.left(qa, c)
                 for b in range(0, len(right), tile):
-                    e = ops.left[qa] @ right[b:b + tile].T
+                    e = left @ right[b:b + tile].T
                     if clip is not None:
                         np.clip(e, *clip, out=e)
                     np.exp(e, out=e)
                     acc[qa] += e.sum(axis=1, dtype=np.float64)
         return acc
 
-    return sum(_run_tiles(work, work_cells, threads)) if work_cells else np.zeros(len(yc))
+    return sum(_run_tiles(run, work, threads)) if work else np.zeros(len(local.yc))
 
 
-def _sampled_far_sums(yc, xs, cell_s, mask, gamma, top, dtype, precision, tile, threads):
-    """``(sum_j t_j, sum_j t_j^2)`` per query over the sampled rows ``xs`` outside its probed
-    cells (``mask[i, cell]``), ``t_j = K(y_i, x_j) / exp(top_i)``."""
-    ops = _Operands.build(yc, xs, gamma, dtype)
+def _sampled_far_sums(yc, cells, at, prefix, gamma, top, dtype, precision, tile, threads):
+    """``(sum_j t_j, sum_j t_j^2)`` per query over the sampled rows (positions ``at`` in the
+    cell order) that no exact prefix holds (``rank in cell >= prefix[i, cell]``),
+    ``t_j = K(y_i, x_j) / exp(top_i)``."""
+    ops = _Operands.build(yc, cells.rows[at], gamma, dtype)
     ops.left[:, -2] -= top.astype(dtype)  # exponents come out of the product already scaled: e - top
-    pairs = [(a, b) for a in range(0, len(yc), tile) for b in range(0, len(xs), tile)]
+    cell_s = cells.cell[at]
+    rank_s = (at - cells.starts[cell_s]).astype(np.int32)
+    held = prefix.astype(np.int32)
+    pairs = [(a, b) for a in range(0, len(yc), tile) for b in range(0, len(at), tile)]
     cap = _EXP_MAX[precision] - 1.0  # a sampled term may exceed the exact part; only overflow is cut
 
     def work(chunk):
@@ -534,7 +666,7 @@ def _sampled_far_sums(yc, xs, cell_s, mask, gamma, top, dtype, precision, tile, 
             np.matmul(left, right.T, out=e)
             np.minimum(e, cap, out=e)
             np.exp(e, out=e)
-            e[mask[a:a + len(left)][:, cell_s[b:b + len(right)]]] = 0.0  # probed cells: summed exactly
+            e[held[a:a + len(left)][:, cell_s[b:b + len(right)]] > rank_s[b:b + len(right)]] = 0.0  # summed exactly
             s1[a:a + len(left)] += e.sum(axis=1, dtype=np.float64)
             np.multiply(e, e, out=e)
             s2[a:a + len(left)] += e.sum(axis=1, dtype=np.float64)
