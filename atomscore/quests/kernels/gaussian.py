@@ -471,38 +471,43 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     quantizer, cell_of = kmeans_cells(np.ascontiguousarray(xc, dtype=np.float32), cells_n, threads)
     cells = _Cells.build(xc, cell_of, quantizer.reconstruct_n(0, cells_n).astype(np.float64))
     dist = cells.centre_distances(yc)  # (M, C) float64
-    probed = np.argpartition(dist, probe - 1, axis=1)[:, :probe] if probe < cells_n else None
+    m = len(y)
+    probed = (np.argpartition(dist, probe - 1, axis=1)[:, :probe] if probe < cells_n
+              else np.broadcast_to(np.arange(cells_n), (m, cells_n)))
     lift = _EXP_MAX[precision] - math.log(n_ref) - 1.0
     clip = (_FLOOR[precision], lift) if precision == "float64" else None
     # the exact sums work in each cell's own frame (queries and rows relative to the cell centre):
     # the expanded product then rounds like |y - c|^2, not like |y|^2 (float32: 10-40x less)
     local = _LocalOperands(yc, cells, gamma, dtype, lift)
-    # prefix[i, c]: how many rows of cell c (farthest from its centre first) query i sums exactly
-    prefix = np.zeros(dist.shape, dtype=np.int64)
-    if probed is None:
-        prefix[:] = cells.sizes
-    else:
-        np.put_along_axis(prefix, probed, cells.sizes[probed], axis=1)
-    near = _prefix_sums(local, prefix, clip, tile, threads)
+    # exact prefixes, as triples (query, cell, rows): query q sums the first `rows` rows of the
+    # cell (farthest from its centre first); the probed cells whole
+    q_at, c_at = np.repeat(np.arange(m), probed.shape[1]), probed.ravel()
+    k_at = cells.sizes[c_at]
+    near = _prefix_sums(local, q_at, c_at, k_at, clip, tile, threads)
     limit = n_ref * math.exp(_FLOOR[precision]) * _REPAIR_MARGIN[precision]
     good = near >= limit
-    top = np.full(len(y), 0.0)
+    top = np.full(m, 0.0)
     top[good] = np.log(near[good]) - lift  # log of the exact part: sampled terms are scaled by it
-    # every other row whose bound exceeds tau * E: summed exactly too (a prefix of its cell)
-    reach2 = np.maximum(-(math.log(tau) + top) / gamma, 0.0)  # (|y - c| - |x - c|)^2 below this: exact
-    extra = np.where(prefix > 0, 0, cells.rows_within(dist, np.sqrt(reach2)))
-    extra = np.where(extra > 0, np.minimum(np.maximum(_PREFIX_MIN, 2 ** np.ceil(np.log2(np.maximum(extra, 1)))),
-                                           cells.sizes).astype(np.int64), 0)  # fewer, larger products
-    if extra.any():
-        near = near + _prefix_sums(local, extra, clip, tile, threads)
-        prefix += extra
+    # every other row whose bound exceeds tau * E: summed exactly too (a prefix of its cell,
+    # rounded up to a power of 2 of at least _PREFIX_MIN rows: fewer, larger products)
+    reach = np.sqrt(np.maximum(-(math.log(tau) + top) / gamma, 0.0))  # |y - c| - |x - c| below this: exact
+    qi, ci, k = cells.rows_within(dist, reach, probed)
+    if qi.size:
+        k = np.minimum(np.maximum(_PREFIX_MIN, 2 ** np.ceil(np.log2(k)).astype(np.int64)), cells.sizes[ci])
+        near = near + _prefix_sums(local, qi, ci, k, clip, tile, threads)
         top[good] = np.log(near[good]) - lift
-    log_cap = cells.log_largest_left(dist, prefix, gamma)  # log of the largest term no exact sum holds
+        q_at, c_at, k_at = np.concatenate([q_at, qi]), np.concatenate([c_at, ci]), np.concatenate([k_at, k])
+    log_cap = cells.log_largest_left(dist, q_at, c_at, k_at, gamma)  # log of the largest term no exact sum holds
     order_of = np.empty(n_ref, dtype=np.int64)
     order_of[cells.order] = np.arange(n_ref)
-    rows = np.arange(n_ref) if n >= n_ref else np.sort(np.random.default_rng(seed).choice(n_ref, n, replace=False))
-    at = order_of[rows]  # the sample's positions in the cell order
-    s1, s2 = _sampled_far_sums(yc, cells, at, prefix, gamma, top, dtype, precision, tile, threads)
+    rows = np.arange(n_ref) if n >= n_ref else np.random.default_rng(seed).choice(n_ref, n, replace=False)
+    at = np.sort(order_of[rows])  # the sample's positions in the cell order
+    small = np.uint16 if cells.sizes.max(initial=0) < 2 ** 16 else np.int64  # a narrower gather per tile
+    held = np.zeros(dist.shape, dtype=small)
+    held[q_at, c_at] = k_at
+    nearest2 = np.take_along_axis(dist, probed[:, :1], axis=1)[:, 0] ** 2 if probe == 1 else dist.min(axis=1) ** 2
+    del dist
+    s1, s2 = _sampled_far_sums(yc, xc[cells.order[at]], cells, at, held, gamma, top, dtype, precision, tile, threads)
     ratio = 1.0 + (n_ref / n) * s1  # p / exp(top)
     var = np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1)
     se = n_ref * math.sqrt(max(1.0 - n / n_ref, 0.0) / n) * np.sqrt(var) / ratio
@@ -516,10 +521,9 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     unit = float(np.finfo(dtype).eps) / 2.0
     walk = math.sqrt(yc.shape[1] + 2.0)
     norms = np.einsum("ij,ij->i", yc, yc) + float(np.median(np.einsum("ij,ij->i", xc, xc)))
-    nearest = dist.min(axis=1)
     radius2 = float(np.median(cells.radius)) ** 2
     sampled_share = 1.0 - 1.0 / ratio
-    rounding = walk * gamma * (unit * (nearest * nearest + radius2 + sampled_share * norms)
+    rounding = walk * gamma * (unit * (nearest2 + radius2 + sampled_share * norms)
                                + float(np.finfo(np.float64).eps) / 2.0 * norms)
     se = np.sqrt(se * se + cap * cap + rounding * rounding)
     value = -(top + np.log(ratio))
@@ -533,12 +537,13 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
 class _Cells(NamedTuple):
     """The reference in k-means cells, each cell's rows farthest from its centre first.
 
-    ``rows``: the centred rows in that order; ``starts`` (C + 1,): cell ``c`` is
-    ``rows[starts[c]:starts[c + 1]]``; ``radius`` (N,): each row's distance to its centre,
-    in the same order; ``centres`` (C, d) float64; ``order``: original index of each row.
+    ``local``: the rows relative to their cell's centre, in that order; ``starts`` (C + 1,):
+    cell ``c`` is ``local[starts[c]:starts[c + 1]]``; ``radius`` (N,): each row's distance to
+    its centre, same order; ``centres`` (C, d) float64; ``order``: the original index of each
+    row; ``cell``: its cell.
     """
 
-    rows: np.ndarray
+    local: np.ndarray
     starts: np.ndarray
     radius: np.ndarray
     centres: np.ndarray
@@ -547,10 +552,11 @@ class _Cells(NamedTuple):
 
     @classmethod
     def build(cls, xc, cell_of, centres):
-        radius = np.sqrt(np.einsum("ij,ij->i", xc - centres[cell_of], xc - centres[cell_of]))
+        local = xc - centres[cell_of]
+        radius = np.sqrt(np.einsum("ij,ij->i", local, local))
         order = np.lexsort((-radius, cell_of))
         starts = np.searchsorted(cell_of[order], np.arange(len(centres) + 1))
-        return cls(xc[order], starts, radius[order], centres, order, cell_of[order])
+        return cls(local[order], starts, radius[order], centres, order, cell_of[order])
 
     @property
     def sizes(self):
@@ -562,33 +568,43 @@ class _Cells(NamedTuple):
         return np.where(self.sizes > 0, self.radius[np.minimum(self.starts[:-1], len(self.radius) - 1)], 0.0)
 
     def centre_distances(self, yc):
-        d2 = (np.einsum("ij,ij->i", yc, yc)[:, None] + np.einsum("ij,ij->i", self.centres, self.centres)[None]
-              - 2.0 * (yc @ self.centres.T))
-        # the expansion's rounding (~1e-15 of the norms) is taken off: the bounds stay bounds
-        slack = 1e-12 * (np.einsum("ij,ij->i", yc, yc)[:, None] + np.einsum("ij,ij->i", self.centres,
-                                                                             self.centres)[None])
-        return np.sqrt(np.maximum(d2 - slack, 0.0)) - 1e-12
+        """(M, C): ``|y - c|``, rounded down (the expansion's rounding taken off: bounds stay bounds)."""
+        ny, nc = np.einsum("ij,ij->i", yc, yc), np.einsum("ij,ij->i", self.centres, self.centres)
+        d2 = yc @ self.centres.T
+        d2 *= -2.0
+        d2 += ny[:, None]
+        d2 += (nc - 1e-12 * (ny.max(initial=0.0) + nc.max(initial=0.0)))[None]
+        np.maximum(d2, 0.0, out=d2)
+        return np.sqrt(d2, out=d2)
 
-    def rows_within(self, dist, reach):
-        """(M, C): how many rows of each cell have ``|x - c| > |y - c| - reach`` (those whose
+    def rows_within(self, dist, reach, probed):
+        """The rows of the cells not ``probed`` with ``|x - c| > |y - c| - reach`` (those whose
         term ``exp(-gamma |y - x|^2)`` the triangle inequality cannot keep below
-        ``exp(-gamma reach^2)``): a prefix of the cell, farthest rows first."""
-        out = np.zeros(dist.shape, dtype=np.int64)
-        for c in range(len(self.centres)):
+        ``exp(-gamma reach^2)``), as triples ``(query, cell, count)``: a prefix of the cell,
+        farthest rows first, for each pair that has any."""
+        bound = dist - reach[:, None]
+        np.put_along_axis(bound, probed, np.inf, axis=1)
+        qi, ci = np.nonzero(bound < self.largest_radius[None])
+        by_cell = np.argsort(ci, kind="stable")
+        qi, ci = qi[by_cell], ci[by_cell]
+        edges = np.searchsorted(ci, np.arange(len(self.centres) + 1))
+        counts = np.empty(len(qi), dtype=np.int64)
+        for c in np.flatnonzero(np.diff(edges)):
             lo, hi = self.starts[c], self.starts[c + 1]
-            if hi > lo:  # radius descending in the cell: count of radius > dist - reach
-                ascending = self.radius[lo:hi][::-1]
-                out[:, c] = (hi - lo) - np.searchsorted(ascending, dist[:, c] - reach, side="right")
-        return out
+            a, b = edges[c], edges[c + 1]  # radius descending in the cell: count of radius > bound
+            counts[a:b] = (hi - lo) - np.searchsorted(self.radius[lo:hi][::-1], bound[qi[a:b], c], side="right")
+        return qi, ci, counts
 
-    def log_largest_left(self, dist, prefix, gamma):
+    def log_largest_left(self, dist, q_at, c_at, k_at, gamma):
         """(M,): log of the largest bound ``exp(-gamma (|y - c| - |x - c|)_+^2)`` over the rows
-        that no exact prefix holds (the first row after each prefix); -inf where none is left."""
-        sizes = self.sizes
-        left = prefix < sizes[None]
-        first = np.minimum(self.starts[:-1][None] + prefix, len(self.radius) - 1)
-        gap = np.maximum(dist - self.radius[first], 0.0)
-        return np.where(left, -gamma * gap * gap, -np.inf).max(axis=1, initial=-np.inf)
+        that no exact prefix ``(query, cell, rows)`` holds (the first row after each prefix);
+        -inf where none is left."""
+        gap = dist - self.largest_radius[None]  # an untouched cell: its farthest row first
+        whole = k_at >= self.sizes[c_at]
+        first = self.radius[np.minimum(self.starts[c_at] + k_at, len(self.radius) - 1)]
+        gap[q_at, c_at] = np.where(whole, np.inf, dist[q_at, c_at] - first)
+        nearest = gap.min(axis=1, initial=np.inf)
+        return np.where(np.isfinite(nearest), -gamma * np.maximum(nearest, 0.0) ** 2, -np.inf)
 
 
 _PREFIX_MIN = 16  # an extra exact prefix is rounded up to a power of 2 of at least this many rows
@@ -601,7 +617,7 @@ class _LocalOperands:
 
     def __init__(self, yc, cells, gamma, dtype, lift):
         self.yc, self.cells, self.gamma, self.dtype, self.lift = yc, cells, gamma, dtype, lift
-        xl = cells.rows - cells.centres[cells.cell]
+        xl = cells.local
         self.right = np.empty((len(xl), xl.shape[1] + 2), dtype=dtype)
         self.right[:, :-2] = xl
         self.right[:, -2] = 1.0
@@ -616,16 +632,17 @@ class _LocalOperands:
         return out
 
 
-def _prefix_sums(local, prefix, clip, tile, threads):
-    """Lifted kernel sums of every query over the first ``prefix[i, c]`` rows of each cell,
-    (M,) float64. Inverted: for each cell and prefix length, one product of the queries that
-    need it with those rows, in the cell's frame."""
+def _prefix_sums(local, q_at, c_at, k_at, clip, tile, threads):
+    """Lifted kernel sums of each query over the exact prefixes ``(query, cell, rows)`` given
+    (the first ``rows`` rows of the cell), (M,) float64. Inverted: for each cell and prefix
+    length, one product of the queries that need it with those rows, in the cell's frame."""
+    order = np.lexsort((k_at, c_at))
+    q_at, c_at, k_at = q_at[order], c_at[order], k_at[order]
+    cuts = np.flatnonzero((np.diff(c_at) != 0) | (np.diff(k_at) != 0)) + 1
     starts = local.cells.starts
-    work = []
-    for c in range(prefix.shape[1]):
-        need = prefix[:, c]
-        for length in np.unique(need[need > 0]):
-            work.append((np.flatnonzero(need == length), c, starts[c], starts[c] + int(length)))
+    work = [(q_at[a:b], int(c_at[a]), int(starts[c_at[a]]), int(starts[c_at[a]] + k_at[a]))
+            for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(q_at)])))
+            if b > a and k_at[a] > 0]
 
     def run(chunk):
         acc = np.zeros(len(local.yc))
@@ -645,15 +662,14 @@ def _prefix_sums(local, prefix, clip, tile, threads):
     return sum(_run_tiles(run, work, threads)) if work else np.zeros(len(local.yc))
 
 
-def _sampled_far_sums(yc, cells, at, prefix, gamma, top, dtype, precision, tile, threads):
-    """``(sum_j t_j, sum_j t_j^2)`` per query over the sampled rows (positions ``at`` in the
-    cell order) that no exact prefix holds (``rank in cell >= prefix[i, cell]``),
+def _sampled_far_sums(yc, xs, cells, at, held, gamma, top, dtype, precision, tile, threads):
+    """``(sum_j t_j, sum_j t_j^2)`` per query over the sampled rows ``xs`` (positions ``at`` in
+    the cell order, ascending) that no exact prefix holds (``rank in cell >= held[i, cell]``),
     ``t_j = K(y_i, x_j) / exp(top_i)``."""
-    ops = _Operands.build(yc, cells.rows[at], gamma, dtype)
+    ops = _Operands.build(yc, xs, gamma, dtype)
     ops.left[:, -2] -= top.astype(dtype)  # exponents come out of the product already scaled: e - top
     cell_s = cells.cell[at]
-    rank_s = (at - cells.starts[cell_s]).astype(np.int32)
-    held = prefix.astype(np.int32)
+    rank_s = (at - cells.starts[cell_s]).astype(held.dtype)
     pairs = [(a, b) for a in range(0, len(yc), tile) for b in range(0, len(at), tile)]
     cap = _EXP_MAX[precision] - 1.0  # a sampled term may exceed the exact part; only overflow is cut
 
@@ -666,10 +682,10 @@ def _sampled_far_sums(yc, cells, at, prefix, gamma, top, dtype, precision, tile,
             np.matmul(left, right.T, out=e)
             np.minimum(e, cap, out=e)
             np.exp(e, out=e)
-            e[held[a:a + len(left)][:, cell_s[b:b + len(right)]] > rank_s[b:b + len(right)]] = 0.0  # summed exactly
-            s1[a:a + len(left)] += e.sum(axis=1, dtype=np.float64)
-            np.multiply(e, e, out=e)
-            s2[a:a + len(left)] += e.sum(axis=1, dtype=np.float64)
+            np.copyto(e, 0.0, where=held[a:a + len(left)][:, cell_s[b:b + len(right)]] > rank_s[b:b + len(right)])
+            # a tile row's pairwise sum in its own precision (~1e-7 relative in float32), tiles in float64
+            s1[a:a + len(left)] += e.sum(axis=1)
+            s2[a:a + len(left)] += np.einsum("ij,ij->i", e, e)
         return s1, s2
 
     parts = _run_tiles(work, pairs, threads)
