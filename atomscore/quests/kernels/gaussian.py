@@ -469,8 +469,8 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     centre = x.mean(axis=0)
     xc, yc = x - centre, y - centre
     quantizer, cell_of = kmeans_cells(np.ascontiguousarray(xc, dtype=np.float32), cells_n, threads)
-    cells = _Cells.build(xc, cell_of, quantizer.reconstruct_n(0, cells_n).astype(np.float64))
-    dist = cells.centre_distances(yc)  # (M, C) float64
+    cells = _Cells.build(xc, cell_of, quantizer.reconstruct_n(0, cells_n).astype(np.float64), gamma, dtype)
+    square, dist = cells.centre_distances(yc)  # (M, C) float64 each
     m = len(y)
     probed = (np.argpartition(dist, probe - 1, axis=1)[:, :probe] if probe < cells_n
               else np.broadcast_to(np.arange(cells_n), (m, cells_n)))
@@ -478,7 +478,7 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     clip = (_FLOOR[precision], lift) if precision == "float64" else None
     # the exact sums work in each cell's own frame (queries and rows relative to the cell centre):
     # the expanded product then rounds like |y - c|^2, not like |y|^2 (float32: 10-40x less)
-    local = _LocalOperands(yc, cells, gamma, dtype, lift)
+    local = _LocalOperands(yc, cells, gamma, dtype, lift, square)
     # exact prefixes, as triples (query, cell, rows): query q sums the first `rows` rows of the
     # cell (farthest from its centre first); the probed cells whole
     q_at, c_at = np.repeat(np.arange(m), probed.shape[1]), probed.ravel()
@@ -506,7 +506,7 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     held = np.zeros(dist.shape, dtype=small)
     held[q_at, c_at] = k_at
     nearest2 = np.take_along_axis(dist, probed[:, :1], axis=1)[:, 0] ** 2 if probe == 1 else dist.min(axis=1) ** 2
-    del dist
+    del dist, square, local
     s1, s2 = _sampled_far_sums(yc, xc[cells.order[at]], cells, at, held, gamma, top, dtype, precision, tile, threads)
     ratio = 1.0 + (n_ref / n) * s1  # p / exp(top)
     var = np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1)
@@ -537,13 +537,14 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
 class _Cells(NamedTuple):
     """The reference in k-means cells, each cell's rows farthest from its centre first.
 
-    ``local``: the rows relative to their cell's centre, in that order; ``starts`` (C + 1,):
-    cell ``c`` is ``local[starts[c]:starts[c + 1]]``; ``radius`` (N,): each row's distance to
-    its centre, same order; ``centres`` (C, d) float64; ``order``: the original index of each
-    row; ``cell``: its cell.
+    ``right`` (N, d + 2), ``dtype``: the rows in that order as kernel operands in their
+    cell's frame, ``[x - c, 1, -gamma |x - c|^2]`` (see :class:`_LocalOperands`);
+    ``starts`` (C + 1,): cell ``c`` is ``right[starts[c]:starts[c + 1]]``; ``radius`` (N,):
+    each row's distance to its centre, same order; ``centres`` (C, d) float64; ``order``:
+    the original index of each row; ``cell``: its cell.
     """
 
-    local: np.ndarray
+    right: np.ndarray
     starts: np.ndarray
     radius: np.ndarray
     centres: np.ndarray
@@ -551,12 +552,23 @@ class _Cells(NamedTuple):
     cell: np.ndarray
 
     @classmethod
-    def build(cls, xc, cell_of, centres):
-        local = xc - centres[cell_of]
-        radius = np.sqrt(np.einsum("ij,ij->i", local, local))
-        order = np.lexsort((-radius, cell_of))
-        starts = np.searchsorted(cell_of[order], np.arange(len(centres) + 1))
-        return cls(local[order], starts, radius[order], centres, order, cell_of[order])
+    def build(cls, xc, cell_of, centres, gamma, dtype):
+        by_cell = np.argsort(cell_of, kind="stable")
+        starts = np.searchsorted(cell_of[by_cell], np.arange(len(centres) + 1))
+        right = np.empty((len(xc), xc.shape[1] + 2), dtype=dtype)
+        radius = np.empty(len(xc))
+        order = np.empty(len(xc), dtype=np.int64)
+        for c in np.flatnonzero(np.diff(starts)):  # cell by cell: no (N, d) temporaries
+            lo, hi = starts[c], starts[c + 1]
+            local = xc[by_cell[lo:hi]] - centres[c]
+            r2 = np.einsum("ij,ij->i", local, local)
+            far = np.argsort(-r2, kind="stable")
+            right[lo:hi, :-2] = local[far]
+            right[lo:hi, -1] = -gamma * r2[far]
+            radius[lo:hi] = np.sqrt(r2[far])
+            order[lo:hi] = by_cell[lo:hi][far]
+        right[:, -2] = 1.0
+        return cls(right, starts, radius, centres, order, cell_of[order])
 
     @property
     def sizes(self):
@@ -568,14 +580,17 @@ class _Cells(NamedTuple):
         return np.where(self.sizes > 0, self.radius[np.minimum(self.starts[:-1], len(self.radius) - 1)], 0.0)
 
     def centre_distances(self, yc):
-        """(M, C): ``|y - c|``, rounded down (the expansion's rounding taken off: bounds stay bounds)."""
+        """``(|y - c|^2, |y - c|)``, (M, C) each: the squares as computed, the distances rounded
+        down by more than the expansion's rounding (~1e-16 of the norms), so bounds stay bounds."""
         ny, nc = np.einsum("ij,ij->i", yc, yc), np.einsum("ij,ij->i", self.centres, self.centres)
         d2 = yc @ self.centres.T
         d2 *= -2.0
         d2 += ny[:, None]
-        d2 += (nc - 1e-12 * (ny.max(initial=0.0) + nc.max(initial=0.0)))[None]
+        d2 += nc[None]
         np.maximum(d2, 0.0, out=d2)
-        return np.sqrt(d2, out=d2)
+        dist = d2 - 1e-12 * (ny.max(initial=0.0) + nc.max(initial=0.0))
+        np.maximum(dist, 0.0, out=dist)
+        return d2, np.sqrt(dist, out=dist)
 
     def rows_within(self, dist, reach, probed):
         """The rows of the cells not ``probed`` with ``|x - c| > |y - c| - reach`` (those whose
@@ -612,22 +627,22 @@ _PREFIX_MIN = 16  # an extra exact prefix is rounded up to a power of 2 of at le
 
 class _LocalOperands:
     """Kernel operands in each cell's frame: ``right`` holds every row as ``x - c`` (cell
-    order), ``left(q, c)`` the queries ``q`` as ``y - c``; their product is
-    ``lift - gamma |y - x|^2`` as in :class:`_Operands`."""
+    order, :class:`_Cells`), ``left(q, c)`` the queries ``q`` as ``y - c``; their product is
+    ``lift - gamma |y - x|^2`` as in :class:`_Operands` (``square``: ``|y - c|^2``, (M, C))."""
 
-    def __init__(self, yc, cells, gamma, dtype, lift):
-        self.yc, self.cells, self.gamma, self.dtype, self.lift = yc, cells, gamma, dtype, lift
-        xl = cells.local
-        self.right = np.empty((len(xl), xl.shape[1] + 2), dtype=dtype)
-        self.right[:, :-2] = xl
-        self.right[:, -2] = 1.0
-        self.right[:, -1] = -gamma * np.einsum("ij,ij->i", xl, xl)
+    def __init__(self, yc, cells, gamma, dtype, lift, square):
+        self.cells, self.gamma, self.lift, self.square = cells, gamma, lift, square
+        self.y = (2.0 * gamma) * yc.astype(dtype)
+        self.c = ((2.0 * gamma) * cells.centres).astype(dtype)
+        self.right = cells.right
+
+    def __len__(self):
+        return len(self.y)
 
     def left(self, q, c):
-        yl = self.yc[q] - self.cells.centres[c]
-        out = np.empty((len(q), yl.shape[1] + 2), dtype=self.dtype)
-        out[:, :-2] = (2.0 * self.gamma) * yl
-        out[:, -2] = self.lift - self.gamma * np.einsum("ij,ij->i", yl, yl)
+        out = np.empty((len(q), self.y.shape[1] + 2), dtype=self.y.dtype)
+        np.subtract(self.y[q], self.c[c], out=out[:, :-2])
+        out[:, -2] = self.lift - self.gamma * self.square[q, c]
         out[:, -1] = 1.0
         return out
 
@@ -645,7 +660,7 @@ def _prefix_sums(local, q_at, c_at, k_at, clip, tile, threads):
             if b > a and k_at[a] > 0]
 
     def run(chunk):
-        acc = np.zeros(len(local.yc))
+        acc = np.zeros(len(local))
         for q, c, lo, hi in chunk:
             right = local.right[lo:hi]
             for a in range(0, len(q), tile):
@@ -659,7 +674,7 @@ def _prefix_sums(local, q_at, c_at, k_at, clip, tile, threads):
                     acc[qa] += e.sum(axis=1, dtype=np.float64)
         return acc
 
-    return sum(_run_tiles(run, work, threads)) if work else np.zeros(len(local.yc))
+    return sum(_run_tiles(run, work, threads)) if work else np.zeros(len(local))
 
 
 def _sampled_far_sums(yc, xs, cells, at, held, gamma, top, dtype, precision, tile, threads):
