@@ -1,7 +1,7 @@
 """Approximate dH with an error bar (issue 27 item 2) vs the exact float32 dH, in one run.
 
 Data (``--data``): ``md`` (default), QUESTS descriptors of LAMMPS molecular dynamics of six
-phases (:mod:`md_phases`: fcc Cu at 300 and 1000 K, liquid Cu, a Cu slab, bcc Fe, diamond
+phases (tests/md_phases.py: fcc Cu at 300 and 1000 K, liquid Cu, a Cu slab, bcc Fe, diamond
 Si; queries from other runs 10 % hotter), or ``copper``, strained, rattled fcc Cu
 (``approx_dh.copper``: the reference rattled up to 0.35 A, the queries up to 0.45 A).
 h = 0.015. For N reference and M query environments it times, in interleaved rounds
@@ -58,7 +58,8 @@ def main(argv=None):
     parser.add_argument("--knn", action="store_true", help="add approx=True (IVF, k = 3)")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [here, os.path.join(os.path.dirname(here), "tests")]  # tests/md_phases.py: the MD data
     from atomscore.quests.kernels import gaussian
 
     if args.data == "md":
