@@ -51,8 +51,13 @@ def main(argv=None):
     parser.add_argument("--reference", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--probes", type=int, nargs="+", default=[32])
-    parser.add_argument("--exact-above", type=float, nargs="+", default=[None])
-    parser.add_argument("--sample-size", type=int, nargs="+", default=[None])
+    def default_or(kind):
+        return lambda v: None if v == "default" else kind(v)
+
+    parser.add_argument("--exact-above", type=default_or(float), nargs="+", default=[None],
+                        help="values of exact_above ('default': the function's own)")
+    parser.add_argument("--sample-size", type=default_or(int), nargs="+", default=[None],
+                        help="values of sample_size ('default': the function's own)")
     parser.add_argument("--seeds", type=int, default=5, help="samples for the coverage (the first is timed)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--knn", action="store_true", help="add approx=True (IVF, k = 3)")
