@@ -185,7 +185,9 @@ def test_score_reports_the_error_per_query():
                                                   approx="sampled")
     errors = out.metadata["delta_entropy_standard_error"]
     assert [len(e) for e in errors] == [len(a) for a in configs]
-    assert out.metadata["approx_settings"]["mode"] == "sampled"
+    settings = out.metadata["approx_settings"]
+    assert settings["mode"] == "sampled" and settings["exact_above"] == gaussian.EXACT_ABOVE
+    assert settings["sample_size"] == 2000  # max(2000, N // 32), at most N
     for atoms, got, se in zip(configs, out, errors):
         exact = gaussian.delta_entropy(atoms.arrays["descriptors"], ref, 0.8)
         assert np.all(np.abs(got - exact) < 6 * np.asarray(se) + 1e-4)

@@ -681,7 +681,7 @@ def _prefix_sums(local, q_at, c_at, k_at, clip, tile, threads):
                     if clip is not None:
                         np.clip(e, *clip, out=e)
                     np.exp(e, out=e)
-                    acc[qa] += e.sum(axis=1, dtype=np.float64)
+                    acc[qa] += e.sum(axis=1)  # pairwise in the tile's precision, tiles in float64
         return acc
 
     return sum(_run_tiles(run, work, threads)) if work else np.zeros(len(local))
