@@ -5,7 +5,7 @@ phases (tests/md_phases.py: fcc Cu at 300 and 1000 K, liquid Cu, a Cu slab, bcc 
 Si; queries from other runs 10 % hotter), or ``copper``, strained, rattled fcc Cu
 (``approx_dh.copper``: the reference rattled up to 0.35 A, the queries up to 0.45 A).
 h = 0.015. For N reference and M query environments it times, in interleaved rounds
-(medians of wall and CPU time; CPU time is the work, less distorted on a shared machine):
+(medians of wall and CPU time, the order turned each round; CPU time is the work, less distorted on a shared machine):
 
 * ``exact f32``: :func:`delta_entropy` with ``precision='float32'`` (the anchor);
 * ``knn ivf k=3``: ``approx=True, approx_index='ivf'`` (k nearest only; ``--knn``);
@@ -90,9 +90,12 @@ def main(argv=None):
     wall = {name: [] for name in runs}
     cpu = {name: [] for name in runs}
     results = {}
-    for _ in range(args.rounds):
-        for name, fn in runs.items():
-            results[name], w, c = timed(fn)
+    names = list(runs)
+    for r in range(args.rounds):
+        # the order turns each round: a call right after the dense pass was measured up to 1.5x
+        # slower (same call, same arguments) on the shared machine; the median drops that round
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            results[name], w, c = timed(runs[name])
             wall[name].append(w)
             cpu[name].append(c)
     anchor_w, anchor_c = statistics.median(wall["exact f32"]), statistics.median(cpu["exact f32"])
