@@ -488,8 +488,8 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             if np.ndim(h):
                 raise InputError("approx='sampled': takes one bandwidth, got an array of bandwidths")
             self.note_metadata(approx_settings={"mode": "sampled", "n_cells": index.ivf_options(len(ref))["nlist"],
-                                                "n_probe": 32, "sample_size": min(len(ref), max(2000, len(ref) // 16)),
-                                                "seed": 0, "precision": "float32"})
+                                                "n_probe": 32, "sample_size": gaussian.default_sample_size(len(ref)),
+                                                "exact_above": gaussian.EXACT_ABOVE, "seed": 0, "precision": "float32"})
         elif approx:  # the settings the index runs with (IVF: nlist/nprobe resolved for this reference)
             self.note_metadata(approx_settings=index.index_settings(approx_index, len(ref), approx_options))
         _kernel_options(backend, device)

@@ -51,6 +51,17 @@ _EXP_MAX = {"float64": 709.0, "float32": 88.0}
 # A row whose (lifted) kernel sum is below N * exp(floor) * margin is recomputed by
 # log-sum-exp: elsewhere the floor changes log p by less than 1 / margin.
 _REPAIR_MARGIN = {"float64": 1e12, "float32": 1e7}
+# estimate_delta_entropy: rows whose term may exceed this fraction of the probed cells' sum are
+# summed exactly; it caps what the sample can miss, and so the bar's floor (nats). 1e-2: 2.3x
+# the exact float32 pass at N = 2e5 (MD and copper) with 2.58 standard errors covering 99.5 %
+# and 99.99 %; 1e-3 costs 1.5-1.7x as much and covers 99.8 % instead of 98.4 % where only a
+# few cells are exact (tests/test_dh_estimate.py; benchmarks/dh_estimate.py, docs/quests.md).
+EXACT_ABOVE = 1e-2
+
+
+def default_sample_size(n_reference):
+    """:func:`estimate_delta_entropy`'s default sample: ``max(2000, N // 32)`` rows, at most N."""
+    return min(n_reference, max(2000, n_reference // 32))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -402,21 +413,25 @@ def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbor
 
 
 def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, seed=0, *, n_cells=None,
-                           n_probe=32, precision="float32", tile_size=DEFAULT_TILE, n_threads=None) -> "Estimate":
+                           n_probe=32, exact_above=EXACT_ABOVE, precision="float32", tile_size=DEFAULT_TILE,
+                           n_threads=None) -> "Estimate":
     """``dH`` of each query: its nearest reference cells summed exactly, the rest sampled, with an error bar.
 
     The reference is cut into ``n_cells`` k-means cells (faiss, as the IVF index). For each
-    query the terms of its ``n_probe`` nearest cells (by centroid) are summed exactly; the
-    terms of all other cells, ``R``, are estimated from one uniform sample ``S`` of
+    query the terms of its ``n_probe`` nearest cells (by centroid) are summed exactly, giving
+    ``E``, and so is every other reference row whose term could exceed ``exact_above * E``
+    (bound: ``|y - x| >= |y - c| - |x - c|``, ``c`` the row's cell centre). The remaining
+    terms, ``R``, each at most ``cap = exp(-gamma (|y - c| - |x - c|)^2)`` (the largest such
+    bound left, ``<= exact_above * E``), are estimated from one uniform sample ``S`` of
     ``sample_size`` reference rows drawn without replacement and shared by all queries:
-    ``R^ = (N/n) sum_{j in S, cell(j) not probed} K(y, x_j)`` (Horvitz-Thompson, unbiased
-    whatever the probed cells). The standard error of ``R^`` is
-    ``N sqrt((1 - n/N) / n) s_z`` (``s_z``: the sample standard deviation of the terms, probed
-    ones counted as 0), and that of ``dH = -log p^`` is ``se(R^) / p^`` (delta method),
-    combined in quadrature with the tiles' rounding ``u gamma (|y|^2 + median |x|^2)``
-    (``u``: the unit roundoff of ``precision``, centred descriptors). Cost:
-    about ``M N (n_probe / n_cells + n / N)`` kernel terms instead of ``M N``. Accuracy
-    measured and when to use which dH: docs/quests.md ("Which dH").
+    ``R^ = (N/n) sum_{j in S, not exact} K(y, x_j)`` (Horvitz-Thompson, unbiased). The
+    standard error combines in quadrature (relative to ``p^``, i.e. in nats):
+    the sampling error ``N sqrt((1 - n/N) / n) s_z / p^`` (``s_z``: the sample standard
+    deviation of the terms, exact ones counted as 0), ``cap / p^`` (what a sample that
+    missed the rare large terms cannot show; it keeps the bars honest where the remainder
+    is a few large terms) and the tiles' rounding ``u gamma (|y|^2 + median |x|^2)``
+    (``u``: the unit roundoff of ``precision``, centred descriptors). Coverage and cost
+    measured, and when to use which dH: docs/quests.md ("Which dH").
 
     Parameters
     ----------
@@ -425,12 +440,16 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     bandwidth : float
         ``h`` in descriptor units.
     sample_size : int, optional
-        ``n``, default ``max(2000, N // 16)``; ``n >= N`` takes every row (exact, error 0).
+        ``n``, default ``max(2000, N // 32)``; ``n >= N`` takes every row (exact, error 0).
     seed : int
         ``numpy.random.default_rng`` seed of the sample.
     n_cells, n_probe : int, optional
         Cells (default ``round(sqrt(N))``, as the IVF index) and exactly summed cells per
         query (default 32).
+    exact_above : float
+        Rows whose term may exceed this fraction of the probed cells' sum are summed exactly
+        (default :data:`EXACT_ABOVE`, 1e-2; 1e-3 where few cells are exact); the ``cap`` part of the error bar stays below it
+        (nats).
     precision : {'float32', 'float64'}
         Arithmetic of the tiles (sums in float64).
 
@@ -445,8 +464,9 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
 
     y, x, _ = _queries_and_reference(y, x)
     h = float(check_positive(bandwidth, "bandwidth", allow_array=False))
+    tau = float(check_positive(exact_above, "exact_above", allow_array=False))
     n_ref = len(x)
-    n = max(2000, n_ref // 16) if sample_size is None else check_int(sample_size, "sample_size", minimum=2)
+    n = default_sample_size(n_ref) if sample_size is None else check_int(sample_size, "sample_size", minimum=2)
     n = min(n, n_ref)
     check_int(seed, "seed", minimum=0)
     cells_n = ivf_options(n_ref)["nlist"] if n_cells is None else check_int(n_cells, "n_cells", minimum=1)
@@ -458,26 +478,63 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     centre = x.mean(axis=0)
     xc, yc = x - centre, y - centre
     quantizer, cell_of = kmeans_cells(np.ascontiguousarray(xc, dtype=np.float32), cells_n, threads)
-    probed = quantizer.search(np.ascontiguousarray(yc, dtype=np.float32), probe)[1]  # (M, n_probe)
+    cells = _Cells.build(xc, cell_of, quantizer.reconstruct_n(0, cells_n).astype(np.float64), gamma, dtype)
+    dist = cells.centre_distances(yc)  # (M, C) float32, rounded down
+    m = len(y)
+    probed = (np.argpartition(dist, probe - 1, axis=1)[:, :probe] if probe < cells_n
+              else np.broadcast_to(np.arange(cells_n), (m, cells_n)))
     lift = _EXP_MAX[precision] - math.log(n_ref) - 1.0
     clip = (_FLOOR[precision], lift) if precision == "float64" else None
-    near = _probed_sums(yc, xc, cell_of, probed, gamma, dtype, lift, clip, tile, threads)
+    # the exact sums work in each cell's own frame (queries and rows relative to the cell centre):
+    # the expanded product then rounds like |y - c|^2, not like |y|^2 (float32: 10-40x less)
+    local = _LocalOperands(yc, cells, gamma, dtype, lift)
+    # exact prefixes, as triples (query, cell, rows): query q sums the first `rows` rows of the
+    # cell (farthest from its centre first); the probed cells whole
+    q_at, c_at = np.repeat(np.arange(m), probed.shape[1]), probed.ravel()
+    k_at = cells.sizes[c_at]
+    near = _prefix_sums(local, q_at, c_at, k_at, clip, tile, threads)
     limit = n_ref * math.exp(_FLOOR[precision]) * _REPAIR_MARGIN[precision]
     good = near >= limit
-    top = np.full(len(y), 0.0)
+    top = np.full(m, 0.0)
     top[good] = np.log(near[good]) - lift  # log of the exact part: sampled terms are scaled by it
-    rows = np.arange(n_ref) if n >= n_ref else np.sort(np.random.default_rng(seed).choice(n_ref, n, replace=False))
-    mask = np.zeros((len(y), cells_n), dtype=bool)
-    np.put_along_axis(mask, probed, True, axis=1)
-    s1, s2 = _sampled_far_sums(yc, xc[rows], cell_of[rows], mask, gamma, top, dtype, precision, tile, threads)
+    # every other row whose bound exceeds tau * E: summed exactly too (a prefix of its cell,
+    # rounded up to a power of 2 of at least _PREFIX_MIN rows: fewer, larger products)
+    reach = np.sqrt(np.maximum(-(math.log(tau) + top) / gamma, 0.0))  # |y - c| - |x - c| below this: exact
+    qi, ci, k = cells.rows_within(dist, reach, probed)
+    if qi.size:
+        k = np.minimum(np.maximum(_PREFIX_MIN, 2 ** np.ceil(np.log2(k)).astype(np.int64)), cells.sizes[ci])
+        near = near + _prefix_sums(local, qi, ci, k, clip, tile, threads)
+        top[good] = np.log(near[good]) - lift
+        q_at, c_at, k_at = np.concatenate([q_at, qi]), np.concatenate([c_at, ci]), np.concatenate([k_at, k])
+    log_cap = cells.log_largest_left(dist, q_at, c_at, k_at, gamma)  # log of the largest term no exact sum holds
+    order_of = np.empty(n_ref, dtype=np.int64)
+    order_of[cells.order] = np.arange(n_ref)
+    rows = np.arange(n_ref) if n >= n_ref else np.random.default_rng(seed).choice(n_ref, n, replace=False)
+    at = np.sort(order_of[rows])  # the sample's positions in the cell order
+    small = np.uint16 if cells.sizes.max(initial=0) < 2 ** 16 else np.int64  # a narrower gather per tile
+    held = np.zeros(dist.shape, dtype=small)
+    held[q_at, c_at] = k_at
+    nearest2 = np.take_along_axis(dist, probed[:, :1], axis=1)[:, 0] ** 2 if probe == 1 else dist.min(axis=1) ** 2
+    del dist, local
+    s1, s2 = _sampled_far_sums(yc, xc[cells.order[at]], cells, at, held, gamma, top, dtype, precision, tile, threads)
     ratio = 1.0 + (n_ref / n) * s1  # p / exp(top)
     var = np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1)
     se = n_ref * math.sqrt(max(1.0 - n / n_ref, 0.0) / n) * np.sqrt(var) / ratio
+    cap = np.exp(np.minimum(log_cap - top, 0.0)) / ratio if n < n_ref else np.zeros(len(y))
     # the tiles' rounding: an exponent -gamma |y - x|^2 from the expanded product carries about
     # u gamma (|y|^2 + |x|^2) (u: unit roundoff, centred descriptors), and so does the log-sum
+    # (u: unit roundoff, centred descriptors; sqrt(d + 2): the product's d + 2 roundings add up
+    # like a random walk). The exact sums work in the cells' frames (the nearest centre and a
+    # typical radius), the sampled part globally, weighted by its share; and the float64 value
+    # any dense evaluation in the global frame carries (the exact reference's own rounding).
     unit = float(np.finfo(dtype).eps) / 2.0
-    rounding = unit * gamma * (np.einsum("ij,ij->i", yc, yc) + float(np.median(np.einsum("ij,ij->i", xc, xc))))
-    se = np.sqrt(se * se + rounding * rounding)
+    walk = math.sqrt(yc.shape[1] + 2.0)
+    norms = np.einsum("ij,ij->i", yc, yc) + float(np.median(np.einsum("ij,ij->i", xc, xc)))
+    radius2 = float(np.median(cells.radius)) ** 2
+    sampled_share = 1.0 - 1.0 / ratio
+    rounding = walk * gamma * (unit * (nearest2 + radius2 + sampled_share * norms)
+                               + float(np.finfo(np.float64).eps) / 2.0 * norms)
+    se = np.sqrt(se * se + cap * cap + rounding * rounding)
     value = -(top + np.log(ratio))
     bad = np.flatnonzero(~good)
     if bad.size:  # far from every reference point: the exact float64 log-sum-exp, error 0
@@ -486,43 +543,160 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     return Estimate(value, se)
 
 
-def _probed_sums(yc, xc, cell_of, probed, gamma, dtype, lift, clip, tile, threads):
-    """Lifted kernel sums of every query over the reference rows of its probed cells, (M,) float64.
+class _Cells(NamedTuple):
+    """The reference in k-means cells, each cell's rows farthest from its centre first.
 
-    Inverted: for each cell, one product of the queries probing it with its rows."""
-    order = np.argsort(cell_of, kind="stable")
-    bounds = np.searchsorted(cell_of[order], np.arange(probed.max(initial=0) + 2))
-    ops = _Operands.build(yc, xc[order], gamma, dtype, lift)
-    flat = probed.ravel()
-    by_cell = np.argsort(flat, kind="stable")
-    q_bounds = np.searchsorted(flat[by_cell], np.arange(probed.max(initial=0) + 2))
-    queries_of = by_cell // probed.shape[1]
-    work_cells = [c for c in range(len(q_bounds) - 1) if q_bounds[c + 1] > q_bounds[c] and bounds[c + 1] > bounds[c]]
+    ``right`` (N, d + 2), ``dtype``: the rows in that order as kernel operands in their
+    cell's frame, ``[x - c, 1, -gamma |x - c|^2]`` (see :class:`_LocalOperands`);
+    ``starts`` (C + 1,): cell ``c`` is ``right[starts[c]:starts[c + 1]]``; ``radius`` (N,):
+    each row's distance to its centre, same order; ``centres`` (C, d) float64; ``order``:
+    the original index of each row; ``cell``: its cell.
+    """
 
-    def work(chunk):
-        acc = np.zeros(len(yc))
-        for c in chunk:
-            q = queries_of[q_bounds[c]:q_bounds[c + 1]]
-            right = ops.right[bounds[c]:bounds[c + 1]]
+    right: np.ndarray
+    starts: np.ndarray
+    radius: np.ndarray
+    centres: np.ndarray
+    order: np.ndarray
+    cell: np.ndarray
+
+    @classmethod
+    def build(cls, xc, cell_of, centres, gamma, dtype):
+        by_cell = np.argsort(cell_of, kind="stable")
+        starts = np.searchsorted(cell_of[by_cell], np.arange(len(centres) + 1))
+        right = np.empty((len(xc), xc.shape[1] + 2), dtype=dtype)
+        radius = np.empty(len(xc))
+        order = np.empty(len(xc), dtype=np.int64)
+        for c in np.flatnonzero(np.diff(starts)):  # cell by cell: no (N, d) temporaries
+            lo, hi = starts[c], starts[c + 1]
+            local = xc[by_cell[lo:hi]] - centres[c]
+            r2 = np.einsum("ij,ij->i", local, local)
+            far = np.argsort(-r2, kind="stable")
+            right[lo:hi, :-2] = local[far]
+            right[lo:hi, -1] = -gamma * r2[far]
+            radius[lo:hi] = np.sqrt(r2[far])
+            order[lo:hi] = by_cell[lo:hi][far]
+        right[:, -2] = 1.0
+        return cls(right, starts, radius, centres, order, cell_of[order])
+
+    @property
+    def sizes(self):
+        return np.diff(self.starts)
+
+    @property
+    def largest_radius(self):
+        """(C,): each cell's largest distance of a row to its centre (0 for an empty cell)."""
+        return np.where(self.sizes > 0, self.radius[np.minimum(self.starts[:-1], len(self.radius) - 1)], 0.0)
+
+    def centre_distances(self, yc):
+        """(M, C) float32: ``|y - c|``, rounded down by more than the float32 expansion's rounding
+        (~1e-7 of the norms), so the bounds built on it stay bounds."""
+        y32, c32 = yc.astype(np.float32), self.centres.astype(np.float32)
+        ny, nc = np.einsum("ij,ij->i", y32, y32), np.einsum("ij,ij->i", c32, c32)
+        d2 = y32 @ c32.T
+        d2 *= -2.0
+        d2 += ny[:, None]
+        d2 += (nc - 1e-5 * (ny.max(initial=0.0) + nc.max(initial=0.0)))[None]
+        np.maximum(d2, 0.0, out=d2)
+        return np.sqrt(d2, out=d2)
+
+    def rows_within(self, dist, reach, probed):
+        """The rows of the cells not ``probed`` with ``|x - c| > |y - c| - reach`` (those whose
+        term ``exp(-gamma |y - x|^2)`` the triangle inequality cannot keep below
+        ``exp(-gamma reach^2)``), as triples ``(query, cell, count)``: a prefix of the cell,
+        farthest rows first, for each pair that has any."""
+        bound = dist - reach[:, None]
+        np.put_along_axis(bound, probed, np.inf, axis=1)
+        qi, ci = np.nonzero(bound < self.largest_radius[None])
+        by_cell = np.argsort(ci, kind="stable")
+        qi, ci = qi[by_cell], ci[by_cell]
+        edges = np.searchsorted(ci, np.arange(len(self.centres) + 1))
+        counts = np.empty(len(qi), dtype=np.int64)
+        for c in np.flatnonzero(np.diff(edges)):
+            lo, hi = self.starts[c], self.starts[c + 1]
+            a, b = edges[c], edges[c + 1]  # radius descending in the cell: count of radius > bound
+            counts[a:b] = (hi - lo) - np.searchsorted(self.radius[lo:hi][::-1], bound[qi[a:b], c], side="right")
+        return qi, ci, counts
+
+    def log_largest_left(self, dist, q_at, c_at, k_at, gamma):
+        """(M,): log of the largest bound ``exp(-gamma (|y - c| - |x - c|)_+^2)`` over the rows
+        that no exact prefix ``(query, cell, rows)`` holds (the first row after each prefix);
+        -inf where none is left."""
+        gap = dist - self.largest_radius[None]  # an untouched cell: its farthest row first
+        whole = k_at >= self.sizes[c_at]
+        first = self.radius[np.minimum(self.starts[c_at] + k_at, len(self.radius) - 1)]
+        gap[q_at, c_at] = np.where(whole, np.inf, dist[q_at, c_at] - first)
+        nearest = gap.min(axis=1, initial=np.inf)
+        return np.where(np.isfinite(nearest), -gamma * np.maximum(nearest, 0.0) ** 2, -np.inf)
+
+
+_PREFIX_MIN = 16  # an extra exact prefix is rounded up to a power of 2 of at least this many rows
+
+
+class _LocalOperands:
+    """Kernel operands in each cell's frame: ``right`` holds every row as ``x - c`` (cell
+    order, :class:`_Cells`), ``left(q, c)`` the queries ``q`` as ``y - c``; their product is
+    ``lift - gamma |y - x|^2`` as in :class:`_Operands`."""
+
+    def __init__(self, yc, cells, gamma, dtype, lift):
+        self.cells, self.gamma, self.lift = cells, gamma, lift
+        self.y = (2.0 * gamma) * yc.astype(dtype)
+        self.c = ((2.0 * gamma) * cells.centres).astype(dtype)
+        self.right = cells.right
+
+    def __len__(self):
+        return len(self.y)
+
+    def left(self, q, c):
+        out = np.empty((len(q), self.y.shape[1] + 2), dtype=self.y.dtype)
+        diff = out[:, :-2]
+        np.subtract(self.y[q], self.c[c], out=diff)  # 2 gamma (y - c), rounded once
+        # |y - c|^2 of the same rounded difference: the exponent is then -gamma |y~ - x|^2 exactly
+        # for a query y~ within rounding of y (no cancellation between the terms)
+        out[:, -2] = self.lift - np.einsum("ij,ij->i", diff, diff) / (4.0 * self.gamma)
+        out[:, -1] = 1.0
+        return out
+
+
+def _prefix_sums(local, q_at, c_at, k_at, clip, tile, threads):
+    """Lifted kernel sums of each query over the exact prefixes ``(query, cell, rows)`` given
+    (the first ``rows`` rows of the cell), (M,) float64. Inverted: for each cell and prefix
+    length, one product of the queries that need it with those rows, in the cell's frame."""
+    order = np.lexsort((k_at, c_at))
+    q_at, c_at, k_at = q_at[order], c_at[order], k_at[order]
+    cuts = np.flatnonzero((np.diff(c_at) != 0) | (np.diff(k_at) != 0)) + 1
+    starts = local.cells.starts
+    work = [(q_at[a:b], int(c_at[a]), int(starts[c_at[a]]), int(starts[c_at[a]] + k_at[a]))
+            for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(q_at)])))
+            if b > a and k_at[a] > 0]
+
+    def run(chunk):
+        acc = np.zeros(len(local))
+        for q, c, lo, hi in chunk:
+            right = local.right[lo:hi]
             for a in range(0, len(q), tile):
                 qa = q[a:a + tile]
+                left = local.left(qa, c)
                 for b in range(0, len(right), tile):
-                    e = ops.left[qa] @ right[b:b + tile].T
+                    e = left @ right[b:b + tile].T
                     if clip is not None:
                         np.clip(e, *clip, out=e)
                     np.exp(e, out=e)
-                    acc[qa] += e.sum(axis=1, dtype=np.float64)
+                    acc[qa] += e.sum(axis=1)  # pairwise in the tile's precision, tiles in float64
         return acc
 
-    return sum(_run_tiles(work, work_cells, threads)) if work_cells else np.zeros(len(yc))
+    return sum(_run_tiles(run, work, threads)) if work else np.zeros(len(local))
 
 
-def _sampled_far_sums(yc, xs, cell_s, mask, gamma, top, dtype, precision, tile, threads):
-    """``(sum_j t_j, sum_j t_j^2)`` per query over the sampled rows ``xs`` outside its probed
-    cells (``mask[i, cell]``), ``t_j = K(y_i, x_j) / exp(top_i)``."""
+def _sampled_far_sums(yc, xs, cells, at, held, gamma, top, dtype, precision, tile, threads):
+    """``(sum_j t_j, sum_j t_j^2)`` per query over the sampled rows ``xs`` (positions ``at`` in
+    the cell order, ascending) that no exact prefix holds (``rank in cell >= held[i, cell]``),
+    ``t_j = K(y_i, x_j) / exp(top_i)``."""
     ops = _Operands.build(yc, xs, gamma, dtype)
     ops.left[:, -2] -= top.astype(dtype)  # exponents come out of the product already scaled: e - top
-    pairs = [(a, b) for a in range(0, len(yc), tile) for b in range(0, len(xs), tile)]
+    cell_s = cells.cell[at]
+    rank_s = (at - cells.starts[cell_s]).astype(held.dtype)
+    pairs = [(a, b) for a in range(0, len(yc), tile) for b in range(0, len(at), tile)]
     cap = _EXP_MAX[precision] - 1.0  # a sampled term may exceed the exact part; only overflow is cut
 
     def work(chunk):
@@ -534,10 +708,10 @@ def _sampled_far_sums(yc, xs, cell_s, mask, gamma, top, dtype, precision, tile, 
             np.matmul(left, right.T, out=e)
             np.minimum(e, cap, out=e)
             np.exp(e, out=e)
-            e[mask[a:a + len(left)][:, cell_s[b:b + len(right)]]] = 0.0  # probed cells: summed exactly
-            s1[a:a + len(left)] += e.sum(axis=1, dtype=np.float64)
-            np.multiply(e, e, out=e)
-            s2[a:a + len(left)] += e.sum(axis=1, dtype=np.float64)
+            np.copyto(e, 0.0, where=held[a:a + len(left)][:, cell_s[b:b + len(right)]] > rank_s[b:b + len(right)])
+            # a tile row's pairwise sum in its own precision (~1e-7 relative in float32), tiles in float64
+            s1[a:a + len(left)] += e.sum(axis=1)
+            s2[a:a + len(left)] += np.einsum("ij,ij->i", e, e)
         return s1, s2
 
     parts = _run_tiles(work, pairs, threads)
