@@ -190,6 +190,9 @@ class _FIMEvaluator:
         self._saved = self.potential.get_parameters()
         self.pmap.apply(self.potential)
         self._write = self.potential.parameter_writer(self.pmap.free)
+        #: the 2P points of the default central difference, the same for every configuration:
+        #: transformed, checked and turned into parameter writes once (None: other settings)
+        self._path = self._central_path() if _is_plain_central(self.settings) else None
 
     def fim(self, atoms, quantity, mask, where="configuration"):
         """The P×P FIM of one configuration (P = the number of transformed parameters φ)."""
@@ -209,33 +212,51 @@ class _FIMEvaluator:
             pred = self.potential.predictions(atoms, quantity)
         except InputError as exc:
             raise InputError(f"evaluate_kwargs: {where} asks for {quantity}: {exc}") from None
+        if self._path is not None:
+            return pred.central_differences(self._path, self._steps())
         write = self._write
-
-        def raw_at(phi, point):
-            write(pmap.to_theta(phi, where=f"{where}, finite-difference point {point}"))
-            return pred.raw()
-
         try:
             if _is_plain_central(self.settings):
-                return self._central(raw_at, pred)
-            return self._numdifftools(lambda phi: pred.fold(raw_at(phi, "(numdifftools)")).reshape(-1))
+                return self._central(pred, where)
+
+            def predict(phi):
+                write(pmap.to_theta(phi, where=f"{where}, finite-difference point (numdifftools)"))
+                return pred.fold(pred.raw()).reshape(-1)
+
+            return self._numdifftools(predict)
         finally:
             write(pmap.theta0)
 
-    def _central(self, raw_at, pred):
-        """One central difference per parameter (what numdifftools does for these settings),
-        on the raw predictions (forces on the padded atoms), folded once per configuration."""
+    def _steps(self):
+        return np.broadcast_to(self.settings["step"], self.pmap.phi0.shape)
+
+    def _central_points(self, where=""):
+        """θ at φ0 + h_i and φ0 - h_i for each i, in that order (checked: finite, in bounds)."""
         phi0 = self.pmap.phi0
-        steps = np.broadcast_to(self.settings["step"], phi0.shape)
+        for i, h in enumerate(self._steps()):
+            for label in ("+", "-"):
+                phi = phi0.copy()
+                phi[i] = phi0[i] + h if label == "+" else phi0[i] - h
+                yield self.pmap.to_theta(phi, where=f"{where}finite-difference point phi[{i}] {label} {h:g}")
+
+    def _central_path(self):
+        """The central difference's points as a :class:`~atomscore.potentials.kim.ParameterPath`
+        (None when they change too many entries to keep: a dense transform of a large θ)."""
+        return self.potential.parameter_path(self.pmap.free, self._central_points())
+
+    def _central(self, pred, where):
+        """One central difference per parameter (what numdifftools does for these settings),
+        the points written whole (see :meth:`_central_path`), on the raw predictions (forces on
+        the padded atoms), folded once per configuration."""
+        steps = self._steps()
+        points = self._central_points(f"{where}, ")
         cols = []
-        for i, h in enumerate(steps):
-            phi = phi0.copy()
-            phi[i] = phi0[i] + h
-            plus = raw_at(phi, f"phi[{i}] + {h:g}")
-            phi[i] = phi0[i] - h
-            minus = raw_at(phi, f"phi[{i}] - {h:g}")
-            cols.append((plus - minus) / (2.0 * h))
-        return pred.fold(np.stack(cols, axis=-1)).reshape(pred.n_values, len(phi0))
+        for h in steps:
+            self._write(next(points))
+            plus = pred.raw()
+            self._write(next(points))
+            cols.append((plus - pred.raw()) / (2.0 * h))
+        return pred.fold(np.stack(cols, axis=-1)).reshape(pred.n_values, len(steps))
 
     def _numdifftools(self, predict):
         phi0 = self.pmap.phi0
@@ -263,8 +284,7 @@ def _pool_init_args(ev, parameters_optimize, derivative_kwargs):
     ``jsonable_kwargs`` (which need not hold its state): a forked worker inherits it; where
     workers are spawned it is pickled, and one that cannot be is refused here, before any work.
     """
-    if not _is_plain_central(ev.settings):
-        import numdifftools  # noqa: F401
+    _preimport(ev)
     transform = None if isinstance(ev.pmap.transform, IdentityTransform) else ev.pmap.transform
     method = _pool_context().get_start_method()
     if transform is not None and method != "fork":
@@ -279,7 +299,171 @@ def _pool_init_args(ev, parameters_optimize, derivative_kwargs):
     return ev.potential.to_spec(), parameters_optimize, transform, derivative_kwargs
 
 
-# one evaluator per worker process
+def _preimport(ev):
+    """Import here what computing a FIM with ``ev``'s settings imports on first use, so that no
+    worker pays for an import (a forked worker inherits the parent's modules)."""
+    if not _is_plain_central(ev.settings):
+        import numdifftools  # noqa: F401
+
+
+def _fim_of(ev, i, configs, quantities, masks):
+    """The FIM of configuration ``i``; an error that does not name it gets a note that does."""
+    try:
+        return ev.fim(configs[i], quantities[i], masks[i], f"configuration {i}")
+    except Exception as exc:
+        if f"configuration {i}" not in str(exc):
+            exc.add_note(f"(while computing the FIM of configuration {i})")
+        raise
+
+
+#: the cost of a configuration besides its atoms' (its setup, J^T J), in atoms
+_CONFIG_COST_ATOMS = 16
+
+
+def _balance(configs, n_groups):
+    """Split configuration indices into ``n_groups`` groups of about equal cost (atoms + a
+    constant per configuration), largest first onto the least loaded group (LPT); each group
+    in index order, the cheapest group first."""
+    loads = [0] * n_groups
+    groups = [[] for _ in range(n_groups)]
+    for i in sorted(range(len(configs)), key=lambda i: -len(configs[i])):
+        g = loads.index(min(loads))
+        groups[g].append(i)
+        loads[g] += len(configs[i]) + _CONFIG_COST_ATOMS
+    order = sorted(range(n_groups), key=lambda g: loads[g])
+    return [sorted(groups[g]) for g in order if groups[g]]
+
+
+class WorkerTraceback(Exception):
+    """The traceback of an exception raised in a worker process (set as its ``__cause__``)."""
+
+
+def _portable(exc):
+    """``exc`` if it survives pickling, else a RuntimeError saying what it was."""
+    import pickle
+
+    try:
+        return pickle.loads(pickle.dumps(exc))
+    except Exception:  # whatever an exception's own pickling raises
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _child(init, conn, group, configs, quantities, masks):
+    """A forked worker: opens its own model (:func:`_worker_init`), then sends the FIM of each
+    configuration of ``group`` as ``('fim', i, fim)``, or the first error (its own start-up's
+    included) as ``('error', i, exc, traceback)``; then exits (never returns)."""
+    import traceback
+
+    code = 0
+    try:
+        _worker_init(*init)
+        for i in group:
+            try:
+                if "error" in _WORKER:
+                    raise _WORKER["error"]
+                fim = _fim_of(_WORKER["ev"], i, configs, quantities, masks)
+            except Exception as exc:
+                conn.send(("error", i, _portable(exc), traceback.format_exc()))
+                break
+            conn.send(("fim", i, fim))
+        conn.close()
+    except BaseException:  # Ctrl-C or a broken pipe: the parent sees the pipe close early
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _forked(ev, init, configs, quantities, masks, nprocs):
+    """FIMs of all configurations in ``nprocs`` processes: this one and ``nprocs - 1`` forked
+    workers, each with one balanced group of configurations (see :func:`_balance`).
+
+    A forked worker inherits the configurations (nothing is pickled on the way in) and opens
+    its own model from ``init`` (:func:`_pool_init_args`) while this process computes its
+    own group; each FIM comes back through a pipe as soon as it is computed, and this
+    process reads the pipes between its configurations (progress bar). The first error,
+    here or in a worker, is raised here with the worker's traceback as its cause; on any
+    error or Ctrl-C the workers are killed and reaped before it propagates.
+    """
+    import signal
+    from multiprocessing.connection import Pipe
+
+    from tqdm.auto import tqdm
+
+    groups = _balance(configs, min(nprocs, len(configs)))
+    results = [None] * len(configs)
+    workers = {}  # connection -> (pid, its indices)
+    try:
+        for group in groups[1:]:
+            reader, writer = Pipe(duplex=False)
+            pid = os.fork()
+            if pid == 0:  # the worker
+                reader.close()
+                _child(init, writer, group, configs, quantities, masks)
+            writer.close()
+            workers[reader] = (pid, group)
+        with tqdm(total=len(configs), desc="FIM training set", disable=None, leave=False) as bar:
+            for i in groups[0]:
+                results[i] = _fim_of(ev, i, configs, quantities, masks)
+                bar.update()
+                _receive(workers, results, bar, timeout=0)
+            while workers:
+                _receive(workers, results, bar, timeout=None)
+    finally:
+        for reader, (pid, _) in workers.items():  # still running: an error or Ctrl-C here
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            reader.close()
+    return results
+
+
+def _receive(workers, results, bar, timeout):
+    """Take in what the workers have sent (waiting up to ``timeout`` s; None: until one
+    sends); a worker whose pipe has closed is reaped and forgotten."""
+    from multiprocessing.connection import wait
+
+    for reader in wait(list(workers), timeout):
+        pid, group = workers[reader]
+        try:
+            message = reader.recv()
+        except EOFError:
+            del workers[reader]
+            reader.close()
+            missing = [i for i in group if results[i] is None]
+            if missing:
+                _, status = os.waitpid(pid, 0)
+                raise RuntimeError(f"FIM training set: the worker process {pid} computing configurations "
+                                   f"{group} ended ({_exit_status(status)}) before configuration {missing[0]}")
+            _reap_later(pid)
+            continue
+        if message[0] == "error":
+            _, i, exc, tb = message
+            raise exc from WorkerTraceback(f"in worker process {pid} (configuration {i}):\n{tb}")
+        _, i, fim = message
+        results[i] = fim
+        bar.update()
+
+
+def _reap_later(pid):
+    """Reap a worker that has sent everything: its exit (unmapping a copy of this process,
+    ~3 ms per 100 MB) finishes in a thread, not on the way to the results."""
+    import threading
+
+    if os.waitpid(pid, os.WNOHANG)[0] == 0:
+        threading.Thread(target=os.waitpid, args=(pid, 0), name=f"reap-{pid}", daemon=True).start()
+
+
+def _exit_status(status):
+    if os.WIFSIGNALED(status):
+        import signal
+
+        return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+# one evaluator per worker process (workers started by 'spawn', where fork is not available)
 _WORKER = {}
 
 
@@ -439,15 +623,20 @@ class FIMTrainingSetScore(ConfigurationScore):
         results = [None] * len(configs)
         if nprocs == 1 or len(configs) == 1:
             try:
-                for i, atoms in enumerate(tqdm(configs, desc="FIM training set", disable=None, leave=False)):
-                    results[i] = ev.fim(atoms, quantities[i], masks[i], f"configuration {i}")
+                for i in tqdm(range(len(configs)), desc="FIM training set", disable=None, leave=False):
+                    results[i] = _fim_of(ev, i, configs, quantities, masks)
             finally:
                 ev.restore()
             return results
+        init = _pool_init_args(ev, parameters_optimize, derivative_kwargs)
+        if _pool_context().get_start_method() == "fork":
+            try:
+                return _forked(ev, init, configs, quantities, masks, nprocs)
+            finally:
+                ev.restore()
         ev.restore()
         from concurrent.futures import ProcessPoolExecutor
 
-        init = _pool_init_args(ev, parameters_optimize, derivative_kwargs)
         tasks = [(i, atoms, quantities[i], masks[i]) for i, atoms in enumerate(configs)]
         with ProcessPoolExecutor(max_workers=min(nprocs, len(configs)), mp_context=_pool_context(),
                                  initializer=_worker_init, initargs=init) as pool:

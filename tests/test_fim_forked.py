@@ -1,0 +1,210 @@
+"""FIMTrainingSetScore's prepared finite-difference points and its forked workers (issue 27, item 4).
+
+References: the serial computation (nprocs=1) for the forked one, which must give the same
+numbers (the same code on the same inputs, in another process); ASE's KIM calculator with
+a hand-written central difference (its own neighbour list, rebuilt at every call) where
+the model's cutoff moves between points; the configuration index and the worker's
+traceback for errors.
+"""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+pytest.importorskip("kimpy")
+
+from ase.build import bulk  # noqa: E402
+
+import atomscore.fim.training_set as ts  # noqa: E402
+import atomscore.potentials.kim as kim  # noqa: E402
+from atomscore.errors import InputError  # noqa: E402
+from atomscore.fim.training_set import FIMTrainingSetScore, WorkerTraceback, _balance  # noqa: E402
+
+SW = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
+POT = {"potential_type": "KIM", "potential_args": {"kim_id": SW}}
+OPT = {p: [["default"]] for p in ("A", "B", "sigma", "gamma", "lambda")}
+
+
+def mixed_batch():
+    """Periodic cells of 8, 16 and 64 atoms and a 7-atom cluster, rattled."""
+    rng = np.random.default_rng(7)
+    out = []
+    for rep in ((1, 1, 1), (2, 1, 1), (1, 1, 1), (2, 2, 2), (1, 2, 1), (1, 1, 1)):
+        a = bulk("Si", "diamond", a=5.43, cubic=True).repeat(rep)
+        a.positions += rng.normal(scale=0.08, size=a.positions.shape)
+        out.append(a)
+    c = bulk("Si", "diamond", a=5.43, cubic=True)[:7]
+    c.positions += rng.normal(scale=0.08, size=c.positions.shape)
+    c.pbc, c.cell = False, np.zeros((3, 3))
+    out.insert(2, c)
+    return out
+
+
+def fims(configs, nprocs, **kwargs):
+    args = {"potential": POT, "parameters_optimize": OPT, **kwargs}
+    return FIMTrainingSetScore().compute_batch(configs, "SENSITIVITY", nprocs=nprocs, **args)
+
+
+def test_balance_splits_by_atoms_and_keeps_every_index_once():
+    sizes = [512] + [64] * 19 + [8] * 5
+    configs = [np.zeros(n) for n in sizes]  # _balance only takes len()
+    groups = _balance(configs, 2)
+    assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
+    loads = [sum(sizes[i] + ts._CONFIG_COST_ATOMS for i in g) for g in groups]
+    # LPT: the loads differ by no more than the largest single cost (here: far less)
+    assert abs(loads[0] - loads[1]) <= 64 + ts._CONFIG_COST_ATOMS
+    assert loads[0] <= loads[1]  # the cheapest group first (this process's)
+    assert _balance(configs[:3], 5) == [[1], [2], [0]]  # no empty groups
+
+
+@pytest.mark.parametrize("nprocs", [2, 3])
+def test_forked_groups_equal_serial_with_mixed_sizes_quantities_and_masks(nprocs):
+    configs = mixed_batch()
+    rng = np.random.default_rng(3)
+    quantities = ["forces", "energy", "forces", "stress", "forces", "energy", "forces"]
+    masks = [(rng.random(3 * len(a)) > 0.4).astype(int) if q == "forces" else None
+             for a, q in zip(configs, quantities)]
+    evk = {f"compute_{q}": [x == q for x in quantities] for q in ("energy", "forces", "stress")}
+    serial = fims(configs, 1, evaluate_kwargs=evk, list_of_mask=masks)
+    forked = fims(configs, nprocs, evaluate_kwargs=evk, list_of_mask=masks)
+    for i, (a, b) in enumerate(zip(serial, forked)):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=0, err_msg=f"configuration {i}")
+        assert np.all(np.linalg.eigvalsh(a) > -1e-9 * np.abs(a).max())  # J^T J is PSD
+
+
+def test_points_written_whole_equal_prepared_points(monkeypatch):
+    """Past PATH_MAX_CHANGES the points are written as whole vectors (the old path): same numbers."""
+    configs = mixed_batch()[:3]
+    prepared = fims(configs, 1)
+    monkeypatch.setattr(kim, "PATH_MAX_CHANGES", 0)
+    assert ts._FIMEvaluator(POT, OPT, None, None)._path is None
+    whole = fims(configs, 1)
+    for a, b in zip(prepared, whole):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
+
+
+def ase_fim(atoms, params):
+    """Independent FIM: ASE's KIM calculator, central differences with 10% steps."""
+    from ase.calculators.kim import KIM
+
+    calc = KIM(SW)
+    x0 = np.array([calc.get_parameters(**{p: [0]})[p][1][0] for p in params])
+    a = atoms.copy()
+    a.calc = calc
+
+    def f(x):
+        calc.set_parameters(**{p: [[0], [float(v)]] for p, v in zip(params, x)})
+        return a.get_forces().ravel()
+
+    h = 0.1 * np.abs(x0)
+    jac = np.stack([(f(x0 + h[i] * np.eye(len(x0))[i]) - f(x0 - h[i] * np.eye(len(x0))[i])) / (2 * h[i])
+                    for i in range(len(x0))], axis=1)
+    return jac.T @ jac
+
+
+def test_a_cutoff_that_moves_between_points_on_several_configurations():
+    """SW's 'cutoff' moves the influence distance at its points (neighbour lists rebuilt); A's
+    points keep it: the points seen with the start's cutoffs are reused for the next
+    configuration, the others never are."""
+    params = ["A", "cutoff"]
+    opt = {p: [["default"]] for p in params}
+    batch = mixed_batch()
+    configs = [batch[0], batch[2], batch[1]]  # 8 atoms periodic, a cluster, 16 atoms
+    got = fims(configs, 1, parameters_optimize=opt)
+    for a, g in zip(configs, got):
+        np.testing.assert_allclose(g, ase_fim(a, params), rtol=1e-6)
+    ev = ts._FIMEvaluator(POT, opt, None, None)
+    ev.fim(configs[0], "forces", None)
+    assert ev._path.same_cutoffs == {0, 1}  # A +- h; not cutoff +- h
+    np.testing.assert_allclose(fims(configs, 2, parameters_optimize=opt)[1], got[1], rtol=1e-12, atol=0)
+
+
+def test_a_point_out_of_bounds_is_refused_before_any_configuration():
+    opt = {"A": [[15.28, 15.0, 15.5]], "B": [["default"]]}
+    with pytest.raises(InputError, match=r"finite-difference point phi\[0\] \+ 1.528: A\[0\] = 16.8\d* is "
+                                         r"outside its bounds \[15.0, 15.5\]"):
+        fims(mixed_batch()[:2], 1, parameters_optimize=opt)
+
+
+def worker_group_index(configs, nprocs=2):
+    groups = _balance(configs, nprocs)
+    return groups[1][1]  # a configuration computed by the worker, not the first of its group
+
+
+def test_an_error_in_a_worker_names_its_configuration_and_carries_the_traceback():
+    configs = mixed_batch()
+    k = worker_group_index(configs)
+    bad = configs[k].copy()
+    bad[0].symbol = "Cu"  # not covered by SW Si
+    configs[k] = bad
+    with pytest.raises(InputError, match=rf"configuration {k} asks for forces: .*species \['Cu'\]") as info:
+        fims(configs, 2)
+    assert isinstance(info.value.__cause__, WorkerTraceback)
+    assert "in worker process" in str(info.value.__cause__) and f"configuration {k}" in str(info.value.__cause__)
+    # the same input, serially: the same message
+    with pytest.raises(InputError, match=rf"configuration {k} asks for forces: .*species \['Cu'\]"):
+        fims(configs, 1)
+
+
+@pytest.fixture
+def forks(monkeypatch):
+    """The pids forked during the test."""
+    pids = []
+    real = os.fork
+
+    def fork():
+        pid = real()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return pids
+
+
+def reaped(pid):
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def test_a_worker_that_dies_is_named_with_its_configuration(monkeypatch, forks):
+    configs = mixed_batch()
+    k = worker_group_index(configs)
+    real = ts._fim_of
+
+    def dying(ev, i, *args):
+        if i == k and os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)  # as a driver's segfault or the OOM killer would
+        return real(ev, i, *args)
+
+    parent = os.getpid()
+    monkeypatch.setattr(ts, "_fim_of", dying)
+    with pytest.raises(RuntimeError, match=rf"worker process \d+ .*ended \(killed by signal SIGKILL\) "
+                                           rf"before configuration {k}"):
+        fims(configs, 2)
+    assert forks and all(reaped(pid) for pid in forks)
+
+
+def test_ctrl_c_in_the_parent_kills_and_reaps_the_workers_and_restores_the_potential(monkeypatch, forks):
+    configs = mixed_batch()
+    pot = kim.KIMPotential(SW)
+    before = pot.get_parameters()
+    real = ts._fim_of
+    parent = os.getpid()
+
+    def interrupted(ev, i, *args):
+        if os.getpid() == parent:
+            raise KeyboardInterrupt
+        return real(ev, i, *args)
+
+    monkeypatch.setattr(ts, "_fim_of", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        FIMTrainingSetScore().compute_batch(configs, "SENSITIVITY", potential=pot, parameters_optimize=OPT, nprocs=3)
+    assert len(forks) == 2 and all(reaped(pid) for pid in forks)
+    for name, values in pot.get_parameters().items():
+        np.testing.assert_array_equal(values, before[name])
