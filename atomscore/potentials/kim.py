@@ -917,27 +917,32 @@ class Predictions:
         the model's cutoffs are a function of its parameters) is evaluated on this
         configuration's neighbour list without asking the model for its cutoffs again.
         """
-        out = None
+        steps = np.asarray(steps, dtype=float)
+        raw = None
         try:
-            for i, h in enumerate(steps):
-                plus = self._at(path, 2 * i)
-                minus = self._at(path, 2 * i + 1)
-                if out is None:
-                    out = np.empty(plus.shape + (len(steps),))
-                out[..., i] = (plus - minus) / (2.0 * h)
+            for k in range(2 * len(steps)):
+                out = self._at(path, k)
+                if raw is None:
+                    raw = np.empty((2 * len(steps),) + out.shape)
+                raw[k] = out
         finally:
             path.restore()
-        return self.fold(out).reshape(self.n_values, len(steps))
+        denominators = (2.0 * steps).reshape((-1,) + (1,) * (raw.ndim - 1))
+        jac = np.moveaxis((raw[0::2] - raw[1::2]) / denominators, 0, -1)
+        return self.fold(jac).reshape(self.n_values, len(steps))
 
     def _at(self, path, k):
-        """The raw predictions at point ``k`` of ``path``."""
+        """The raw predictions at point ``k`` of ``path`` (possibly the model's output buffer:
+        copy before the next evaluation)."""
         path.visit(k)
         pot, s = self.potential, self._base
-        if k not in path.same_cutoffs or s.pointers != self._pointers:
+        if k not in path.same_cutoffs:
             used, raw = self._evaluate()  # refreshes, checks the cutoffs, points the outputs
             if used is s:  # the cutoffs at point k are those at the start
                 path.same_cutoffs.add(k)
             return self._finish(used, raw)
+        if s.pointers != self._pointers:
+            pot._point(s, *self._want)
         if pot._dirty:  # left set: the potential's own record of the cutoffs is not updated here
             try:
                 pot._model.clear_then_refresh()
@@ -947,7 +952,11 @@ class Predictions:
             pot._model.compute(s.args)
         except RuntimeError as exc:
             raise PotentialError(f"{pot.kim_id}: KIM compute failed ({exc})") from None
-        return self._finish(s, pot._raw_output(s, self._want))
+        if self._want[1]:
+            return s.forces
+        if self._want[0]:
+            return s.energy
+        return pot._virial(s) / s.volume
 
     def __call__(self):
         """The prediction vector ``(n_values,)`` at the live parameters."""
