@@ -134,6 +134,7 @@ def worker_group_index(configs, nprocs=2):
 
 
 def test_an_error_in_a_worker_names_its_configuration_and_carries_the_traceback():
+    ts.close_workers()
     configs = mixed_batch()
     k = worker_group_index(configs)
     bad = configs[k].copy()
@@ -141,6 +142,7 @@ def test_an_error_in_a_worker_names_its_configuration_and_carries_the_traceback(
     configs[k] = bad
     with pytest.raises(InputError, match=rf"configuration {k} asks for forces: .*species \['Cu'\]") as info:
         fims(configs, 2)
+    assert ts._KEPT == []  # a worker that failed is not kept
     assert isinstance(info.value.__cause__, WorkerTraceback)
     assert "in worker process" in str(info.value.__cause__) and f"configuration {k}" in str(info.value.__cause__)
     # the same input, serially: the same message
@@ -150,7 +152,8 @@ def test_an_error_in_a_worker_names_its_configuration_and_carries_the_traceback(
 
 @pytest.fixture
 def forks(monkeypatch):
-    """The pids forked during the test."""
+    """The pids forked during the test (no worker kept from before)."""
+    ts.close_workers()
     pids = []
     real = os.fork
 
@@ -208,3 +211,45 @@ def test_ctrl_c_in_the_parent_kills_and_reaps_the_workers_and_restores_the_poten
     assert len(forks) == 2 and all(reaped(pid) for pid in forks)
     for name, values in pot.get_parameters().items():
         np.testing.assert_array_equal(values, before[name])
+
+
+def test_kept_workers_are_reused_and_follow_a_potential_changed_in_place(forks):
+    """The second call forks nothing; a parameter changed in place reaches the kept worker
+    (it opens a new model when the call's model differs). Reference: nprocs=1."""
+    configs = mixed_batch()
+    pot = kim.KIMPotential(SW)
+    args = {"potential": pot, "parameters_optimize": {"B": [["default"]], "sigma": [["default"]]}}
+    first = FIMTrainingSetScore().compute_batch(configs, "SENSITIVITY", nprocs=2, **args)
+    assert len(forks) == 1 and [w.pid for w in ts._KEPT] == forks
+    pot.set_parameter("A", 16.5)
+    second = FIMTrainingSetScore().compute_batch(configs, "SENSITIVITY", nprocs=2, **args)
+    serial = FIMTrainingSetScore().compute_batch(configs, "SENSITIVITY", nprocs=1, **args)
+    assert len(forks) == 1 and [w.pid for w in ts._KEPT] == forks  # the same worker
+    for i, (a, b) in enumerate(zip(serial, second)):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=0, err_msg=f"configuration {i}")
+    assert not np.allclose(first[0], second[0], rtol=1e-3)  # A = 16.5 changed the FIM
+    ts.close_workers()
+    assert ts._KEPT == [] and all(reaped(pid) for pid in forks)
+
+
+class Unpicklable:
+    """An identity transform holding a lambda: a kept worker cannot be sent it."""
+
+    def __init__(self):
+        self.f = lambda x: np.asarray(x, dtype=float).copy()
+
+    def transform(self, x):
+        return self.f(x)
+
+    def inverse_transform(self, x):
+        return self.f(x)
+
+
+def test_a_transform_that_cannot_be_pickled_goes_to_workers_forked_for_the_call(forks):
+    configs = mixed_batch()
+    serial = fims(configs, 1, transform=Unpicklable())
+    forked = fims(configs, 3, transform=Unpicklable())
+    assert len(forks) == 2 and ts._KEPT == []
+    for a, b in zip(serial, forked):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(serial[0], fims(configs[:1], 1)[0], rtol=1e-12)  # identity: as no transform

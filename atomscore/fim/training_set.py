@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import numbers
 import os
+import pickle
+import sys
+import threading
 
 import numpy as np
 
@@ -363,6 +366,9 @@ def _fims(ev, indices, configs, quantities, masks, at=None):
             yield i, _fim_of(ev, i, configs, quantities, masks, pred)
 
 
+#: held by the call using the kept workers (another thread's call forks its own)
+_KEPT_LOCK = threading.Lock()
+
 #: the cost of a configuration besides its atoms' (its setup, J^T J), in atoms
 _CONFIG_COST_ATOMS = 16
 
@@ -395,98 +401,224 @@ def _portable(exc):
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _child(init, conn, group, configs, quantities, masks):
-    """A forked worker: opens its own model (:func:`_worker_init`), then sends the FIM of each
-    configuration of ``group`` as ``('fim', i, fim)``, or the first error (its own start-up's
-    included) as ``('error', i, exc, traceback)``; then exits (never returns)."""
+def _run_group(conn, init, group, configs, quantities, masks):
+    """In a worker: open the model for ``init`` (:func:`_worker_init`'s arguments, or
+    pickled: then only when they differ from the last call's), then send the FIM of each configuration of ``group`` as ``('fim', i, fim)`` and
+    ``('end', cpu)``, or the first error (its start-up's included) as ``('error', i, exc,
+    traceback)``. The end carries the worker's CPU seconds so far (benchmarks read them)."""
+    import time
     import traceback
+
+    at = [group[0]]
+    try:
+        if not isinstance(init, bytes):  # a worker forked for this call: the arguments themselves
+            _worker_init(*init)
+        elif _WORKER.get("init") != init:  # a kept worker: a new model when they change
+            _WORKER.pop("ev", None)
+            _worker_init(*pickle.loads(init))
+            _WORKER["init"] = init
+        if "error" in _WORKER:
+            _WORKER.pop("init", None)
+            raise _WORKER["error"]
+        for i, fim in _fims(_WORKER["ev"], group, configs, quantities, masks, at):
+            conn.send(("fim", i, fim))
+        conn.send(("end", time.process_time()))
+    except Exception as exc:
+        conn.send(("error", at[0], _portable(exc), traceback.format_exc()))
+
+
+def _serve(conn):
+    """A kept worker's life: run the groups this process sends (configurations as arrays)
+    until it closes the pipe, sends None or exits. Ctrl-C is left to this process, which
+    kills the worker."""
+    import signal
+
+    from ase import Atoms
 
     code = 0
     try:
-        _worker_init(*init)
-        at = [group[0]]
-        try:
-            if "error" in _WORKER:
-                raise _WORKER["error"]
-            for i, fim in _fims(_WORKER["ev"], group, configs, quantities, masks, at):
-                conn.send(("fim", i, fim))
-        except Exception as exc:
-            conn.send(("error", at[0], _portable(exc), traceback.format_exc()))
-        conn.close()
-    except BaseException:  # Ctrl-C or a broken pipe: the parent sees the pipe close early
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        parent = os.getppid()
+        while True:
+            if not conn.poll(1.0):
+                if os.getppid() != parent:  # orphaned (the parent was killed)
+                    break
+                continue
+            job = conn.recv()
+            if job is None:
+                break
+            init, items = job
+            configs, quantities, masks = {}, {}, {}
+            for i, numbers, positions, cell, pbc, quantity, mask in items:
+                configs[i] = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+                quantities[i], masks[i] = quantity, mask
+            _run_group(conn, init, [item[0] for item in items], configs, quantities, masks)
+    except BaseException:  # EOF (this process is gone) or a broken pipe
         code = 1
     finally:
         os._exit(code)
 
 
-def _forked(ev, init, configs, quantities, masks, nprocs):
-    """FIMs of all configurations in ``nprocs`` processes: this one and ``nprocs - 1`` forked
-    workers, each with one balanced group of configurations (see :func:`_balance`).
+class _Worker:
+    """A forked worker process: its pid, this process's end of its pipe, whether it is kept
+    for later calls, how many modules this process had when it was forked, and its CPU
+    seconds at the end of its last group."""
 
-    A forked worker inherits the configurations (nothing is pickled on the way in) and opens
-    its own model from ``init`` (:func:`_pool_init_args`) while this process computes its
-    own group; each FIM comes back through a pipe as soon as it is computed, and this
-    process reads the pipes between its configurations (progress bar). The first error,
-    here or in a worker, is raised here with the worker's traceback as its cause; on any
-    error or Ctrl-C the workers are killed and reaped before it propagates.
-    """
-    import signal
+    __slots__ = ("pid", "conn", "kept", "modules", "cpu")
+
+    def __init__(self, pid, conn, kept, modules):
+        self.pid, self.conn, self.kept, self.modules = pid, conn, kept, modules
+        self.cpu = 0.0
+
+
+#: workers kept between calls (forking one costs milliseconds per 100 MB of this process,
+#: more than the FIMs of 20 configurations of 64 atoms take)
+_KEPT = []
+
+
+def _fork(target, kept):
+    """Fork a worker running ``target(conn)``; it closes every other worker's pipe end."""
     from multiprocessing.connection import Pipe
 
+    mine, theirs = Pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            mine.close()
+            for w in _KEPT:
+                w.conn.close()
+            target(theirs)  # exits
+        finally:
+            os._exit(1)
+    theirs.close()
+    return _Worker(pid, mine, kept, len(sys.modules))
+
+
+def _kill(worker):
+    """Kill and reap a worker (an error or Ctrl-C while it works): never kept after."""
+    import signal
+
+    try:
+        os.kill(worker.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(worker.pid, 0)
+    worker.conn.close()
+    if worker in _KEPT:
+        _KEPT.remove(worker)
+
+
+def close_workers():
+    """Stop the worker processes FIMTrainingSetScore keeps between ``nprocs > 1`` calls."""
+    while _KEPT:
+        worker = _KEPT.pop()
+        try:
+            worker.conn.send(None)
+        except OSError:
+            pass
+        worker.conn.close()
+        os.waitpid(worker.pid, 0)
+
+
+def _kept_workers(n):
+    """``n`` kept workers, forked where missing. A worker forked before this process imported
+    more modules is replaced (it would import them itself, see ``tests/test_fim_pool.py``)."""
+    for worker in [w for w in _KEPT if w.modules != len(sys.modules)]:
+        _KEPT.remove(worker)
+        worker.conn.close()  # it exits on EOF
+        _reap_later(worker.pid)
+    while len(_KEPT) < n:
+        _KEPT.append(_fork(_serve, kept=True))
+    return _KEPT[:n]
+
+
+def _as_items(group, configs, quantities, masks):
+    """A group's configurations as arrays (numbers, positions, cell, pbc), not Atoms."""
+    return [(i, configs[i].numbers, configs[i].positions, configs[i].cell.array, configs[i].pbc,
+             quantities[i], masks[i]) for i in group]
+
+
+def _parallel(ev, init, configs, quantities, masks, nprocs):
+    """FIMs of all configurations in ``nprocs`` processes: this one and ``nprocs - 1``
+    workers, each with one balanced group of configurations (see :func:`_balance`).
+
+    Workers are forked once and kept for later calls (:data:`_KEPT`); each gets its group
+    as arrays and opens its own model from ``init`` (:func:`_pool_init_args`) when that
+    changes, while this process computes its own group. Where ``init`` cannot be pickled
+    (a transform object that cannot), workers are forked for this call, inheriting ``init``
+    and the configurations. Each FIM comes back through a pipe as soon as it is computed;
+    this process reads the pipes between its configurations (progress bar). The first
+    error, here or in a worker, is raised here with the worker's traceback as its cause; on
+    any error or Ctrl-C the workers still busy are killed and reaped before it propagates.
+    """
     from tqdm.auto import tqdm
 
     groups = _balance(configs, min(nprocs, len(configs)))
-    results = [None] * len(configs)
-    workers = {}  # connection -> (pid, its indices)
     try:
-        for group in groups[1:]:
-            reader, writer = Pipe(duplex=False)
-            pid = os.fork()
-            if pid == 0:  # the worker
-                reader.close()
-                _child(init, writer, group, configs, quantities, masks)
-            writer.close()
-            workers[reader] = (pid, group)
+        init_bytes = pickle.dumps(init)
+    except Exception:  # a transform that cannot be pickled: inherited by a worker forked now
+        init_bytes = None
+    results = [None] * len(configs)
+    busy = {}  # connection -> (worker, its group)
+    keep = init_bytes is not None and _KEPT_LOCK.acquire(blocking=False)
+    try:
+        if keep:
+            for worker, group in zip(_kept_workers(len(groups) - 1), groups[1:]):
+                worker.conn.send((init_bytes, _as_items(group, configs, quantities, masks)))
+                busy[worker.conn] = (worker, group)
+        else:
+            for group in groups[1:]:
+                def run(conn, group=group):
+                    _run_group(conn, init, group, configs, quantities, masks)
+                    conn.close()
+                    os._exit(0)
+
+                worker = _fork(run, kept=False)
+                busy[worker.conn] = (worker, group)
         with tqdm(total=len(configs), desc="FIM training set", disable=None, leave=False) as bar:
             for i, fim in _fims(ev, groups[0], configs, quantities, masks):
                 results[i] = fim
                 bar.update()
-                _receive(workers, results, bar, timeout=0)
-            while workers:
-                _receive(workers, results, bar, timeout=None)
+                _receive(busy, results, bar, timeout=0)
+            while busy:
+                _receive(busy, results, bar, timeout=None)
     finally:
-        for reader, (pid, _) in workers.items():  # still running: an error or Ctrl-C here
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
-            reader.close()
+        for worker, _ in busy.values():  # still busy: an error or Ctrl-C
+            _kill(worker)
+        if keep:
+            _KEPT_LOCK.release()
     return results
 
 
-def _receive(workers, results, bar, timeout):
-    """Take in what the workers have sent (waiting up to ``timeout`` s; None: until one
-    sends); a worker whose pipe has closed is reaped and forgotten."""
+def _receive(busy, results, bar, timeout):
+    """Take in what the busy workers have sent (waiting up to ``timeout`` s; None: until one
+    sends); a worker that has sent its group's end is no longer busy."""
     from multiprocessing.connection import wait
 
-    for reader in wait(list(workers), timeout):
-        pid, group = workers[reader]
+    for conn in wait(list(busy), timeout):
+        worker, group = busy[conn]
         try:
-            message = reader.recv()
+            message = conn.recv()
         except EOFError:
-            del workers[reader]
-            reader.close()
             missing = [i for i in group if results[i] is None]
-            if missing:
-                _, status = os.waitpid(pid, 0)
-                raise RuntimeError(f"FIM training set: the worker process {pid} computing configurations "
-                                   f"{group} ended ({_exit_status(status)}) before configuration {missing[0]}")
-            _reap_later(pid)
-            continue
+            _, status = os.waitpid(worker.pid, 0)
+            del busy[conn]
+            conn.close()
+            if worker in _KEPT:
+                _KEPT.remove(worker)
+            before = f"configuration {missing[0]}" if missing else "its end"
+            raise RuntimeError(f"FIM training set: the worker process {worker.pid} computing configurations "
+                               f"{group} ended ({_exit_status(status)}) before {before}") from None
         if message[0] == "error":
             _, i, exc, tb = message
-            raise exc from WorkerTraceback(f"in worker process {pid} (configuration {i}):\n{tb}")
+            raise exc from WorkerTraceback(f"in worker process {worker.pid} (configuration {i}):\n{tb}")
+        if message[0] == "end":
+            worker.cpu = message[1]
+            del busy[conn]
+            if not worker.kept:
+                conn.close()
+                _reap_later(worker.pid)
+            continue
         _, i, fim = message
         results[i] = fim
         bar.update()
@@ -678,7 +810,7 @@ class FIMTrainingSetScore(ConfigurationScore):
         init = _pool_init_args(ev, parameters_optimize, derivative_kwargs)
         if _pool_context().get_start_method() == "fork":
             try:
-                return _forked(ev, init, configs, quantities, masks, nprocs)
+                return _parallel(ev, init, configs, quantities, masks, nprocs)
             finally:
                 ev.restore()
         ev.restore()
