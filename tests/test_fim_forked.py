@@ -253,3 +253,31 @@ def test_a_transform_that_cannot_be_pickled_goes_to_workers_forked_for_the_call(
     for a, b in zip(serial, forked):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
     np.testing.assert_allclose(serial[0], fims(configs[:1], 1)[0], rtol=1e-12)  # identity: as no transform
+
+
+def test_a_kept_worker_is_replaced_once_this_process_has_imported_more(monkeypatch, forks):
+    """A worker forked before an import would import the module itself (issue 16): replaced."""
+    import sys
+    import types
+
+    configs = mixed_batch()[:4]
+    fims(configs, 2)
+    monkeypatch.setitem(sys.modules, "atomscore_test_new_module", types.ModuleType("atomscore_test_new_module"))
+    fims(configs, 2)
+    assert len(forks) == 2 and [w.pid for w in ts._KEPT] == forks[1:]
+    fims(configs, 2)
+    assert len(forks) == 2
+    ts.close_workers()
+
+
+def test_points_after_a_moved_cutoff_are_still_seen_with_the_start_cutoffs():
+    """'cutoff' first, then A: A's points come after neighbour lists rebuilt for the moved
+    cutoff and still count as the start's cutoffs. Reference: ASE's KIM calculator."""
+    params = ["cutoff", "A"]
+    opt = {p: [["default"]] for p in params}
+    configs = mixed_batch()[:2]
+    ev = ts._FIMEvaluator(POT, opt, None, None)
+    for a in configs:
+        np.testing.assert_allclose(ev.fim(a, "forces", None), ase_fim(a, params), rtol=1e-6)
+    assert ev._path.same_cutoffs == {2, 3}
+    ev.restore()

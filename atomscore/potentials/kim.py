@@ -938,8 +938,8 @@ class Predictions:
         pot, s = self.potential, self._base
         if k not in path.same_cutoffs:
             used, raw = self._evaluate()  # refreshes, checks the cutoffs, points the outputs
-            if used is s:  # the cutoffs at point k are those at the start
-                path.same_cutoffs.add(k)
+            if used.influence == s.influence and used.cutoff_list == s.cutoff_list:
+                path.same_cutoffs.add(k)  # the cutoffs at point k are those at the start
             return self._finish(used, raw)
         if s.pointers != self._pointers:
             pot._point(s, *self._want)
