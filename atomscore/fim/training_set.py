@@ -6,8 +6,12 @@ OpenKIM model with parameters θ = transform⁻¹(φ)), the FIM is ``Jᵀ J`` wi
 positive semi-definite; ``fim_index_to_parameter`` says which parameter each row is.
 
 Cost: one KIM model per process, parameters changed in place, the configuration's padding and
-neighbour list built once and reused for every evaluation, only the requested quantity
-computed. With the default derivative (central differences with one step per parameter) the
+neighbour list built once and reused for every evaluation (built by blocks of configurations,
+see :data:`BLOCK_CONFIGS`), only the requested quantity computed. The finite-difference points
+are the same for every configuration: transformed, checked and turned into the few parameter
+writes each needs once per call (:class:`~atomscore.potentials.kim.ParameterPath`). With
+``nprocs > 1`` this process computes one balanced group of configurations and kept worker
+processes the others (see :func:`_parallel`). With the default derivative (central differences with one step per parameter) the
 2P model evaluations are done here directly (the same numbers numdifftools gives for these
 settings, see ``tests/test_fim_training_set.py``) because numdifftools' per-element
 best-estimate search costs more than the evaluations of a 64-atom configuration; any other
