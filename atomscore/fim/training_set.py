@@ -11,11 +11,12 @@ see :data:`BLOCK_CONFIGS`), only the requested quantity computed. The finite-dif
 are the same for every configuration: transformed, checked and turned into the few parameter
 writes each needs once per call (:class:`~atomscore.potentials.kim.ParameterPath`). With
 ``nprocs > 1`` this process computes one balanced group of configurations and kept worker
-processes the others (see :func:`_parallel`). With the default derivative (central differences with one step per parameter) the
-2P model evaluations are done here directly (the same numbers numdifftools gives for these
-settings, see ``tests/test_fim_training_set.py``) because numdifftools' per-element
-best-estimate search costs more than the evaluations of a 64-atom configuration; any other
-``derivative_kwargs`` go to :class:`numdifftools.Jacobian` as given.
+processes the others (see :func:`_parallel`). With the default derivative (central
+differences with one step per parameter) the 2P model evaluations are done here directly
+(the same numbers numdifftools gives for these settings, see ``tests/test_fim_training_set.py``)
+because numdifftools' per-element best-estimate search costs more than the evaluations of a
+64-atom configuration; any other ``derivative_kwargs`` go to :class:`numdifftools.Jacobian`
+as given.
 """
 
 from __future__ import annotations
@@ -397,8 +398,6 @@ class WorkerTraceback(Exception):
 
 def _portable(exc):
     """``exc`` if it survives pickling, else a RuntimeError saying what it was."""
-    import pickle
-
     try:
         return pickle.loads(pickle.dumps(exc))
     except Exception:  # whatever an exception's own pickling raises
@@ -406,10 +405,11 @@ def _portable(exc):
 
 
 def _run_group(conn, init, group, configs, quantities, masks):
-    """In a worker: open the model for ``init`` (:func:`_worker_init`'s arguments, or
-    pickled: then only when they differ from the last call's), then send the FIM of each configuration of ``group`` as ``('fim', i, fim)`` and
-    ``('end', cpu)``, or the first error (its start-up's included) as ``('error', i, exc,
-    traceback)``. The end carries the worker's CPU seconds so far (benchmarks read them)."""
+    """In a worker: open the model for ``init`` (:func:`_worker_init`'s arguments, or them
+    pickled: then only when they differ from the last call's), then send the FIM of each
+    configuration of ``group`` as ``('fim', i, fim)`` and ``('end', cpu)`` (the worker's CPU
+    seconds so far, which benchmarks read), or the first error (its start-up's included) as
+    ``('error', i, exc, traceback)``."""
     import time
     import traceback
 
@@ -453,8 +453,8 @@ def _serve(conn):
                 break
             init, items = job
             configs, quantities, masks = {}, {}, {}
-            for i, numbers, positions, cell, pbc, quantity, mask in items:
-                configs[i] = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+            for i, z, positions, cell, pbc, quantity, mask in items:
+                configs[i] = Atoms(numbers=z, positions=positions, cell=cell, pbc=pbc)
                 quantities[i], masks[i] = quantity, mask
             _run_group(conn, init, [item[0] for item in items], configs, quantities, masks)
     except BaseException:  # EOF (this process is gone) or a broken pipe
