@@ -281,3 +281,22 @@ def test_points_after_a_moved_cutoff_are_still_seen_with_the_start_cutoffs():
         np.testing.assert_allclose(ev.fim(a, "forces", None), ase_fim(a, params), rtol=1e-6)
     assert ev._path.same_cutoffs == {2, 3}
     ev.restore()
+
+
+def test_parameter_path_keeps_only_changes_and_restores_the_start():
+    """Reference: the model's own parameter values (get_parameter) at each point."""
+    pot = kim.KIMPotential(SW)
+    start = {n: pot.get_parameter(n)[0] for n in ("A", "B")}
+    points = [[16.0, start["B"]], [14.0, start["B"]], [start["A"], 0.7], [start["A"], 0.5]]
+    path = pot.parameter_path([("A", 0), ("B", 0)], points)
+    assert [len(step) for step in path.steps] == [1, 1, 2, 1]  # only what differs from the point before
+    for k, point in enumerate(points):
+        path.visit(k)
+        assert [pot.get_parameter("A")[0], pot.get_parameter("B")[0]] == point
+    path.restore()
+    assert {n: pot.get_parameter(n)[0] for n in ("A", "B")} == start
+    assert pot.parameter_path([("A", 0), ("B", 0)], points, limit=4) is None  # 5 changes > 4
+    with pytest.raises(InputError, match=r"expected 2 finite parameter values, got 2 values with NaN/inf"):
+        pot.parameter_path([("A", 0), ("B", 0)], [[np.nan, 1.0]])
+    with pytest.raises(InputError, match=r"parameter .A.: extent 1 out of range"):
+        pot.parameter_path([("A", 1)], [[1.0]])
