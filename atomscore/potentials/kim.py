@@ -638,17 +638,13 @@ class KIMPotential:
                 compute(s.args)
             except RuntimeError as exc:
                 raise PotentialError(f"{self.kim_id}: KIM compute failed ({exc})") from None
-            return s, self._raw_output(s, want)
+            if want[1]:
+                return s, s.forces.copy()
+            if want[0]:
+                return s, s.energy.copy()
+            return s, self._virial(s)
 
         return evaluate
-
-    def _raw_output(self, s, want):
-        """A new array of what ``want`` (energy, forces, stress) asked: see :meth:`_raw_evaluator`."""
-        if want[1]:
-            return s.forces.copy()
-        if want[0]:
-            return s.energy.copy()
-        return self._virial(s)
 
     def _build(self, atoms):
         kimpy = _import_kimpy()
