@@ -811,13 +811,12 @@ class FIMTrainingSetScore(ConfigurationScore):
             finally:
                 ev.restore()
             return results
-        init = _pool_init_args(ev, parameters_optimize, derivative_kwargs)
-        if _pool_context().get_start_method() == "fork":
-            try:
+        try:  # the potential gets its parameters back whatever happens
+            init = _pool_init_args(ev, parameters_optimize, derivative_kwargs)
+            if _pool_context().get_start_method() == "fork":
                 return _parallel(ev, init, configs, quantities, masks, nprocs)
-            finally:
-                ev.restore()
-        ev.restore()
+        finally:
+            ev.restore()
         from concurrent.futures import ProcessPoolExecutor
 
         tasks = [(i, atoms, quantities[i], masks[i]) for i, atoms in enumerate(configs)]
