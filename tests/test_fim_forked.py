@@ -9,6 +9,7 @@ traceback for errors.
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -168,6 +169,11 @@ def forks(monkeypatch):
 
 
 def reaped(pid):
+    import threading
+
+    for t in threading.enumerate():  # workers that sent everything are reaped by these threads
+        if t.name.startswith("reap-"):
+            t.join(timeout=10)
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -300,3 +306,23 @@ def test_parameter_path_keeps_only_changes_and_restores_the_start():
         pot.parameter_path([("A", 0), ("B", 0)], [[np.nan, 1.0]])
     with pytest.raises(InputError, match=r"parameter .A.: extent 1 out of range"):
         pot.parameter_path([("A", 1)], [[1.0]])
+
+
+def test_an_idle_or_dead_kept_worker_is_replaced(monkeypatch, forks):
+    """Idle longer than KEEP_IDLE_S: replaced (it holds this process's memory as it was when
+    forked); killed while idle: forgotten and replaced. Reference: nprocs=1's numbers."""
+    configs = mixed_batch()[:4]
+    serial = fims(configs, 1)
+    fims(configs, 2)
+    monkeypatch.setattr(ts, "KEEP_IDLE_S", 0.0)
+    fims(configs, 2)  # the first worker was idle for more than 0 s
+    monkeypatch.setattr(ts, "KEEP_IDLE_S", 60.0)
+    assert len(forks) == 2 and [w.pid for w in ts._KEPT] == forks[1:]
+    os.kill(forks[1], signal.SIGKILL)  # the next call notices (and reaps it)
+    time.sleep(0.2)
+    got = fims(configs, 2)
+    assert len(forks) == 3 and [w.pid for w in ts._KEPT] == forks[2:]
+    for a, b in zip(serial, got):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
+    ts.close_workers()
+    assert all(reaped(pid) for pid in forks)

@@ -26,6 +26,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -410,7 +411,6 @@ def _run_group(conn, init, group, configs, quantities, masks):
     configuration of ``group`` as ``('fim', i, fim)`` and ``('end', cpu)`` (the worker's CPU
     seconds so far, which benchmarks read), or the first error (its start-up's included) as
     ``('error', i, exc, traceback)``."""
-    import time
     import traceback
 
     at = [group[0]]
@@ -443,9 +443,12 @@ def _serve(conn):
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         parent = os.getppid()
+        last = time.monotonic()
         while True:
             if not conn.poll(1.0):
-                if os.getppid() != parent:  # orphaned (the parent was killed)
+                # orphaned (the parent was killed), or idle for long: the parent stops using a
+                # worker idle for KEEP_IDLE_S, so this one cannot be sent a job while it exits
+                if os.getppid() != parent or time.monotonic() - last > 2 * KEEP_IDLE_S:
                     break
                 continue
             job = conn.recv()
@@ -457,6 +460,7 @@ def _serve(conn):
                 configs[i] = Atoms(numbers=z, positions=positions, cell=cell, pbc=pbc)
                 quantities[i], masks[i] = quantity, mask
             _run_group(conn, init, [item[0] for item in items], configs, quantities, masks)
+            last = time.monotonic()
     except BaseException:  # EOF (this process is gone) or a broken pipe
         code = 1
     finally:
@@ -465,19 +469,25 @@ def _serve(conn):
 
 class _Worker:
     """A forked worker process: its pid, this process's end of its pipe, whether it is kept
-    for later calls, how many modules this process had when it was forked, and its CPU
-    seconds at the end of its last group."""
+    for later calls, how many modules this process had when it was forked, its CPU seconds
+    at the end of its last group and when that was (``time.monotonic``)."""
 
-    __slots__ = ("pid", "conn", "kept", "modules", "cpu")
+    __slots__ = ("pid", "conn", "kept", "modules", "cpu", "used")
 
     def __init__(self, pid, conn, kept, modules):
         self.pid, self.conn, self.kept, self.modules = pid, conn, kept, modules
         self.cpu = 0.0
+        self.used = time.monotonic()
 
 
 #: workers kept between calls (forking one costs milliseconds per 100 MB of this process,
 #: more than the FIMs of 20 configurations of 64 atoms take)
 _KEPT = []
+
+#: seconds a kept worker may stay idle before it is replaced at the next call (it exits by
+#: itself after twice as long): a worker holds on to the memory this process had when it was
+#: forked, which this process may have freed since
+KEEP_IDLE_S = 60.0
 
 
 def _fork(target, kept):
@@ -526,11 +536,17 @@ def close_workers():
 
 def _kept_workers(n):
     """``n`` kept workers, forked where missing. A worker forked before this process imported
-    more modules is replaced (it would import them itself, see ``tests/test_fim_pool.py``)."""
-    for worker in [w for w in _KEPT if w.modules != len(sys.modules)]:
-        _KEPT.remove(worker)
-        worker.conn.close()  # it exits on EOF
-        _reap_later(worker.pid)
+    more modules is replaced (it would import them itself, see ``tests/test_fim_pool.py``), so
+    is one idle for more than :data:`KEEP_IDLE_S`, and one that has died is forgotten."""
+    now = time.monotonic()
+    for worker in list(_KEPT):
+        if os.waitpid(worker.pid, os.WNOHANG)[0]:  # died while idle (reaped now)
+            _KEPT.remove(worker)
+            worker.conn.close()
+        elif worker.modules != len(sys.modules) or now - worker.used > KEEP_IDLE_S:
+            _KEPT.remove(worker)
+            worker.conn.close()  # it exits on EOF
+            _reap_later(worker.pid)
     while len(_KEPT) < n:
         _KEPT.append(_fork(_serve, kept=True))
     return _KEPT[:n]
@@ -617,7 +633,7 @@ def _receive(busy, results, bar, timeout):
             _, i, exc, tb = message
             raise exc from WorkerTraceback(f"in worker process {worker.pid} (configuration {i}):\n{tb}")
         if message[0] == "end":
-            worker.cpu = message[1]
+            worker.cpu, worker.used = message[1], time.monotonic()
             del busy[conn]
             if not worker.kept:
                 conn.close()
