@@ -51,13 +51,15 @@ def fims(configs, nprocs, **kwargs):
 def test_balance_splits_by_atoms_and_keeps_every_index_once():
     sizes = [512] + [64] * 19 + [8] * 5
     configs = [np.zeros(n) for n in sizes]  # _balance only takes len()
-    groups = _balance(configs, 2)
-    assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
-    loads = [sum(sizes[i] + ts._CONFIG_COST_ATOMS for i in g) for g in groups]
-    # LPT: the loads differ by no more than the largest single cost (here: far less)
-    assert abs(loads[0] - loads[1]) <= 64 + ts._CONFIG_COST_ATOMS
-    assert loads[0] <= loads[1]  # the cheapest group first (this process's)
-    assert _balance(configs[:3], 5) == [[1], [2], [0]]  # no empty groups
+    for head_start in (0, 100):
+        groups = _balance(configs, 2, head_start)
+        assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
+        loads = [sum(sizes[i] + ts._CONFIG_COST_ATOMS for i in g) for g in groups]
+        loads[0] += head_start  # the first group's (this process's) head start
+        # LPT: the loads differ by no more than the cost of one of the smaller configurations
+        assert abs(loads[0] - loads[1]) <= 64 + ts._CONFIG_COST_ATOMS
+    assert _balance(configs[:3], 5) == [[0], [1], [2]]  # no empty groups
+    assert _balance(configs[:3], 5, head_start=1000) == [[0], [1], [2]]  # the first group's is empty
 
 
 @pytest.mark.parametrize("nprocs", [2, 3])
@@ -130,7 +132,7 @@ def test_a_point_out_of_bounds_is_refused_before_any_configuration():
 
 
 def worker_group_index(configs, nprocs=2):
-    groups = _balance(configs, nprocs)
+    groups = _balance(configs, nprocs, ts._PARENT_COST_ATOMS)  # as _parallel splits them
     return groups[1][1]  # a configuration computed by the worker, not the first of its group
 
 

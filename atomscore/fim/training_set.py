@@ -378,19 +378,22 @@ _KEPT_LOCK = threading.Lock()
 #: the cost of a configuration besides its atoms' (its setup, J^T J), in atoms
 _CONFIG_COST_ATOMS = 16
 
+#: what this process does in a parallel call besides its own group (sending the workers'
+#: groups, taking in their FIMs), in atoms: its group is that much smaller
+_PARENT_COST_ATOMS = 64
 
-def _balance(configs, n_groups):
+
+def _balance(configs, n_groups, head_start=0):
     """Split configuration indices into ``n_groups`` groups of about equal cost (atoms + a
-    constant per configuration), largest first onto the least loaded group (LPT); each group
-    in index order, the cheapest group first."""
-    loads = [0] * n_groups
+    constant per configuration), largest first onto the least loaded group (LPT), the first
+    group starting at ``head_start``; each group in index order, empty groups left out."""
+    loads = [head_start] + [0] * (n_groups - 1)
     groups = [[] for _ in range(n_groups)]
     for i in sorted(range(len(configs)), key=lambda i: -len(configs[i])):
         g = loads.index(min(loads))
         groups[g].append(i)
         loads[g] += len(configs[i]) + _CONFIG_COST_ATOMS
-    order = sorted(range(n_groups), key=lambda g: loads[g])
-    return [sorted(groups[g]) for g in order if groups[g]]
+    return [sorted(g) for g in groups if g]
 
 
 class WorkerTraceback(Exception):
@@ -573,7 +576,7 @@ def _parallel(ev, init, configs, quantities, masks, nprocs):
     """
     from tqdm.auto import tqdm
 
-    groups = _balance(configs, min(nprocs, len(configs)))
+    groups = _balance(configs, min(nprocs, len(configs)), head_start=_PARENT_COST_ATOMS)
     try:
         init_bytes = pickle.dumps(init)
     except Exception:  # a transform that cannot be pickled: inherited by a worker forked now
