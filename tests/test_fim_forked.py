@@ -328,3 +328,17 @@ def test_an_idle_or_dead_kept_worker_is_replaced(monkeypatch, forks):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
     ts.close_workers()
     assert all(reaped(pid) for pid in forks)
+
+
+def test_a_kept_worker_reaped_by_someone_else_is_forgotten(forks):
+    """An asyncio child watcher's waitpid(-1) may reap a kept worker that died: the next call
+    must not trip over the missing child. Reference: nprocs=1's numbers."""
+    configs = mixed_batch()[:4]
+    fims(configs, 2)
+    os.kill(forks[0], signal.SIGKILL)
+    os.waitpid(forks[0], 0)  # as waitpid(-1) elsewhere would
+    got = fims(configs, 2)
+    assert len(forks) == 2
+    for a, b in zip(fims(configs, 1), got):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
+    ts.close_workers()

@@ -519,7 +519,7 @@ def _kill(worker):
         os.kill(worker.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    os.waitpid(worker.pid, 0)
+    _wait(worker.pid)
     worker.conn.close()
     if worker in _KEPT:
         _KEPT.remove(worker)
@@ -534,7 +534,7 @@ def close_workers():
         except OSError:
             pass
         worker.conn.close()
-        os.waitpid(worker.pid, 0)
+        _wait(worker.pid)
 
 
 def _kept_workers(n):
@@ -543,7 +543,7 @@ def _kept_workers(n):
     is one idle for more than :data:`KEEP_IDLE_S`, and one that has died is forgotten."""
     now = time.monotonic()
     for worker in list(_KEPT):
-        if os.waitpid(worker.pid, os.WNOHANG)[0]:  # died while idle (reaped now)
+        if _wait(worker.pid, os.WNOHANG)[0]:  # died while idle (reaped now)
             _KEPT.remove(worker)
             worker.conn.close()
         elif worker.modules != len(sys.modules) or now - worker.used > KEEP_IDLE_S:
@@ -624,7 +624,7 @@ def _receive(busy, results, bar, timeout):
             message = conn.recv()
         except EOFError:
             missing = [i for i in group if results[i] is None]
-            _, status = os.waitpid(worker.pid, 0)
+            _, status = _wait(worker.pid)
             del busy[conn]
             conn.close()
             if worker in _KEPT:
@@ -652,8 +652,17 @@ def _reap_later(pid):
     ~3 ms per 100 MB) finishes in a thread, not on the way to the results."""
     import threading
 
-    if os.waitpid(pid, os.WNOHANG)[0] == 0:
-        threading.Thread(target=os.waitpid, args=(pid, 0), name=f"reap-{pid}", daemon=True).start()
+    if _wait(pid, os.WNOHANG)[0] == 0:
+        threading.Thread(target=_wait, args=(pid,), name=f"reap-{pid}", daemon=True).start()
+
+
+def _wait(pid, flags=0):
+    """``os.waitpid(pid, flags)``; a worker already reaped by someone else's ``waitpid(-1)``
+    (an asyncio child watcher) counts as ended (status 0)."""
+    try:
+        return os.waitpid(pid, flags)
+    except ChildProcessError:
+        return pid, 0
 
 
 def _exit_status(status):
