@@ -6,18 +6,27 @@ OpenKIM model with parameters θ = transform⁻¹(φ)), the FIM is ``Jᵀ J`` wi
 positive semi-definite; ``fim_index_to_parameter`` says which parameter each row is.
 
 Cost: one KIM model per process, parameters changed in place, the configuration's padding and
-neighbour list built once and reused for every evaluation, only the requested quantity
-computed. With the default derivative (central differences with one step per parameter) the
-2P model evaluations are done here directly (the same numbers numdifftools gives for these
-settings, see ``tests/test_fim_training_set.py``) because numdifftools' per-element
-best-estimate search costs more than the evaluations of a 64-atom configuration; any other
-``derivative_kwargs`` go to :class:`numdifftools.Jacobian` as given.
+neighbour list built once and reused for every evaluation (built by blocks of configurations,
+see :data:`BLOCK_CONFIGS`), only the requested quantity computed. The finite-difference points
+are the same for every configuration: transformed, checked and turned into the few parameter
+writes each needs once per call (:class:`~atomscore.potentials.kim.ParameterPath`). With
+``nprocs > 1`` this process computes one balanced group of configurations and kept worker
+processes the others (see :func:`_parallel`). With the default derivative (central
+differences with one step per parameter) the 2P model evaluations are done here directly
+(the same numbers numdifftools gives for these settings, see ``tests/test_fim_training_set.py``)
+because numdifftools' per-element best-estimate search costs more than the evaluations of a
+64-atom configuration; any other ``derivative_kwargs`` go to :class:`numdifftools.Jacobian`
+as given.
 """
 
 from __future__ import annotations
 
 import numbers
 import os
+import pickle
+import sys
+import threading
+import time
 
 import numpy as np
 
@@ -190,10 +199,14 @@ class _FIMEvaluator:
         self._saved = self.potential.get_parameters()
         self.pmap.apply(self.potential)
         self._write = self.potential.parameter_writer(self.pmap.free)
+        #: the 2P points of the default central difference, the same for every configuration:
+        #: transformed, checked and turned into parameter writes once (None: other settings)
+        self._path = self._central_path() if _is_plain_central(self.settings) else None
 
-    def fim(self, atoms, quantity, mask, where="configuration"):
-        """The P×P FIM of one configuration (P = the number of transformed parameters φ)."""
-        jac = self._jacobian(atoms, quantity, where)
+    def fim(self, atoms, quantity, mask, where="configuration", pred=None):
+        """The P×P FIM of one configuration (P = the number of transformed parameters φ);
+        ``pred``: its :meth:`predictions`, if made already."""
+        jac = self._jacobian(self.predictions(atoms, quantity, where) if pred is None else pred, where)
         if mask is not None:
             jac = jac[mask]
         fim = jac.T @ jac
@@ -203,39 +216,61 @@ class _FIMEvaluator:
         """Give the potential back the parameters it had before this evaluator set any."""
         self.potential.set_parameters(self._saved)
 
-    def _jacobian(self, atoms, quantity, where):
-        pmap = self.pmap
+    def predictions(self, atoms, quantity, where="configuration"):
+        """The configuration's :class:`~atomscore.potentials.kim.Predictions` (padding and
+        neighbour list built)."""
         try:
-            pred = self.potential.predictions(atoms, quantity)
+            return self.potential.predictions(atoms, quantity)
         except InputError as exc:
             raise InputError(f"evaluate_kwargs: {where} asks for {quantity}: {exc}") from None
+
+    def _jacobian(self, pred, where):
+        pmap = self.pmap
+        if self._path is not None:
+            return pred.central_differences(self._path, self._steps())
         write = self._write
-
-        def raw_at(phi, point):
-            write(pmap.to_theta(phi, where=f"{where}, finite-difference point {point}"))
-            return pred.raw()
-
         try:
             if _is_plain_central(self.settings):
-                return self._central(raw_at, pred)
-            return self._numdifftools(lambda phi: pred.fold(raw_at(phi, "(numdifftools)")).reshape(-1))
+                return self._central(pred, where)
+
+            def predict(phi):
+                write(pmap.to_theta(phi, where=f"{where}, finite-difference point (numdifftools)"))
+                return pred.fold(pred.raw()).reshape(-1)
+
+            return self._numdifftools(predict)
         finally:
             write(pmap.theta0)
 
-    def _central(self, raw_at, pred):
-        """One central difference per parameter (what numdifftools does for these settings),
-        on the raw predictions (forces on the padded atoms), folded once per configuration."""
+    def _steps(self):
+        return np.broadcast_to(self.settings["step"], self.pmap.phi0.shape)
+
+    def _central_points(self, where=""):
+        """θ at φ0 + h_i and φ0 - h_i for each i, in that order (checked: finite, in bounds)."""
         phi0 = self.pmap.phi0
-        steps = np.broadcast_to(self.settings["step"], phi0.shape)
+        for i, h in enumerate(self._steps()):
+            for label in ("+", "-"):
+                phi = phi0.copy()
+                phi[i] = phi0[i] + h if label == "+" else phi0[i] - h
+                yield self.pmap.to_theta(phi, where=f"{where}finite-difference point phi[{i}] {label} {h:g}")
+
+    def _central_path(self):
+        """The central difference's points as a :class:`~atomscore.potentials.kim.ParameterPath`
+        (None when they change too many entries to keep: a dense transform of a large θ)."""
+        return self.potential.parameter_path(self.pmap.free, self._central_points())
+
+    def _central(self, pred, where):
+        """One central difference per parameter (what numdifftools does for these settings),
+        the points written whole (see :meth:`_central_path`), on the raw predictions (forces on
+        the padded atoms), folded once per configuration."""
+        steps = self._steps()
+        points = self._central_points(f"{where}, ")
         cols = []
-        for i, h in enumerate(steps):
-            phi = phi0.copy()
-            phi[i] = phi0[i] + h
-            plus = raw_at(phi, f"phi[{i}] + {h:g}")
-            phi[i] = phi0[i] - h
-            minus = raw_at(phi, f"phi[{i}] - {h:g}")
-            cols.append((plus - minus) / (2.0 * h))
-        return pred.fold(np.stack(cols, axis=-1)).reshape(pred.n_values, len(phi0))
+        for h in steps:
+            self._write(next(points))
+            plus = pred.raw()
+            self._write(next(points))
+            cols.append((plus - pred.raw()) / (2.0 * h))
+        return pred.fold(np.stack(cols, axis=-1)).reshape(pred.n_values, len(steps))
 
     def _numdifftools(self, predict):
         phi0 = self.pmap.phi0
@@ -263,8 +298,7 @@ def _pool_init_args(ev, parameters_optimize, derivative_kwargs):
     ``jsonable_kwargs`` (which need not hold its state): a forked worker inherits it; where
     workers are spawned it is pickled, and one that cannot be is refused here, before any work.
     """
-    if not _is_plain_central(ev.settings):
-        import numdifftools  # noqa: F401
+    _preimport(ev)
     transform = None if isinstance(ev.pmap.transform, IdentityTransform) else ev.pmap.transform
     method = _pool_context().get_start_method()
     if transform is not None and method != "fork":
@@ -279,7 +313,367 @@ def _pool_init_args(ev, parameters_optimize, derivative_kwargs):
     return ev.potential.to_spec(), parameters_optimize, transform, derivative_kwargs
 
 
-# one evaluator per worker process
+def _preimport(ev):
+    """Import here what computing a FIM with ``ev``'s settings imports on first use, so that no
+    worker pays for an import (a forked worker inherits the parent's modules)."""
+    if not _is_plain_central(ev.settings):
+        import numdifftools  # noqa: F401
+
+
+def _named(exc, i):
+    """Add a note naming configuration ``i`` to an error whose message does not."""
+    if f"configuration {i}" not in str(exc):
+        exc.add_note(f"(while computing the FIM of configuration {i})")
+
+
+def _fim_of(ev, i, configs, quantities, masks, pred=None):
+    """The FIM of configuration ``i`` (``pred``: its predictions, if made); an error names it."""
+    try:
+        return ev.fim(configs[i], quantities[i], masks[i], f"configuration {i}", pred)
+    except Exception as exc:
+        _named(exc, i)
+        raise
+
+
+#: configurations whose neighbour lists are built in a row before their FIMs, at most this
+#: many and this many atoms: a build between model evaluations runs ~2x slower than in a row
+#: (code and data out of cache), which cost 10-20 % of the evaluations at 64 atoms
+BLOCK_CONFIGS = 32
+BLOCK_ATOMS = 4096
+
+
+def _blocks(indices, configs):
+    block, atoms = [], 0
+    for i in indices:
+        if block and (len(block) >= BLOCK_CONFIGS or atoms + len(configs[i]) > BLOCK_ATOMS):
+            yield block
+            block, atoms = [], 0
+        block.append(i)
+        atoms += len(configs[i])
+    if block:
+        yield block
+
+
+def _fims(ev, indices, configs, quantities, masks, at=None):
+    """``(i, FIM)`` for each configuration index, in order, built by blocks (see
+    :data:`BLOCK_CONFIGS`); an error names its configuration (``at[0]``: the last one begun)."""
+    at = [None] if at is None else at
+    for block in _blocks(indices, configs):
+        preds = []
+        for i in block:
+            at[0] = i
+            try:
+                preds.append(ev.predictions(configs[i], quantities[i], f"configuration {i}"))
+            except Exception as exc:
+                _named(exc, i)
+                raise
+        for i, pred in zip(block, preds):
+            at[0] = i
+            yield i, _fim_of(ev, i, configs, quantities, masks, pred)
+
+
+#: held by the call using the kept workers (another thread's call forks its own)
+_KEPT_LOCK = threading.Lock()
+
+#: the cost of a configuration besides its atoms' (its setup, J^T J), in atoms
+_CONFIG_COST_ATOMS = 16
+
+#: what this process does in a parallel call besides its own group (sending the workers'
+#: groups, taking in their FIMs), in atoms: its group is that much smaller
+_PARENT_COST_ATOMS = 64
+
+
+def _balance(configs, n_groups, head_start=0):
+    """Split configuration indices into ``n_groups`` groups of about equal cost (atoms + a
+    constant per configuration), largest first onto the least loaded group (LPT), the first
+    group starting at ``head_start``; each group in index order, empty groups left out."""
+    loads = [head_start] + [0] * (n_groups - 1)
+    groups = [[] for _ in range(n_groups)]
+    for i in sorted(range(len(configs)), key=lambda i: -len(configs[i])):
+        g = loads.index(min(loads))
+        groups[g].append(i)
+        loads[g] += len(configs[i]) + _CONFIG_COST_ATOMS
+    return [sorted(g) for g in groups if g]
+
+
+class WorkerTraceback(Exception):
+    """The traceback of an exception raised in a worker process (set as its ``__cause__``)."""
+
+
+def _portable(exc):
+    """``exc`` if it survives pickling, else a RuntimeError saying what it was."""
+    try:
+        return pickle.loads(pickle.dumps(exc))
+    except Exception:  # whatever an exception's own pickling raises
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _run_group(conn, init, group, configs, quantities, masks):
+    """In a worker: open the model for ``init`` (:func:`_worker_init`'s arguments, or them
+    pickled: then only when they differ from the last call's), then send the FIM of each
+    configuration of ``group`` as ``('fim', i, fim)`` and ``('end', cpu)`` (the worker's CPU
+    seconds so far, which benchmarks read), or the first error (its start-up's included) as
+    ``('error', i, exc, traceback)``."""
+    import traceback
+
+    at = [group[0]]
+    try:
+        if not isinstance(init, bytes):  # a worker forked for this call: the arguments themselves
+            _worker_init(*init)
+        elif _WORKER.get("init") != init:  # a kept worker: a new model when they change
+            _WORKER.pop("ev", None)
+            _worker_init(*pickle.loads(init))
+            _WORKER["init"] = init
+        if "error" in _WORKER:
+            _WORKER.pop("init", None)
+            raise _WORKER["error"]
+        for i, fim in _fims(_WORKER["ev"], group, configs, quantities, masks, at):
+            conn.send(("fim", i, fim))
+        conn.send(("end", time.process_time()))
+    except Exception as exc:
+        conn.send(("error", at[0], _portable(exc), traceback.format_exc()))
+
+
+def _serve(conn):
+    """A kept worker's life: run the groups this process sends (configurations as arrays)
+    until it closes the pipe, sends None or exits. Ctrl-C is left to this process, which
+    kills the worker."""
+    import signal
+
+    from ase import Atoms
+
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        parent = os.getppid()
+        last = time.monotonic()
+        while True:
+            if not conn.poll(1.0):
+                # orphaned (the parent was killed), or idle for long: the parent stops using a
+                # worker idle for KEEP_IDLE_S, so this one cannot be sent a job while it exits
+                if os.getppid() != parent or time.monotonic() - last > 2 * KEEP_IDLE_S:
+                    break
+                continue
+            job = conn.recv()
+            if job is None:
+                break
+            init, items = job
+            configs, quantities, masks = {}, {}, {}
+            for i, z, positions, cell, pbc, quantity, mask in items:
+                configs[i] = Atoms(numbers=z, positions=positions, cell=cell, pbc=pbc)
+                quantities[i], masks[i] = quantity, mask
+            _run_group(conn, init, [item[0] for item in items], configs, quantities, masks)
+            last = time.monotonic()
+    except BaseException:  # EOF (this process is gone) or a broken pipe
+        code = 1
+    finally:
+        os._exit(code)
+
+
+class _Worker:
+    """A forked worker process: its pid, this process's end of its pipe, whether it is kept
+    for later calls, how many modules this process had when it was forked, its CPU seconds
+    at the end of its last group and when that was (``time.monotonic``)."""
+
+    __slots__ = ("pid", "conn", "kept", "modules", "cpu", "used")
+
+    def __init__(self, pid, conn, kept, modules):
+        self.pid, self.conn, self.kept, self.modules = pid, conn, kept, modules
+        self.cpu = 0.0
+        self.used = time.monotonic()
+
+
+#: workers kept between calls (forking one costs milliseconds per 100 MB of this process,
+#: more than the FIMs of 20 configurations of 64 atoms take)
+_KEPT = []
+
+#: seconds a kept worker may stay idle before it is replaced at the next call (it exits by
+#: itself after twice as long): a worker holds on to the memory this process had when it was
+#: forked, which this process may have freed since
+KEEP_IDLE_S = 60.0
+
+
+def _fork(target, kept):
+    """Fork a worker running ``target(conn)``; it closes every other worker's pipe end."""
+    from multiprocessing.connection import Pipe
+
+    mine, theirs = Pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            mine.close()
+            for w in _KEPT:
+                w.conn.close()
+            target(theirs)  # exits
+        finally:
+            os._exit(1)
+    theirs.close()
+    return _Worker(pid, mine, kept, len(sys.modules))
+
+
+def _kill(worker):
+    """Kill and reap a worker (an error or Ctrl-C while it works): never kept after."""
+    import signal
+
+    try:
+        os.kill(worker.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _wait(worker.pid)
+    worker.conn.close()
+    if worker in _KEPT:
+        _KEPT.remove(worker)
+
+
+def close_workers():
+    """Stop the worker processes FIMTrainingSetScore keeps between ``nprocs > 1`` calls."""
+    while _KEPT:
+        worker = _KEPT.pop()
+        try:
+            worker.conn.send(None)
+        except OSError:
+            pass
+        worker.conn.close()
+        _wait(worker.pid)
+
+
+def _kept_workers(n):
+    """``n`` kept workers, forked where missing. A worker forked before this process imported
+    more modules is replaced (it would import them itself, see ``tests/test_fim_pool.py``), so
+    is one idle for more than :data:`KEEP_IDLE_S`, and one that has died is forgotten."""
+    now = time.monotonic()
+    for worker in list(_KEPT):
+        if _wait(worker.pid, os.WNOHANG)[0]:  # died while idle (reaped now)
+            _KEPT.remove(worker)
+            worker.conn.close()
+        elif worker.modules != len(sys.modules) or now - worker.used > KEEP_IDLE_S:
+            _KEPT.remove(worker)
+            worker.conn.close()  # it exits on EOF
+            _reap_later(worker.pid)
+    while len(_KEPT) < n:
+        _KEPT.append(_fork(_serve, kept=True))
+    return _KEPT[:n]
+
+
+def _as_items(group, configs, quantities, masks):
+    """A group's configurations as arrays (numbers, positions, cell, pbc), not Atoms."""
+    return [(i, configs[i].numbers, configs[i].positions, configs[i].cell.array, configs[i].pbc,
+             quantities[i], masks[i]) for i in group]
+
+
+def _parallel(ev, init, configs, quantities, masks, nprocs):
+    """FIMs of all configurations in ``nprocs`` processes: this one and ``nprocs - 1``
+    workers, each with one balanced group of configurations (see :func:`_balance`).
+
+    Workers are forked once and kept for later calls (:data:`_KEPT`); each gets its group
+    as arrays and opens its own model from ``init`` (:func:`_pool_init_args`) when that
+    changes, while this process computes its own group. Where ``init`` cannot be pickled
+    (a transform object that cannot), workers are forked for this call, inheriting ``init``
+    and the configurations. Each FIM comes back through a pipe as soon as it is computed;
+    this process reads the pipes between its configurations (progress bar). The first
+    error, here or in a worker, is raised here with the worker's traceback as its cause; on
+    any error or Ctrl-C the workers still busy are killed and reaped before it propagates.
+    """
+    from tqdm.auto import tqdm
+
+    groups = _balance(configs, min(nprocs, len(configs)), head_start=_PARENT_COST_ATOMS)
+    try:
+        init_bytes = pickle.dumps(init)
+    except Exception:  # a transform that cannot be pickled: inherited by a worker forked now
+        init_bytes = None
+    results = [None] * len(configs)
+    busy = {}  # connection -> (worker, its group)
+    keep = init_bytes is not None and _KEPT_LOCK.acquire(blocking=False)
+    try:
+        if keep:
+            for worker, group in zip(_kept_workers(len(groups) - 1), groups[1:]):
+                worker.conn.send((init_bytes, _as_items(group, configs, quantities, masks)))
+                busy[worker.conn] = (worker, group)
+        else:
+            for group in groups[1:]:
+                def run(conn, group=group):
+                    _run_group(conn, init, group, configs, quantities, masks)
+                    conn.close()
+                    os._exit(0)
+
+                worker = _fork(run, kept=False)
+                busy[worker.conn] = (worker, group)
+        with tqdm(total=len(configs), desc="FIM training set", disable=None, leave=False) as bar:
+            for i, fim in _fims(ev, groups[0], configs, quantities, masks):
+                results[i] = fim
+                bar.update()
+                _receive(busy, results, bar, timeout=0)
+            while busy:
+                _receive(busy, results, bar, timeout=None)
+    finally:
+        for worker, _ in busy.values():  # still busy: an error or Ctrl-C
+            _kill(worker)
+        if keep:
+            _KEPT_LOCK.release()
+    return results
+
+
+def _receive(busy, results, bar, timeout):
+    """Take in what the busy workers have sent (waiting up to ``timeout`` s; None: until one
+    sends); a worker that has sent its group's end is no longer busy."""
+    from multiprocessing.connection import wait
+
+    for conn in wait(list(busy), timeout):
+        worker, group = busy[conn]
+        try:
+            message = conn.recv()
+        except EOFError:
+            missing = [i for i in group if results[i] is None]
+            _, status = _wait(worker.pid)
+            del busy[conn]
+            conn.close()
+            if worker in _KEPT:
+                _KEPT.remove(worker)
+            before = f"configuration {missing[0]}" if missing else "its end"
+            raise RuntimeError(f"FIM training set: the worker process {worker.pid} computing configurations "
+                               f"{group} ended ({_exit_status(status)}) before {before}") from None
+        if message[0] == "error":
+            _, i, exc, tb = message
+            raise exc from WorkerTraceback(f"in worker process {worker.pid} (configuration {i}):\n{tb}")
+        if message[0] == "end":
+            worker.cpu, worker.used = message[1], time.monotonic()
+            del busy[conn]
+            if not worker.kept:
+                conn.close()
+                _reap_later(worker.pid)
+            continue
+        _, i, fim = message
+        results[i] = fim
+        bar.update()
+
+
+def _reap_later(pid):
+    """Reap a worker that has sent everything: its exit (unmapping a copy of this process,
+    ~3 ms per 100 MB) finishes in a thread, not on the way to the results."""
+    import threading
+
+    if _wait(pid, os.WNOHANG)[0] == 0:
+        threading.Thread(target=_wait, args=(pid,), name=f"reap-{pid}", daemon=True).start()
+
+
+def _wait(pid, flags=0):
+    """``os.waitpid(pid, flags)``; a worker already reaped by someone else's ``waitpid(-1)``
+    (an asyncio child watcher) counts as ended (status 0)."""
+    try:
+        return os.waitpid(pid, flags)
+    except ChildProcessError:
+        return pid, 0
+
+
+def _exit_status(status):
+    if os.WIFSIGNALED(status):
+        import signal
+
+        return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+# one evaluator per worker process (workers started by 'spawn', where fork is not available)
 _WORKER = {}
 
 
@@ -439,15 +833,20 @@ class FIMTrainingSetScore(ConfigurationScore):
         results = [None] * len(configs)
         if nprocs == 1 or len(configs) == 1:
             try:
-                for i, atoms in enumerate(tqdm(configs, desc="FIM training set", disable=None, leave=False)):
-                    results[i] = ev.fim(atoms, quantities[i], masks[i], f"configuration {i}")
+                fims = _fims(ev, range(len(configs)), configs, quantities, masks)
+                for i, fim in tqdm(fims, total=len(configs), desc="FIM training set", disable=None, leave=False):
+                    results[i] = fim
             finally:
                 ev.restore()
             return results
-        ev.restore()
+        try:  # the potential gets its parameters back whatever happens
+            init = _pool_init_args(ev, parameters_optimize, derivative_kwargs)
+            if _pool_context().get_start_method() == "fork":
+                return _parallel(ev, init, configs, quantities, masks, nprocs)
+        finally:
+            ev.restore()
         from concurrent.futures import ProcessPoolExecutor
 
-        init = _pool_init_args(ev, parameters_optimize, derivative_kwargs)
         tasks = [(i, atoms, quantities[i], masks[i]) for i, atoms in enumerate(configs)]
         with ProcessPoolExecutor(max_workers=min(nprocs, len(configs)), mp_context=_pool_context(),
                                  initializer=_worker_init, initargs=init) as pool:

@@ -33,6 +33,9 @@ from atomscore.validation import check_finite_positions
 #: how many configurations keep their padding and neighbour list (least recently used dropped)
 NEIGHBOR_CACHE_SIZE = 8
 
+#: most parameter entries a :class:`ParameterPath` keeps (beyond: vectors written whole)
+PATH_MAX_CHANGES = 1 << 18
+
 #: model families whose driver crashes (segfault) when asked for the energy with a null
 #: forces pointer (DUNN__MD_292677547454_000, KIM API 2.3): they always get a forces buffer
 FORCES_ALWAYS = ("DUNN_",)
@@ -425,6 +428,18 @@ class KIMPotential:
         for info, vals, ext in checked:  # all checked before any is set
             self._set_raw(info, vals, ext)
 
+    def _entry_indices(self, entries):
+        """``[(index, extent)]`` of ``(name, extent)`` entries, checked (Double parameters only)."""
+        where = []
+        for name, e in entries:
+            info = self._info(name)
+            if info["dtype"] != "Double":
+                raise InputError(f"parameter {name!r} is an integer parameter; it cannot be differentiated")
+            if not 0 <= int(e) < info["extent"]:
+                raise InputError(f"parameter {name!r}: extent {e} out of range; it has extents 0..{info['extent'] - 1}")
+            where.append((info["index"], int(e)))
+        return where
+
     def parameter_writer(self, entries):
         """Return ``write(values)``, a fast setter of many parameter entries (finite differences).
 
@@ -446,14 +461,7 @@ class KIMPotential:
             An unknown name, an extent out of range, an integer parameter; and, from
             ``write``, values of the wrong length or not finite.
         """
-        where = []
-        for name, e in entries:
-            info = self._info(name)
-            if info["dtype"] != "Double":
-                raise InputError(f"parameter {name!r} is an integer parameter; it cannot be differentiated")
-            if not 0 <= int(e) < info["extent"]:
-                raise InputError(f"parameter {name!r}: extent {e} out of range; it has extents 0..{info['extent'] - 1}")
-            where.append((info["index"], int(e)))
+        where = self._entry_indices(entries)
         get, setp = self._model.get_parameter_double, self._model.set_parameter
         last = [get(i, e) for i, e in where]
         n = len(where)
@@ -473,6 +481,49 @@ class KIMPotential:
                 self._dirty = True
 
         return write
+
+    def parameter_path(self, entries, points, limit=None):
+        """Prepare a fixed sequence of parameter vectors, visited in turn for every configuration
+        (the points of a finite difference): each point is kept as the few entries it changes.
+
+        Parameters
+        ----------
+        entries : list of (str, int)
+            ``(name, extent)`` of each value (Double parameters only).
+        points : iterable of array_like
+            The parameter vectors (``len(entries)`` finite floats each, model units), in the
+            order they will be visited; the model's current values are the start and the end.
+        limit : int, optional
+            Give up (return None) when the changes to keep exceed this many entries (a dense
+            transform over thousands of parameters: write whole vectors instead); default
+            :data:`PATH_MAX_CHANGES`.
+
+        Returns
+        -------
+        ParameterPath or None
+        """
+        limit = PATH_MAX_CHANGES if limit is None else limit
+        where = self._entry_indices(entries)
+        get = self._model.get_parameter_double
+        base = [get(i, e) for i, e in where]
+        steps, last, touched, kept = [], list(base), set(), 0
+        for point in points:
+            vals = np.asarray(point, dtype=float).reshape(-1)
+            if vals.size != len(where) or not np.all(np.isfinite(vals)):
+                raise InputError(f"{self.kim_id}: expected {len(where)} finite parameter values, got "
+                                 f"{vals.size} values{'' if vals.size != len(where) else ' with NaN/inf'}")
+            changes = []
+            for k, v in enumerate(vals.tolist()):
+                if v != last[k]:
+                    changes.append((where[k][0], where[k][1], v))
+                    last[k] = v
+                    touched.add(k)
+            kept += len(changes)
+            if kept > limit:
+                return None
+            steps.append(tuple(changes))
+        back = tuple((where[k][0], where[k][1], base[k]) for k in sorted(touched))
+        return ParameterPath(self, steps, back)
 
     def check_species(self, atoms, where="configuration"):
         """Raise InputError unless this potential covers every species of ``atoms``."""
@@ -560,7 +611,7 @@ class KIMPotential:
             self._cache.popitem(last=False)
         return setup
 
-    def _raw_evaluator(self, atoms, energy=False, forces=False, stress=False):
+    def _raw_evaluator(self, atoms, energy=False, forces=False, stress=False, setup=None):
         """Return ``evaluate() -> (setup, raw)``: one model evaluation with the live parameters.
 
         ``raw`` is a new array: the energy ``(1,)``, the forces on the padded atoms
@@ -572,7 +623,7 @@ class KIMPotential:
         """
         want = (bool(energy), bool(forces), bool(stress))
         pointers = self._pointers(*want)
-        state = [self._setup(atoms)]
+        state = [self._setup(atoms) if setup is None else setup]
         compute = self._model.compute
 
         def evaluate():
@@ -598,8 +649,10 @@ class KIMPotential:
     def _build(self, atoms):
         kimpy = _import_kimpy()
         n = len(atoms)
-        # NaN/inf coordinates crash some drivers (a segfault, not an error): refused here
-        check_finite_positions(atoms, f"configuration {atoms.get_chemical_formula() or '(empty)'}")
+        # NaN/inf coordinates crash some drivers (a segfault, not an error): refused here (the
+        # message names the formula, which costs more than the test: only made for a bad one)
+        if n == 0 or not (np.isfinite(atoms.positions).all() and np.isfinite(atoms.cell.array).all()):
+            check_finite_positions(atoms, f"configuration {atoms.get_chemical_formula() or '(empty)'}")
         codes = self._species_codes(atoms)
         pbc = np.array(atoms.pbc, dtype=bool)
         cell = np.array(atoms.cell.array, dtype=np.double)
@@ -765,6 +818,43 @@ class KIMPotential:
         return KIMCalculator(self)
 
 
+class ParameterPath:
+    """A fixed sequence of parameter vectors of a :class:`KIMPotential` (see
+    :meth:`KIMPotential.parameter_path`), each kept as the entries it changes from the one before.
+
+    ``visit(k)`` moves the live model from point ``k - 1`` (the start for ``k = 0``) to point
+    ``k``; ``restore()`` gives back the start from any point. Nothing is checked or converted
+    per visit: the points were checked when the path was made.
+    """
+
+    __slots__ = ("potential", "steps", "back", "same_cutoffs")
+
+    def __init__(self, potential, steps, back):
+        self.potential = potential
+        self.steps = steps
+        self.back = back
+        #: the points where the model's cutoffs were seen equal to the start's
+        self.same_cutoffs = set()
+
+    def __len__(self):
+        return len(self.steps)
+
+    def _write(self, changes):
+        if changes:
+            setp = self.potential._model.set_parameter
+            for index, extent, value in changes:
+                setp(index, extent, value)
+            self.potential._dirty = True
+
+    def visit(self, k):
+        """Move the live model from point ``k - 1`` to point ``k``."""
+        self._write(self.steps[k])
+
+    def restore(self):
+        """Give the live model back the values it had when the path was made."""
+        self._write(self.back)
+
+
 class Predictions:
     """The predictions of one configuration by a :class:`KIMPotential` (see
     :meth:`KIMPotential.predictions`), evaluated with the live parameters.
@@ -784,15 +874,18 @@ class Predictions:
         if quantity == "stress" and self._base.volume <= 0.0:
             raise InputError("stress: the configuration is not periodic (no cell volume); "
                              "ask for energy or forces only")
-        self._evaluate = potential._raw_evaluator(atoms, quantity == "energy", quantity == "forces",
-                                                  quantity == "stress")
+        self._want = (quantity == "energy", quantity == "forces", quantity == "stress")
+        self._pointers = potential._pointers(*self._want)
+        self._evaluate = potential._raw_evaluator(atoms, *self._want, setup=self._base)
         #: number of predicted values: 1, 3N or 6
         self.n_values = {"energy": 1, "forces": 3 * self._base.n, "stress": 6}[quantity]
 
     def raw(self):
         """One evaluation in a linear form: the energy ``(1,)``, the stress ``(6,)``, or the
         forces on the padded atoms ``(n_padded, 3)`` (give linear combinations to :meth:`fold`)."""
-        s, raw = self._evaluate()
+        return self._finish(*self._evaluate())
+
+    def _finish(self, s, raw):
         if self.quantity == "stress":
             return raw / s.volume
         if self.quantity == "forces" and s is not self._base:  # a cutoff moved: new padding
@@ -809,6 +902,57 @@ class Predictions:
         extra = raw.shape[2:]
         folded = KIMPotential._fold(self._base, raw.reshape(raw.shape[0], -1))
         return folded.reshape((self.n_values,) + extra)
+
+    def central_differences(self, path, steps):
+        """``(p(2i) - p(2i+1)) / (2 steps[i])`` for each ``i``, with ``p(k)`` the predictions at
+        point ``k`` of ``path`` (a :class:`ParameterPath` of ``2 len(steps)`` points): the
+        ``(n_values, len(steps))`` derivative of a central difference. Differences are taken on
+        the raw predictions and folded once; the model gets its start values back, also on error.
+
+        A point whose cutoffs were seen equal to the start's (for an earlier configuration:
+        the model's cutoffs are a function of its parameters) is evaluated on this
+        configuration's neighbour list without asking the model for its cutoffs again.
+        """
+        steps = np.asarray(steps, dtype=float)
+        raw = None
+        try:
+            for k in range(2 * len(steps)):
+                out = self._at(path, k)
+                if raw is None:
+                    raw = np.empty((2 * len(steps),) + out.shape)
+                raw[k] = out
+        finally:
+            path.restore()
+        denominators = (2.0 * steps).reshape((-1,) + (1,) * (raw.ndim - 1))
+        jac = np.moveaxis((raw[0::2] - raw[1::2]) / denominators, 0, -1)
+        return self.fold(jac).reshape(self.n_values, len(steps))
+
+    def _at(self, path, k):
+        """The raw predictions at point ``k`` of ``path`` (possibly the model's output buffer:
+        copy before the next evaluation)."""
+        path.visit(k)
+        pot, s = self.potential, self._base
+        if k not in path.same_cutoffs:
+            used, raw = self._evaluate()  # refreshes, checks the cutoffs, points the outputs
+            if used.influence == s.influence and used.cutoff_list == s.cutoff_list:
+                path.same_cutoffs.add(k)  # the cutoffs at point k are those at the start
+            return self._finish(used, raw)
+        if s.pointers != self._pointers:
+            pot._point(s, *self._want)
+        if pot._dirty:  # left set: the potential's own record of the cutoffs is not updated here
+            try:
+                pot._model.clear_then_refresh()
+            except RuntimeError as exc:
+                raise PotentialError(f"{pot.kim_id}: the model refused the new parameters ({exc})") from None
+        try:
+            pot._model.compute(s.args)
+        except RuntimeError as exc:
+            raise PotentialError(f"{pot.kim_id}: KIM compute failed ({exc})") from None
+        if self._want[1]:
+            return s.forces
+        if self._want[0]:
+            return s.energy
+        return pot._virial(s) / s.volume
 
     def __call__(self):
         """The prediction vector ``(n_values,)`` at the live parameters."""
