@@ -87,8 +87,10 @@ def _queries_and_reference(queries, reference):
     return y, x, symmetric
 
 
-def _prune_option(prune, prune_tolerance, precision):
-    """The pruning tolerance of a call (float), or ``None`` for the dense pass."""
+def prune_option(prune, prune_tolerance, precision):
+    """The pruning tolerance of a call (float; default :data:`.cells.TOLERANCE` of
+    ``precision``), or ``None`` for the dense pass; ``prune_tolerance`` without ``prune`` is
+    refused."""
     if not _check_bool(prune, "prune"):
         if prune_tolerance is not None:
             raise InputError(f"prune_tolerance: applies with prune=True only, got prune=False and "
@@ -242,7 +244,7 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
     y, x, symmetric = _queries_and_reference(queries, reference)
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
-    tol = _prune_option(prune, prune_tolerance, precision)
+    tol = prune_option(prune, prune_tolerance, precision)
     engine = _engine(backend, device, tol is not None)
     logp = _log_sums(y, x, symmetric, h, precision, tile, threads, engine, prune=tol)
     return logp[:, 0] if scalar else logp
@@ -266,7 +268,7 @@ def pruned_log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH,
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
     report = {}
-    tol = _prune_option(True, prune_tolerance, precision)
+    tol = prune_option(True, prune_tolerance, precision)
     logp = _log_sums(y, x, symmetric, h, precision, tile, threads, prune=tol, report=report)
     bound = report["skipped_bound"]
     return (logp[:, 0], bound[:, 0]) if scalar else (logp, bound)
@@ -369,7 +371,7 @@ def _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend="numpy
     x = _descriptors(x, "descriptors")
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
-    tol = _prune_option(prune, prune_tolerance, precision)
+    tol = prune_option(prune, prune_tolerance, precision)
     engine = _engine(backend, device, tol is not None)
     return x, _log_sums(x, x, True, h, precision, tile, threads, engine, prune=tol), scalar
 
