@@ -338,7 +338,7 @@ def _pruned_sums(yc, xc, ops_list, symmetric, h, tile, dtype, threads, clip, lif
     cols = _cells.partition(xc, n_threads=threads)
     rows = cols if symmetric else _cells.partition(yc, n_threads=threads)
     xr_sorted = yc[rows.order]
-    bounds = _cells.cell_bounds(rows, cols, xr_sorted, xr_sorted if symmetric else xc[cols.order])
+    bounds = _cells.cell_bounds(rows, cols, xr_sorted, xr_sorted if symmetric else xc[cols.order], threads)
     lefts = [ops.left[rows.order] for ops in ops_list]
     rights = [ops.right[cols.order] for ops in ops_list]
     seeds = _cells.seed_pairs(bounds, symmetric)
