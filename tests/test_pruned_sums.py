@@ -105,10 +105,9 @@ def _kept(x, h, tolerance=1e-10):
     xc = x - x.mean(axis=0)
     part = cells.partition(xc)
     xs = xc[part.order]
-    bounds = cells.cell_bounds(part, part, xs, xs)
     gammas = np.array([1.0 / (2 * h * h)])
-    lower = cells.prior_log_lower(bounds, part, gammas, True)
-    return cells.kept_share(part, part, cells.plan(bounds, part, gammas, lower, tolerance, True).keep)
+    bounds = cells.cell_bounds(part, part, xs, xs, gammas, True)
+    return cells.kept_share(part, part, cells.plan(bounds, part, gammas, bounds.prior, tolerance, True).keep)
 
 
 def test_far_clusters_are_skipped_and_close_noise_is_not():

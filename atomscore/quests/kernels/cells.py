@@ -103,13 +103,24 @@ def partition(x, cell_size=None, n_threads=None):
 
 
 class CellBounds(NamedTuple):
-    """Squared distance bounds of every (row cell, column cell) pair: every distance between a
-    member of row cell A and one of column cell B lies in ``[sqrt(dmin2), sqrt(dmax2)]``;
-    ``centre`` is the distance of the centres."""
+    """What the plan needs of every (row cell, column cell) pair.
+
+    ``dmin2`` (float32, (C_rows, C_cols), rounded down): every squared distance between a
+    member of row cell A and one of column cell B is at least it; ``prior`` ((C_rows, H)):
+    log of a lower bound of the kernel sum of every row of A before any term is computed
+    (:func:`cell_bounds`); ``nearest`` ((C_rows,)): the column cell with the nearest centre.
+    """
 
     dmin2: np.ndarray
-    dmax2: np.ndarray
-    centre: np.ndarray
+    prior: np.ndarray
+    nearest: np.ndarray
+
+
+def _chunks(n_rows, n_cols, entries=1 << 22):
+    """Row ranges of an ``n_rows x n_cols`` matrix, about ``entries`` entries each (the
+    (cell x cell) work runs in such pieces: at 10^6 rows a whole matrix is 0.5 GB)."""
+    step = max(1, entries // max(n_cols, 1))
+    return [(a, min(a + step, n_rows)) for a in range(0, n_rows, step)]
 
 
 def extents(xs, part, targets, n_threads=1):
@@ -120,6 +131,12 @@ def extents(xs, part, targets, n_threads=1):
     In many dimensions a cell spreads much less along one direction than its radius.
     Cost: ``N T d`` (one float32 product of each cell's rows with the targets).
     """
+    raw = _raw_extents(xs, part, targets, n_threads)
+    return _finish_extents(raw, part, np.arange(len(part.sizes)), targets, _extent_slack(xs, targets))
+
+
+def _raw_extents(xs, part, targets, n_threads):
+    """``max over members x of cell A of x . t - x . c_A`` (float32, (C, T))."""
     sizes, starts = part.sizes, part.starts
     own = np.einsum("ij,ij->i", xs, np.repeat(part.centres, sizes, axis=0)).astype(np.float32)  # x . c_A
     x32, t32 = xs.astype(np.float32), np.ascontiguousarray(targets.T, dtype=np.float32)  # float32: twice as fast
@@ -129,65 +146,86 @@ def extents(xs, part, targets, n_threads=1):
         for a in cells:
             g = x32[starts[a]:starts[a + 1]] @ t32
             g -= own[starts[a]:starts[a + 1], None]
-            g.max(axis=0, out=top[a])  # max over members of x . (t - c_A)
+            g.max(axis=0, out=top[a])
         return None
 
     with blas_single_thread():  # one cell's product is small: BLAS threads would only spin
         _run_tiles(work, list(range(len(sizes))), n_threads)
-    # (x - c_A) . (t - c_A) = x . t - x . c_A - c_A . t + |c_A|^2
-    num = top.astype(np.float64) - part.centres @ targets.T + np.einsum("ij,ij->i", part.centres, part.centres)[:, None]
-    from scipy.spatial.distance import cdist
+    return top
 
-    dist = cdist(part.centres, targets)
-    # the float32 products' rounding: |fl(x . t) - x . t| <= d u |x| |t| (and the conversions'),
-    # taken four times over
+
+def _extent_slack(xs, targets):
+    """The float32 products' rounding, ``|fl(x . t) - x . t| <= d u |x| |t|`` (and the
+    conversions'), taken four times over."""
     norm_x = float(np.sqrt(np.max(np.einsum("ij,ij->i", xs, xs))))
     norm_t = float(np.sqrt(np.max(np.einsum("ij,ij->i", targets, targets))))
-    slack = 4.0 * (xs.shape[1] + 2) * float(np.finfo(np.float32).eps) * max(norm_x, 1e-300) * max(norm_t, norm_x)
+    return 4.0 * (xs.shape[1] + 2) * float(np.finfo(np.float32).eps) * max(norm_x, 1e-300) * max(norm_t, norm_x)
+
+
+def _finish_extents(raw, part, cells, targets, slack):
+    """Extents of ``cells`` (rows of ``raw``) toward ``targets`` from the raw maxima."""
+    from scipy.spatial.distance import cdist
+
+    centres = part.centres[cells]
+    # (x - c_A) . (t - c_A) = x . t - x . c_A - c_A . t + |c_A|^2
+    num = raw.astype(np.float64) - centres @ targets.T + np.einsum("ij,ij->i", centres, centres)[:, None]
+    dist = cdist(centres, targets)
     with np.errstate(divide="ignore", invalid="ignore"):
         ext = np.maximum((num + slack) / dist, 0.0)  # >= 0: the centre is the members' mean
     ext[~np.isfinite(ext)] = np.inf  # a target at the centre: the radius
-    return np.minimum(ext, part.radii[:, None])
+    return np.minimum(ext, part.radii[cells, None])
 
 
-def cell_bounds(rows, cols, xr, xc, n_threads=1):
+def cell_bounds(rows, cols, xr, xc, gammas, symmetric, n_threads=1):
     """:class:`CellBounds` of two partitions of the rows ``xr`` and ``xc`` (each in its
-    partition's order). Lower bound: the larger of ``|c_A - c_B| - r_A - r_B`` (balls) and
+    partition's order), for the bandwidths' ``gammas``.
+
+    Lower bound of a distance: the larger of ``|c_A - c_B| - r_A - r_B`` (balls) and
     ``|c_A - c_B| - e_A(B) - e_B(A)`` (the cells' :func:`extents` along the line of the
-    centres: every ``x - y`` projects on it by at least that); upper: ``|c_A - c_B| + r_A + r_B``.
+    centres: every ``x - y`` projects on it by at least that). Prior lower bound of a row's
+    kernel sum: ``sum_B |B| exp(-gamma dmax^2)`` with ``dmax = |c_A - c_B| + r_A + r_B``, and
+    at least 1 (its own term) when the set is compared with itself. Built in pieces of row
+    cells (memory: the float32 ``dmin2`` and the two float32 extent matrices).
     """
     from scipy.spatial.distance import cdist
 
-    dc = cdist(rows.centres, cols.centres)
-    reach = rows.radii[:, None] + cols.radii[None, :]
-    toward_cols = extents(xr, rows, cols.centres, n_threads)
-    toward_rows = toward_cols.T if cols is rows else extents(xc, cols, rows.centres, n_threads).T
-    dmin = np.maximum(dc - np.minimum(reach, toward_cols + toward_rows), 0.0)
-    return CellBounds(dmin ** 2, (dc + reach) ** 2, dc)
-
-
-def prior_log_lower(bounds, cols, gammas, symmetric):
-    """log of a lower bound of every row's kernel sum, per row cell and bandwidth, (C_rows, H),
-    before any term is computed: ``sum_B |B| exp(-gamma dmax^2)``, and at least 1 (the own
-    term) when the set is compared with itself."""
-    out = np.empty((len(bounds.dmin2), len(gammas)))
+    raw_rows = _raw_extents(xr, rows, cols.centres, n_threads)  # row cells toward column centres
+    slack_rows = _extent_slack(xr, cols.centres)
+    if symmetric:
+        raw_cols, slack_cols = raw_rows, slack_rows
+    else:
+        raw_cols = _raw_extents(xc, cols, rows.centres, n_threads)  # column cells toward row centres
+        slack_cols = _extent_slack(xc, rows.centres)
+    n_rows, n_cols = len(rows.sizes), len(cols.sizes)
+    dmin2 = np.empty((n_rows, n_cols), dtype=np.float32)
+    prior = np.empty((n_rows, len(gammas)))
+    nearest = np.empty(n_rows, dtype=np.int64)
     log_size = np.log(cols.sizes)[None, :]
-    for k, g in enumerate(gammas):
-        out[:, k] = _logsumexp_rows(log_size - g * bounds.dmax2)
-        if symmetric:
-            out[:, k] = np.maximum(out[:, k], 0.0)
-    return out
+    all_cols = np.arange(n_cols)
+    for a, b in _chunks(n_rows, n_cols):
+        part = np.arange(a, b)
+        dc = cdist(rows.centres[a:b], cols.centres)
+        nearest[a:b] = np.argmin(dc, axis=1)
+        reach = rows.radii[a:b, None] + cols.radii[None, :]
+        toward_cols = _finish_extents(raw_rows[a:b], rows, part, cols.centres, slack_rows)
+        toward_rows = _finish_extents(raw_cols[:, a:b], cols, all_cols, rows.centres[a:b], slack_cols).T
+        dmin = np.maximum(dc - np.minimum(reach, toward_cols + toward_rows), 0.0)
+        dmin2[a:b] = (dmin * dmin) * (1.0 - 1e-6)  # rounded down for float32
+        dmax2 = (dc + reach) ** 2
+        for k, g in enumerate(gammas):
+            prior[a:b, k] = _logsumexp_rows(log_size - g * dmax2)
+    if symmetric:
+        prior = np.maximum(prior, 0.0)
+    return CellBounds(dmin2, prior, nearest)
 
 
-def seed_pairs(bounds, symmetric, n_seed=1):
-    """The cell pairs computed first (bool (C_rows, C_cols)): each row cell's ``n_seed`` nearest
-    column cells by centre distance, and its own cell when the set is compared with itself;
-    their sums give each row a lower bound of its kernel sum (:func:`plan`)."""
-    dc = bounds.centre
-    n_seed = min(n_seed, dc.shape[1])
-    near = np.argpartition(dc, n_seed - 1, axis=1)[:, :n_seed]
-    seeds = np.zeros(dc.shape, dtype=bool)
-    np.put_along_axis(seeds, near, True, axis=1)
+def seed_pairs(bounds, symmetric):
+    """The cell pairs computed first (bool (C_rows, C_cols)): each row cell's column cell of
+    the nearest centre, and its own cell when the set is compared with itself; their sums give
+    each row a lower bound of its kernel sum (:func:`plan`)."""
+    n_rows, n_cols = bounds.dmin2.shape
+    seeds = np.zeros((n_rows, n_cols), dtype=bool)
+    seeds[np.arange(n_rows), bounds.nearest] = True
     if symmetric:
         np.fill_diagonal(seeds, True)
         seeds |= seeds.T
@@ -215,24 +253,32 @@ def plan(bounds, cols, gammas, log_lower, tolerance, symmetric, done=None):
     is within ``tolerance * exp(log_lower)`` is skipped, the rest kept. ``done`` (bool, same
     shape): pairs already computed, kept whatever their bound. ``symmetric``: a pair computed
     serves both its cells, so the kept set is made symmetric (which only shrinks what is
-    skipped).
+    skipped). Runs in pieces of row cells.
     """
     log_size = np.log(cols.sizes)[None, :]
-    keep = np.zeros(bounds.dmin2.shape, dtype=bool) if done is None else done.copy()
+    n_rows, n_cols = bounds.dmin2.shape
+    keep = np.zeros((n_rows, n_cols), dtype=bool) if done is None else done.copy()
     # tolerance / (1 + tolerance): a prior lower bound may count terms that are then skipped, yet the
     # computed sum stays above L / (1 + tolerance), so skipped / computed <= tolerance still holds
     log_tol = math.log(tolerance) - math.log1p(tolerance)
-    log_u = [log_size - g * bounds.dmin2 for g in gammas]
-    for k, lu in enumerate(log_u):
-        order = np.argsort(-lu, axis=1, kind="stable")
-        sorted_u = np.take_along_axis(lu, order, axis=1)
-        tail = np.logaddexp.accumulate(sorted_u[:, ::-1], axis=1)[:, ::-1]  # log sum of U from here to the end
-        need = np.zeros_like(keep)
-        np.put_along_axis(need, order, tail > log_lower[:, k, None] + log_tol, axis=1)
-        keep |= need
+    pieces = _chunks(n_rows, n_cols)
+    for a, b in pieces:
+        dmin2 = bounds.dmin2[a:b].astype(np.float64)
+        for k, g in enumerate(gammas):
+            lu = log_size - g * dmin2
+            order = np.argsort(-lu, axis=1, kind="stable")
+            sorted_u = np.take_along_axis(lu, order, axis=1)
+            tail = np.logaddexp.accumulate(sorted_u[:, ::-1], axis=1)[:, ::-1]  # log sum of U from here on
+            need = np.zeros((b - a, n_cols), dtype=bool)
+            np.put_along_axis(need, order, tail > log_lower[a:b, k, None] + log_tol, axis=1)
+            keep[a:b] |= need
     if symmetric:
         keep |= keep.T
-    log_skipped = np.stack([_logsumexp_rows(np.where(keep, -np.inf, lu)) for lu in log_u], axis=1)
+    log_skipped = np.empty((n_rows, len(gammas)))
+    for a, b in pieces:
+        dmin2 = bounds.dmin2[a:b].astype(np.float64)
+        for k, g in enumerate(gammas):
+            log_skipped[a:b, k] = _logsumexp_rows(np.where(keep[a:b], -np.inf, log_size - g * dmin2))
     return CellPairs(keep, log_skipped)
 
 

@@ -338,14 +338,15 @@ def _pruned_sums(yc, xc, ops_list, symmetric, h, tile, dtype, threads, clip, lif
     cols = _cells.partition(xc, n_threads=threads)
     rows = cols if symmetric else _cells.partition(yc, n_threads=threads)
     xr_sorted = yc[rows.order]
-    bounds = _cells.cell_bounds(rows, cols, xr_sorted, xr_sorted if symmetric else xc[cols.order], threads)
+    bounds = _cells.cell_bounds(rows, cols, xr_sorted, xr_sorted if symmetric else xc[cols.order], gammas, symmetric,
+                                threads)
     lefts = [ops.left[rows.order] for ops in ops_list]
     rights = [ops.right[cols.order] for ops in ops_list]
     seeds = _cells.seed_pairs(bounds, symmetric)
     p_seed = _cells.pruned_pass(lefts, rights, rows, cols, seeds, symmetric, dtype, threads, clip)
     with np.errstate(divide="ignore"):
         measured = np.minimum.reduceat(np.log(p_seed) - lift, rows.starts[:-1], axis=0) - math.log(_cells._SAFETY)
-    log_lower = np.maximum(_cells.prior_log_lower(bounds, cols, gammas, symmetric), measured)
+    log_lower = np.maximum(bounds.prior, measured)
     pairs = _cells.plan(bounds, cols, gammas, log_lower, tolerance, symmetric, done=seeds)
     if _cells.kept_share(rows, cols, pairs.keep) > _cells.DENSE_ABOVE:  # little to skip: the dense tiles
         return _tile_pass(ops_list, tile, symmetric, dtype, threads, clip), np.zeros((len(yc), len(gammas))), 1.0
