@@ -202,6 +202,25 @@ def test_conditional_selection_never_picks_what_the_reference_holds():
     assert more.summary["stopped_early"]
 
 
+@pytest.mark.parametrize("method", ["entropy", "msc"])
+def test_pruned_kernel_sums_select_the_same(method):
+    """prune=True (issue 27): the same selection and measures as the dense sums (reference: the
+    dense run), on a pool and reference of two phases whose cells the pruning separates."""
+    pool_ = QUESTSDescriptor(k=8).attach(_structures(60, seed=3))
+    ref = QUESTSDescriptor(k=8).attach(_structures(40, seed=4))
+    x = np.concatenate(_x(pool_))
+    report = {}
+    gaussian._log_sums(x, x, True, np.array([H]), "float64", 1024, 1, prune=1e-10, report=report)
+    assert report["pairs_kept"] <= 0.6  # the pruning skips pairs here: the comparison below means something
+    dense = select(pool_, 6, method=method, reference=ref, bandwidth=H, progress=False)
+    pruned = select(pool_, 6, method=method, reference=ref, bandwidth=H, progress=False, prune=True)
+    assert pruned.indices == dense.indices
+    assert pruned.summary["prune_tolerance"] == 1e-10 and dense.summary["prune_tolerance"] is None
+    for part in ("pool", "reference", "selection"):
+        for key in ("entropy", "diversity"):
+            assert pruned.summary[part][key] == pytest.approx(dense.summary[part][key], rel=1e-10, abs=1e-10)
+
+
 # ----------------------------------------------------------------------------- uncertainty, weights
 
 def test_uncertainty_order_and_diversity_guard(pool):

@@ -205,8 +205,10 @@ def _per_config_values(pool, given, key, name, per_atom):
 class _Pool:
     """Pool environments, their kernel sums against the selection, and the rows of the gain matrix."""
 
-    def __init__(self, blocks, ref_blocks, h, n_threads, tile_size, keep_rows):
+    def __init__(self, blocks, ref_blocks, h, n_threads, tile_size, keep_rows, prune=None):
         self.h, self.threads, self.tile = h, n_threads, tile_size
+        # whole-set kernel sums (the reference's own, msc's): pruned to this tolerance, or dense (None)
+        self.prune = prune
         self.sizes = np.array([len(b) for b in blocks])
         self.starts = np.concatenate(([0], np.cumsum(self.sizes)[:-1]))
         self.x = np.concatenate(blocks, axis=0)
@@ -234,7 +236,7 @@ class _Pool:
     # reference ----------------------------------------------------------------
     def _init_reference(self, r):
         self.ref_n = len(r)
-        p_rr = np.exp(gaussian.log_kernel_sums(r, None, self.h, n_threads=self.threads))
+        p_rr = np.exp(gaussian.log_kernel_sums(r, None, self.h, n_threads=self.threads, **self.prune_args()))
         kept_p, kept_m, dropped = [], [], []
         chunk = max(1, min(len(r), 2 ** 23 // max(self.n_configs, 1)))  # ~64 MB of group sums at a time
         for a in range(0, len(r), chunk):
@@ -254,6 +256,10 @@ class _Pool:
         self.t_ref0 = self.t_ref.copy()
         self.ref_logp_own = np.log(p_rr)            # against R only (for the reference's own summary)
         self.ref = r
+
+    def prune_args(self):
+        """Keyword arguments of the whole-set kernel sums: pruned or not."""
+        return {} if self.prune is None else {"prune": True, "prune_tolerance": self.prune}
 
     # one step -----------------------------------------------------------------
     def add(self, c):
@@ -456,7 +462,7 @@ def _order_msc(pool, size, bar, conditional):
     entropies = pool.config_entropies()
     log_k = np.full(pool.n_envs, -np.inf)
     if conditional:
-        log_k = gaussian.log_kernel_sums(pool.x, pool.ref, pool.h, n_threads=pool.threads)
+        log_k = gaussian.log_kernel_sums(pool.x, pool.ref, pool.h, n_threads=pool.threads, **pool.prune_args())
     remaining = np.ones(pool.n_configs, dtype=bool)
     order = []
     if not conditional:
@@ -469,7 +475,7 @@ def _order_msc(pool, size, bar, conditional):
             last = order[-1]
             s, n = pool.starts[last], pool.sizes[last]
             log_k = np.logaddexp(log_k, gaussian.log_kernel_sums(pool.x, pool.x[s:s + n], pool.h,
-                                                                 n_threads=pool.threads))
+                                                                 n_threads=pool.threads, **pool.prune_args()))
         struct_dh = -np.minimum.reduceat(log_k, pool.starts)
         score = struct_dh + entropies
         score[~remaining] = -np.inf
@@ -557,7 +563,7 @@ def select(pool, size=None, *, method="entropy", reference=None, atoms=None, ban
            descriptors_key="descriptors", descriptor="auto", seed=0, uncertainties=None,
            uncertainty_key=UNCERTAINTY_KEY, reduce="mean", min_delta_entropy=None, weights=None,
            weights_key=WEIGHTS_KEY, pool_summary=True, progress=None, n_threads=None,
-           tile_size=gaussian.DEFAULT_TILE) -> Selection:
+           tile_size=gaussian.DEFAULT_TILE, prune=False, prune_tolerance=None) -> Selection:
     """Choose configurations from a pool, optionally conditional on a labelled reference.
 
     Parameters
@@ -603,6 +609,12 @@ def select(pool, size=None, *, method="entropy", reference=None, atoms=None, ban
         Progress bar per step (default: when writing to a terminal).
     n_threads, tile_size
         Kernel threads and tile size (:mod:`atomscore.quests.kernels.gaussian`).
+    prune, prune_tolerance
+        Whole-set kernel sums (the pool summary, the reference's own sums, ``msc``) skip the
+        cell pairs that hold at most ``prune_tolerance`` (default 1e-10) of each row's sum, as
+        :func:`~atomscore.quests.kernels.gaussian.log_kernel_sums`: every ``log p`` low by at
+        most that many nats. The greedy steps always skip configurations out of reach (below
+        4e-19 of the own term). Recorded in the summary.
 
     Returns
     -------
@@ -650,6 +662,7 @@ def select(pool, size=None, *, method="entropy", reference=None, atoms=None, ban
             raise InputError(f"min_delta_entropy: expected a finite number of nats, got {min_delta_entropy}")
     threads = resolve_threads(n_threads)
     tile = check_int(tile_size, "tile_size", minimum=16)
+    tolerance = gaussian.prune_option(prune, prune_tolerance, "float64")
 
     # per-method inputs, checked before any descriptor work
     scores = order_w = None
@@ -678,7 +691,7 @@ def select(pool, size=None, *, method="entropy", reference=None, atoms=None, ban
         size = int(np.searchsorted(np.cumsum(np.sort([len(a) for a in configs])), atoms, side="right"))
         size = max(1, size)
 
-    state = _Pool(pool_blocks, ref_blocks, h, threads, tile, keep_rows=(method == "entropy"))
+    state = _Pool(pool_blocks, ref_blocks, h, threads, tile, keep_rows=(method == "entropy"), prune=tolerance)
     stop = None
     disable = None if progress is None else not progress
     with tqdm(total=size, desc=f"select {method}", unit="config", disable=disable) as bar:
@@ -718,12 +731,13 @@ def select(pool, size=None, *, method="entropy", reference=None, atoms=None, ban
         "descriptors_origin": origin, "seed": seed if method in ("random", "k_means") else None,
         "reduce": reduce if method == "uncertainty" else None,
         "min_delta_entropy": min_delta_entropy if method == "uncertainty" else None,
-        "overlap_epsilon": OVERLAP_EPSILON, "stopped_early": stop, "indices": [int(i) for i in order],
+        "overlap_epsilon": OVERLAP_EPSILON, "prune_tolerance": tolerance,
+        "stopped_early": stop, "indices": [int(i) for i in order],
         "steps": steps, "selection": steps[-1] if steps else None,
     }
     if pool_summary:
         x = np.concatenate(pool_blocks, axis=0)
-        info = gaussian.dataset_information(x, h, n_threads=threads, tile_size=tile)
+        info = gaussian.dataset_information(x, h, n_threads=threads, tile_size=tile, **state.prune_args())
         summary["pool"] = {"n_configs": n_pool, "n_envs": len(x), "entropy": float(info.entropy),
                            "diversity": float(info.diversity),
                            "efficiency": float(info.efficiency) if len(x) > 1 else None}

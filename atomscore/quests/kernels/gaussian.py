@@ -98,6 +98,23 @@ def _queries_and_reference(queries, reference):
     return y, x, symmetric
 
 
+def prune_option(prune, prune_tolerance, precision):
+    """The pruning tolerance of a call (float; default :data:`.cells.TOLERANCE` of
+    ``precision``), or ``None`` for the dense pass; ``prune_tolerance`` without ``prune`` is
+    refused."""
+    if not _check_bool(prune, "prune"):
+        if prune_tolerance is not None:
+            raise InputError(f"prune_tolerance: applies with prune=True only, got prune=False and "
+                             f"prune_tolerance={prune_tolerance!r}")
+        return None
+    if prune_tolerance is None:
+        return _cells.TOLERANCE[precision]
+    tol = float(check_positive(prune_tolerance, "prune_tolerance", allow_array=False))
+    if not tol < 1.0:
+        raise InputError(f"prune_tolerance: expected a relative bound below 1 (e.g. 1e-10), got {prune_tolerance!r}")
+    return tol
+
+
 def _engine(backend, device, prune=False):
     """The tile pass of ``backend``: ``None`` for numpy (:func:`_tile_pass`), else torch's on ``device``."""
     check_choice(backend, "backend", BACKENDS)
@@ -194,7 +211,8 @@ def _tile_pass(ops_list, tile, symmetric, dtype, n_threads, clip, shifted=False)
 
 
 def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64",
-                    tile_size=DEFAULT_TILE, n_threads=None, backend="numpy", device=None, prune=False):
+                    tile_size=DEFAULT_TILE, n_threads=None, backend="numpy", device=None, prune=False,
+                    prune_tolerance=None):
     """Log of the Gaussian kernel sums of each query over a reference set.
 
     Parameters
@@ -218,10 +236,15 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
     device : str, optional
         torch device, ``'cpu'`` (default) or ``'cuda'`` / ``'cuda:N'``; numpy: CPU only.
     prune : bool
-        Skip the pairs of descriptor cells (k-means, centre and radius) whose every term is
-        below 1e-30 of its row's largest (numpy backend): equal to the dense sum to ~1e-15
-        relative in float64, faster where the data has structure (docs/internals.md,
-        "Pruned kernel sums"); :func:`pruned_log_kernel_sums` also returns the bound.
+        Skip the pairs of descriptor cells (k-means, centre and radius) that together hold at
+        most ``prune_tolerance`` of each row's kernel sum (numpy backend); faster where the
+        data has structure (docs/internals.md, "Pruned kernel sums");
+        :func:`pruned_log_kernel_sums` also returns the bound.
+    prune_tolerance : float, optional
+        With ``prune``: each row's skipped terms sum to at most this fraction of its kernel
+        sum, so every ``log p_i`` is low by at most this many nats (and entropy, diversity
+        and each dH off by at most it). Default 1e-10 for float64, 1e-7 for float32 (whose
+        tiles' own rounding, ~1e-6..1e-4 nats on QUESTS descriptors, is larger anyway).
 
     Returns
     -------
@@ -232,13 +255,14 @@ def log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, pre
     y, x, symmetric = _queries_and_reference(queries, reference)
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
-    engine = _engine(backend, device, prune)
-    logp = _log_sums(y, x, symmetric, h, precision, tile, threads, engine, prune=_check_bool(prune, "prune"))
+    tol = prune_option(prune, prune_tolerance, precision)
+    engine = _engine(backend, device, tol is not None)
+    logp = _log_sums(y, x, symmetric, h, precision, tile, threads, engine, prune=tol)
     return logp[:, 0] if scalar else logp
 
 
 def pruned_log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64",
-                           tile_size=DEFAULT_TILE, n_threads=None):
+                           tile_size=DEFAULT_TILE, n_threads=None, prune_tolerance=None):
     """:func:`log_kernel_sums` with ``prune=True``, and the bound on what the pruning left out.
 
     Returns
@@ -247,26 +271,29 @@ def pruned_log_kernel_sums(queries, reference=None, bandwidth=DEFAULT_BANDWIDTH,
         As :func:`log_kernel_sums`.
     skipped_bound : numpy.ndarray, same shape
         For every row, an upper bound on the skipped terms' sum relative to the row's
-        kernel sum, so ``log p`` is low by at most ``log(1 + skipped_bound)``; at most a
-        few 1e-28 by construction (each skipped cell pair holds below 1e-30 of the row's
-        largest term).
+        computed kernel sum, so the true ``log p`` exceeds the returned one by at most
+        ``log(1 + skipped_bound) <= skipped_bound`` (nats); at most ``prune_tolerance`` by
+        construction, 0 where nothing was skipped.
     """
     y, x, symmetric = _queries_and_reference(queries, reference)
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
     report = {}
-    logp = _log_sums(y, x, symmetric, h, precision, tile, threads, prune=True, report=report)
+    tol = prune_option(True, prune_tolerance, precision)
+    logp = _log_sums(y, x, symmetric, h, precision, tile, threads, prune=tol, report=report)
     bound = report["skipped_bound"]
     return (logp[:, 0], bound[:, 0]) if scalar else (logp, bound)
 
 
-def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None, prune=False, report=None):
+def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None, prune=None, report=None):
     """``log p`` (n_rows, n_h): a lifted plain pass, then a shifted pass for rows it cannot hold.
 
     ``engine`` is the tile pass (signature of :func:`_tile_pass`); ``None`` is numpy's.
-    ``prune``: the plain pass skips cell pairs that cannot matter (:mod:`.cells`); the bound
-    on the skipped mass (relative to each row's sum, shape (n_rows, n_h)) goes to
-    ``report['skipped_bound']`` when ``report`` is a dict.
+    ``prune`` (a tolerance, or ``None``): the plain pass skips the cell pairs that hold at most
+    that fraction of each row's sum (:mod:`.cells`); the bound on the skipped mass (relative
+    to each row's sum, shape (n_rows, n_h); 0 for rows recomputed exactly) goes to
+    ``report['skipped_bound']`` and the share of pairs computed (1 when the dense tiles ran)
+    to ``report['pairs_kept']`` when ``report`` is a dict.
     """
     tile_pass = _tile_pass if engine is None else engine
     dtype = np.float32 if precision == "float32" else np.float64
@@ -279,10 +306,11 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None, prune=F
     ops_list = [_Operands.build(yc, xc, g, dtype, lift) for g in 1.0 / (2.0 * h * h)]
     floor = _FLOOR[precision]
     clip = (floor, lift) if precision == "float64" else None  # float32 exp is as fast on subnormals
-    if prune:
-        p, bound = _pruned_sums(yc, xc, ops_list, symmetric, h, tile, dtype, threads, clip)
+    bound = None
+    if prune is not None:
+        p, bound, kept = _pruned_sums(yc, xc, ops_list, symmetric, h, tile, dtype, threads, clip, lift, prune)
         if report is not None:
-            report["skipped_bound"] = bound
+            report["pairs_kept"] = kept
     else:
         p = tile_pass(ops_list, tile, symmetric, dtype, threads, clip)
     with np.errstate(divide="ignore"):
@@ -297,6 +325,10 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None, prune=F
             rows = [_Operands.build(yc[bad], xc, g, np.float64, lift) for g in 1.0 / (2.0 * h * h)]
         clip64 = (_FLOOR["float64"], lift)
         logp[bad] = tile_pass(rows, tile, False, np.float64, threads, clip64, shifted=True) - lift
+        if bound is not None:
+            bound[bad] = 0.0  # every term summed
+    if report is not None and bound is not None:
+        report["skipped_bound"] = bound
     if not np.all(np.isfinite(logp)):
         scale = max(float(np.max(np.abs(x))), float(np.max(np.abs(y))))
         check_finite_output(logp, "Gaussian kernel sums (log p)", "the descriptors",
@@ -305,26 +337,39 @@ def _log_sums(y, x, symmetric, h, precision, tile, threads, engine=None, prune=F
     return logp
 
 
-def _pruned_sums(yc, xc, ops_list, symmetric, h, tile, dtype, threads, clip):
+def _pruned_sums(yc, xc, ops_list, symmetric, h, tile, dtype, threads, clip, lift, tolerance):
     """The plain pass over the cell pairs that can matter: ``(p, skipped_bound)``, rows in input order.
 
-    The bound is on the *true* skipped terms relative to the row's sum (the lift cancels).
+    First each row cell's nearest cells (its own included) are summed; the smallest of its rows'
+    sums is a lower bound of their kernel sums, which sets how much each row may skip
+    (:func:`.cells.plan`); then the remaining kept pairs. ``skipped_bound``: the bound on every
+    row's skipped terms divided by its computed sum (the lift cancels).
     """
+    gammas = 1.0 / (2.0 * h * h)
     cols = _cells.partition(xc, n_threads=threads)
     rows = cols if symmetric else _cells.partition(yc, n_threads=threads)
-    gammas = 1.0 / (2.0 * h * h)
-    pairs = _cells.cell_pairs(rows, cols, gammas, symmetric)
-    kept = float(rows.sizes @ pairs.keep @ cols.sizes) / (len(yc) * len(xc))
-    if kept > _cells.DENSE_ABOVE:  # little to skip: the dense pass' larger tiles are faster
-        return _tile_pass(ops_list, tile, symmetric, dtype, threads, clip), np.zeros((len(yc), len(gammas)))
+    xr_sorted = yc[rows.order]
+    bounds = _cells.cell_bounds(rows, cols, xr_sorted, xr_sorted if symmetric else xc[cols.order], gammas, symmetric,
+                                threads)
     lefts = [ops.left[rows.order] for ops in ops_list]
     rights = [ops.right[cols.order] for ops in ops_list]
-    p_sorted = _cells.pruned_pass(lefts, rights, rows, cols, pairs, tile, symmetric, dtype, threads, clip)
+    seeds = _cells.seed_pairs(bounds, symmetric)
+    p_seed = _cells.pruned_pass(lefts, rights, rows, cols, seeds, symmetric, dtype, threads, clip)
+    with np.errstate(divide="ignore"):
+        measured = np.minimum.reduceat(np.log(p_seed) - lift, rows.starts[:-1], axis=0) - math.log(_cells._SAFETY)
+    log_lower = np.maximum(bounds.prior, measured)
+    pairs = _cells.plan(bounds, cols, gammas, log_lower, tolerance, symmetric, done=seeds)
+    if _cells.kept_share(rows, cols, pairs.keep) > _cells.DENSE_ABOVE:  # little to skip: the dense tiles
+        return _tile_pass(ops_list, tile, symmetric, dtype, threads, clip), np.zeros((len(yc), len(gammas))), 1.0
+    p_sorted = p_seed + _cells.pruned_pass(lefts, rights, rows, cols, pairs.keep & ~seeds, symmetric, dtype,
+                                           threads, clip)
     p = np.empty_like(p_sorted)
     p[rows.order] = p_sorted
-    bound = np.empty((len(yc), len(gammas)))
-    bound[rows.order] = np.repeat(pairs.skipped_bound, rows.sizes, axis=0)
-    return p, bound
+    with np.errstate(divide="ignore", over="ignore"):
+        rel = np.exp(np.repeat(pairs.log_skipped, rows.sizes, axis=0) - (np.log(p_sorted) - lift))
+    bound = np.empty_like(rel)
+    bound[rows.order] = rel
+    return p, bound, _cells.kept_share(rows, cols, pairs.keep)
 
 
 # ----------------------------------------------------------------------------- measures
@@ -333,44 +378,48 @@ def _reduce(value, scalar):
     return float(value[0]) if scalar else np.asarray(value)
 
 
-def _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend="numpy", device=None, prune=False):
+def _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend="numpy", device=None, prune=False,
+                   prune_tolerance=None):
     x = _descriptors(x, "descriptors")
     h, scalar = _bandwidths(bandwidth)
     precision, tile, threads = _options(precision, tile_size, n_threads)
-    engine = _engine(backend, device, prune)
-    return x, _log_sums(x, x, True, h, precision, tile, threads, engine, prune=_check_bool(prune, "prune")), scalar
+    tol = prune_option(prune, prune_tolerance, precision)
+    engine = _engine(backend, device, tol is not None)
+    return x, _log_sums(x, x, True, h, precision, tile, threads, engine, prune=tol), scalar
 
 
 def entropy(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
-            backend="numpy", device=None, prune=False):
+            backend="numpy", device=None, prune=False, prune_tolerance=None):
     """Information entropy ``H = -(1/N) sum_i log(p_i / N)`` of a descriptor set, in nats.
 
     Same definition as ``quests.entropy.entropy``. Parameters as :func:`log_kernel_sums`;
     returns a float, or one value per bandwidth (shape (H,)).
     """
-    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device, prune)
+    x, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device, prune,
+                                     prune_tolerance)
     return _reduce(math.log(len(x)) - logp.mean(axis=0), scalar)
 
 
 def efficiency(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
-               backend="numpy", device=None, prune=False):
+               backend="numpy", device=None, prune=False, prune_tolerance=None):
     """Efficiency ``H / log N`` (dimensionless, 1 when no two points overlap); needs N >= 2."""
     x = _descriptors(x, "descriptors")
     if len(x) < 2:
         raise InputError(f"descriptors: efficiency H/log N needs at least 2 environments, got {len(x)}")
     return entropy(x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads,
-                   backend=backend, device=device, prune=prune) / math.log(len(x))
+                   backend=backend, device=device, prune=prune, prune_tolerance=prune_tolerance) / math.log(len(x))
 
 
 def diversity(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE, n_threads=None,
-              backend="numpy", device=None, prune=False):
+              backend="numpy", device=None, prune=False, prune_tolerance=None):
     """Diversity ``D = log sum_i 1/p_i`` (nats), as ``quests.entropy.diversity``."""
-    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device, prune)
+    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device, prune,
+                                     prune_tolerance)
     return _reduce(_logsumexp(-logp, axis=0), scalar)
 
 
 def delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE,
-                  n_threads=None, backend="numpy", device=None, prune=False):
+                  n_threads=None, backend="numpy", device=None, prune=False, prune_tolerance=None):
     """Differential entropy ``dH(y_i | X) = -log sum_j K(y_i, x_j)`` of each query, in nats.
 
     As ``quests.entropy.delta_entropy`` where that is finite; where its kernel sum
@@ -378,7 +427,7 @@ def delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", til
     finite value by log-sum-exp. Returns shape (M,) or (M, H) for an array of bandwidths.
     """
     return -log_kernel_sums(y, x, bandwidth, precision=precision, tile_size=tile_size, n_threads=n_threads,
-                            backend=backend, device=device, prune=prune)
+                            backend=backend, device=device, prune=prune, prune_tolerance=prune_tolerance)
 
 
 def approx_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, num_nearest_neighbors=3, approx_index="flat",
@@ -864,13 +913,15 @@ class DatasetInformation(NamedTuple):
 
 
 def dataset_information(x, bandwidth=DEFAULT_BANDWIDTH, *, precision="float64", tile_size=DEFAULT_TILE,
-                        n_threads=None, backend="numpy", device=None, prune=False) -> DatasetInformation:
+                        n_threads=None, backend="numpy", device=None, prune=False,
+                        prune_tolerance=None) -> DatasetInformation:
     """Entropy, diversity, efficiency and self delta entropy ``-log p_i`` from one pass.
 
     ``delta_entropy`` here is each point against the whole set including itself (as the
     third value of ``quests.entropy.get_all_metrics``). Efficiency is NaN for N = 1.
     """
-    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device, prune)
+    _, logp, scalar = _self_log_sums(x, bandwidth, precision, tile_size, n_threads, backend, device, prune,
+                                     prune_tolerance)
     return information_from_log_sums(logp, scalar)
 
 
