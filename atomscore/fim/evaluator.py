@@ -268,7 +268,7 @@ class _FIMEvaluator:
         return np.asarray(jac, dtype=float).reshape(-1, len(phi0))
 
 
-
+# ---------------------------------------------------------------------------- many configurations
 def _named(exc, i):
     """Add a note naming configuration ``i`` to an error whose message does not."""
     if f"configuration {i}" not in str(exc):

@@ -21,6 +21,7 @@ from atomscore.errors import InputError
 from atomscore.fim.evaluator import _FIMEvaluator, _fims, _is_plain_central
 from atomscore.fim.parameters import IdentityTransform
 
+
 def _pool_context():
     """'fork' where available: importing information_matching (for its transforms) replaces
     multiprocessing's default reducer with one that breaks 'spawn' and 'forkserver' start-up.
@@ -61,7 +62,7 @@ def _preimport(ev):
         import numdifftools  # noqa: F401
 
 
-
+# ---------------------------------------------------------------------------- kept workers
 #: held by the call using the kept workers (another thread's call forks its own)
 _KEPT_LOCK = threading.Lock()
 
