@@ -118,7 +118,7 @@ def cpu_clock():
     """CPU seconds of this process, of its reaped children (workers forked for one call are
     reaped by threads named ``reap-*``: joined first) and of the workers kept between calls
     (as they report it)."""
-    from atomscore.fim.training_set import _KEPT
+    from atomscore.fim.workers import _KEPT
 
     for t in threading.enumerate():
         if t.name.startswith("reap-"):

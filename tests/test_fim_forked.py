@@ -18,10 +18,12 @@ pytest.importorskip("kimpy")
 
 from ase.build import bulk  # noqa: E402
 
-import atomscore.fim.training_set as ts  # noqa: E402
+import atomscore.fim.evaluator as evaluator  # noqa: E402
+import atomscore.fim.workers as workers  # noqa: E402
 import atomscore.potentials.kim as kim  # noqa: E402
 from atomscore.errors import InputError  # noqa: E402
-from atomscore.fim.training_set import FIMTrainingSetScore, WorkerTraceback, _balance  # noqa: E402
+from atomscore.fim.training_set import FIMTrainingSetScore, WorkerTraceback  # noqa: E402
+from atomscore.fim.workers import _balance  # noqa: E402
 
 SW = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
 POT = {"potential_type": "KIM", "potential_args": {"kim_id": SW}}
@@ -54,10 +56,10 @@ def test_balance_splits_by_atoms_and_keeps_every_index_once():
     for head_start in (0, 100):
         groups = _balance(configs, 2, head_start)
         assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
-        loads = [sum(sizes[i] + ts._CONFIG_COST_ATOMS for i in g) for g in groups]
+        loads = [sum(sizes[i] + workers._CONFIG_COST_ATOMS for i in g) for g in groups]
         loads[0] += head_start  # the first group's (this process's) head start
         # LPT: the loads differ by no more than the cost of one of the smaller configurations
-        assert abs(loads[0] - loads[1]) <= 64 + ts._CONFIG_COST_ATOMS
+        assert abs(loads[0] - loads[1]) <= 64 + workers._CONFIG_COST_ATOMS
     assert _balance(configs[:3], 5) == [[0], [1], [2]]  # no empty groups
     assert _balance(configs[:3], 5, head_start=1000) == [[0], [1], [2]]  # the first group's is empty
 
@@ -82,7 +84,7 @@ def test_points_written_whole_equal_prepared_points(monkeypatch):
     configs = mixed_batch()[:3]
     prepared = fims(configs, 1)
     monkeypatch.setattr(kim, "PATH_MAX_CHANGES", 0)
-    assert ts._FIMEvaluator(POT, OPT, None, None)._path is None
+    assert evaluator._FIMEvaluator(POT, OPT, None, None)._path is None
     whole = fims(configs, 1)
     for a, b in zip(prepared, whole):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
@@ -118,7 +120,7 @@ def test_a_cutoff_that_moves_between_points_on_several_configurations():
     got = fims(configs, 1, parameters_optimize=opt)
     for a, g in zip(configs, got):
         np.testing.assert_allclose(g, ase_fim(a, params), rtol=1e-6)
-    ev = ts._FIMEvaluator(POT, opt, None, None)
+    ev = evaluator._FIMEvaluator(POT, opt, None, None)
     ev.fim(configs[0], "forces", None)
     assert ev._path.same_cutoffs == {0, 1}  # A +- h; not cutoff +- h
     np.testing.assert_allclose(fims(configs, 2, parameters_optimize=opt)[1], got[1], rtol=1e-12, atol=0)
@@ -132,12 +134,12 @@ def test_a_point_out_of_bounds_is_refused_before_any_configuration():
 
 
 def worker_group_index(configs, nprocs=2):
-    groups = _balance(configs, nprocs, ts._PARENT_COST_ATOMS)  # as _parallel splits them
+    groups = _balance(configs, nprocs, workers._PARENT_COST_ATOMS)  # as _parallel splits them
     return groups[1][1]  # a configuration computed by the worker, not the first of its group
 
 
 def test_an_error_in_a_worker_names_its_configuration_and_carries_the_traceback():
-    ts.close_workers()
+    workers.close_workers()
     configs = mixed_batch()
     k = worker_group_index(configs)
     bad = configs[k].copy()
@@ -145,7 +147,7 @@ def test_an_error_in_a_worker_names_its_configuration_and_carries_the_traceback(
     configs[k] = bad
     with pytest.raises(InputError, match=rf"configuration {k} asks for forces: .*species \['Cu'\]") as info:
         fims(configs, 2)
-    assert ts._KEPT == []  # a worker that failed is not kept
+    assert workers._KEPT == []  # a worker that failed is not kept
     assert isinstance(info.value.__cause__, WorkerTraceback)
     assert "in worker process" in str(info.value.__cause__) and f"configuration {k}" in str(info.value.__cause__)
     # the same input, serially: the same message
@@ -156,7 +158,7 @@ def test_an_error_in_a_worker_names_its_configuration_and_carries_the_traceback(
 @pytest.fixture
 def forks(monkeypatch):
     """The pids forked during the test (no worker kept from before)."""
-    ts.close_workers()
+    workers.close_workers()
     pids = []
     real = os.fork
 
@@ -186,7 +188,7 @@ def reaped(pid):
 def test_a_worker_that_dies_is_named_with_its_configuration(monkeypatch, forks):
     configs = mixed_batch()
     k = worker_group_index(configs)
-    real = ts._fim_of
+    real = evaluator._fim_of
 
     def dying(ev, i, *args):
         if i == k and os.getpid() != parent:
@@ -194,7 +196,7 @@ def test_a_worker_that_dies_is_named_with_its_configuration(monkeypatch, forks):
         return real(ev, i, *args)
 
     parent = os.getpid()
-    monkeypatch.setattr(ts, "_fim_of", dying)
+    monkeypatch.setattr(evaluator, "_fim_of", dying)
     with pytest.raises(RuntimeError, match=rf"worker process \d+ .*ended \(killed by signal SIGKILL\) "
                                            rf"before configuration {k}"):
         fims(configs, 2)
@@ -205,7 +207,7 @@ def test_ctrl_c_in_the_parent_kills_and_reaps_the_workers_and_restores_the_poten
     configs = mixed_batch()
     pot = kim.KIMPotential(SW)
     before = pot.get_parameters()
-    real = ts._fim_of
+    real = evaluator._fim_of
     parent = os.getpid()
 
     def interrupted(ev, i, *args):
@@ -213,7 +215,7 @@ def test_ctrl_c_in_the_parent_kills_and_reaps_the_workers_and_restores_the_poten
             raise KeyboardInterrupt
         return real(ev, i, *args)
 
-    monkeypatch.setattr(ts, "_fim_of", interrupted)
+    monkeypatch.setattr(evaluator, "_fim_of", interrupted)
     with pytest.raises(KeyboardInterrupt):
         FIMTrainingSetScore().compute_batch(configs, "SENSITIVITY", potential=pot, parameters_optimize=OPT, nprocs=3)
     assert len(forks) == 2 and all(reaped(pid) for pid in forks)
@@ -228,16 +230,16 @@ def test_kept_workers_are_reused_and_follow_a_potential_changed_in_place(forks):
     pot = kim.KIMPotential(SW)
     args = {"potential": pot, "parameters_optimize": {"B": [["default"]], "sigma": [["default"]]}}
     first = FIMTrainingSetScore().compute_batch(configs, "SENSITIVITY", nprocs=2, **args)
-    assert len(forks) == 1 and [w.pid for w in ts._KEPT] == forks
+    assert len(forks) == 1 and [w.pid for w in workers._KEPT] == forks
     pot.set_parameter("A", 16.5)
     second = FIMTrainingSetScore().compute_batch(configs, "SENSITIVITY", nprocs=2, **args)
     serial = FIMTrainingSetScore().compute_batch(configs, "SENSITIVITY", nprocs=1, **args)
-    assert len(forks) == 1 and [w.pid for w in ts._KEPT] == forks  # the same worker
+    assert len(forks) == 1 and [w.pid for w in workers._KEPT] == forks  # the same worker
     for i, (a, b) in enumerate(zip(serial, second)):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=0, err_msg=f"configuration {i}")
     assert not np.allclose(first[0], second[0], rtol=1e-3)  # A = 16.5 changed the FIM
-    ts.close_workers()
-    assert ts._KEPT == [] and all(reaped(pid) for pid in forks)
+    workers.close_workers()
+    assert workers._KEPT == [] and all(reaped(pid) for pid in forks)
 
 
 class Unpicklable:
@@ -257,7 +259,7 @@ def test_a_transform_that_cannot_be_pickled_goes_to_workers_forked_for_the_call(
     configs = mixed_batch()
     serial = fims(configs, 1, transform=Unpicklable())
     forked = fims(configs, 3, transform=Unpicklable())
-    assert len(forks) == 2 and ts._KEPT == []
+    assert len(forks) == 2 and workers._KEPT == []
     for a, b in zip(serial, forked):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
     np.testing.assert_allclose(serial[0], fims(configs[:1], 1)[0], rtol=1e-12)  # identity: as no transform
@@ -272,10 +274,10 @@ def test_a_kept_worker_is_replaced_once_this_process_has_imported_more(monkeypat
     fims(configs, 2)
     monkeypatch.setitem(sys.modules, "atomscore_test_new_module", types.ModuleType("atomscore_test_new_module"))
     fims(configs, 2)
-    assert len(forks) == 2 and [w.pid for w in ts._KEPT] == forks[1:]
+    assert len(forks) == 2 and [w.pid for w in workers._KEPT] == forks[1:]
     fims(configs, 2)
     assert len(forks) == 2
-    ts.close_workers()
+    workers.close_workers()
 
 
 def test_points_after_a_moved_cutoff_are_still_seen_with_the_start_cutoffs():
@@ -284,7 +286,7 @@ def test_points_after_a_moved_cutoff_are_still_seen_with_the_start_cutoffs():
     params = ["cutoff", "A"]
     opt = {p: [["default"]] for p in params}
     configs = mixed_batch()[:2]
-    ev = ts._FIMEvaluator(POT, opt, None, None)
+    ev = evaluator._FIMEvaluator(POT, opt, None, None)
     for a in configs:
         np.testing.assert_allclose(ev.fim(a, "forces", None), ase_fim(a, params), rtol=1e-6)
     assert ev._path.same_cutoffs == {2, 3}
@@ -316,17 +318,17 @@ def test_an_idle_or_dead_kept_worker_is_replaced(monkeypatch, forks):
     configs = mixed_batch()[:4]
     serial = fims(configs, 1)
     fims(configs, 2)
-    monkeypatch.setattr(ts, "KEEP_IDLE_S", 0.0)
+    monkeypatch.setattr(workers, "KEEP_IDLE_S", 0.0)
     fims(configs, 2)  # the first worker was idle for more than 0 s
-    monkeypatch.setattr(ts, "KEEP_IDLE_S", 60.0)
-    assert len(forks) == 2 and [w.pid for w in ts._KEPT] == forks[1:]
+    monkeypatch.setattr(workers, "KEEP_IDLE_S", 60.0)
+    assert len(forks) == 2 and [w.pid for w in workers._KEPT] == forks[1:]
     os.kill(forks[1], signal.SIGKILL)  # the next call notices (and reaps it)
     time.sleep(0.2)
     got = fims(configs, 2)
-    assert len(forks) == 3 and [w.pid for w in ts._KEPT] == forks[2:]
+    assert len(forks) == 3 and [w.pid for w in workers._KEPT] == forks[2:]
     for a, b in zip(serial, got):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
-    ts.close_workers()
+    workers.close_workers()
     assert all(reaped(pid) for pid in forks)
 
 
@@ -341,4 +343,4 @@ def test_a_kept_worker_reaped_by_someone_else_is_forgotten(forks):
     assert len(forks) == 2
     for a, b in zip(fims(configs, 1), got):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
-    ts.close_workers()
+    workers.close_workers()

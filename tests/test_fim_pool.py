@@ -18,7 +18,8 @@ SW = "SW_StillingerWeber_1985_Si__MO_405512056662_005"
 SCRIPT = r"""
 import json, sys
 from ase.build import bulk
-from atomscore.fim.training_set import _FIMEvaluator, _pool_init_args, _worker_fim, _worker_init
+from atomscore.fim.evaluator import _FIMEvaluator
+from atomscore.fim.workers import _pool_init_args, _worker_fim, _worker_init
 atoms = bulk("Si", "diamond", a=5.43, cubic=True)
 atoms.rattle(0.05, seed=1)
 pot = {"potential_type": "KIM", "potential_args": {"kim_id": sys.argv[1]}}

@@ -149,6 +149,7 @@ OLD_PATHS = [
                    "Selection", "UncertaintyCalculator", "FlaggedFramesWriter", "KIMPotential", "ElasticConstants",
                    "LocalWorkflow", "SlurmWorkflow", "make_workflow", "ScoreQuantity", "InputError"]),
     ("atomscore.fim", ["FIMTrainingSetScore", "FIMPropertyScore", "FIMMatchingScore"]),
+    ("atomscore.fim.training_set", ["FIMTrainingSetScore", "WorkerTraceback", "close_workers"]),
     ("atomscore.quests", ["QUESTSEfficiencyScore", "QUESTSDiversityScore", "QUESTSDeltaEntropyScore",
                           "DEFAULT_BANDWIDTH", "SELECTION_MASK_KEY"]),
     ("atomscore.ltau", ["LTAUForcesUQScore"]),

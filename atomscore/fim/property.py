@@ -89,7 +89,7 @@ def _map_forked(func, list_of_kwargs, nprocs):
     """``func(**kw)`` for each kw in ``nprocs`` forked worker processes (no job folders)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from atomscore.fim.training_set import _pool_context
+    from atomscore.fim.workers import _pool_context
 
     with ProcessPoolExecutor(max_workers=min(nprocs, len(list_of_kwargs)), mp_context=_pool_context()) as pool:
         return list(pool.map(_call, [(func, kw) for kw in list_of_kwargs]))

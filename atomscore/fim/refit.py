@@ -141,7 +141,7 @@ def refit(potential, list_of_atoms, weights, parameters_optimize, energy_key="en
             raise InputError(f"{name}: expected a key name or None, got {key!r}")
     quantities = None
     if evaluate_kwargs is not None:
-        from atomscore.fim.training_set import _flags
+        from atomscore.fim.evaluator import _flags
 
         quantities = _flags(evaluate_kwargs, len(configs))
         if "stress" in quantities:
