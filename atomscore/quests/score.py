@@ -141,18 +141,17 @@ def _kernel_metadata(args):
     return meta
 
 
-def _prune_tolerance(prune, prune_tolerance, precision, backend="numpy", exact_only=None):
-    """The pruning tolerance a call uses (``None``: the dense sums), checked as the kernel checks
-    it (``prune_tolerance`` without ``prune`` refused), and refused where only the dense
-    numpy pass runs: another ``backend``, or ``exact_only`` (the argument that asks for an
-    estimate, e.g. ``'sample_size'``)."""
+def check_prune(prune, prune_tolerance, precision, backend="numpy", exact_only=None):
+    """The pruning tolerance a QUESTS score (or command) uses: a float, ``None`` for the dense
+    sums. Checked as the kernel checks it (``prune_tolerance`` without ``prune`` refused), and
+    refused where only the dense numpy pass runs: another ``backend``, or ``exact_only`` (the
+    name of the argument that asks for an estimate, e.g. ``'sample_size'``)."""
     tol = gaussian.prune_option(prune, prune_tolerance, _precision(precision))
     if tol is not None and backend != "numpy":
-        raise InputError(f"prune=True: the pruned kernel sums run on the numpy backend only, got backend={backend!r} "
+        raise InputError(f"prune: the pruned kernel sums run on the numpy backend only, got backend={backend!r} "
                          "(use backend='numpy' or drop prune)")
     if tol is not None and exact_only is not None:
-        raise InputError(f"prune=True: prunes the exact kernel sums; {exact_only} asks for an estimate, which has no "
-                         "pruned pass (drop one of them)")
+        raise InputError(f"prune: prunes the exact kernel sums, not an estimate ({exact_only}: drop one of them)")
     return tol
 
 
@@ -252,7 +251,7 @@ class _QUESTSDatasetScore(DatasetScore):
         args = self._with_defaults(compute_args)
         self._rows(configs, args["descriptors_key"], args["bandwidth"], args["apply_mask"], args["precision"])
         _kernel_options(args["backend"], args["device"], args["sample_size"], args["seed"])
-        _prune_tolerance(args["prune"], args["prune_tolerance"], args["precision"], args["backend"],
+        check_prune(args["prune"], args["prune_tolerance"], args["precision"], args["backend"],
                          "sample_size" if args["sample_size"] is not None else None)
 
     def get_metadata(self, score_quantity, **compute_args):
@@ -268,7 +267,7 @@ class _QUESTSDatasetScore(DatasetScore):
         sampled ``Estimate`` s."""
         rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
         options = _kernel_options(backend, device, sample_size, seed)
-        tol = _prune_tolerance(prune, prune_tolerance, precision, backend,
+        tol = check_prune(prune, prune_tolerance, precision, backend,
                                "sample_size" if sample_size is not None else None)
         kernel = dict(precision=precision, backend=backend, device=device)
         if tol is not None:
@@ -413,7 +412,7 @@ class _QUESTSDatasetScore(DatasetScore):
         h = check_bandwidth(args["bandwidth"])
         precision = _precision(args["precision"])
         options = _kernel_options(args["backend"], args["device"])
-        tol = _prune_tolerance(args["prune"], args["prune_tolerance"], precision, options["backend"])
+        tol = check_prune(args["prune"], args["prune_tolerance"], precision, options["backend"])
         start, stop = block["rows"]
         dataset = array_digest(rows)["sha256"]
         if block.get("dataset") != dataset:
@@ -573,8 +572,8 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             if approx:
                 raise InputError("reference_block_size: applies to the exact sum; approx=True needs the nearest "
                                  "neighbours over the whole reference set (drop one of them)")
-        tol = _prune_tolerance(prune, prune_tolerance, precision, backend,
-                               f"approx={approx!r}" if approx else None)
+        tol = check_prune(prune, prune_tolerance, precision, backend,
+                               "approx" if approx else None)
         return ref.descriptors, rows, masks, h, approx, k, tol
 
     def check_compute_args(self, configs, score_quantity, compute_args):
