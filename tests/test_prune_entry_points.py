@@ -87,8 +87,14 @@ def test_delta_entropy_pruned_equals_dense_with_reference_blocks(configs):
     assert np.max(np.abs(one - dense[0])) <= 2 * rounding + TOL32
 
 
-def test_refusals_name_the_argument(configs):
+def test_refusals_name_the_argument(configs, tmp_path):
     eff, dh = QUESTSEfficiencyScore(), QUESTSDeltaEntropyScore()
+    for score, args in ((eff, {"score_quantity": "EFFICIENCY"}),
+                        (dh, {"score_quantity": "DELTA_ENTROPY", "reference_set": configs, "approx": True})):
+        bad = {**args, "prune": True} if "approx" in args else {**args, "prune_tolerance": 1e-6}
+        with pytest.raises(InputError, match="^prune"):  # run(): refused before any job folder
+            score.run("x", configs, bad, workflow=LocalWorkflow(tmp_path / "root"), batch_size=2)
+    assert not any((tmp_path / "root").rglob("job.json"))
     with pytest.raises(InputError, match="^prune_tolerance: applies with prune=True only"):
         eff.compute(configs, bandwidth=H, prune_tolerance=1e-6)
     with pytest.raises(InputError, match="^prune_tolerance: applies with prune=True only"):
