@@ -31,8 +31,9 @@ TOL64, TOL32 = 1e-10, 1e-7  # the kernel's default tolerances (gaussian.prune_op
 
 def _two_phases(n=2, seed=0):
     out = []
+    phases = (bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2), bulk("Cu", "fcc", a=3.6, cubic=True) * (3, 3, 3))
     for i in range(n):
-        for phase in (bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2), bulk("Cu", "fcc", a=3.6, cubic=True) * (3, 3, 3)):
+        for phase in phases:
             atoms = phase.copy()
             atoms.rattle(0.05, seed=seed + i)
             out.append(atoms)

@@ -48,8 +48,8 @@ def learning_curve(pool, size=None, *, method="entropy", **select_args) -> dict:
     for f in fields:
         curve[f] = [s[f] for s in steps]
     curve["pool"] = sel.summary["pool"]
-    curve["settings"] = {k: sel.summary[k] for k in ("bandwidth", "descriptors", "seed", "overlap_epsilon", "prune_tolerance",
-                                                     "stopped_early")}
+    curve["settings"] = {k: sel.summary[k] for k in ("bandwidth", "descriptors", "seed", "overlap_epsilon",
+                                                     "prune_tolerance", "stopped_early")}
     if "reference" in sel.summary:
         curve["reference"] = sel.summary["reference"]
     curve["milestones"] = milestones(curve)

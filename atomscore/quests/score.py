@@ -461,7 +461,8 @@ class _QUESTSDatasetScore(DatasetScore):
             raise InputError(f"{cls.__name__}.data_from_calc_ids: row blocks mix pruned and dense kernel sums")
         if bounds[0] is not None:  # the whole dataset's bound: the largest of its blocks'
             bound = np.max(np.asarray(bounds, dtype=np.float64), axis=0)
-            meta = {**meta, PRUNE_BOUND_KEY: _metadata_value(bound[0] if ordered[0][key]["scalar_bandwidth"] else bound)}
+            scalar = ordered[0][key]["scalar_bandwidth"]
+            meta = {**meta, PRUNE_BOUND_KEY: _metadata_value(bound[0] if scalar else bound)}
         logp = np.concatenate([np.asarray(b[key]["log_kernel_sums"], dtype=np.float64).reshape(
             b[key]["rows"][1] - b[key]["rows"][0], -1) for b in ordered])
         if len(logp) != ordered[0][key]["n_environments"]:
