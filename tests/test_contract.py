@@ -49,8 +49,9 @@ class _Scaled(AtomCenteredScore):
 def test_compute_defaults_are_the_signature():
     sig = inspect.signature(QUESTSDeltaEntropyScore.compute).parameters
     want = {n: p.default for n, p in sig.items() if n not in ("self", "atoms", "score_quantity")}
-    assert QUESTSDeltaEntropyScore.compute_defaults() == want and len(want) == 14
+    assert QUESTSDeltaEntropyScore.compute_defaults() == want and len(want) == 16  # prune, prune_tolerance: issue 27
     assert QUESTSEfficiencyScore.compute_defaults()["bandwidth"] == DEFAULT_BANDWIDTH
+    assert QUESTSEfficiencyScore.compute_defaults()["prune"] is False
 
     class _Required(_Scaled):
         @records_metadata

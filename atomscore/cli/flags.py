@@ -87,3 +87,42 @@ def add_mace_model(p, help_text, required=False):
     """``--mace MODEL``: a trained MACE model file (``atomscore[mace]``)."""
     p.add_argument("--mace", metavar="MODEL", required=required,
                    help=f"{help_text} (a .model file of mace_run_train; needs atomscore[mace])")
+
+
+#: library argument names -> the pruning flags (for the error lines of the commands that have them)
+PRUNE_FLAGS = {"prune": "--prune", "prune_tolerance": "--prune-tolerance"}
+
+
+def add_prune(p):
+    """``--prune`` and ``--prune-tolerance``: kernel sums that skip the terms that cannot matter."""
+    p.add_argument("--prune", action="store_true",
+                   help="skip the kernel terms that cannot matter: every environment's skipped terms sum to at most "
+                        "--prune-tolerance of its kernel sum, so the values equal the dense ones to that tolerance "
+                        "(faster on large sets with structure; docs/quests.md)")
+    p.add_argument("--prune-tolerance", type=float, default=None, metavar="TOL",
+                   help="with --prune: the relative bound on each kernel sum's skipped terms (default 1e-10)")
+
+
+def check_prune(args, estimate=None):
+    """``--prune``/``--prune-tolerance`` checked by the scores' own check, before any work
+    (``estimate``: the library name of a given argument that asks for an estimate, which has no
+    pruned pass); returns the tolerance the command will use (None: dense)."""
+    from atomscore.quests.score import check_prune as check
+
+    return check(args.prune, args.prune_tolerance, "float64", exact_only=estimate)
+
+
+def prune_settings(metadata) -> dict:
+    """``{'prune_tolerance', 'prune_skipped_bound'}`` of a pruned result's metadata (None: dense sums)."""
+    return {key: metadata.get(key) for key in ("prune_tolerance", "prune_skipped_bound")}
+
+
+def prune_line(metadata) -> str:
+    """One printed line on the pruning of a result ('' for the dense sums)."""
+    if metadata.get("prune_tolerance") is None:
+        return ""
+    bound = metadata.get("prune_skipped_bound")
+    bound = max(bound) if isinstance(bound, list) else bound  # one per bandwidth: the largest
+    worst = "" if bound is None else f"; largest skipped share met {bound:.3g}"
+    return (f"pruned      kernel sums to a tolerance of {metadata['prune_tolerance']:g} of each environment's sum "
+            f"(--prune){worst}: each log kernel sum within that many nats of the dense one")

@@ -89,6 +89,7 @@ def dataset_information(args) -> dict:
     from atomscore.quests.score import QUESTSEfficiencyScore, check_bandwidth
 
     check_bandwidth(args.bandwidth, "-b/--bandwidth")  # the scores' own check, before any work
+    flags.check_prune(args, "sample_size" if args.sample is not None else None)
     configs = read_input_configs(args.dataset, "DATASET")
     settings = descriptor_settings(args, configs)
     if settings is None:
@@ -100,6 +101,7 @@ def dataset_information(args) -> dict:
                          "H / log N needs at least 2")
     score = QUESTSEfficiencyScore()
     given = {"seed": args.seed} if args.seed is not None else {}  # else the score's default
+    given.update(prune=args.prune, prune_tolerance=args.prune_tolerance)
     sampled = min(args.sample, n) if args.sample is not None else None
     what = f"{sampled} sampled x {n}" if sampled is not None else f"{n} x {n}"
     seed = {**score.compute_defaults(), **given}["seed"]
@@ -110,7 +112,8 @@ def dataset_information(args) -> dict:
     meta = score.metadata_of(measures)
     result = {"units": {"entropy": "nats", "diversity": "nats", "efficiency": "dimensionless (entropy / log N)"},
               "n_environments": n, "n_configurations": len(configs), "bandwidth": meta["bandwidth"],
-              "descriptors": provenance(settings, args.descriptors_key), "dataset": str(args.dataset)}
+              "descriptors": provenance(settings, args.descriptors_key), "dataset": str(args.dataset),
+              **flags.prune_settings(meta)}
     with naming(f"DATASET {str(args.dataset)!r}"):
         check_finite_output(measures, "entropy, diversity, efficiency")
     if "sample_size" not in meta:
@@ -149,6 +152,8 @@ def cmd_entropy(args):
     where = f"cutoff {desc['cutoff']} Å, k {desc['k']}" if "cutoff" in desc else desc["source"]
     print(f"settings    N = {n} environments in {result['n_configurations']} configuration(s), bandwidth "
           f"{result['bandwidth']}, descriptors: {where}")
+    if flags.prune_line(result):
+        print(flags.prune_line(result))
     rule = result.get("volume_rule_bandwidth")
     hint = (f"; the QUESTS authors' volume rule gives {rule:.4g} for this dataset (atomscore bandwidth)"
             if rule is not None else "")
@@ -169,10 +174,12 @@ def add_entropy_command(subparsers):
                "  atomscore entropy train.xyz\n"
                "  atomscore entropy train.traj -b 0.02 --cutoff 4.5 -k 24\n"
                "  atomscore entropy train.db --json > information.json\n"
-               "  atomscore entropy big.xyz --sample 2000 --seed 1   # estimate with its standard error\n")
+               "  atomscore entropy big.xyz --sample 2000 --seed 1   # estimate with its standard error\n"
+               "  atomscore entropy big.xyz --prune   # exact to 1e-10 of each kernel sum, faster on large sets\n")
     p.add_argument("dataset", help="configurations (any format ASE reads)")
     flags.add_bandwidth(p)
     flags.add_descriptor_settings(p)
+    flags.add_prune(p)
     p.add_argument("--sample", type=flags.int_at_least(2), default=None, metavar="N",
                    help="estimate from N sampled environments' kernel sums against all (cost N x all), "
                         "printed with its standard error (default: exact)")
@@ -184,7 +191,7 @@ def add_entropy_command(subparsers):
 
 #: library argument names -> flags of the QUESTS commands (their error lines name the flags)
 _QUESTS_FLAGS = {"bandwidth": "-b/--bandwidth", "sample_size": "--sample", "seed": "--seed", "cutoff": "--cutoff",
-                 "k": "-k", "key": "--descriptors-key", "descriptors_key": "--descriptors-key"}
+                 "k": "-k", "key": "--descriptors-key", "descriptors_key": "--descriptors-key", **flags.PRUNE_FLAGS}
 
 
 # --------------------------------------------------------------------------- dh
@@ -235,6 +242,7 @@ def cmd_dh(args):
     ref_path = input_file(args.reference, "--reference")
     check_command_output(args, [test_path, ref_path])
     check_bandwidth(args.bandwidth, "-b/--bandwidth")  # the score's own check, before any work
+    flags.check_prune(args)
     configs = read_input_configs(test_path, "TEST")
     if args.label and not any(args.label in atoms.info for atoms in configs):
         keys = sorted({k for atoms in configs for k in atoms.info})
@@ -244,7 +252,7 @@ def cmd_dh(args):
     scored = attach(configs, settings, args.descriptors_key)
     score = QUESTSDeltaEntropyScore()
     compute_args = {"reference_set": reference, "descriptors_key": args.descriptors_key,
-                    "bandwidth": args.bandwidth}
+                    "bandwidth": args.bandwidth, "prune": args.prune, "prune_tolerance": args.prune_tolerance}
     n_atoms = sum(len(a) for a in configs)
     with stage(f"dH of {n_atoms} environments against {len(reference)}", bandwidth=args.bandwidth), \
             naming(f"TEST {str(test_path)!r} against --reference {str(ref_path)!r}"):
@@ -254,6 +262,8 @@ def cmd_dh(args):
                     n_reference=int(len(reference)))
     path = write_scored(score, values, output_configs(configs, scored, args), metadata, args)
     print_dh_table(dh_rows(values, configs, args.label), args.sort, args.top, args.label, len(values))
+    if flags.prune_line(metadata):
+        print(flags.prune_line(metadata))
     print(f"atomscore: wrote per-atom dH (arrays['{score.result_key}']) of {len(values)} configuration(s) "
           f"to {path}")
     return 0
@@ -277,6 +287,7 @@ def add_dh_command(subparsers):
                    help="reference configurations (any format ASE reads) or their (n, dim) descriptors (.npy)")
     flags.add_bandwidth(p)
     flags.add_descriptor_settings(p)
+    flags.add_prune(p)
     flags.add_keep_descriptors(p)
     flags.add_output(p, "dh.xyz")
     p.add_argument("--sort", choices=tuple(DH_SORT), default="max",

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 FLAG_NAMES = {"size": "-n/--size", "atoms": "--atoms", "min_delta_entropy": "--min-dh", "bandwidth": "-b/--bandwidth",
               "seed": "--seed", "reduce": "--reduce", "method": "--method", "reference": "--reference",
               "pool": "POOL", "n_threads": "--threads", "uncertainty_key": "--uncertainty-key",
-              "weights_key": "--weights-key", "descriptors_key": "--descriptors-key", "cutoff": "--cutoff", "k": "-k"}
+              "weights_key": "--weights-key", "descriptors_key": "--descriptors-key", "cutoff": "--cutoff", "k": "-k",
+              **flags.PRUNE_FLAGS}
 
 
 def _check_output(path, inputs, flag, overwrite, suffixes=CONFIG_SUFFIXES):
@@ -41,10 +42,11 @@ def _select_args(args, pool_summary=None):
                 min_delta_entropy=args.min_dh, weights_key=args.weights_key,
                 pool_summary=(not args.no_pool_summary) if pool_summary is None else pool_summary,
                 progress=False if args.no_progress else None,
-                n_threads=args.threads)
+                n_threads=args.threads, prune=args.prune, prune_tolerance=args.prune_tolerance)
 
 
 def _check_inputs(args):
+    flags.check_prune(args)  # select's own check, before any work
     for flag, path in (("POOL", args.pool), ("--reference", args.reference)):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{flag}: file not found: {str(path)!r}")
@@ -110,6 +112,9 @@ def print_selection(sel, label_key=None):
     elif last.get("entropy") is not None:
         print(f"entropy of the selection: {last['entropy']:.4f} nats"
               + (f", against {pool['entropy']:.4f} for the whole pool" if pool.get("entropy") is not None else ""))
+    if summary.get("prune_tolerance") is not None:
+        print(f"pruned kernel sums (--prune): the whole-set sums skip at most {summary['prune_tolerance']:g} of each "
+              "environment's kernel sum")
     if summary.get("stopped_early"):
         print(f"stopped early: {summary['stopped_early']}")
 
@@ -199,6 +204,7 @@ def _common(p, several=False):
     p.add_argument("--uncertainty-key", default="ltau_forces_uq_score", help="atoms.arrays key of the uncertainties")
     p.add_argument("--weights-key", default="fim_matching_weight_score", help="atoms.info key of the weights")
     p.add_argument("--no-pool-summary", action="store_true", help="skip the whole pool's entropy (an N x N pass)")
+    flags.add_prune(p)
     flags.add_threads(p)
     flags.add_no_progress(p)
     p.set_defaults(flag_names=FLAG_NAMES)

@@ -49,7 +49,7 @@ def learning_curve(pool, size=None, *, method="entropy", **select_args) -> dict:
         curve[f] = [s[f] for s in steps]
     curve["pool"] = sel.summary["pool"]
     curve["settings"] = {k: sel.summary[k] for k in ("bandwidth", "descriptors", "seed", "overlap_epsilon",
-                                                     "stopped_early")}
+                                                     "prune_tolerance", "stopped_early")}
     if "reference" in sel.summary:
         curve["reference"] = sel.summary["reference"]
     curve["milestones"] = milestones(curve)

@@ -141,6 +141,38 @@ def _kernel_metadata(args):
     return meta
 
 
+def check_prune(prune, prune_tolerance, precision, backend="numpy", exact_only=None):
+    """The pruning tolerance a QUESTS score (or command) uses: a float, ``None`` for the dense
+    sums. Checked as the kernel checks it (``prune_tolerance`` without ``prune`` refused), and
+    refused where only the dense numpy pass runs: another ``backend``, or ``exact_only`` (the
+    name of the argument that asks for an estimate, e.g. ``'sample_size'``)."""
+    tol = gaussian.prune_option(prune, prune_tolerance, _precision(precision))
+    if tol is not None and backend != "numpy":
+        raise InputError(f"prune: the pruned kernel sums run on the numpy backend only, got backend={backend!r} "
+                         "(use backend='numpy' or drop prune)")
+    if tol is not None and exact_only is not None:
+        raise InputError(f"prune: prunes the exact kernel sums, not an estimate ({exact_only}: drop one of them)")
+    return tol
+
+
+def _prune_metadata(args):
+    """``{'prune_tolerance': tol}`` of a pruned call (the tolerance resolved by precision), else nothing."""
+    tol = gaussian.prune_option(args.get("prune", False), args.get("prune_tolerance"), args["precision"])
+    return {} if tol is None else {"prune_tolerance": tol}
+
+
+def _pruned_log_sums(queries, reference, h, precision, tol):
+    """``log p`` (rows, H) of the pruned pass and each bandwidth's largest skipped-mass bound
+    (relative to a row's sum; every ``log p`` is low by at most it, nats)."""
+    logp, bound = gaussian.pruned_log_kernel_sums(queries, reference, np.atleast_1d(h), precision=precision,
+                                                  prune_tolerance=tol)
+    return logp, bound.max(axis=0) if len(bound) else np.zeros(logp.shape[1])
+
+
+#: metadata key of the pruned sums' bound: the largest skipped kernel mass relative to a row's sum
+PRUNE_BOUND_KEY = "prune_skipped_bound"
+
+
 # ----------------------------------------------------------------------------- row-block jobs
 
 #: compute arguments a row-block job gets besides the user's (never accepted from a user)
@@ -158,11 +190,15 @@ class _RowBlock(NamedTuple):
     scalar: bool
     log_sums: np.ndarray  # (stop - start, H)
     dataset: str = None  # sha256 of the dataset's rows: blocks of two datasets never mix
+    skipped_bound: list = None  # pruned: each bandwidth's largest skipped-mass bound over the block's rows
 
     def as_dict(self):
-        return {"index": self.index, "count": self.count, "rows": [self.start, self.stop],
-                "n_environments": self.n_environments, "scalar_bandwidth": self.scalar,
-                "dataset": self.dataset, "log_kernel_sums": self.log_sums.tolist()}
+        out = {"index": self.index, "count": self.count, "rows": [self.start, self.stop],
+               "n_environments": self.n_environments, "scalar_bandwidth": self.scalar,
+               "dataset": self.dataset, "log_kernel_sums": self.log_sums.tolist()}
+        if self.skipped_bound is not None:
+            out[PRUNE_BOUND_KEY] = self.skipped_bound
+        return out
 
 
 def _configs_digest(configs, key) -> str:
@@ -215,20 +251,29 @@ class _QUESTSDatasetScore(DatasetScore):
         args = self._with_defaults(compute_args)
         self._rows(configs, args["descriptors_key"], args["bandwidth"], args["apply_mask"], args["precision"])
         _kernel_options(args["backend"], args["device"], args["sample_size"], args["seed"])
+        check_prune(args["prune"], args["prune_tolerance"], args["precision"], args["backend"],
+                         "sample_size" if args["sample_size"] is not None else None)
 
     def get_metadata(self, score_quantity, **compute_args):
         """The bandwidth (and precision, kernel backend, sample) that define the number."""
         args = self._with_defaults(compute_args)
         return {"bandwidth": _metadata_value(args["bandwidth"]), "precision": args["precision"],
-                **_kernel_metadata(args)}
+                **_kernel_metadata(args), **_prune_metadata(args)}
 
     def _measures(self, dataset, descriptors_key, bandwidth, apply_mask, precision, sample_size, seed, backend,
-                  device):
+                  device, prune, prune_tolerance):
         """Checked inputs, then entropy, diversity and efficiency from one kernel pass: the
-        exact values, or with ``sample_size`` their sampled ``Estimate`` s."""
+        exact values (pruned with ``prune``, the bound noted), or with ``sample_size`` their
+        sampled ``Estimate`` s."""
         rows, h = self._rows(dataset, descriptors_key, bandwidth, apply_mask, precision)
         options = _kernel_options(backend, device, sample_size, seed)
+        tol = check_prune(prune, prune_tolerance, precision, backend,
+                               "sample_size" if sample_size is not None else None)
         kernel = dict(precision=precision, backend=backend, device=device)
+        if tol is not None:
+            logp, bound = _pruned_log_sums(rows, None, h, precision, tol)
+            self.note_metadata(**{PRUNE_BOUND_KEY: _metadata_value(bound[0] if np.ndim(h) == 0 else bound)})
+            return gaussian.information_from_log_sums(logp, np.ndim(h) == 0)._asdict()
         if sample_size is None:
             return gaussian.dataset_information(rows, h, **kernel)._asdict()
         if len(rows) < 2:
@@ -238,7 +283,7 @@ class _QUESTSDatasetScore(DatasetScore):
     @records_metadata
     def compute(self, dataset, score_quantity=None, descriptors_key="descriptors",
                 bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, precision="float64", sample_size=None, seed=0,
-                backend="numpy", device=None):
+                backend="numpy", device=None, prune=False, prune_tolerance=None):
         """The score's value for the whole dataset: efficiency (dimensionless) or diversity (nats).
 
         Parameters
@@ -264,6 +309,15 @@ class _QUESTSDatasetScore(DatasetScore):
             Kernel backend (``'torch'`` needs ``atomscore[gpu]``).
         device : str, optional
             torch device, ``'cpu'`` or ``'cuda'``.
+        prune : bool
+            Skip the kernel terms that cannot matter: each environment's skipped terms sum to
+            at most ``prune_tolerance`` of its kernel sum (numpy backend, exact values only;
+            :func:`~atomscore.quests.kernels.gaussian.log_kernel_sums`). The tolerance used
+            is recorded in the metadata as ``prune_tolerance``, and the largest bound met as
+            ``prune_skipped_bound``: every ``log p`` is low by at most it (nats), so entropy and
+            diversity are high by at most it.
+        prune_tolerance : float, optional
+            With ``prune``: the relative bound (default 1e-10 in float64, 1e-7 in float32).
 
         Returns
         -------
@@ -273,7 +327,7 @@ class _QUESTSDatasetScore(DatasetScore):
         """
         return self._value(dataset, score_quantity, descriptors_key=descriptors_key, bandwidth=bandwidth,
                            apply_mask=apply_mask, precision=precision, sample_size=sample_size, seed=seed,
-                           backend=backend, device=device)
+                           backend=backend, device=device, prune=prune, prune_tolerance=prune_tolerance)
 
     def _value(self, dataset, score_quantity, **compute_args):
         """The score's measure, or with ``sample_size`` its sampled ``Estimate`` (the standard
@@ -358,14 +412,20 @@ class _QUESTSDatasetScore(DatasetScore):
         h = check_bandwidth(args["bandwidth"])
         precision = _precision(args["precision"])
         options = _kernel_options(args["backend"], args["device"])
+        tol = check_prune(args["prune"], args["prune_tolerance"], precision, options["backend"])
         start, stop = block["rows"]
         dataset = array_digest(rows)["sha256"]
         if block.get("dataset") != dataset:
             raise InputError(f"{_ROWS_ARG}: the dataset's rows (sha256 {dataset[:12]}...) are not those the run "
                              f"planned (sha256 {str(block.get('dataset'))[:12]}...)")
-        logp = gaussian.log_kernel_sums(rows[start:stop], rows, np.atleast_1d(h), precision=precision,
-                                        backend=options["backend"], device=options["device"])
-        return _RowBlock(block["index"], block["count"], start, stop, len(rows), np.ndim(h) == 0, logp, dataset)
+        if tol is None:
+            logp, bound = gaussian.log_kernel_sums(rows[start:stop], rows, np.atleast_1d(h), precision=precision,
+                                                   backend=options["backend"], device=options["device"]), None
+        else:  # the block's bound travels with its sums (not the metadata, which all blocks share)
+            logp, bound = _pruned_log_sums(rows[start:stop], rows, h, precision, tol)
+            bound = bound.tolist()
+        return _RowBlock(block["index"], block["count"], start, stop, len(rows), np.ndim(h) == 0, logp, dataset,
+                         bound)
 
     @classmethod
     def reduce_job_results(cls, results):
@@ -389,8 +449,20 @@ class _QUESTSDatasetScore(DatasetScore):
                              f"the rows by block index: {[str(d)[:12] for d in datasets]}); results of different "
                              "runs never mix: pass the calc ids of one run")
         meta = ordered[0]["_metadata"]
-        if any(b["_metadata"] != meta for b in ordered):
-            raise InputError(f"{cls.__name__}.data_from_calc_ids: row blocks with different settings (metadata)")
+        for b in ordered:
+            if b["_metadata"] != meta:  # name what differs: e.g. a pruned and a dense block never mix
+                other = b["_metadata"]
+                keys = sorted(k for k in set(meta) | set(other) if meta.get(k) != other.get(k))
+                differ = ", ".join(f"{k}: {other.get(k)!r} vs {meta.get(k)!r}" for k in keys)
+                raise InputError(f"{cls.__name__}.data_from_calc_ids: row block {b[key]['index']} was computed with "
+                                 f"other settings than block 0 ({differ}); results of different runs never mix")
+        bounds = [b[key].get(PRUNE_BOUND_KEY) for b in ordered]
+        if len({b is None for b in bounds}) > 1:
+            raise InputError(f"{cls.__name__}.data_from_calc_ids: row blocks mix pruned and dense kernel sums")
+        if bounds[0] is not None:  # the whole dataset's bound: the largest of its blocks'
+            bound = np.max(np.asarray(bounds, dtype=np.float64), axis=0)
+            scalar = ordered[0][key]["scalar_bandwidth"]
+            meta = {**meta, PRUNE_BOUND_KEY: _metadata_value(bound[0] if scalar else bound)}
         logp = np.concatenate([np.asarray(b[key]["log_kernel_sums"], dtype=np.float64).reshape(
             b[key]["rows"][1] - b[key]["rows"][0], -1) for b in ordered])
         if len(logp) != ordered[0][key]["n_environments"]:
@@ -467,7 +539,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
 
     def _checked(self, configs, name, reference_set, descriptors_key, bandwidth, apply_mask, approx,
                  num_nearest_neighbors, graph_neighbors, precision, reference_settings, approx_index, approx_options,
-                 backend, device, reference_block_size):
+                 backend, device, reference_block_size, prune, prune_tolerance):
         """Every argument checked, the reference loaded once (or taken as the ReferenceSet it is)."""
         ref = ReferenceSet.load(reference_set, descriptors_key, reference_settings)
         rows, masks = _gather(configs, descriptors_key, apply_mask, dim=ref.shape[1], name=name)
@@ -501,7 +573,9 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             if approx:
                 raise InputError("reference_block_size: applies to the exact sum; approx=True needs the nearest "
                                  "neighbours over the whole reference set (drop one of them)")
-        return ref.descriptors, rows, masks, h, approx, k
+        tol = check_prune(prune, prune_tolerance, precision, backend,
+                               "approx" if approx else None)
+        return ref.descriptors, rows, masks, h, approx, k, tol
 
     def check_compute_args(self, configs, score_quantity, compute_args):
         """Everything :meth:`compute_batch` checks, before a run writes any folder."""
@@ -523,7 +597,8 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
     def compute(self, atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, reference_set=None,
                 descriptors_key="descriptors", bandwidth=DEFAULT_BANDWIDTH, apply_mask=False, approx=False,
                 num_nearest_neighbors=3, graph_neighbors=10, precision="float64", reference_settings=None,
-                approx_index="flat", approx_options=None, backend="numpy", device=None, reference_block_size=None):
+                approx_index="flat", approx_options=None, backend="numpy", device=None, reference_block_size=None,
+                prune=False, prune_tolerance=None):
         """Delta entropy of every atom of one configuration against ``reference_set``.
 
         Parameters
@@ -578,6 +653,14 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             Sum over blocks of this many reference rows, combined by log-sum-exp (the same
             value to rounding); in :meth:`run` each block is a job of its own, so a reference
             set larger than one job fits.
+        prune : bool
+            Skip the kernel terms that cannot matter in the exact sum: each atom's skipped
+            terms sum to at most ``prune_tolerance`` of its kernel sum (of each reference
+            block's), numpy backend only (:func:`~atomscore.quests.kernels.gaussian.log_kernel_sums`).
+            The tolerance used is recorded in the metadata as ``prune_tolerance`` and the
+            largest bound met as ``prune_skipped_bound``: every dH is high by at most it (nats).
+        prune_tolerance : float, optional
+            With ``prune``: the relative bound (default 1e-10 in float64, 1e-7 in float32).
 
         Returns
         -------
@@ -593,7 +676,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             apply_mask=apply_mask, approx=approx, num_nearest_neighbors=num_nearest_neighbors,
             graph_neighbors=graph_neighbors, precision=precision, reference_settings=reference_settings,
             approx_index=approx_index, approx_options=approx_options, backend=backend, device=device,
-            reference_block_size=reference_block_size)[0]
+            reference_block_size=reference_block_size, prune=prune, prune_tolerance=prune_tolerance)[0]
 
     @records_metadata
     def compute_batch(self, list_of_atoms, score_quantity=ScoreQuantity.DELTA_ENTROPY, **compute_args):
@@ -611,7 +694,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         return self._delta_entropy(list_of_atoms, "list_of_atoms", **self._with_defaults(compute_args))
 
     def _delta_entropy(self, configs, name, **args):
-        ref, rows, masks, h, approx, k = self._checked(configs, name, **args)
+        ref, rows, masks, h, approx, k, tol = self._checked(configs, name, **args)
         precision, backend, device = args["precision"], args["backend"], args["device"]
         n_h = np.size(h) if np.ndim(h) else None
         if len(rows) == 0:
@@ -623,6 +706,13 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
         elif approx:
             values = gaussian.approx_delta_entropy(rows, ref, h, k, approx_index=args["approx_index"],
                                                    approx_options=args["approx_options"])
+        elif tol is not None:  # pruned per reference block; the union skips at most the largest share
+            step = args["reference_block_size"] or len(ref)
+            sums = [_pruned_log_sums(rows, ref[c:c + step], h, precision, tol) for c in range(0, len(ref), step)]
+            blocks = [-(logp[:, 0] if n_h is None else logp) for logp, _ in sums]
+            values = blocks[0] if len(blocks) == 1 else _combine_columns(blocks)
+            bound = np.max([b for _, b in sums], axis=0)
+            self.note_metadata(**{PRUNE_BOUND_KEY: _metadata_value(bound[0] if n_h is None else bound)})
         else:
             step = args["reference_block_size"] or len(ref)
             blocks = [-gaussian.log_kernel_sums(rows, ref[c:c + step], h, precision=precision, backend=backend,
@@ -677,6 +767,7 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
             meta = dict(atoms.info["_metadata"][cls.OUTPUT_KEY])
             meta.pop("reference_block", None)
             meta.pop("reference_set", None)  # the block's slice; the whole set is compared below
+            meta.pop(PRUNE_BOUND_KEY, None)  # each block's own; combined below (prune_tolerance stays compared)
             return meta
 
         where = f"{cls.__name__}.data_from_calc_ids"
@@ -706,6 +797,10 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                       for i in range(len(columns[0]))]
             meta = {k: v for k, v in columns[0][0].info["_metadata"][cls.OUTPUT_KEY].items() if k != "reference_block"}
             meta["reference_set"] = blocks[0]["reference_set"]
+            if PRUNE_BOUND_KEY in meta:  # the union of the blocks skips at most the largest share of any
+                meta[PRUNE_BOUND_KEY] = _metadata_value(np.max(
+                    [np.asarray(columns[j][0].info["_metadata"][cls.OUTPUT_KEY][PRUNE_BOUND_KEY], dtype=np.float64)
+                     for j in range(count)], axis=0))
             configs = []
             for atoms in columns[0]:
                 new = atoms.copy()
@@ -727,4 +822,4 @@ class QUESTSDeltaEntropyScore(AtomCenteredScore):
                 "graph_neighbors": int(args["graph_neighbors"]), "precision": args["precision"],
                 "approx_index": args["approx_index"],
                 "approx_options": index.check_index_options(args["approx_index"], args["approx_options"]),
-                **_kernel_metadata(args)}
+                **_kernel_metadata(args), **_prune_metadata(args)}
