@@ -52,10 +52,11 @@ _EXP_MAX = {"float64": 709.0, "float32": 88.0}
 # log-sum-exp: elsewhere the floor changes log p by less than 1 / margin.
 _REPAIR_MARGIN = {"float64": 1e12, "float32": 1e7}
 # estimate_delta_entropy: rows whose term may exceed this fraction of the probed cells' sum are
-# summed exactly; it caps what the sample can miss, and so the bar's floor (nats). 1e-2: 2.3x
-# the exact float32 pass at N = 2e5 (MD and copper) with 2.58 standard errors covering 99.5 %
-# and 99.99 %; 1e-3 costs 1.5-1.7x as much and covers 99.8 % instead of 98.4 % where only a
-# few cells are exact (tests/test_dh_estimate.py; benchmarks/dh_estimate.py, docs/quests.md).
+# summed exactly; it caps what the sample can miss, and so the bar's floor (nats, times
+# sqrt(N/n - 1)). 1e-2: 2.3x the exact float32 pass at N = 2e5 (MD and copper); 1e-3 costs
+# 1.5-1.7x as much. With the cap's variance cap^2 (N/n - 1) in the bar, 2.58 standard errors
+# cover >= 99 % with either, also where only a few cells are exact
+# (tests/test_dh_estimate.py; benchmarks/dh_estimate.py, docs/quests.md).
 EXACT_ABOVE = 1e-2
 
 
@@ -476,7 +477,8 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     ``R^ = (N/n) sum_{j in S, not exact} K(y, x_j)`` (Horvitz-Thompson, unbiased). The
     standard error combines in quadrature (relative to ``p^``, i.e. in nats):
     the sampling error ``N sqrt((1 - n/N) / n) s_z / p^`` (``s_z``: the sample standard
-    deviation of the terms, exact ones counted as 0), ``cap / p^`` (what a sample that
+    deviation of the terms, exact ones counted as 0), ``sqrt(N/n - 1) cap / p^`` (the
+    variance one unsampled term as large as ``cap`` would add to ``R^``: what a sample that
     missed the rare large terms cannot show; it keeps the bars honest where the remainder
     is a few large terms) and the tiles' rounding ``u gamma (|y|^2 + median |x|^2)``
     (``u``: the unit roundoff of ``precision``, centred descriptors). Coverage and cost
@@ -497,8 +499,8 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
         query (default 32).
     exact_above : float
         Rows whose term may exceed this fraction of the probed cells' sum are summed exactly
-        (default :data:`EXACT_ABOVE`, 1e-2; 1e-3 where few cells are exact); the ``cap`` part of the error bar stays below it
-        (nats).
+        (default :data:`EXACT_ABOVE`, 1e-2); the ``cap`` part of the error bar stays below
+        ``sqrt(N/n - 1)`` times it (nats).
     precision : {'float32', 'float64'}
         Arithmetic of the tiles (sums in float64).
 
@@ -569,7 +571,10 @@ def estimate_delta_entropy(y, x, bandwidth=DEFAULT_BANDWIDTH, sample_size=None, 
     ratio = 1.0 + (n_ref / n) * s1  # p / exp(top)
     var = np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1)
     se = n_ref * math.sqrt(max(1.0 - n / n_ref, 0.0) / n) * np.sqrt(var) / ratio
-    cap = np.exp(np.minimum(log_cap - top, 0.0)) / ratio if n < n_ref else np.zeros(len(y))
+    # the variance one unsampled term of the largest possible size adds to the sampled sum, a Bernoulli(n/N)
+    # draw scaled by N/n: cap^2 (N/n - 1). The sample's own s_z cannot show the rare large terms it missed
+    # (cap alone, without the factor, covered 98.4 % at 2.58 where 2 of 77 cells are exact; with it 99.7 %)
+    cap = np.exp(np.minimum(log_cap - top, 0.0)) / ratio * math.sqrt(max(n_ref / n - 1.0, 0.0))
     # the tiles' rounding: an exponent -gamma |y - x|^2 from the expanded product carries about
     # u gamma (|y|^2 + |x|^2) (u: unit roundoff, centred descriptors), and so does the log-sum
     # (u: unit roundoff, centred descriptors; sqrt(d + 2): the product's d + 2 roundings add up
