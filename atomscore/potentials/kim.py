@@ -914,17 +914,43 @@ class Predictions:
         configuration's neighbour list without asking the model for its cutoffs again.
         """
         steps = np.asarray(steps, dtype=float)
+        n_points = 2 * len(steps)
+        pot, s, want = self.potential, self._base, self._want
+        model = pot._model
+        setp, refresh, compute = model.set_parameter, model.clear_then_refresh, model.compute
+        same, writes = path.same_cutoffs, path.steps
         raw = None
         try:
-            for k in range(2 * len(steps)):
-                out = self._at(path, k)
+            for k in range(n_points):
+                if k in same:  # _at's known-cutoffs branch, inlined: ~2 us less per evaluation
+                    changes = writes[k]
+                    if changes:
+                        for index, extent, value in changes:
+                            setp(index, extent, value)
+                        pot._dirty = True
+                    if s.pointers != self._pointers:
+                        pot._point(s, *want)
+                    if pot._dirty:  # left set, as in _at
+                        try:
+                            refresh()
+                        except RuntimeError as exc:
+                            raise PotentialError(f"{pot.kim_id}: the model refused the new parameters "
+                                                 f"({exc})") from None
+                    try:
+                        compute(s.args)
+                    except RuntimeError as exc:
+                        raise PotentialError(f"{pot.kim_id}: KIM compute failed ({exc})") from None
+                    out = s.forces if want[1] else s.energy if want[0] else pot._virial(s) / s.volume
+                else:
+                    out = self._at(path, k)
                 if raw is None:
-                    raw = np.empty((2 * len(steps),) + out.shape)
+                    raw = np.empty((n_points,) + out.shape)
                 raw[k] = out
         finally:
             path.restore()
         denominators = (2.0 * steps).reshape((-1,) + (1,) * (raw.ndim - 1))
-        jac = np.moveaxis((raw[0::2] - raw[1::2]) / denominators, 0, -1)
+        # the first axis moved last (np.moveaxis's view, without its argument checks)
+        jac = ((raw[0::2] - raw[1::2]) / denominators).transpose(tuple(range(1, raw.ndim)) + (0,))
         return self.fold(jac).reshape(self.n_values, len(steps))
 
     def _at(self, path, k):
