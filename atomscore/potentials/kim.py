@@ -252,6 +252,7 @@ class KIMPotential:
         self._dirty = False
         self._refresh_cutoffs()
         self._cache = OrderedDict()
+        self._last_cell = None  # see _cell_of
         self._defaults = self.get_parameters()
         if parameters is not None:
             self.set_parameters(parameters)
@@ -574,6 +575,11 @@ class KIMPotential:
 
     def _species_codes(self, atoms):
         numbers = atoms.numbers
+        table = self._code_by_number
+        if len(numbers) and 0 <= numbers.min() and numbers.max() < len(table):
+            codes = table[numbers]  # the usual case, species known: one lookup, one test
+            if codes.min() >= 0:
+                return codes
         if numbers.min() < 0 or numbers.max() >= len(self._code_by_number):
             raise InputError(f"configuration has atomic numbers outside 0..{len(self._code_by_number) - 1}")
         codes = self._code_by_number[numbers]
@@ -659,13 +665,15 @@ class KIMPotential:
         s = _Setup()
         s.n = n
         periodic = bool(pbc.any())
-        s.volume = abs(float(np.linalg.det(cell))) if periodic else 0.0
+        if periodic:
+            volume, inverse = self._cell_of(cell)
+        s.volume = volume if periodic else 0.0
         pos = np.array(atoms.positions, dtype=np.double)
         if periodic:
             if s.volume <= 0.0:
                 raise InputError(f"configuration is periodic ({pbc.tolist()}) but its cell has no volume")
             # kimpy's padding expects atoms inside the cell along periodic directions
-            frac = pos @ np.linalg.inv(cell)
+            frac = pos @ inverse
             fp = frac[:, pbc]
             if fp.min() < 0.0 or fp.max() >= 1.0:
                 fp %= 1.0
@@ -690,8 +698,8 @@ class KIMPotential:
         if not self._padding_needs_neighbors:
             need[n:] = 0
         s.influence = self._influence
-        s.cutoffs = self._cutoffs.copy()
-        s.cutoff_list = list(self._cutoff_list)
+        s.cutoffs = self._cutoffs  # replaced, never changed in place, by _refresh_cutoffs
+        s.cutoff_list = self._cutoff_list
         s.nl = kimpy.neighlist.create()
         try:
             s.nl.build(s.coords, s.influence, s.cutoffs, need)
@@ -723,6 +731,16 @@ class KIMPotential:
         else:
             s.fold = None
         return s
+
+    def _cell_of(self, cell):
+        """``(volume, inverse)`` of a cell (Å³, 1/Å), kept for the last cell seen: the
+        configurations of a training set often share one."""
+        key = cell.tobytes()
+        kept = self._last_cell
+        if kept is None or kept[0] != key:
+            volume = abs(float(np.linalg.det(cell)))
+            kept = self._last_cell = (key, volume, np.linalg.inv(cell) if volume > 0.0 else None)
+        return kept[1], kept[2]
 
     def _pointers(self, energy, forces, stress):
         """The KIM outputs to point at for a request. The driver's ``partialVirial`` is never
