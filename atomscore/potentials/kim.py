@@ -536,7 +536,9 @@ class KIMPotential:
                 return None
             steps.append(tuple(changes))
         back = tuple((where[k][0], where[k][1], base[k]) for k in sorted(touched))
-        return ParameterPath(self, steps, back)
+        # from the last point, only the entries it leaves off their start values
+        back_last = tuple((where[k][0], where[k][1], base[k]) for k in sorted(touched) if last[k] != base[k])
+        return ParameterPath(self, steps, back, back_last)
 
     def check_species(self, atoms, where="configuration"):
         """Raise InputError unless this potential covers every species of ``atoms``."""
@@ -861,12 +863,14 @@ class ParameterPath:
     per visit: the points were checked when the path was made.
     """
 
-    __slots__ = ("potential", "steps", "back", "same_cutoffs")
+    __slots__ = ("potential", "steps", "back", "back_last", "same_cutoffs")
 
-    def __init__(self, potential, steps, back):
+    def __init__(self, potential, steps, back, back_last=None):
         self.potential = potential
         self.steps = steps
         self.back = back
+        #: the writes that restore the start from the last point (default: ``back``)
+        self.back_last = back if back_last is None else back_last
         #: the points where the model's cutoffs were seen equal to the start's
         self.same_cutoffs = set()
 
@@ -884,9 +888,10 @@ class ParameterPath:
         """Move the live model from point ``k - 1`` to point ``k``."""
         self._write(self.steps[k])
 
-    def restore(self):
-        """Give the live model back the values it had when the path was made."""
-        self._write(self.back)
+    def restore(self, from_last=False):
+        """Give the live model back the values it had when the path was made (from any point;
+        ``from_last``: the live model is at the last point, fewer entries to write)."""
+        self._write(self.back_last if from_last else self.back)
 
 
 class Predictions:
@@ -954,6 +959,7 @@ class Predictions:
         setp, refresh, compute = model.set_parameter, model.clear_then_refresh, model.compute
         same, writes = path.same_cutoffs, path.steps
         raw = None
+        done = False
         try:
             for k in range(n_points):
                 if k in same:  # _at's known-cutoffs branch, inlined: ~2 us less per evaluation
@@ -980,8 +986,9 @@ class Predictions:
                 if raw is None:
                     raw = np.empty((n_points,) + out.shape)
                 raw[k] = out
+            done = True
         finally:
-            path.restore()
+            path.restore(from_last=done)
         denominators = (2.0 * steps).reshape((-1,) + (1,) * (raw.ndim - 1))
         # the first axis moved last (np.moveaxis's view, without its argument checks)
         jac = ((raw[0::2] - raw[1::2]) / denominators).transpose(tuple(range(1, raw.ndim)) + (0,))
