@@ -962,7 +962,7 @@ class Predictions:
         done = False
         try:
             for k in range(n_points):
-                if k in same:  # _at's known-cutoffs branch, inlined: ~2 us less per evaluation
+                if k in same:  # cutoffs known equal to the start's: straight to compute
                     changes = writes[k]
                     if changes:
                         for index, extent, value in changes:
@@ -970,7 +970,7 @@ class Predictions:
                         pot._dirty = True
                     if s.pointers != self._pointers:
                         pot._point(s, *want)
-                    if pot._dirty:  # left set, as in _at
+                    if pot._dirty:  # left set: the potential's own record of the cutoffs is not updated here
                         try:
                             refresh()
                         except RuntimeError as exc:
@@ -995,31 +995,14 @@ class Predictions:
         return self.fold(jac).reshape(self.n_values, len(steps))
 
     def _at(self, path, k):
-        """The raw predictions at point ``k`` of ``path`` (possibly the model's output buffer:
-        copy before the next evaluation)."""
+        """The raw predictions at point ``k`` of ``path``, whose cutoffs are not known yet
+        (points whose cutoffs are known are evaluated in :meth:`central_differences`)."""
         path.visit(k)
-        pot, s = self.potential, self._base
-        if k not in path.same_cutoffs:
-            used, raw = self._evaluate()  # refreshes, checks the cutoffs, points the outputs
-            if used.influence == s.influence and used.cutoff_list == s.cutoff_list:
-                path.same_cutoffs.add(k)  # the cutoffs at point k are those at the start
-            return self._finish(used, raw)
-        if s.pointers != self._pointers:
-            pot._point(s, *self._want)
-        if pot._dirty:  # left set: the potential's own record of the cutoffs is not updated here
-            try:
-                pot._model.clear_then_refresh()
-            except RuntimeError as exc:
-                raise PotentialError(f"{pot.kim_id}: the model refused the new parameters ({exc})") from None
-        try:
-            pot._model.compute(s.args)
-        except RuntimeError as exc:
-            raise PotentialError(f"{pot.kim_id}: KIM compute failed ({exc})") from None
-        if self._want[1]:
-            return s.forces
-        if self._want[0]:
-            return s.energy
-        return pot._virial(s) / s.volume
+        s = self._base
+        used, raw = self._evaluate()  # refreshes, checks the cutoffs, points the outputs
+        if used.influence == s.influence and used.cutoff_list == s.cutoff_list:
+            path.same_cutoffs.add(k)  # the cutoffs at point k are those at the start
+        return self._finish(used, raw)
 
     def __call__(self):
         """The prediction vector ``(n_values,)`` at the live parameters."""
