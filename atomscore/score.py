@@ -211,6 +211,10 @@ def records_metadata(method):
     return wrapper
 
 
+#: compute_defaults by (class, compute, compute_batch)
+_COMPUTE_DEFAULTS: dict = {}
+
+
 def _same_default(a, b):
     try:
         return a is b or (type(a) is type(b) and bool(a == b))
@@ -316,6 +320,16 @@ class ScoreBase:
         TypeError
             If ``compute`` and ``compute_batch`` give one argument two defaults.
         """
+        # read once per class and pair of methods (inspect.signature costs ~15 us a method,
+        # paid by every recorded call); a copy is given out
+        key = (cls, cls.compute, cls.compute_batch)
+        kept = _COMPUTE_DEFAULTS.get(key)
+        if kept is None:
+            kept = _COMPUTE_DEFAULTS[key] = cls._read_compute_defaults()
+        return dict(kept)
+
+    @classmethod
+    def _read_compute_defaults(cls) -> dict:
         out = {}
         for method in ("compute", "compute_batch"):
             owner = next(k for k in cls.__mro__ if method in k.__dict__)

@@ -303,6 +303,10 @@ def test_parameter_path_keeps_only_changes_and_restores_the_start():
     for k, point in enumerate(points):
         path.visit(k)
         assert [pot.get_parameter("A")[0], pot.get_parameter("B")[0]] == point
+    assert len(path.back_last) == 1 < len(path.back)  # the last point leaves only B off its start
+    path.restore(from_last=True)
+    assert {n: pot.get_parameter(n)[0] for n in ("A", "B")} == start
+    path.visit(0)  # from another point, every entry the path touches is written back
     path.restore()
     assert {n: pot.get_parameter(n)[0] for n in ("A", "B")} == start
     assert pot.parameter_path([("A", 0), ("B", 0)], points, limit=4) is None  # 5 changes > 4

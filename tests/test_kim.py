@@ -179,3 +179,21 @@ def test_stress_alone_matches_energy_finite_differences_for_eam():
     np.testing.assert_allclose(alone, with_forces, rtol=1e-12)
     np.testing.assert_allclose(alone, numerical, rtol=1e-5, atol=1e-8)
     assert np.abs(alone).max() > 1e-3
+
+
+def test_reused_compute_arguments_point_at_the_new_setup(si64):
+    """Compute arguments of dropped setups are reused: a setup built on them (another size,
+    energy only then forces) equals ASE's KIM calculator, so every pointer was set again."""
+    import gc
+
+    p = KIMPotential(SW)
+    p.compute(si64, energy=True, forces=True)  # a setup with pointers at its buffers
+    p._cache.clear()
+    gc.collect()
+    assert len(p._free_args) == 1  # given back when its setup went
+    small = si64[:40]  # fewer atoms, other buffers, on the reused arguments
+    e = p.compute(small, energy=True)["energy"]
+    assert not p._free_args
+    ref = ase_kim(small)
+    assert e == pytest.approx(ref.get_potential_energy(), abs=1e-9)
+    np.testing.assert_allclose(p.compute(small, forces=True)["forces"], ref.get_forces(), atol=1e-10)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 
@@ -149,7 +150,17 @@ class _Setup:
 
     __slots__ = ("n", "coords", "species", "contributing", "images", "nl", "cutoffs",
                  "influence", "cutoff_list", "args", "n_particles", "energy", "forces", "virial",
-                 "pointers", "volume", "fold")
+                 "pointers", "volume", "fold", "__weakref__")
+
+
+#: compute arguments kept for reuse per potential, at most
+FREE_ARGS = 64
+
+
+def _give_back(free, args):
+    """Keep the compute arguments of a setup gone for the next setup (see KIMPotential._build)."""
+    if len(free) < FREE_ARGS:
+        free.append(args)
 
 
 class KIMPotential:
@@ -252,6 +263,8 @@ class KIMPotential:
         self._dirty = False
         self._refresh_cutoffs()
         self._cache = OrderedDict()
+        self._last_cell = None  # see _cell_of
+        self._free_args = []  # compute arguments of setups gone, for the next ones (see _build)
         self._defaults = self.get_parameters()
         if parameters is not None:
             self.set_parameters(parameters)
@@ -523,7 +536,9 @@ class KIMPotential:
                 return None
             steps.append(tuple(changes))
         back = tuple((where[k][0], where[k][1], base[k]) for k in sorted(touched))
-        return ParameterPath(self, steps, back)
+        # from the last point, only the entries it leaves off their start values
+        back_last = tuple((where[k][0], where[k][1], base[k]) for k in sorted(touched) if last[k] != base[k])
+        return ParameterPath(self, steps, back, back_last)
 
     def check_species(self, atoms, where="configuration"):
         """Raise InputError unless this potential covers every species of ``atoms``."""
@@ -574,6 +589,11 @@ class KIMPotential:
 
     def _species_codes(self, atoms):
         numbers = atoms.numbers
+        table = self._code_by_number
+        if len(numbers) and 0 <= numbers.min() and numbers.max() < len(table):
+            codes = table[numbers]  # the usual case, species known: one lookup, one test
+            if codes.min() >= 0:
+                return codes
         if numbers.min() < 0 or numbers.max() >= len(self._code_by_number):
             raise InputError(f"configuration has atomic numbers outside 0..{len(self._code_by_number) - 1}")
         codes = self._code_by_number[numbers]
@@ -659,13 +679,15 @@ class KIMPotential:
         s = _Setup()
         s.n = n
         periodic = bool(pbc.any())
-        s.volume = abs(float(np.linalg.det(cell))) if periodic else 0.0
+        if periodic:
+            volume, inverse = self._cell_of(cell)
+        s.volume = volume if periodic else 0.0
         pos = np.array(atoms.positions, dtype=np.double)
         if periodic:
             if s.volume <= 0.0:
                 raise InputError(f"configuration is periodic ({pbc.tolist()}) but its cell has no volume")
             # kimpy's padding expects atoms inside the cell along periodic directions
-            frac = pos @ np.linalg.inv(cell)
+            frac = pos @ inverse
             fp = frac[:, pbc]
             if fp.min() < 0.0 or fp.max() >= 1.0:
                 fp %= 1.0
@@ -690,8 +712,8 @@ class KIMPotential:
         if not self._padding_needs_neighbors:
             need[n:] = 0
         s.influence = self._influence
-        s.cutoffs = self._cutoffs.copy()
-        s.cutoff_list = list(self._cutoff_list)
+        s.cutoffs = self._cutoffs  # replaced, never changed in place, by _refresh_cutoffs
+        s.cutoff_list = self._cutoff_list
         s.nl = kimpy.neighlist.create()
         try:
             s.nl.build(s.coords, s.influence, s.cutoffs, need)
@@ -701,7 +723,11 @@ class KIMPotential:
         s.energy = np.zeros(1, dtype=np.double)
         s.forces = np.zeros((n_tot, 3), dtype=np.double)
         s.virial = np.zeros(6, dtype=np.double)
-        args = self._model.compute_arguments_create()
+        # compute arguments of setups gone are reused (creating and destroying one costs ~14 us,
+        # a tenth of a 64-atom build): every pointer is set again, the outputs at the first _point
+        free = self._free_args
+        args = free.pop() if free else self._model.compute_arguments_create()
+        weakref.finalize(s, _give_back, free, args).atexit = False
         A = kimpy.compute_argument_name
         args.set_argument_pointer(A.numberOfParticles, s.n_particles)
         args.set_argument_pointer(A.particleSpeciesCodes, s.species)
@@ -710,7 +736,7 @@ class KIMPotential:
         args.set_callback_pointer(kimpy.compute_callback_name.GetNeighborList,
                                   kimpy.neighlist.get_neigh_kim(), s.nl)
         s.args = args
-        s.pointers = (False, False, False)
+        s.pointers = None  # outputs not pointed at yet (a reused args points at a dead setup's)
         if len(images):
             # padding forces fold back onto their atoms: sorted by atom, summed with reduceat
             order = np.argsort(images, kind="stable")
@@ -723,6 +749,16 @@ class KIMPotential:
         else:
             s.fold = None
         return s
+
+    def _cell_of(self, cell):
+        """``(volume, inverse)`` of a cell (Å³, 1/Å), kept for the last cell seen: the
+        configurations of a training set often share one."""
+        key = cell.tobytes()
+        kept = self._last_cell
+        if kept is None or kept[0] != key:
+            volume = abs(float(np.linalg.det(cell)))
+            kept = self._last_cell = (key, volume, np.linalg.inv(cell) if volume > 0.0 else None)
+        return kept[1], kept[2]
 
     def _pointers(self, energy, forces, stress):
         """The KIM outputs to point at for a request. The driver's ``partialVirial`` is never
@@ -827,12 +863,14 @@ class ParameterPath:
     per visit: the points were checked when the path was made.
     """
 
-    __slots__ = ("potential", "steps", "back", "same_cutoffs")
+    __slots__ = ("potential", "steps", "back", "back_last", "same_cutoffs")
 
-    def __init__(self, potential, steps, back):
+    def __init__(self, potential, steps, back, back_last=None):
         self.potential = potential
         self.steps = steps
         self.back = back
+        #: the writes that restore the start from the last point (default: ``back``)
+        self.back_last = back if back_last is None else back_last
         #: the points where the model's cutoffs were seen equal to the start's
         self.same_cutoffs = set()
 
@@ -850,9 +888,10 @@ class ParameterPath:
         """Move the live model from point ``k - 1`` to point ``k``."""
         self._write(self.steps[k])
 
-    def restore(self):
-        """Give the live model back the values it had when the path was made."""
-        self._write(self.back)
+    def restore(self, from_last=False):
+        """Give the live model back the values it had when the path was made (from any point;
+        ``from_last``: the live model is at the last point, fewer entries to write)."""
+        self._write(self.back_last if from_last else self.back)
 
 
 class Predictions:
@@ -914,45 +953,56 @@ class Predictions:
         configuration's neighbour list without asking the model for its cutoffs again.
         """
         steps = np.asarray(steps, dtype=float)
+        n_points = 2 * len(steps)
+        pot, s, want = self.potential, self._base, self._want
+        model = pot._model
+        setp, refresh, compute = model.set_parameter, model.clear_then_refresh, model.compute
+        same, writes = path.same_cutoffs, path.steps
         raw = None
+        done = False
         try:
-            for k in range(2 * len(steps)):
-                out = self._at(path, k)
+            for k in range(n_points):
+                if k in same:  # cutoffs known equal to the start's: straight to compute
+                    changes = writes[k]
+                    if changes:
+                        for index, extent, value in changes:
+                            setp(index, extent, value)
+                        pot._dirty = True
+                    if s.pointers != self._pointers:
+                        pot._point(s, *want)
+                    if pot._dirty:  # left set: the potential's own record of the cutoffs is not updated here
+                        try:
+                            refresh()
+                        except RuntimeError as exc:
+                            raise PotentialError(f"{pot.kim_id}: the model refused the new parameters "
+                                                 f"({exc})") from None
+                    try:
+                        compute(s.args)
+                    except RuntimeError as exc:
+                        raise PotentialError(f"{pot.kim_id}: KIM compute failed ({exc})") from None
+                    out = s.forces if want[1] else s.energy if want[0] else pot._virial(s) / s.volume
+                else:
+                    out = self._at(path, k)
                 if raw is None:
-                    raw = np.empty((2 * len(steps),) + out.shape)
+                    raw = np.empty((n_points,) + out.shape)
                 raw[k] = out
+            done = True
         finally:
-            path.restore()
+            path.restore(from_last=done)
         denominators = (2.0 * steps).reshape((-1,) + (1,) * (raw.ndim - 1))
-        jac = np.moveaxis((raw[0::2] - raw[1::2]) / denominators, 0, -1)
+        # the first axis moved last (np.moveaxis's view, without its argument checks)
+        jac = ((raw[0::2] - raw[1::2]) / denominators).transpose(tuple(range(1, raw.ndim)) + (0,))
         return self.fold(jac).reshape(self.n_values, len(steps))
 
     def _at(self, path, k):
-        """The raw predictions at point ``k`` of ``path`` (possibly the model's output buffer:
-        copy before the next evaluation)."""
+        """The raw predictions at point ``k`` of ``path``, whose cutoffs are not known yet
+        (points whose cutoffs are known are evaluated in :meth:`central_differences`)."""
         path.visit(k)
-        pot, s = self.potential, self._base
-        if k not in path.same_cutoffs:
-            used, raw = self._evaluate()  # refreshes, checks the cutoffs, points the outputs
-            if used.influence == s.influence and used.cutoff_list == s.cutoff_list:
-                path.same_cutoffs.add(k)  # the cutoffs at point k are those at the start
-            return self._finish(used, raw)
-        if s.pointers != self._pointers:
-            pot._point(s, *self._want)
-        if pot._dirty:  # left set: the potential's own record of the cutoffs is not updated here
-            try:
-                pot._model.clear_then_refresh()
-            except RuntimeError as exc:
-                raise PotentialError(f"{pot.kim_id}: the model refused the new parameters ({exc})") from None
-        try:
-            pot._model.compute(s.args)
-        except RuntimeError as exc:
-            raise PotentialError(f"{pot.kim_id}: KIM compute failed ({exc})") from None
-        if self._want[1]:
-            return s.forces
-        if self._want[0]:
-            return s.energy
-        return pot._virial(s) / s.volume
+        s = self._base
+        used, raw = self._evaluate()  # refreshes, checks the cutoffs, points the outputs
+        if used.influence == s.influence and used.cutoff_list == s.cutoff_list:
+            path.same_cutoffs.add(k)  # the cutoffs at point k are those at the start
+        return self._finish(used, raw)
 
     def __call__(self):
         """The prediction vector ``(n_values,)`` at the live parameters."""
