@@ -574,10 +574,7 @@ class KIMPotential:
     # ------------------------------------------------------------------ evaluation
     def _refresh_cutoffs(self):
         if self._dirty or not hasattr(self, "_influence"):
-            try:
-                self._model.clear_then_refresh()
-            except RuntimeError as exc:
-                raise PotentialError(f"{self.kim_id}: the model refused the new parameters ({exc})") from None
+            self._clear_then_refresh()
         self._dirty = False
         self._influence = self._model.get_influence_distance()
         cutoffs, hints = self._model.get_neighbor_list_cutoffs_and_hints()
@@ -586,6 +583,13 @@ class KIMPotential:
             self._cutoff_list = cutoff_list
             self._cutoffs = np.array(cutoffs, dtype=np.double)
         self._padding_needs_neighbors = not all(h == 1 for h in hints.tolist())
+
+    def _clear_then_refresh(self):
+        """The refresh the KIM API asks for after parameters were written."""
+        try:
+            self._model.clear_then_refresh()
+        except RuntimeError as exc:
+            raise PotentialError(f"{self.kim_id}: the model refused the new parameters ({exc})") from None
 
     def _species_codes(self, atoms):
         numbers = atoms.numbers
@@ -644,7 +648,6 @@ class KIMPotential:
         want = (bool(energy), bool(forces), bool(stress))
         pointers = self._pointers(*want)
         state = [self._setup(atoms) if setup is None else setup]
-        compute = self._model.compute
 
         def evaluate():
             s = state[0]
@@ -654,10 +657,7 @@ class KIMPotential:
                     s = state[0] = self._setup(atoms)
             if s.pointers != pointers:
                 self._point(s, *want)
-            try:
-                compute(s.args)
-            except RuntimeError as exc:
-                raise PotentialError(f"{self.kim_id}: KIM compute failed ({exc})") from None
+            self._run(s)
             if want[1]:
                 return s, s.forces.copy()
             if want[0]:
@@ -955,31 +955,18 @@ class Predictions:
         steps = np.asarray(steps, dtype=float)
         n_points = 2 * len(steps)
         pot, s, want = self.potential, self._base, self._want
-        model = pot._model
-        setp, refresh, compute = model.set_parameter, model.clear_then_refresh, model.compute
-        same, writes = path.same_cutoffs, path.steps
+        same = path.same_cutoffs
         raw = None
         done = False
         try:
             for k in range(n_points):
                 if k in same:  # cutoffs known equal to the start's: straight to compute
-                    changes = writes[k]
-                    if changes:
-                        for index, extent, value in changes:
-                            setp(index, extent, value)
-                        pot._dirty = True
+                    path.visit(k)
                     if s.pointers != self._pointers:
                         pot._point(s, *want)
                     if pot._dirty:  # left set: the potential's own record of the cutoffs is not updated here
-                        try:
-                            refresh()
-                        except RuntimeError as exc:
-                            raise PotentialError(f"{pot.kim_id}: the model refused the new parameters "
-                                                 f"({exc})") from None
-                    try:
-                        compute(s.args)
-                    except RuntimeError as exc:
-                        raise PotentialError(f"{pot.kim_id}: KIM compute failed ({exc})") from None
+                        pot._clear_then_refresh()
+                    pot._run(s)
                     out = s.forces if want[1] else s.energy if want[0] else pot._virial(s) / s.volume
                 else:
                     out = self._at(path, k)
