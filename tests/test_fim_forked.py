@@ -126,6 +126,32 @@ def test_a_cutoff_that_moves_between_points_on_several_configurations():
     np.testing.assert_allclose(fims(configs, 2, parameters_optimize=opt)[1], got[1], rtol=1e-12, atol=0)
 
 
+
+def test_without_fork_a_process_pool_gives_the_serial_fims(monkeypatch):
+    """The path of platforms without fork (a ProcessPoolExecutor started with _worker_init),
+    reached here by making the start-method test fail; its pool still forks, as Linux can."""
+    import atomscore.fim.training_set as ts
+
+    class NoFork:
+        def __init__(self, real):
+            self.real = real
+
+        def get_start_method(self):
+            return "spawn"
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    real = workers._pool_context()
+    monkeypatch.setattr(ts, "_pool_context", lambda: NoFork(real))
+    used = []
+    pooled = workers._pooled
+    monkeypatch.setattr(ts, "_pooled", lambda *a: used.append(1) or pooled(*a))
+    configs = mixed_batch()[:4]
+    for a, b in zip(fims(configs, 1), fims(configs, 2)):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
+    assert used == [1]
+
 def test_a_point_out_of_bounds_is_refused_before_any_configuration():
     opt = {"A": [[15.28, 15.0, 15.5]], "B": [["default"]]}
     with pytest.raises(InputError, match=r"finite-difference point phi\[0\] \+ 1.528: A\[0\] = 16.8\d* is "

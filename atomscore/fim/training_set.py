@@ -20,8 +20,8 @@ import numpy as np
 from atomscore.errors import InputError
 from atomscore.fim.evaluator import _FIMEvaluator, _fims, _flags, _jsonable_settings, _masks
 from atomscore.fim.parameters import job_transform
-from atomscore.fim.workers import (WorkerTraceback, _parallel, _pool_context, _pool_init_args, _worker_fim,
-                                   _worker_init, close_workers)
+from atomscore.fim.workers import (WorkerTraceback, _parallel, _pool_context, _pool_init_args, _pooled,
+                                   close_workers)
 from atomscore.potentials.kim import check_spec
 from atomscore.quantity import ScoreQuantity
 from atomscore.score import ConfigurationScore, records_metadata
@@ -175,16 +175,7 @@ class FIMTrainingSetScore(ConfigurationScore):
                 return _parallel(ev, init, configs, quantities, masks, nprocs)
         finally:
             ev.restore()
-        from concurrent.futures import ProcessPoolExecutor
-
-        tasks = [(i, atoms, quantities[i], masks[i]) for i, atoms in enumerate(configs)]
-        with ProcessPoolExecutor(max_workers=min(nprocs, len(configs)), mp_context=_pool_context(),
-                                 initializer=_worker_init, initargs=init) as pool:
-            chunk = max(1, len(tasks) // (4 * nprocs))
-            for i, fim in tqdm(pool.map(_worker_fim, tasks, chunksize=chunk), total=len(tasks),
-                               desc="FIM training set", disable=None, leave=False):
-                results[i] = fim
-        return results
+        return _pooled(init, configs, quantities, masks, nprocs)
 
     def _details(self, ev, quantities, list_of_mask):
         masks = list_of_mask if isinstance(list_of_mask, (list, tuple)) else [list_of_mask]

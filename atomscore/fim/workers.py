@@ -388,3 +388,21 @@ def _worker_fim(task):
         raise _WORKER["error"]
     index, atoms, quantity, mask = task
     return index, _WORKER["ev"].fim(atoms, quantity, mask, f"configuration {index}")
+
+
+def _pooled(init, configs, quantities, masks, nprocs):
+    """FIMs of all configurations in a ``ProcessPoolExecutor`` of ``nprocs`` workers started
+    with :func:`_worker_init` (where fork is not available; this process computes none)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    results = [None] * len(configs)
+    tasks = [(i, atoms, quantities[i], masks[i]) for i, atoms in enumerate(configs)]
+    with ProcessPoolExecutor(max_workers=min(nprocs, len(configs)), mp_context=_pool_context(),
+                             initializer=_worker_init, initargs=init) as pool:
+        chunk = max(1, len(tasks) // (4 * nprocs))
+        for i, fim in tqdm(pool.map(_worker_fim, tasks, chunksize=chunk), total=len(tasks),
+                           desc="FIM training set", disable=None, leave=False):
+            results[i] = fim
+    return results
