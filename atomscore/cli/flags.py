@@ -114,14 +114,18 @@ def check_prune(args, estimate=None):
 
 def prune_settings(metadata) -> dict:
     """``{'prune_tolerance', 'prune_skipped_bound'}`` of a pruned result's metadata (None: dense sums)."""
-    return {key: metadata.get(key) for key in ("prune_tolerance", "prune_skipped_bound")}
+    from atomscore.quests.score import PRUNE_BOUND_KEY
+
+    return {key: metadata.get(key) for key in ("prune_tolerance", PRUNE_BOUND_KEY)}
 
 
 def prune_line(metadata) -> str:
     """One printed line on the pruning of a result ('' for the dense sums)."""
     if metadata.get("prune_tolerance") is None:
         return ""
-    bound = metadata.get("prune_skipped_bound")
+    from atomscore.quests.score import PRUNE_BOUND_KEY
+
+    bound = metadata.get(PRUNE_BOUND_KEY)
     bound = max(bound) if isinstance(bound, list) else bound  # one per bandwidth: the largest
     worst = "" if bound is None else f"; largest skipped share met {bound:.3g}"
     return (f"pruned      kernel sums to a tolerance of {metadata['prune_tolerance']:g} of each environment's sum "

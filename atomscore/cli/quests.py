@@ -152,8 +152,8 @@ def cmd_entropy(args):
     where = f"cutoff {desc['cutoff']} Å, k {desc['k']}" if "cutoff" in desc else desc["source"]
     print(f"settings    N = {n} environments in {result['n_configurations']} configuration(s), bandwidth "
           f"{result['bandwidth']}, descriptors: {where}")
-    if flags.prune_line(result):
-        print(flags.prune_line(result))
+    if line := flags.prune_line(result):
+        print(line)
     rule = result.get("volume_rule_bandwidth")
     hint = (f"; the QUESTS authors' volume rule gives {rule:.4g} for this dataset (atomscore bandwidth)"
             if rule is not None else "")
@@ -262,8 +262,8 @@ def cmd_dh(args):
                     n_reference=int(len(reference)))
     path = write_scored(score, values, output_configs(configs, scored, args), metadata, args)
     print_dh_table(dh_rows(values, configs, args.label), args.sort, args.top, args.label, len(values))
-    if flags.prune_line(metadata):
-        print(flags.prune_line(metadata))
+    if line := flags.prune_line(metadata):
+        print(line)
     print(f"atomscore: wrote per-atom dH (arrays['{score.result_key}']) of {len(values)} configuration(s) "
           f"to {path}")
     return 0
